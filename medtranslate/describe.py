@@ -1,0 +1,76 @@
+"""Describe scans for ``medtranslate info``: format, geometry, intensities, and whether they look like CT or MR."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .errors import MedTranslateError
+from .io import Volume, find_cases, read_case
+
+__all__ = ["looks_like", "describe_volume", "describe_paths", "format_table"]
+
+
+def looks_like(volume: Volume) -> str:
+    """'CT' when values look like Hounsfield units (air near -1000), 'MR' when they are non-negative,
+    'mask' for binary images, else 'unknown'.
+
+    A DICOM modality tag, when present, wins.
+    """
+    if volume.modality in ("CT", "MR"):
+        return volume.modality
+    if volume.array.dtype == bool or (np.issubdtype(volume.array.dtype, np.integer) and int(volume.array.max()) <= 1 and int(volume.array.min()) >= 0):
+        return "mask"
+    low = float(np.percentile(volume.array[:: 2, :: 2, :: 2], 1))
+    if low <= -900 and float(volume.array.min()) >= -3100:
+        return "CT"
+    if float(volume.array.min()) >= -1e-3 * max(1.0, float(volume.array.max())):
+        return "MR"
+    return "unknown"
+
+
+def describe_volume(volume: Volume) -> dict[str, Any]:
+    """One row of facts about a volume."""
+    return {
+        "format": volume.format,
+        "shape": "x".join(str(s) for s in volume.shape),
+        "spacing": "x".join(f"{s:.3g}" for s in volume.spacing),
+        "orientation": volume.orientation,
+        "dtype": str(volume.array.dtype),
+        "range": f"[{float(volume.array.min()):.6g}, {float(volume.array.max()):.6g}]",
+        "looks_like": looks_like(volume),
+    }
+
+
+def describe_paths(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Describe every case under the given paths; a case that cannot be read gets status 'failed' and the reason."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            cases = find_cases(path)
+        except MedTranslateError as exc:
+            rows.append({"case": str(path), "status": "failed", "error": str(exc)})
+            continue
+        for case in cases:
+            row: dict[str, Any] = {"case": case.case_id + (f" ({case.role})" if case.role else ""), "path": case.label}
+            try:
+                row.update(describe_volume(read_case(case)), status="ok", error="")
+            except MedTranslateError as exc:
+                row.update(status="failed", error=str(exc))
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of the rows from :func:`describe_paths`; failed rows show their error."""
+    columns = ["case", "format", "shape", "spacing", "orientation", "dtype", "range", "looks_like"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    lines = []
+    if ok:
+        widths = {c: max(len(c), *(len(str(r[c])) for r in ok)) for c in columns}
+        lines.append("  ".join(c.ljust(widths[c]) for c in columns))
+        lines.extend("  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in ok)
+    lines.extend(f"FAILED: {r['error']}" for r in rows if r["status"] != "ok")
+    return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""Procedural paired MR/CT head phantoms for the sample data and the tests.
+
+Each subject gets a random but plausible anatomy: scalp, subcutaneous fat, a skull with cortical tables and
+cancellous diploe, CSF, folded grey matter over white matter, deep grey nuclei, lateral ventricles, eyes in fatty
+orbits, a skull base, and air sinuses lined with mucosa. The same label map is rendered twice:
+
+- CT in HU: per-tissue HU, smooth texture, a slight blur (scanner PSF) and Gaussian noise;
+- T1-weighted-like MR: per-tissue signal, partial-volume blur, a smooth multiplicative bias field and Rician noise.
+
+As in real T1, cortical bone and air are both dark in MR: telling them apart needs context, which is the real
+difficulty of MR -> CT synthesis. Subjects differ in size, position and rotation; volumes are int16 on a
+non-RAS, anisotropic grid. Everything is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .io import Volume, write_nifti
+
+__all__ = ["TISSUES", "PhantomSubject", "make_subject", "write_sample_data", "SAMPLE_SPLIT"]
+
+logger = logging.getLogger(__name__)
+
+# Tissue classes: (CT HU, T1 MR signal in arbitrary units, CT texture amplitude in HU).
+# HU values are textbook ranges (e.g. fat -100..-50, CSF 0..15, grey matter 35..45, white matter 20..30,
+# cortical bone 1000..2000, cancellous bone 300..600); T1 contrast order: fat > WM > GM > muscle > CSF > bone ~ air.
+TISSUES: dict[str, tuple[float, float, float]] = {
+    "air": (-1000.0, 0.0, 0.0),
+    "skin": (45.0, 380.0, 8.0),
+    "fat": (-95.0, 950.0, 10.0),
+    "cortical": (1450.0, 40.0, 120.0),
+    "cancellous": (450.0, 600.0, 90.0),
+    "csf": (8.0, 120.0, 3.0),
+    "grey": (38.0, 430.0, 3.0),
+    "white": (27.0, 640.0, 3.0),
+    "deep_grey": (42.0, 480.0, 3.0),
+    "vitreous": (12.0, 90.0, 2.0),
+    "muscle": (50.0, 360.0, 8.0),
+    "mucosa": (40.0, 330.0, 6.0),
+    "sinus_air": (-980.0, 0.0, 15.0),
+}
+LABELS = {name: i for i, name in enumerate(TISSUES)}
+
+SHAPE = (128, 128, 64)
+SPACING = (1.75, 1.75, 2.6)  # mm: anisotropic, as most clinical head scans are
+ORIENTATIONS = ("LPS", "LAS", "RPS", "LPI")  # none is RAS: readers must honour the affine
+
+# Train/validation/test split of the committed sample data (split by subject, never by slice).
+SAMPLE_SPLIT = {
+    "train": ["sub-01", "sub-02", "sub-03", "sub-04", "sub-05"],
+    "val": ["sub-06"],
+    "test": ["sub-07", "sub-08"],
+}
+
+
+@dataclass
+class PhantomSubject:
+    """One rendered subject: MR and CT on the same grid, the tissue label map and a body mask."""
+
+    mr: Volume
+    ct: Volume
+    labels: np.ndarray
+    mask: np.ndarray
+
+
+def _affine(shape: tuple[int, int, int], spacing: tuple[float, float, float], axcodes: str, offset: np.ndarray) -> np.ndarray:
+    """Axis-aligned voxel-to-RAS affine whose axes point along ``axcodes``, centred near the world origin."""
+    sign = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+    affine = np.zeros((4, 4))
+    affine[3, 3] = 1.0
+    for axis, code in enumerate(axcodes):
+        row, s = sign[code]
+        affine[row, axis] = s * spacing[axis]
+    centre = affine[:3, :3] @ ((np.array(shape) - 1) / 2.0)
+    affine[:3, 3] = offset - centre
+    return affine
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    """Zero-mean, unit-std Gaussian random field with correlation length ``sigma_mm``."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), [sigma_mm / s for s in spacing], mode="wrap")
+    return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def _ellipsoid(u: np.ndarray, centre: tuple[float, float, float], radii: tuple[float, float, float]) -> np.ndarray:
+    """Normalised ellipsoid radius (<1 inside) at head-frame points ``u`` of shape (3, ...)."""
+    return np.sqrt(sum(((u[i] - centre[i]) / radii[i]) ** 2 for i in range(3)))
+
+
+def _labels(rng: np.random.Generator, u: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Tissue label map from head-frame coordinates ``u`` (mm; x right, y anterior, z superior)."""
+    shape = u.shape[1:]
+    size = rng.uniform(0.9, 1.08)
+    a, b, c = 74.0 * size * rng.uniform(0.95, 1.05), 92.0 * size, 84.0 * size
+    # Head outline: an ellipsoid with a smooth, low-frequency bumpy surface.
+    r = _ellipsoid(u, (0.0, 0.0, 0.0), (a, b, c)) * (1.0 + 0.025 * _smooth_noise(rng, shape, 14.0, spacing))
+    depth = np.linalg.norm(u, axis=0) * (1.0 - r) / np.maximum(r, 1e-3)  # mm below the skin along the ray
+    lab = np.full(shape, LABELS["air"], dtype=np.uint8)
+
+    skin = rng.uniform(2.5, 4.0)
+    fat = skin + rng.uniform(1.5, 3.5)
+    diploe_var = 1.2 * _smooth_noise(rng, shape, 10.0, spacing)
+    outer = fat + rng.uniform(1.5, 2.5)
+    diploe = outer + rng.uniform(2.5, 4.0) + diploe_var
+    inner = diploe + rng.uniform(1.2, 2.0)
+    csf = inner + rng.uniform(1.5, 3.0)
+    layers = [(skin, "skin"), (fat, "fat"), (outer, "cortical"), (diploe, "cancellous"), (inner, "cortical"), (csf, "csf")]
+    inside = depth >= 0
+    lab[inside] = LABELS["grey"]
+    for limit, name in reversed(layers):
+        lab[inside & (depth < limit)] = LABELS[name]
+
+    # Cortex: a grey band of varying thickness over white matter; sulci cut CSF into it.
+    gyri = _smooth_noise(rng, shape, 3.5, spacing)
+    band = csf + 5.0 + 3.5 * gyri
+    lab[depth > band] = LABELS["white"]
+    lab[(depth >= csf) & (depth < csf + 6.0) & (gyri > 0.9)] = LABELS["csf"]
+
+    # Deep grey nuclei (thalamus, basal ganglia) and lateral ventricles.
+    for sx in (-1.0, 1.0):
+        lab[_ellipsoid(u, (sx * 12.0, -4.0, 2.0), (9.0, 13.0, 9.0)) < 1] = LABELS["deep_grey"]
+        lab[_ellipsoid(u, (sx * 17.0, 10.0, 4.0), (6.0, 9.0, 7.0)) < 1] = LABELS["deep_grey"]
+    vent = rng.uniform(0.8, 1.3)
+    for sx in (-1.0, 1.0):
+        lab[_ellipsoid(u, (sx * 7.0 * vent, 2.0, 14.0), (5.0 * vent, 27.0, 8.0 * vent)) < 1] = LABELS["csf"]
+    lab[_ellipsoid(u, (0.0, -4.0, 4.0), (1.5, 10.0, 6.0)) < 1] = LABELS["csf"]
+
+    # Skull base: below a tilted plane the brain gives way to a bony plate, then muscle, orbits and sinuses.
+    base_z = -c * rng.uniform(0.30, 0.36) + 0.12 * u[1]
+    below = inside & (depth >= outer) & (u[2] < base_z)
+    lab[below & (u[2] >= base_z - 7.0)] = LABELS["cortical"]
+    lab[below & (u[2] >= base_z - 5.5) & (u[2] < base_z - 1.5)] = LABELS["cancellous"]
+    soft = below & (u[2] < base_z - 7.0)
+    lab[soft] = LABELS["muscle"]
+    lab[soft & (_smooth_noise(rng, shape, 4.0, spacing) > 0.7)] = LABELS["fat"]
+    eye_z = -c * 0.30
+    for sx in (-1.0, 1.0):
+        centre = (sx * 31.0, b * 0.70, eye_z)
+        lab[inside & (_ellipsoid(u, centre, (17.0, 16.0, 15.0)) < 1) & (depth >= skin)] = LABELS["fat"]
+        lab[_ellipsoid(u, centre, (12.0, 12.0, 12.0)) < 1] = LABELS["vitreous"]
+        lab[(_ellipsoid(u, centre, (12.0, 12.0, 12.0)) >= 1) & (_ellipsoid(u, centre, (13.0, 13.0, 13.0)) < 1)] = LABELS["skin"]
+    # Frontal sinus inside the frontal bone, sphenoid and maxillary sinuses low and central.
+    sinuses = [
+        ((0.0, b * 0.80, eye_z + 22.0), (14.0 * rng.uniform(0.7, 1.2), 7.0, 9.0 * rng.uniform(0.8, 1.2))),
+        ((0.0, b * 0.25, base_z.mean() - 16.0), (11.0, 10.0, 9.0)),
+        ((-20.0, b * 0.5, base_z.mean() - 24.0), (12.0, 16.0, 14.0)),
+        ((20.0, b * 0.5, base_z.mean() - 24.0), (12.0, 16.0, 14.0)),
+    ]
+    for centre, radii in sinuses:
+        shell = _ellipsoid(u, centre, tuple(x + 3.0 for x in radii)) < 1
+        lumen = _ellipsoid(u, centre, radii) < 1
+        lining = _ellipsoid(u, centre, tuple(x - 1.5 for x in radii)) < 1
+        lab[shell & inside] = LABELS["cortical"]
+        lab[lumen & inside] = LABELS["mucosa"]
+        lab[lining & inside] = LABELS["sinus_air"]
+    return lab
+
+
+def make_subject(seed: int, shape: tuple[int, int, int] = SHAPE, spacing: tuple[float, float, float] = SPACING, axcodes: str | None = None) -> PhantomSubject:
+    """Render one random head as paired int16 MR and CT volumes on a non-RAS anisotropic grid.
+
+    Args:
+        seed: the subject's random seed; the same seed gives the same volumes.
+        shape: voxels along i, j, k (k is the axial axis).
+        spacing: voxel size in mm along i, j, k.
+        axcodes: orientation of the grid axes (e.g. "LPS"); by default drawn from a few non-RAS codes.
+    """
+    rng = np.random.default_rng(seed)
+    axcodes = axcodes or ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
+    scale = np.array(shape) * np.array(spacing) / np.array(SHAPE) / np.array(SPACING)
+    affine = _affine(shape, spacing, axcodes, offset=rng.uniform(-6, 6, 3) + np.array([0.0, 0.0, 0.0]))
+    # World -> head frame: the head sits off centre (its top inside the field of view) and is rotated.
+    centre = np.array([rng.uniform(-8, 8), rng.uniform(-8, 8), -12.0 * scale[2] + rng.uniform(-4, 4)])
+    rot = _rotation(rng, 10.0)
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    world = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    u = (rot.T @ (world - centre[:, None])).reshape(3, *shape).astype(np.float32)
+    u /= float(np.clip(scale.mean(), 0.25, 4.0))  # smaller test grids get a proportionally smaller head
+    lab = _labels(rng, u, spacing)
+
+    hu = np.array([t[0] for t in TISSUES.values()], dtype=np.float32)
+    t1 = np.array([t[1] for t in TISSUES.values()], dtype=np.float32)
+    tex = np.array([t[2] for t in TISSUES.values()], dtype=np.float32)
+    # Per-subject variation of tissue properties (bone density, T1 contrast).
+    hu = hu * np.where(hu > 200, rng.uniform(0.85, 1.15), 1.0)
+    t1 = t1 * rng.uniform(0.92, 1.08, len(t1))
+
+    # CT: tissue HU + per-tissue smooth texture, a slight blur (scanner PSF), then quantum-like noise.
+    ct = hu[lab] + tex[lab] * _smooth_noise(rng, shape, 1.5, spacing)
+    ct = ndimage.gaussian_filter(ct, [0.6 * min(spacing) / s for s in spacing])
+    ct = ct + rng.normal(0.0, 12.0, shape)
+    ct = np.clip(ct, -1024, 3071)
+
+    # MR: tissue signal with partial-volume blur, smooth bias field, and Rician noise (magnitude of complex noise).
+    mr = t1[lab] * (1.0 + 0.04 * _smooth_noise(rng, shape, 2.0, spacing))
+    mr = ndimage.gaussian_filter(mr, [0.8 * min(spacing) / s for s in spacing])
+    bias = np.exp(0.18 * _smooth_noise(rng, shape, 60.0, spacing))
+    sigma = 0.025 * t1[LABELS["white"]]
+    mr = np.sqrt((mr * bias + rng.normal(0.0, sigma, shape)) ** 2 + rng.normal(0.0, sigma, shape) ** 2)
+
+    ct_vol = Volume(np.rint(ct).astype(np.int16), affine.copy())
+    mr_vol = Volume(np.rint(mr).astype(np.int16), affine.copy())
+    from .transforms import body_mask
+
+    mask = body_mask(ct_vol.array, "ct", affine)
+    return PhantomSubject(mr=mr_vol, ct=ct_vol, labels=lab, mask=mask)
+
+
+def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, overwrite: bool = False) -> list[Path]:
+    """Write the sample data set: ``<out>/mr2ct/sub-XX/{mr,ct,mask}.nii.gz`` and ``<out>/split.json``.
+
+    Deterministic: the same seed writes the same voxels.
+    """
+    out = Path(out)
+    written = []
+    for n in range(1, n_subjects + 1):
+        sid = f"sub-{n:02d}"
+        subject = make_subject(seed * 1000 + n)
+        folder = out / "mr2ct" / sid
+        written.append(write_nifti(folder / "mr.nii.gz", subject.mr.array, subject.mr.affine, np.int16, overwrite=overwrite))
+        written.append(write_nifti(folder / "ct.nii.gz", subject.ct.array, subject.ct.affine, np.int16, overwrite=overwrite))
+        written.append(write_nifti(folder / "mask.nii.gz", subject.mask, subject.ct.affine, np.uint8, overwrite=overwrite))
+        logger.info("wrote %s", folder)
+    split = {k: [s for s in v if int(s[4:]) <= n_subjects] for k, v in SAMPLE_SPLIT.items()}
+    split_path = out / "split.json"
+    tmp = split_path.with_name(".split.json.partial")
+    tmp.write_text(json.dumps(split, indent=2) + "\n")
+    tmp.replace(split_path)
+    written.append(split_path)
+    return written

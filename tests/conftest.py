@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny volumes with oblique, non-RAS, anisotropic geometry, written through the real writers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medtranslate.io import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data"
+
+
+def oblique_affine(spacing=(0.9, 1.3, 2.5), angles_deg=(12.0, -8.0, 20.0), axcodes_flip=(True, False, True), origin=(-31.0, 17.5, -42.0)) -> np.ndarray:
+    """A voxel-to-RAS affine with a rotated (oblique) direction, flipped axes (non-RAS) and anisotropic spacing."""
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    flips = np.diag([-1.0 if f else 1.0 for f in axcodes_flip])
+    direction = rz @ ry @ rx @ flips
+    if np.linalg.det(direction) < 0:  # keep a proper rotation so every format (DICOM too) can store it
+        direction[:, 1] *= -1
+    affine = np.eye(4)
+    affine[:3, :3] = direction @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+def ct_like(shape=(24, 28, 14), seed=0) -> np.ndarray:
+    """An int16 HU volume: air around an ellipsoid of soft tissue with a bone shell and noise."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices(shape).astype(np.float32)
+    c = (np.array(shape) - 1) / 2
+    r = np.sqrt(sum(((idx[i] - c[i]) / (0.42 * shape[i])) ** 2 for i in range(3)))
+    hu = np.full(shape, -1000.0)
+    hu[r < 1.0] = 1200.0
+    hu[r < 0.85] = 40.0
+    hu += rng.normal(0, 10, shape)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+
+
+@pytest.fixture
+def ct_volume() -> Volume:
+    return Volume(ct_like(), oblique_affine())
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "medtranslate", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
