@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# ITK prints warnings straight to stderr (e.g. "no DICOM files" for an empty folder); we raise our own errors instead.
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")

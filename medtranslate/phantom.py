@@ -112,13 +112,13 @@ def _labels(rng: np.random.Generator, u: np.ndarray, spacing: tuple[float, float
     depth = np.linalg.norm(u, axis=0) * (1.0 - r) / np.maximum(r, 1e-3)  # mm below the skin along the ray
     lab = np.full(shape, LABELS["air"], dtype=np.uint8)
 
-    skin = rng.uniform(2.5, 4.0)
-    fat = skin + rng.uniform(1.5, 3.5)
+    skin = rng.uniform(3.0, 4.5)
+    fat = skin + rng.uniform(2.5, 4.5)
     diploe_var = 1.2 * _smooth_noise(rng, shape, 10.0, spacing)
-    outer = fat + rng.uniform(1.5, 2.5)
-    diploe = outer + rng.uniform(2.5, 4.0) + diploe_var
-    inner = diploe + rng.uniform(1.2, 2.0)
-    csf = inner + rng.uniform(1.5, 3.0)
+    outer = fat + rng.uniform(2.0, 3.0)
+    diploe = outer + rng.uniform(3.0, 4.5) + diploe_var
+    inner = diploe + rng.uniform(1.5, 2.5)
+    csf = inner + rng.uniform(2.0, 3.5)
     layers = [(skin, "skin"), (fat, "fat"), (outer, "cortical"), (diploe, "cancellous"), (inner, "cortical"), (csf, "csf")]
     inside = depth >= 0
     lab[inside] = LABELS["grey"]
@@ -165,9 +165,10 @@ def _labels(rng: np.random.Generator, u: np.ndarray, spacing: tuple[float, float
         shell = _ellipsoid(u, centre, tuple(x + 3.0 for x in radii)) < 1
         lumen = _ellipsoid(u, centre, radii) < 1
         lining = _ellipsoid(u, centre, tuple(x - 1.5 for x in radii)) < 1
-        lab[shell & inside] = LABELS["cortical"]
-        lab[lumen & inside] = LABELS["mucosa"]
-        lab[lining & inside] = LABELS["sinus_air"]
+        walled = depth > outer + 1.0  # sinuses are closed cavities: keep skin, fat and a bony wall outside them
+        lab[shell & inside & (depth > fat)] = LABELS["cortical"]
+        lab[lumen & walled] = LABELS["mucosa"]
+        lab[lining & walled & (depth > outer + 2.5)] = LABELS["sinus_air"]
     return lab
 
 
@@ -208,7 +209,7 @@ def make_subject(seed: int, shape: tuple[int, int, int] = SHAPE, spacing: tuple[
 
     # MR: tissue signal with partial-volume blur, smooth bias field, and Rician noise (magnitude of complex noise).
     mr = t1[lab] * (1.0 + 0.04 * _smooth_noise(rng, shape, 2.0, spacing))
-    mr = ndimage.gaussian_filter(mr, [0.8 * min(spacing) / s for s in spacing])
+    mr = ndimage.gaussian_filter(mr, [0.6 * min(spacing) / s for s in spacing])
     bias = np.exp(0.18 * _smooth_noise(rng, shape, 60.0, spacing))
     sigma = 0.025 * t1[LABELS["white"]]
     mr = np.sqrt((mr * bias + rng.normal(0.0, sigma, shape)) ** 2 + rng.normal(0.0, sigma, shape) ** 2)

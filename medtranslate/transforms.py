@@ -184,13 +184,15 @@ class Preprocessor:
         self.crop_to_body = crop_to_body
         self.divisible = divisible
         keys = ["image", "mask"]
-        chain: list[Any] = [Orientationd(keys=keys, axcodes="RAS")]
+        # allow_missing_keys: inversion replays the chain on the prediction alone.
+        kw = {"keys": keys, "allow_missing_keys": True}
+        chain: list[Any] = [Orientationd(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")), **kw)]
         if self.spacing is not None:
-            chain.append(Spacingd(keys=keys, pixdim=self.spacing, mode=("bilinear", "nearest"), padding_mode="border", dtype=np.float32))
+            chain.append(Spacingd(**kw, pixdim=self.spacing, mode=("bilinear", "nearest"), padding_mode="border", dtype=np.float32))
         if crop_to_body:
-            chain.append(CropForegroundd(keys=keys, source_key="mask", margin=margin, allow_smaller=True))
+            chain.append(CropForegroundd(**kw, source_key="mask", margin=margin, allow_smaller=True))
         if divisible != 1:
-            chain.append(DivisiblePadd(keys=keys, k=divisible, mode="constant", value=BACKGROUND))
+            chain.append(DivisiblePadd(**kw, k=divisible, mode="constant", value=BACKGROUND))
         self.chain = Compose(chain)
 
     def __call__(self, volume: Volume, intensity: IntensityParams, mask: np.ndarray | None = None) -> dict[str, MetaTensor]:
@@ -226,7 +228,7 @@ class Preprocessor:
             pred = pred[None]
         if tuple(pred.shape[1:]) != tuple(reference.shape[1:]):
             raise GeometryMismatchError(f"prediction shape {tuple(pred.shape[1:])} differs from the preprocessed input {tuple(reference.shape[1:])}")
-        meta = MetaTensor(pred, affine=reference.affine.clone(), meta=dict(reference.meta))
+        meta = MetaTensor(pred, meta=dict(reference.meta))
         meta.applied_operations = [dict(op) for op in reference.applied_operations]
         with torch.no_grad():
             restored = self.chain.inverse({"image": meta})["image"]

@@ -1,0 +1,92 @@
+"""The procedural head phantom: determinism, plausible tissue values, and the committed sample data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medtranslate.io import read_volume
+from medtranslate.phantom import LABELS, SAMPLE_SPLIT, make_subject
+
+from .conftest import SAMPLE, run_cli
+
+SMALL = dict(shape=(64, 64, 32), spacing=(3.5, 3.5, 5.2))
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return make_subject(11)
+
+
+def core(subject, tissue: str) -> np.ndarray:
+    """Voxels well inside a tissue (eroded by one voxel), away from partial-volume edges.
+
+    The skull's tables are thinner than a slice, so bone is eroded in-plane only.
+    """
+    from scipy import ndimage
+
+    mask = subject.labels == LABELS[tissue]
+    return ndimage.binary_erosion(mask, structure=np.ones((3, 3, 1 if tissue == "cortical" else 3), bool))
+
+
+def test_same_seed_same_volumes_other_seed_other_anatomy():
+    first = make_subject(11, **SMALL)
+    again = make_subject(11, **SMALL)
+    np.testing.assert_array_equal(again.ct.array, first.ct.array)
+    np.testing.assert_array_equal(again.mr.array, first.mr.array)
+    other = make_subject(12, **SMALL)
+    assert (other.labels != first.labels).mean() > 0.05
+
+
+def test_grid_is_int16_non_ras_and_anisotropic(subject):
+    for vol in (subject.ct, subject.mr):
+        assert vol.array.dtype == np.int16
+        assert vol.orientation != "RAS"
+        assert vol.spacing[2] > vol.spacing[0]
+    np.testing.assert_array_equal(subject.ct.affine, subject.mr.affine)
+
+
+@pytest.mark.parametrize(
+    "tissue,lo,hi",
+    [("air", -1024, -950), ("fat", -130, -60), ("csf", -10, 25), ("white", 10, 45), ("grey", 20, 55), ("cortical", 600, 2100)],
+)
+def test_ct_tissues_have_plausible_hu(subject, tissue, lo, hi):
+    values = subject.ct.array[core(subject, tissue)]
+    assert values.size > 20, tissue
+    assert lo <= float(np.median(values)) <= hi
+
+
+def test_mr_is_t1_like_bone_and_air_both_dark(subject):
+    med = {t: float(np.median(subject.mr.array[core(subject, t)])) for t in ("white", "grey", "csf", "fat", "cortical", "air")}
+    assert med["fat"] > med["white"] > med["grey"] > med["csf"]
+    assert med["cortical"] < 0.25 * med["white"] and med["air"] < 0.25 * med["white"]
+    # ... while CT separates them by more than 2000 HU: context is needed to tell them apart
+    ct = subject.ct.array
+    assert float(np.median(ct[core(subject, "cortical")])) - float(np.median(ct[core(subject, "air")])) > 1500
+
+
+def test_committed_sample_data_matches_its_split_and_budget():
+    split = json.loads((SAMPLE / "split.json").read_text())
+    assert split == SAMPLE_SPLIT
+    subjects = sorted(p.name for p in (SAMPLE / "mr2ct").iterdir())
+    assert subjects == sorted(sum(SAMPLE_SPLIT.values(), []))
+    assert len(subjects) >= 8
+    total = sum(p.stat().st_size for p in SAMPLE.rglob("*") if p.is_file())
+    assert total < 30 * 2**20
+    ct = read_volume(SAMPLE / "mr2ct" / "sub-01" / "ct.nii.gz")
+    assert ct.shape == (128, 128, 64) and ct.array.dtype == np.int16 and ct.orientation != "RAS"
+
+
+@pytest.mark.slow
+def test_sample_data_command_regenerates_committed_files_exactly(tmp_path):
+    result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
+    assert result.returncode == 0, result.stderr
+    for name in ("mr", "ct", "mask"):
+        new = read_volume(tmp_path / "mr2ct" / "sub-01" / f"{name}.nii.gz")
+        old = read_volume(SAMPLE / "mr2ct" / "sub-01" / f"{name}.nii.gz")
+        np.testing.assert_array_equal(new.array, old.array)
+        np.testing.assert_allclose(new.affine, old.affine, atol=1e-6)
+    again = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
