@@ -43,6 +43,20 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folder, format_summary
+
+    result = evaluate_folder(
+        args.pred, args.ref, args.out, mask=args.mask, input=args.input, edition=args.edition, task=args.task,
+        window=args.window, resample_to_ref=args.resample_to_ref, progress=not args.no_progress,
+    )
+    print(format_summary(result))
+    print(f"report: {result.out / 'report.html'}")
+    if result.summary["n_done"] == 0:
+        return 2
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medtranslate",
@@ -70,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2026, help="random seed (default: 2026, the committed data)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(func=cmd_sample_data)
+    p = sub.add_parser("evaluate", help="score synthetic or denoised CT against reference CT: metrics.csv, summary.json, report.html",
+                       description="Score predictions against references (files or folders, cases matched by id) with the SynthRAD metrics "
+                       "(MAE, PSNR, SSIM, MS-SSIM) or, for --task ldct, windowed slice SSIM/PSNR and RMSE in HU.")
+    p.add_argument("--pred", required=True, help="prediction file or folder (e.g. <case>_sct.nii.gz)")
+    p.add_argument("--ref", required=True, help="reference CT file or folder")
+    p.add_argument("--mask", help="body mask file or folder (default: computed from the reference CT and saved in OUT/masks)")
+    p.add_argument("--input", help="input (MR or low-dose CT) file or folder, shown in the figures")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--edition", type=int, choices=(2023, 2025), default=2023, help="SynthRAD edition for PSNR/SSIM clipping (default 2023)")
+    p.add_argument("--task", choices=("mr2ct", "ldct"), default="mr2ct", help="metric set (default mr2ct)")
+    p.add_argument("--window", choices=("head", "abdomen", "chest"), default="head", help="window for ldct metrics (default head)")
+    p.add_argument("--resample-to-ref", action="store_true", help="resample predictions on another grid onto the reference instead of failing them")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,286 @@
+"""Folder-vs-folder evaluation of synthetic (or denoised) CT against reference CT.
+
+Cases are matched by id as :func:`medtranslate.io.find_cases` names them (``pt01_sct.nii.gz`` matches
+``pt01/ct.nii.gz``). Geometry is checked before anything is scored. One bad case is recorded with its reason and
+the rest go on. Writes ``metrics.csv``, ``summary.json`` and ``report.html`` (see :mod:`medtranslate.report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
+from .io import Case, Volume, affine_to_sitk, find_cases, read_case, sitk_to_volume, write_nifti
+from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
+from .transforms import axial_axis, body_mask, check_same_grid
+
+__all__ = ["EvaluationResult", "evaluate_folder", "select_cases", "atomic_write_text", "summarise", "format_summary"]
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("mr2ct", "ldct")
+# Which roles each argument accepts, in order of preference (None: a file whose name names no role).
+PRED_ROLES = ("sct", "denoised", None, "ct", "nd")
+REF_ROLES = {"mr2ct": ("ct", None), "ldct": ("nd", "ct", None)}
+INPUT_ROLES = {"mr2ct": ("mr", None), "ldct": ("ld", None)}
+MASK_ROLES = ("mask", None)
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_folder` wrote and found."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    out: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] != "done"]
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write text to a temporary name beside ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); check the folder is writable") from exc
+    return path
+
+
+def select_cases(path: str | os.PathLike | None, roles: tuple[str | None, ...], what: str) -> dict[str, Case]:
+    """One case per id from ``path``, taking the first role in ``roles`` that the id has."""
+    if path is None:
+        return {}
+    by_id: dict[str, dict[str | None, Case]] = {}
+    for case in find_cases(path):
+        by_id.setdefault(case.case_id, {})[case.role] = case
+    chosen = {}
+    for cid, available in by_id.items():
+        for role in roles:
+            if role in available:
+                chosen[cid] = available[role]
+                break
+    if not chosen:
+        found = sorted({str(r) for a in by_id.values() for r in a})
+        raise InputError(f"{path}: no {what} images found (roles looked for: {', '.join(str(r) for r in roles if r)}; found: {', '.join(found)})")
+    return chosen
+
+
+def _resample_to(volume: Volume, target: Volume) -> Volume:
+    """Linear resampling of ``volume`` onto ``target``'s grid (SimpleITK), background -1024 HU."""
+    import SimpleITK as sitk
+
+    moving = affine_to_sitk(np.asarray(volume.array, dtype=np.float32), volume.affine)
+    reference = affine_to_sitk(np.zeros(target.shape, dtype=np.float32), target.affine)
+    out = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    return sitk_to_volume(out, Path(volume.source), "memory")
+
+
+def _score_case(cid: str, pred: Volume, ref: Volume, mask: np.ndarray, task: str, edition: int, window: str, inp: Volume | None) -> dict[str, float]:
+    if task == "mr2ct":
+        return synthrad_metrics(pred.array, ref.array, mask, edition=edition)
+    axis = axial_axis(ref.affine)
+    scores = ldct_metrics(pred.array, ref.array, axial_axis=axis, window=window, mask=mask)
+    scores["mae"] = float(np.abs(pred.array.astype(np.float64) - ref.array)[mask].mean())
+    if inp is not None:
+        for key, value in ldct_metrics(inp.array, ref.array, axial_axis=axis, window=window, mask=mask).items():
+            scores[f"input_{key}"] = value
+    return scores
+
+
+def evaluate_folder(
+    pred: str | os.PathLike,
+    ref: str | os.PathLike,
+    out: str | os.PathLike,
+    mask: str | os.PathLike | None = None,
+    input: str | os.PathLike | None = None,
+    edition: int = 2023,
+    task: str = "mr2ct",
+    window: str = "head",
+    resample_to_ref: bool = False,
+    figures: bool = True,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score every prediction against its reference and write metrics.csv, summary.json and report.html.
+
+    Args:
+        pred, ref, mask, input: files or folders; cases are matched by id.
+        out: output folder (created).
+        edition: SynthRAD edition for PSNR/SSIM clipping (2023 or 2025); MS-SSIM always follows 2025.
+        task: mr2ct (SynthRAD metrics) or ldct (windowed slice SSIM/PSNR and RMSE in HU).
+        window: display window for ldct metrics (head, abdomen, chest).
+        resample_to_ref: resample a prediction on another grid onto the reference's instead of failing the case.
+        figures: draw per-case figures and metric plots into the report.
+
+    Raises:
+        InputError: a folder cannot be searched or holds no usable images; an unknown task, edition or window.
+    """
+    from tqdm import tqdm
+
+    if task not in TASKS:
+        raise InputError(f"unknown task '{task}'; expected one of: {', '.join(TASKS)}")
+    if edition not in EDITIONS:
+        raise InputError(f"unknown SynthRAD edition {edition}; expected one of: {', '.join(map(str, EDITIONS))}")
+    if window not in WINDOWS:
+        raise InputError(f"unknown window '{window}'; expected one of: {', '.join(WINDOWS)}")
+    out = Path(out)
+    preds = select_cases(pred, PRED_ROLES, "prediction")
+    refs = select_cases(ref, REF_ROLES[task], "reference")
+    masks = select_cases(mask, MASK_ROLES, "mask")
+    inputs = select_cases(input, INPUT_ROLES[task], "input")
+    out.mkdir(parents=True, exist_ok=True)
+    mask_dir = out / "masks"
+
+    rows: list[dict[str, Any]] = []
+    views: dict[str, dict[str, Any]] = {}
+    ids = sorted(set(preds) | set(refs))
+    for cid in tqdm(ids, desc="evaluate", unit="case", disable=not progress):
+        row: dict[str, Any] = {"case": cid, "pred": str(preds[cid].label) if cid in preds else "", "ref": str(refs[cid].label) if cid in refs else ""}
+        t0 = time.perf_counter()
+        try:
+            if cid not in preds:
+                raise InputError(f"case '{cid}': no prediction in {pred}")
+            if cid not in refs:
+                raise InputError(f"case '{cid}': no reference in {ref}")
+            p, r = read_case(preds[cid]), read_case(refs[cid])
+            try:
+                check_same_grid(p, r, names=("prediction", "reference"), case=cid)
+            except GeometryMismatchError:
+                if not resample_to_ref:
+                    raise
+                p = _resample_to(p, r)
+            if masks:
+                if cid not in masks:
+                    raise InputError(f"case '{cid}': no mask in {mask}")
+                mvol = read_case(masks[cid])
+                check_same_grid(mvol, r, names=("mask", "reference"), case=cid)
+                m = np.asarray(mvol.array) > 0
+                row["mask"] = str(masks[cid].label)
+            else:
+                m = body_mask(r.array, "ct", r.affine)
+                row["mask"] = str(write_nifti(mask_dir / f"{cid}_mask.nii.gz", m, r.affine, np.uint8, overwrite=True))
+            if not m.any():
+                raise InputError(f"case '{cid}': the mask is empty; check the mask file or the reference CT")
+            inp = None
+            if cid in inputs:
+                inp = read_case(inputs[cid])
+                check_same_grid(inp, r, names=("input", "reference"), case=cid)
+            row.update(_score_case(cid, p, r, m, task, edition, window, inp))
+            row.update(status="done", error="")
+            if figures:
+                views[cid] = {"pred": p, "ref": r, "mask": m, "input": inp}
+        except MedTranslateError as exc:
+            row.update(status="failed", error=str(exc))
+            logger.warning("%s", exc)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+
+    metric_names = _metric_columns(rows)
+    summary = summarise(rows, metric_names)
+    summary.update(
+        task=task,
+        edition=edition if task == "mr2ct" else None,
+        window=window if task == "ldct" else None,
+        mask_source="given (--mask)" if masks else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in masks/",
+        definitions=_definitions(task, edition, window),
+    )
+    _write_csv(out / "metrics.csv", rows, metric_names)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    result = EvaluationResult(rows=rows, summary=summary, out=out)
+    from .report import write_report
+
+    result.figures = write_report(out, rows, summary, metric_names, views if figures else {})
+    return result
+
+
+def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    preferred = ["mae", "psnr", "ssim", "ms_ssim", "rmse", "input_mae", "input_psnr", "input_ssim", "input_rmse"]
+    present = {k for r in rows if r["status"] == "done" for k, v in r.items() if isinstance(v, float) and k != "seconds"}
+    return [k for k in preferred if k in present] + sorted(present - set(preferred))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def summarise(rows: list[dict[str, Any]], metric_names: list[str]) -> dict[str, Any]:
+    """Per metric: mean, std, median, min, max over the cases that were scored; counts of cases."""
+    done = [r for r in rows if r["status"] == "done"]
+    metrics = {}
+    for name in metric_names:
+        values = np.array([r[name] for r in done if name in r and r[name] is not None and not math.isnan(r[name])], dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if finite.size == 0:
+            continue
+        metrics[name] = {
+            "mean": float(finite.mean()),
+            "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+            "median": float(np.median(finite)),
+            "min": float(finite.min()),
+            "max": float(finite.max()),
+            "n": int(finite.size),
+        }
+    return {"n_cases": len(rows), "n_done": len(done), "n_failed": len(rows) - len(done), "metrics": metrics}
+
+
+def _definitions(task: str, edition: int, window: str) -> dict[str, str]:
+    if task == "ldct":
+        level, width = WINDOWS[window]
+        return {
+            "ssim": f"per axial slice, {window} window L{level:g}/W{width:g} scaled to [0, 1], 7x7 uniform window, mean over slices",
+            "psnr": f"per axial slice on the {window} window scaled to [0, 1], data range 1, mean over slices",
+            "rmse": "root mean squared difference in HU inside the mask",
+            "mae": "mean absolute difference in HU inside the mask",
+        }
+    ed = EDITIONS[edition]
+    return {
+        "mae": "mean |ref - pred| in HU over mask voxels, no clipping",
+        "psnr": f"SynthRAD {edition}: clipped to [{ed.lo:g}, {ed.hi:g}] HU, mask voxels, data range {ed.data_range:g}",
+        "ssim": f"SynthRAD 2023 recipe with the {edition} range [{ed.lo:g}, {ed.hi:g}]: outside mask set to {ed.lo:g}, 7^3 uniform window, sample covariance, masked mean after a 3-voxel border crop",
+        "ms_ssim": "SynthRAD 2025: [-1024, 3071], padded to 97, 5 levels (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), masked means",
+    }
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], metric_names: list[str]) -> None:
+    columns = ["case", *metric_names, "status", "error", "pred", "ref", "mask", "seconds"]
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def format_summary(result: EvaluationResult) -> str:
+    """A short terminal table: one line per case, then the means."""
+    names = _metric_columns(result.rows)
+    header = ["case", *names, "status"]
+    lines = [header]
+    for row in result.rows:
+        lines.append([row["case"], *(f"{row[n]:.4g}" if n in row else "-" for n in names), row["status"]])
+    means = result.summary["metrics"]
+    lines.append(["mean", *(f"{means[n]['mean']:.4g}" if n in means else "-" for n in names), f"{result.summary['n_done']}/{result.summary['n_cases']} done"])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+    for row in result.failed:
+        named = f"'{row['case']}'" in row["error"]
+        text += f"\nFAILED: {row['error']}" if named else f"\nFAILED {row['case']}: {row['error']}"
+    return text

@@ -1,0 +1,171 @@
+"""Figures and a self-contained HTML report (images embedded; opens from disk with no server and no network)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .io import Volume
+
+__all__ = ["case_figure", "metrics_figure", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+CT_DISPLAY = (-1000.0, 1600.0)  # HU range shown for CT: air to dense bone
+ERROR_MAX = 300.0  # HU at the top of the error colour bar
+
+
+def _canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Array reoriented to RAS for display, and its voxel spacing."""
+    ornt = nib.orientations.io_orientation(affine)
+    data = nib.orientations.apply_orientation(np.asarray(array), ornt)
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = tuple(float(spacing[int(i)]) for i in ornt[:, 0].argsort())
+    return data, spacing  # type: ignore[return-value]
+
+
+def _views(vol: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
+    x, y, z = centre
+    # images shown with origin="lower": first array axis horizontal after transpose
+    return [vol[:, :, z].T, vol[:, y, :].T, vol[x, :, :].T]
+
+
+def case_figure(path: Path, case: str, pred: Volume, ref: Volume, mask: np.ndarray, inp: Volume | None = None, ct_range: tuple[float, float] = CT_DISPLAY) -> Path:
+    """Axial, coronal and sagittal views through the body's centre: input, prediction, reference, |error| (HU)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p, spacing = _canonical(pred.array, pred.affine)
+    r, _ = _canonical(ref.array, ref.affine)
+    m, _ = _canonical(mask.astype(np.uint8), ref.affine)
+    centre = tuple(int(round(c)) for c in np.argwhere(m > 0).mean(axis=0)) if m.any() else tuple(s // 2 for s in m.shape)
+    err = np.abs(p.astype(np.float32) - r.astype(np.float32)) * (m > 0)
+    columns = []
+    if inp is not None:
+        i, _ = _canonical(inp.array, inp.affine)
+        lo, hi = np.percentile(i, (0.5, 99.5)) if i.min() >= 0 else ct_range
+        columns.append(("input", i, dict(cmap="gray", vmin=lo, vmax=hi)))
+    columns += [
+        ("prediction", p, dict(cmap="gray", vmin=ct_range[0], vmax=ct_range[1])),
+        ("reference", r, dict(cmap="gray", vmin=ct_range[0], vmax=ct_range[1])),
+        ("|error| (HU)", err, dict(cmap="magma", vmin=0, vmax=ERROR_MAX)),
+    ]
+    aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
+    fig, axes = plt.subplots(3, len(columns), figsize=(3.0 * len(columns), 8.4), squeeze=False)
+    for col, (title, vol, style) in enumerate(columns):
+        for row, (view, aspect) in enumerate(zip(_views(vol, centre), aspects)):
+            ax = axes[row, col]
+            im = ax.imshow(view, origin="lower", aspect=aspect, interpolation="nearest", **style)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=10)
+            if col == 0:
+                ax.set_ylabel(["axial", "coronal", "sagittal"][row], fontsize=10)
+        if title.startswith("|error|"):
+            fig.colorbar(im, ax=axes[:, col].tolist(), shrink=0.6, label="HU")
+    fig.suptitle(case, fontsize=11)
+    _save(fig, path)
+    return path
+
+
+def metrics_figure(path: Path, rows: list[dict[str, Any]], metric_names: list[str]) -> Path:
+    """One panel per metric: its value for every scored case, with the mean as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "done"]
+    names = [n for n in metric_names if any(n in r and np.isfinite(r[n]) for r in done)]
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        cases = [r["case"] for r in done if name in r and np.isfinite(r[name])]
+        values = [r[name] for r in done if name in r and np.isfinite(r[name])]
+        ax.bar(range(len(values)), values, color="#4c72b0")
+        if values:
+            ax.axhline(float(np.mean(values)), color="#c44e52", lw=1, label="mean")
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels(cases, rotation=60, fontsize=7)
+        ax.set_title(name, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], metric_names: list[str], views: dict[str, dict[str, Any]], extra_html: str = "") -> dict[str, Path]:
+    """Write figures to ``out/figures`` and ``out/report.html`` with the figures embedded."""
+    from .evaluate import atomic_write_text
+
+    figures: dict[str, Path] = {}
+    ct_range = CT_DISPLAY
+    if summary.get("task") == "ldct" and summary.get("window"):
+        from .metrics import WINDOWS
+
+        level, width = WINDOWS[summary["window"]]
+        ct_range = (level - width, level + width)  # twice the scoring window, so structure outside it stays visible
+    for case, v in views.items():
+        figures[case] = case_figure(out / "figures" / f"{case}.png", case, v["pred"], v["ref"], v["mask"], v.get("input"), ct_range)
+    if any(r["status"] == "done" for r in rows):
+        figures["_metrics"] = metrics_figure(out / "figures" / "metrics.png", rows, metric_names)
+
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in ["metric", "mean", "std", "median", "min", "max", "n"])
+    srows = "".join(
+        f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(s[k])}</td>" for k in ["mean", "std", "median", "min", "max", "n"]) + "</tr>"
+        for n, s in summary["metrics"].items()
+    )
+    defs = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in summary.get("definitions", {}).items())
+    cols = ["case", *metric_names, "status", "error"]
+    crow = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
+    figs = "".join(f"<h3>{html.escape(c)}</h3>{_img(p)}" for c, p in figures.items() if c != "_metrics")
+    edition = f"SynthRAD {summary['edition']}" if summary.get("edition") else f"window {summary.get('window')}"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>medtranslate evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}
+.failed{{color:#b00}}</style></head><body>
+<h1>medtranslate evaluation</h1>
+<p>Task <b>{html.escape(str(summary.get('task')))}</b>, {html.escape(edition)}; {summary['n_done']} of {summary['n_cases']} cases scored,
+{summary['n_failed']} failed. Mask: {html.escape(str(summary.get('mask_source')))}.</p>
+{extra_html}
+<h2>Summary</h2><table><tr>{head}</tr>{srows}</table>
+<h2>Definitions</h2><ul>{defs}</ul>
+<h2>Per case</h2><table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in cols)}</tr>{crow}</table>
+{_img(figures['_metrics']) if '_metrics' in figures else ''}
+<h2>Cases</h2><p>Axial, coronal and sagittal views through the centre of the body mask; the error is |prediction - reference| inside the mask.</p>
+{figs}
+</body></html>
+"""
+    atomic_write_text(out / "report.html", page)
+    return figures

@@ -1,0 +1,132 @@
+"""Folder-vs-folder evaluation through the real CLI: tables, summary, report, and bad cases that do not stop a batch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from medtranslate.evaluate import evaluate_folder
+from medtranslate.io import read_volume, write_nifti
+from medtranslate.metrics import synthrad_metrics
+
+from .conftest import SAMPLE, run_cli
+
+CASES = ["sub-07", "sub-08"]
+
+
+def fake_predictions(folder, cases=CASES, seed=0):
+    """Noisy, biased copies of the reference CTs, named as translate names them."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for cid in cases:
+        ref = read_volume(SAMPLE / "mr2ct" / cid / "ct.nii.gz")
+        pred = ref.array + rng.normal(0, 40, ref.shape) + 15
+        write_nifti(folder / f"{cid}_sct.nii.gz", pred, ref.affine, np.int16)
+
+
+def refs(tmp_path, cases=CASES):
+    """A reference folder with only some subjects of the sample data (role folders per subject)."""
+    for cid in cases:
+        shutil.copytree(SAMPLE / "mr2ct" / cid, tmp_path / "refs" / cid)
+    return tmp_path / "refs"
+
+
+@pytest.mark.slow
+def test_evaluate_cli_writes_table_summary_and_self_contained_report(tmp_path):
+    fake_predictions(tmp_path / "pred")
+    ref = refs(tmp_path)
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(ref), "--input", str(ref), "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "sub-07" in result.stdout and "mean" in result.stdout and "report.html" in result.stdout
+
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["case"] for r in rows] == CASES
+    assert list(rows[0])[:5] == ["case", "mae", "psnr", "ssim", "ms_ssim"]
+    assert all(r["status"] == "done" and r["error"] == "" for r in rows)
+    # the numbers are those of the metrics module, inside the saved (computed) mask
+    pred = read_volume(tmp_path / "pred" / "sub-07_sct.nii.gz").array
+    ct = read_volume(ref / "sub-07" / "ct.nii.gz").array
+    mask = read_volume(out / "masks" / "sub-07_mask.nii.gz").array > 0
+    expected = synthrad_metrics(pred, ct, mask)
+    for key in ("mae", "psnr", "ssim", "ms_ssim"):
+        assert float(rows[0][key]) == pytest.approx(expected[key], rel=1e-5)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 2 and summary["n_done"] == 2 and summary["edition"] == 2023
+    assert "computed from the reference CT" in summary["mask_source"]
+    maes = [float(r["mae"]) for r in rows]
+    assert summary["metrics"]["mae"]["mean"] == pytest.approx(np.mean(maes), rel=1e-5)
+    assert set(summary["metrics"]["mae"]) == {"mean", "std", "median", "min", "max", "n"}
+
+    page = (out / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3  # two cases + the metric plot
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "SynthRAD 2023" in page
+
+
+@pytest.mark.slow
+def test_bad_cases_are_recorded_and_the_rest_scored(tmp_path):
+    cases = ["sub-04", "sub-05", "sub-06", "sub-07", "sub-08"]
+    fake_predictions(tmp_path / "pred", cases=["sub-04", "sub-05", "sub-06", "sub-07"])  # sub-08: no prediction
+    ref = refs(tmp_path, cases)
+    # sub-05: prediction on another grid (two slices cropped away, same world positions)
+    p5 = read_volume(tmp_path / "pred" / "sub-05_sct.nii.gz")
+    shift = np.eye(4)
+    shift[2, 3] = 2
+    write_nifti(tmp_path / "pred" / "sub-05_sct.nii.gz", p5.array[:, :, 2:], p5.affine @ shift, np.int16, overwrite=True)
+    # sub-06: NaN voxels in the prediction
+    p6 = read_volume(tmp_path / "pred" / "sub-06_sct.nii.gz").array.astype(np.float32)
+    p6[60, 60, 30] = np.nan
+    write_nifti(tmp_path / "pred" / "sub-06_sct.nii.gz", p6, p5.affine, np.float32, overwrite=True)
+    # sub-07: an empty mask given explicitly
+    masks = tmp_path / "masks"
+    for cid in cases:
+        m = read_volume(ref / cid / "mask.nii.gz")
+        write_nifti(masks / f"{cid}.nii.gz", m.array * (cid != "sub-07"), m.affine, np.uint8)
+
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(ref), "--mask", str(masks), "--out", str(out), "--no-progress")
+    assert result.returncode == 1, result.stderr
+    rows = {r["case"]: r for r in csv.DictReader((out / "metrics.csv").open())}
+    assert rows["sub-05"]["status"] == "failed" and "shape differs" in rows["sub-05"]["error"]
+    assert rows["sub-06"]["status"] == "failed" and "NaN" in rows["sub-06"]["error"]
+    assert rows["sub-07"]["status"] == "failed" and "mask is empty" in rows["sub-07"]["error"]
+    assert rows["sub-08"]["status"] == "failed" and "no prediction" in rows["sub-08"]["error"]
+    assert rows["sub-04"]["status"] == "done" and float(rows["sub-04"]["mae"]) > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_failed"] == 4 and summary["n_done"] == 1 and summary["mask_source"] == "given (--mask)"
+    assert "FAILED: case 'sub-05': shape differs" in result.stdout
+
+    # with --resample-to-ref the cropped prediction is resampled onto the reference grid and scored
+    result = evaluate_folder(tmp_path / "pred", ref, tmp_path / "eval2", mask=masks, resample_to_ref=True, figures=False, progress=False)
+    by_case = {r["case"]: r for r in result.rows}
+    assert by_case["sub-05"]["status"] == "done"
+    assert by_case["sub-05"]["mae"] < by_case["sub-04"]["mae"] + 40  # aligned; only the two missing slices add error
+
+
+def test_nothing_readable_exits_2(tmp_path):
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "x_sct.nii.gz").write_bytes(b"not a nifti")
+    result = run_cli("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(SAMPLE / "mr2ct" / "sub-01"), "--out", str(tmp_path / "e"), "--no-progress")
+    assert result.returncode == 2
+    missing = run_cli("evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(SAMPLE), "--out", str(tmp_path / "e2"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_ldct_task_scores_prediction_and_input(tmp_path):
+    ref = read_volume(SAMPLE / "mr2ct" / "sub-07" / "ct.nii.gz")
+    rng = np.random.default_rng(2)
+    write_nifti(tmp_path / "nd" / "c1.nii.gz", ref.array, ref.affine)
+    write_nifti(tmp_path / "ld" / "c1.nii.gz", ref.array + rng.normal(0, 40, ref.shape), ref.affine, np.int16)
+    write_nifti(tmp_path / "pred" / "c1_denoised.nii.gz", ref.array + rng.normal(0, 10, ref.shape), ref.affine, np.int16)
+    result = evaluate_folder(tmp_path / "pred", tmp_path / "nd", tmp_path / "e", input=tmp_path / "ld", task="ldct", figures=False, progress=False)
+    row = result.rows[0]
+    assert row["status"] == "done"
+    assert row["psnr"] > row["input_psnr"] + 5 and row["ssim"] > row["input_ssim"] and row["rmse"] < row["input_rmse"]
+    assert result.summary["window"] == "head" and result.summary["edition"] is None
