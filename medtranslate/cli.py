@@ -57,6 +57,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.set)
+    val = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in val.items())
+    print(f"trained {cfg.model.kind} into {args.out}" + (f"; validation: {summary}" if summary else ""))
+    print(f"checkpoints: {Path(args.out) / 'checkpoints' / 'best.pt'} (lowest validation MAE), last.pt")
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from .translate import translate_folder
+
+    rows = translate_folder(args.model, args.input, args.output, overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
+                            fmt=args.format, tta=args.tta, shard=args.shard, progress=not args.no_progress)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    for row in rows:
+        if row["status"] == "failed":
+            print(f"FAILED {row['case']}: {row['error']}")
+    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {args.output}")
+    return 1 if counts["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medtranslate",
@@ -84,6 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=2026, help="random seed (default: 2026, the committed data)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(func=cmd_sample_data)
+    p = sub.add_parser("train", help="train pix2pix, CycleGAN or the intensity-mapping baseline from a YAML experiment file",
+                       description="Train on slices of 3D volumes; validate whole volumes in HU each epoch; keep checkpoints/last.pt and best.pt.")
+    p.add_argument("config", help="YAML file with sections data, model, train (see pipelines/)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("translate", help="translate scans (MR -> synthetic CT, low-dose -> denoised CT) with a trained checkpoint",
+                       description="Translate every case of a file or folder slice by slice; outputs are int16 HU NIfTI on each input's own grid. "
+                       "Re-running skips finished cases; --shard I/N splits a folder between processes.")
+    p.add_argument("--model", required=True, help="checkpoint (checkpoints/best.pt of a training run)")
+    p.add_argument("--input", required=True, help="image file or folder (NIfTI, NRRD, MHA, DICOM series)")
+    p.add_argument("--output", required=True, help="output folder (not the input folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--format", choices=("nifti", "dicom"), default="nifti", help="dicom: also write a DICOM CT series per case")
+    p.add_argument("--tta", action="store_true", help="average over a left-right flip (test-time augmentation)")
+    p.add_argument("--shard", metavar="I/N", help="take every N-th case starting at I (0-based)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_translate)
+
     p = sub.add_parser("evaluate", help="score synthetic or denoised CT against reference CT: metrics.csv, summary.json, report.html",
                        description="Score predictions against references (files or folders, cases matched by id) with the SynthRAD metrics "
                        "(MAE, PSNR, SSIM, MS-SSIM) or, for --task ldct, windowed slice SSIM/PSNR and RMSE in HU.")

@@ -439,7 +439,7 @@ def find_cases(folder: str | os.PathLike) -> list[Case]:
         cid, role = case_id_from_name(root.name, root.parent.name)
         return [Case(cid, root, role)]
     cases: list[Case] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
         dicom_here = False

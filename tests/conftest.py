@@ -6,10 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
+import yaml
 
-from medtranslate.io import Volume
+from medtranslate.io import Volume, write_nifti
+from medtranslate.phantom import make_subject
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -52,3 +56,30 @@ def ct_volume() -> Volume:
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     return subprocess.run([sys.executable, "-m", "medtranslate", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+TINY = {"model.ngf": 4, "model.ndf": 4, "model.num_downs": 3, "model.n_blocks": 1, "data.patch_size": 32,
+        "train.batch_size": 2, "train.steps_per_epoch": 3, "train.epochs": 2, "train.channels_last": False}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Four small head phantoms in the per-subject layout, with a split file."""
+    root = tmp_path_factory.mktemp("tiny") / "cases"
+    for n in range(4):
+        s = make_subject(100 + n, shape=(48, 48, 16), spacing=(4.6, 4.6, 10.4))
+        write_nifti(root / f"s{n}" / "mr.nii.gz", s.mr.array, s.mr.affine)
+        write_nifti(root / f"s{n}" / "ct.nii.gz", s.ct.array, s.ct.affine)
+    (root / "split.json").write_text(json.dumps({"train": ["s0", "s1"], "val": ["s2"], "test": ["s3"]}))
+    return root
+
+
+def write_config(path, root, kind="pix2pix", **extra):
+    cfg = {"data": {"root": str(root)}, "model": {"kind": kind, "task": "mr2ct"}, "train": {"seed": 3}}
+    for dotted, value in {**TINY, **extra}.items():
+        section, key = dotted.split(".")
+        cfg[section][key] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+

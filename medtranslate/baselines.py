@@ -1,0 +1,51 @@
+"""Non-learned baselines that every trained model must beat.
+
+:class:`IntensityMap` is the best one-dimensional mapping from source intensity to target intensity: a look-up
+table holding, per source-intensity bin, the median target value of the training voxels inside the body (the
+median minimises the absolute error, so no other 1D mapping has a lower training MAE per bin). It has no notion of
+context: bone and air, both dark in T1 MR, get the same HU, which is what makes MR -> CT hard.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["IntensityMap"]
+
+
+class IntensityMap(nn.Module):
+    """Piecewise-linear look-up table on [-1, 1] -> [-1, 1]; uses the centre channel of a 2.5D input."""
+
+    def __init__(self, bins: int = 256):
+        super().__init__()
+        self.register_buffer("table", torch.linspace(-1.0, 1.0, bins))
+
+    @property
+    def bins(self) -> int:
+        return int(self.table.numel())
+
+    def fit(self, source: np.ndarray, target: np.ndarray) -> "IntensityMap":
+        """Fit on paired voxel values (both scaled to [-1, 1]): per bin the median target; empty bins interpolated."""
+        source = np.clip(np.asarray(source, dtype=np.float64).ravel(), -1.0, 1.0)
+        target = np.asarray(target, dtype=np.float64).ravel()
+        idx = np.clip(np.rint((source + 1.0) / 2.0 * (self.bins - 1)).astype(np.int64), 0, self.bins - 1)
+        order = np.argsort(idx, kind="stable")
+        idx, target = idx[order], target[order]
+        starts = np.searchsorted(idx, np.arange(self.bins), side="left")
+        ends = np.searchsorted(idx, np.arange(self.bins), side="right")
+        filled = ends > starts
+        medians = np.array([np.median(target[s:e]) if e > s else np.nan for s, e in zip(starts, ends)])
+        centres = np.linspace(-1.0, 1.0, self.bins)
+        table = np.interp(centres, centres[filled], medians[filled])
+        self.table.copy_(torch.as_tensor(table, dtype=torch.float32))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1].float().clamp(-1.0, 1.0)
+        pos = (centre + 1.0) / 2.0 * (self.bins - 1)
+        lo = pos.floor().clamp(0, self.bins - 2).long()
+        frac = pos - lo
+        table = self.table.to(x.device)
+        return table[lo] * (1 - frac) + table[lo + 1] * frac

@@ -1,0 +1,275 @@
+"""Adversarial losses on logits, the image pool, and the pix2pix and CycleGAN update steps.
+
+Losses (``GANLoss``): vanilla (BCE with logits; Goodfellow et al. 2014, as pix2pix uses it), least squares
+(Mao et al. 2017; CycleGAN), hinge (Lim & Ye 2017), and Wasserstein with gradient penalty (Gulrajani et al. 2017),
+the stabler objective when the discriminator wins too fast. Losses see raw logits: no activation is added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RunConfig
+from .errors import ConfigError
+from .nets import PatchDiscriminator, ResnetGenerator, UNetGenerator, init_weights
+
+__all__ = ["GANLoss", "gradient_penalty", "ImagePool", "Pix2Pix", "CycleGAN", "build_generator", "build_model", "TranslationModel"]
+
+
+class GANLoss:
+    """Generator and discriminator losses computed from discriminator logits (float32)."""
+
+    def __init__(self, mode: str):
+        if mode not in ("vanilla", "lsgan", "hinge", "wgangp"):
+            raise ConfigError(f"unknown gan_loss '{mode}'; expected one of: hinge, lsgan, vanilla, wgangp")
+        self.mode = mode
+
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        real, fake = real.float(), fake.float()
+        if self.mode == "vanilla":
+            return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+        if self.mode == "lsgan":
+            return 0.5 * (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)))
+        if self.mode == "hinge":
+            return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+        return fake.mean() - real.mean()  # wgangp; the penalty is added by the caller
+
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        fake = fake.float()
+        if self.mode == "vanilla":
+            return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+        if self.mode == "lsgan":
+            return F.mse_loss(fake, torch.ones_like(fake))
+        return -fake.mean()  # hinge and wgangp
+
+
+def gradient_penalty(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """WGAN-GP: mean of (||grad D(x_hat)|| - 1)^2 at random interpolates x_hat between real and fake."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device="cpu").to(real.device, real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    out = disc(x_hat).float()
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+class ImagePool:
+    """A buffer of past fakes (Shrivastava et al. 2017; CycleGAN uses 50): the discriminator sees a mix of old and new."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.generator = generator
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch
+        out = []
+        for image in batch.detach():
+            image = image[None]
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif torch.rand(1, generator=self.generator).item() < 0.5:
+                i = int(torch.randint(0, self.size, (1,), generator=self.generator).item())
+                out.append(self.images[i].clone())
+                self.images[i] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state(self) -> torch.Tensor:
+        return torch.cat(self.images, 0).cpu() if self.images else torch.zeros(0)
+
+    def load(self, images: torch.Tensor, device: torch.device) -> None:
+        self.images = [img[None].to(device) for img in images] if images.numel() else []
+
+
+def build_generator(cfg: RunConfig, in_channels: int, out_channels: int = 1) -> nn.Module:
+    m = cfg.model
+    if m.generator == "unet":
+        num_downs = m.num_downs or max(int(cfg.data.patch_size).bit_length() - 1, 2)
+        net: nn.Module = UNetGenerator(in_channels, out_channels, num_downs=num_downs, ngf=m.ngf, norm=m.norm, dropout=m.dropout, upsample=m.upsample)
+    else:
+        net = ResnetGenerator(in_channels, out_channels, ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, upsample=m.upsample)
+    return init_weights(net)
+
+
+class TranslationModel:
+    """Networks, optimisers and the update step of one model kind; ``generator`` translates source -> target."""
+
+    kind = ""
+
+    def __init__(self, cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator):
+        self.cfg, self.device, self.rng = cfg, device, generator
+        self.in_channels = in_channels
+        self.nets: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.gan = GANLoss(cfg.model.gan_loss)
+        precision = cfg.train.precision
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        if precision == "fp16" and device.type != "cuda":
+            raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 on the CPU")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.nets["G"]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _finish(self) -> None:
+        fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        for net in self.nets.values():
+            net.to(self.device, memory_format=fmt)
+        t = self.cfg.train
+        for name, net in self.nets.items():
+            group = "G" if name.startswith("G") else "D"
+            if group not in self.optimizers:
+                params = [p for n, m in self.nets.items() if (n.startswith("G") if group == "G" else n.startswith("D")) for p in m.parameters()]
+                self.optimizers[group] = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+
+    def _step(self, name: str, loss: torch.Tensor) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def _requires_grad(self, prefix: str, flag: bool) -> None:
+        for name, net in self.nets.items():
+            if name.startswith(prefix):
+                for p in net.parameters():
+                    p.requires_grad_(flag)
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def _d_update(self, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        with self.autocast():
+            loss = self.gan.d_loss(disc(real), disc(fake.detach()))
+        if self.gan.mode == "wgangp":
+            loss = loss + self.cfg.model.gp_weight * gradient_penalty(disc, real, fake, self.rng)
+        return loss * weight
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.nets.values():
+            net.train(mode)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state["nets"].items():
+            self.nets[k].load_state_dict(v)
+        for k, v in state.get("optimizers", {}).items():
+            self.optimizers[k].load_state_dict(v)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Pix2Pix(TranslationModel):
+    """Conditional GAN on paired slices: U-Net generator, PatchGAN on (input, output), L1 weight 100."""
+
+    kind = "pix2pix"
+
+    def __init__(self, cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator):
+        super().__init__(cfg, in_channels, device, generator)
+        m = cfg.model
+        self.nets["G"] = build_generator(cfg, in_channels)
+        self.nets["D"] = init_weights(PatchDiscriminator(in_channels + 1, m.ndf, m.d_layers, m.norm))
+        self._finish()
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
+        G, D = self.nets["G"], self.nets["D"]
+        with self.autocast():
+            fake_b = G(real_a)
+        # discriminator: real pairs vs generated pairs, conditioned on the input
+        self._requires_grad("D", True)
+        real_ab, fake_ab = torch.cat([real_a, real_b], 1), torch.cat([real_a, fake_b.detach()], 1)
+        for _ in range(self.cfg.train.d_steps):
+            loss_d = self._d_update(D, real_ab, fake_ab)
+            self._step("D", loss_d)
+        # generator: fool D and stay close to the target in L1
+        self._requires_grad("D", False)
+        with self.autocast():
+            loss_adv = self.gan.g_loss(D(torch.cat([real_a, fake_b], 1)))
+        loss_l1 = F.l1_loss(fake_b.float(), real_b.float()) * self.cfg.model.lambda_l1
+        self._step("G", loss_adv + loss_l1)
+        return _floats(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_l1=loss_l1, loss_g=loss_adv + loss_l1)
+
+
+class CycleGAN(TranslationModel):
+    """Unpaired translation: G (source -> target) and F (target -> source), discriminators D (target) and D_src."""
+
+    kind = "cyclegan"
+
+    def __init__(self, cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator):
+        super().__init__(cfg, in_channels, device, generator)
+        m = cfg.model
+        self.nets["G"] = build_generator(cfg, in_channels)
+        self.nets["G_inv"] = build_generator(cfg, 1, in_channels)
+        self.nets["D"] = init_weights(PatchDiscriminator(1, m.ndf, m.d_layers, m.norm))
+        self.nets["D_src"] = init_weights(PatchDiscriminator(in_channels, m.ndf, m.d_layers, m.norm))
+        self.pools = {"target": ImagePool(m.pool_size, generator), "source": ImagePool(m.pool_size, generator)}
+        self._finish()
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        m = self.cfg.model
+        real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
+        G, Finv, D_b, D_a = self.nets["G"], self.nets["G_inv"], self.nets["D"], self.nets["D_src"]
+        self._requires_grad("D", False)
+        with self.autocast():
+            fake_b, fake_a = G(real_a), Finv(real_b)
+            rec_a, rec_b = Finv(fake_b), G(fake_a)
+            loss_adv = self.gan.g_loss(D_b(fake_b)) + self.gan.g_loss(D_a(fake_a))
+            loss_idt = torch.zeros((), device=self.device)
+            if m.lambda_identity > 0:
+                loss_idt = (F.l1_loss(G(real_b).float(), real_b.float()) + F.l1_loss(Finv(real_a).float(), real_a.float())) * m.lambda_cycle * m.lambda_identity
+        loss_cycle = (F.l1_loss(rec_a.float(), real_a.float()) + F.l1_loss(rec_b.float(), real_b.float())) * m.lambda_cycle
+        self._step("G", loss_adv + loss_cycle + loss_idt)
+        self._requires_grad("D", True)
+        pooled_b, pooled_a = self.pools["target"].query(fake_b), self.pools["source"].query(fake_a)
+        for _ in range(self.cfg.train.d_steps):
+            loss_d = self._d_update(D_b, real_b, pooled_b, 0.5) + self._d_update(D_a, real_a, pooled_a, 0.5)
+            self._step("D", loss_d)
+        return _floats(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt, loss_g=loss_adv + loss_cycle + loss_idt)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["pools"] = {k: p.state() for k, p in self.pools.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for k, images in state.get("pools", {}).items():
+            self.pools[k].load(images, self.device)
+
+
+def _floats(**losses: torch.Tensor) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def build_model(cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator) -> TranslationModel:
+    """The model of ``cfg.model.kind`` (pix2pix or cyclegan) with freshly initialised networks and optimisers."""
+    if cfg.model.kind == "pix2pix":
+        return Pix2Pix(cfg, in_channels, device, generator)
+    if cfg.model.kind == "cyclegan":
+        return CycleGAN(cfg, in_channels, device, generator)
+    raise ConfigError(f"model.kind '{cfg.model.kind}' is not a GAN; expected one of: cyclegan, pix2pix")

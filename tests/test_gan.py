@@ -1,0 +1,119 @@
+"""Adversarial losses, gradient penalty, image pool, and real optimisation steps of each model on a fixed batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medtranslate.baselines import IntensityMap
+from medtranslate.config import RunConfig
+from medtranslate.gan import GANLoss, ImagePool, build_model, gradient_penalty
+
+
+def tiny_config(kind: str, **model) -> RunConfig:
+    return RunConfig.from_dict({
+        "data": {"root": "unused", "patch_size": 32},
+        "model": {"kind": kind, "ngf": 8, "ndf": 8, "n_blocks": 2, "num_downs": 3, **model},
+        "train": {"batch_size": 2, "lr": 1e-3, "seed": 0, "channels_last": False},
+    })
+
+
+def test_gan_losses_on_known_logits():
+    big = torch.full((2, 1, 4, 4), 20.0)
+    for mode in ("vanilla", "lsgan", "hinge"):
+        loss = GANLoss(mode)
+        good_d = loss.d_loss(real=big if mode != "lsgan" else torch.ones_like(big), fake=-big if mode != "lsgan" else torch.zeros_like(big))
+        bad_d = loss.d_loss(real=-big, fake=big)
+        assert float(good_d) < 1e-6 < float(bad_d), mode
+    assert float(GANLoss("vanilla").g_loss(big)) < 1e-6 and float(GANLoss("vanilla").g_loss(-big)) > 10
+    w = GANLoss("wgangp")
+    assert float(w.d_loss(real=torch.tensor([3.0]), fake=torch.tensor([1.0]))) == -2.0
+    assert float(w.g_loss(torch.tensor([1.5]))) == -1.5
+    with pytest.raises(Exception, match="gan_loss"):
+        GANLoss("wasserstein")
+
+
+def test_gradient_penalty_is_zero_for_a_unit_gradient_critic():
+    torch.manual_seed(0)
+    w = torch.randn(1, 3, 5, 5)
+    w /= w.norm()
+    critic = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731 - gradient is w everywhere, norm 1
+    real, fake = torch.rand(4, 3, 5, 5), torch.rand(4, 3, 5, 5)
+    assert float(gradient_penalty(critic, real, fake)) == pytest.approx(0.0, abs=1e-10)
+    critic2 = lambda x: 3 * (x * w).flatten(1).sum(1)  # noqa: E731 - gradient norm 3: penalty (3-1)^2
+    assert float(gradient_penalty(critic2, real, fake)) == pytest.approx(4.0, rel=1e-5)
+
+
+def test_image_pool_fills_then_mixes_old_and_new():
+    pool = ImagePool(3, torch.Generator().manual_seed(0))
+    first = torch.arange(3.0).view(3, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)
+    new = torch.full((20, 1, 1, 1), 9.0)
+    out = pool.query(new)
+    assert out.shape == new.shape
+    assert (out != 9.0).any() and (out == 9.0).any()  # some fakes are swapped for stored ones
+    restored = ImagePool(3, torch.Generator())
+    restored.load(pool.state(), torch.device("cpu"))
+    assert torch.equal(torch.cat(restored.images), torch.cat(pool.images))
+
+
+def _fixed_batch(paired: bool = True):
+    g = torch.Generator().manual_seed(1)
+    src = torch.rand(2, 1, 32, 32, generator=g) * 2 - 1
+    tgt = -src if paired else torch.rand(2, 1, 32, 32, generator=g) * 2 - 1
+    return {"source": src, "target": tgt}
+
+
+@pytest.mark.parametrize("gan_loss", ["vanilla", "lsgan", "hinge", "wgangp"])
+def test_one_pix2pix_step_lowers_its_losses(gan_loss):
+    torch.manual_seed(0)
+    model = build_model(tiny_config("pix2pix", gan_loss=gan_loss, dropout=0.0), 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    batch = _fixed_batch()
+    G, D = model.nets["G"], model.nets["D"]
+
+    def l1():
+        with torch.no_grad():
+            return float(F.l1_loss(G(batch["source"]), batch["target"]))
+
+    def d_loss():
+        with torch.no_grad():
+            fake = G(batch["source"])
+            return float(model.gan.d_loss(D(torch.cat([batch["source"], batch["target"]], 1)), D(torch.cat([batch["source"], fake], 1))))
+
+    before_l1, before_d = l1(), d_loss()
+    losses = model.train_step(batch)
+    assert set(losses) == {"loss_d", "loss_g_adv", "loss_g_l1", "loss_g"}
+    assert l1() < before_l1
+    assert d_loss() < before_d
+
+
+def test_one_cyclegan_step_lowers_its_cycle_loss():
+    torch.manual_seed(0)
+    model = build_model(tiny_config("cyclegan"), 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    batch = _fixed_batch(paired=False)
+    G, Finv = model.nets["G"], model.nets["G_inv"]
+
+    def cycle():
+        with torch.no_grad():
+            return float(F.l1_loss(Finv(G(batch["source"])), batch["source"]) + F.l1_loss(G(Finv(batch["target"])), batch["target"]))
+
+    before = cycle()
+    losses = model.train_step(batch)
+    assert set(losses) == {"loss_d", "loss_g_adv", "loss_g_cycle", "loss_g_idt", "loss_g"}
+    assert cycle() < before
+    assert len(model.pools["target"].images) == 2  # the fakes went into the pool
+
+
+def test_intensity_map_recovers_a_known_mapping():
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(200_000, generator=rng) * 2 - 1
+    y = torch.where(x < 0, 0.5 * x, x**2)  # non-linear, non-monotone pieces are fine for a look-up table
+    lut = IntensityMap(bins=128).fit(x.numpy(), y.numpy())
+    probe = torch.linspace(-0.99, 0.99, 50)
+    out = lut(probe.view(1, 1, 50, 1))[0, 0, :, 0]
+    expected = torch.where(probe < 0, 0.5 * probe, probe**2)
+    assert float((out - expected).abs().max()) < 0.02
+    # a 3-channel (2.5D) input uses its centre channel
+    three = torch.stack([probe * 0, probe, probe * 0]).view(1, 3, 50, 1)
+    assert torch.allclose(lut(three)[0, 0, :, 0], out)

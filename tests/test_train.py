@@ -1,0 +1,118 @@
+"""The training loop end to end on tiny data: checkpoints, exact resume, Ctrl-C, and one-line errors."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from medtranslate.config import load_config
+from medtranslate.errors import ConfigError
+from medtranslate.io import write_nifti
+from medtranslate.train import Trainer
+from medtranslate.translate import load_checkpoint
+
+from .conftest import SAMPLE, run_cli, write_config
+
+def weights(run_dir):
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return ckpt["model"]["nets"], ckpt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,context", [("pix2pix", 1), ("cyclegan", 0)])
+def test_resume_continues_exactly(tmp_path, tiny_data, kind, context):
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, kind, **{"data.context": context}))
+    Trainer(cfg, tmp_path / "straight", progress=False).fit()
+    Trainer(cfg, tmp_path / "resumed", progress=False).fit(until_epoch=1)
+    assert weights(tmp_path / "resumed")[1]["epoch"] == 1
+    Trainer(cfg, tmp_path / "resumed", resume=True, progress=False).fit()
+    (a, ckpt_a), (b, ckpt_b) = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert ckpt_a["step"] == ckpt_b["step"] == 6
+    for net in a:
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), (net, key)
+    assert [r["loss_g"] for r in ckpt_a["history"]] == [r["loss_g"] for r in ckpt_b["history"]]
+
+
+@pytest.mark.slow
+def test_train_cli_on_sample_data_writes_run_folder(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", SAMPLE / "mr2ct", **{"data.patch_size": 64, "train.epochs": 1})
+    result = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress", "--set", "train.steps_per_epoch=2")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    assert {"config.yaml", "split.json", "history.csv", "checkpoints", "tensorboard"} <= {p.name for p in run.iterdir()}
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["steps_per_epoch"] == 2 and saved["model"]["generator"] == "unet" and saved["model"]["gan_loss"] == "vanilla"
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,step,seconds,lr,loss_d") and "val_mae" in history[0] and len(history) == 2
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ckpt["kind"] == "pix2pix" and ckpt["spec"]["divisor"] == 8 and np.isfinite(ckpt["best_mae"])
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    again = run_cli("train", str(cfg), "--out", str(run), "--no-progress")
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, tiny_data):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 50, "train.steps_per_epoch": 4})
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "medtranslate", "train", str(cfg), "--out", str(run), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # inside a later epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert 1 <= ckpt["epoch"] < 50
+    resumed = run_cli("train", str(cfg), "--out", str(run), "--resume", "--no-progress", "--set", "train.epochs=3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
+
+
+def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "intensity_map"))
+    val = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert 0 < val["val_mae"] < 1000
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert ckpt["kind"] == "intensity_map" and ckpt["model"]["nets"]["G"]["table"].shape == (256,)
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        ({"model.kindd": "pix2pix"}, r"unknown key model.kindd; valid keys of 'model': kind, task"),
+        ({"model.kind": "pix2pixx"}, r"unknown model.kind 'pix2pixx'; expected one of: pix2pix, cyclegan, intensity_map"),
+        ({"train.precision": "fp8"}, r"train.precision"),
+        ({"data.context": 9}, r"data.context 9 needs 19 slices but the volume has 16"),
+    ],
+)
+def test_bad_configs_are_one_line_errors(tmp_path, tiny_data, extra, match):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, **extra)
+    with pytest.raises(ConfigError, match=match):
+        Trainer(load_config(cfg), tmp_path / "run", progress=False)
+    result = run_cli("train", str(cfg), "--out", str(tmp_path / "run2"), "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_no_pairs_and_wrong_kind_on_resume(tmp_path, tiny_data):
+    empty = tmp_path / "empty"
+    write_nifti(empty / "a" / "mr.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
+    result = run_cli("train", str(write_config(tmp_path / "c.yaml", empty)), "--out", str(tmp_path / "r"), "--no-progress")
+    assert result.returncode == 2 and "no mr/ct pairs found" in result.stderr and "unmatched: a" in result.stderr
+    # a run made by the intensity-mapping baseline cannot be resumed as pix2pix
+    base = write_config(tmp_path / "b.yaml", tiny_data, "intensity_map")
+    assert run_cli("train", str(base), "--out", str(tmp_path / "run"), "--no-progress").returncode == 0
+    wrong = run_cli("train", str(write_config(tmp_path / "p.yaml", tiny_data)), "--out", str(tmp_path / "run"), "--resume", "--no-progress")
+    assert wrong.returncode == 2 and "checkpoint is from a intensity_map run but model.kind is pix2pix" in wrong.stderr

@@ -1,0 +1,172 @@
+"""Translating scans and folders with a checkpoint: geometry round trip in every format, batch safety, bad input."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from medtranslate.config import load_config
+from medtranslate.errors import CheckpointError
+from medtranslate.io import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
+from medtranslate.phantom import make_subject
+from medtranslate.train import Trainer
+from medtranslate.translate import TranslatorSpec, build_inference_net, load_checkpoint, translate_volume
+
+from .conftest import oblique_affine, run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_data, tmp_path_factory):
+    """A tiny pix2pix (2.5D) and an intensity-map checkpoint trained on the tiny phantoms."""
+    out = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for kind, extra in (("pix2pix", {"data.context": 1, "train.epochs": 1}), ("intensity_map", {})):
+        cfg = load_config(write_config(out / f"{kind}.yaml", tiny_data, kind, **extra))
+        Trainer(cfg, out / kind, progress=False).fit()
+        paths[kind] = out / kind / "checkpoints" / "best.pt"
+    return paths
+
+
+def mr_volume(seed: int, shape=(40, 36, 14)) -> Volume:
+    """A small MR phantom on an oblique, anisotropic, non-RAS grid."""
+    s = make_subject(seed, shape=shape, spacing=(5.5, 6.1, 11.9))
+    return Volume(s.mr.array, oblique_affine(spacing=(5.5, 6.1, 11.9)))
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "nrrd", "metaimage", "dicom"])
+def test_output_has_exactly_the_inputs_grid_in_every_format(tmp_path, checkpoints, fmt):
+    import SimpleITK as sitk
+
+    vol = mr_volume(1)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    if fmt == "dicom":
+        write_dicom_series(inputs / "case1", vol, modality="MR")
+    else:
+        suffix = {"nifti": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha"}[fmt]
+        sitk.WriteImage(affine_to_sitk(vol.array, vol.affine), str(inputs / f"case1{suffix}"))
+    result = run_cli("translate", "--model", str(checkpoints["pix2pix"]), "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    out = read_volume(tmp_path / "out" / "case1_sct.nii.gz")
+    source = read_volume(next(inputs.iterdir()))
+    assert out.shape == source.shape == vol.shape
+    np.testing.assert_allclose(out.affine, source.affine, atol=1e-4)
+    assert out.array.dtype == np.int16 and out.array.min() >= -1024 and out.array.max() <= 3071
+    rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
+    assert rows[0]["status"] == "done" and len(rows[0]["checkpoint_sha256"]) == 64
+
+
+def test_translate_volume_api_odd_shapes_and_tta(checkpoints):
+    ckpt = load_checkpoint(checkpoints["pix2pix"])
+    net, spec = build_inference_net(ckpt, torch.device("cpu")), TranslatorSpec.from_dict(ckpt["spec"])
+    vol = mr_volume(2, shape=(27, 33, 9))  # not divisible by the U-Net's 8: padded and cropped back
+    out = translate_volume(net, vol, spec)
+    assert out.shape == vol.shape and np.array_equal(out.affine, vol.affine)
+    tta = translate_volume(net, vol, spec, tta=True)
+    assert tta.shape == vol.shape and not np.allclose(tta.array, out.array)
+
+
+def _batch(folder, n=6):
+    for i in range(n):
+        v = mr_volume(10 + i)
+        write_nifti(folder / f"p{i:02d}.nii.gz", v.array, v.affine)
+
+
+@pytest.mark.slow
+def test_killed_batch_resumes_with_every_case_done_and_no_partial_file(tmp_path, checkpoints):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _batch(inputs, 8)
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    cmd = [sys.executable, "-m", "medtranslate", "translate", "--model", str(checkpoints["pix2pix"]), "--input", str(inputs), "--output", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "manifest.csv").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = list(csv.DictReader((out / "manifest.csv").open())) if (out / "manifest.csv").exists() else []
+    assert 1 <= len(first) < 8  # stopped halfway
+    result = run_cli("translate", "--model", str(checkpoints["pix2pix"]), "--input", str(inputs), "--output", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert [r["case"] for r in rows] == [f"p{i:02d}" for i in range(8)]
+    assert {r["status"] for r in rows} <= {"done", "skipped"} and sum(r["status"] == "skipped" for r in rows) == len(first)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    for i in range(8):
+        assert read_volume(out / f"p{i:02d}_sct.nii.gz").shape == (40, 36, 14)
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
+
+
+def test_corrupt_case_fails_alone_and_shards_split_the_folder(tmp_path, checkpoints):
+    inputs = tmp_path / "in"
+    _batch(inputs, 3)
+    (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    model = str(checkpoints["intensity_map"])
+    result = run_cli("translate", "--model", model, "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 1
+    assert "FAILED broken" in result.stdout and "3 done, 0 skipped, 1 failed" in result.stdout
+    rows = {r["case"]: r for r in csv.DictReader((tmp_path / "out" / "manifest.csv").open())}
+    assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]
+    for shard in ("0/2", "1/2"):
+        r = run_cli("translate", "--model", model, "--input", str(inputs), "--output", str(tmp_path / "sharded"), "--shard", shard, "--no-progress")
+        assert r.returncode in (0, 1)
+    done = sorted(p.name for p in (tmp_path / "sharded").glob("*_sct.nii.gz"))
+    assert done == ["p00_sct.nii.gz", "p01_sct.nii.gz", "p02_sct.nii.gz"]
+    assert (tmp_path / "sharded" / "manifest.shard0of2.csv").exists() and (tmp_path / "sharded" / "manifest.shard1of2.csv").exists()
+    again = run_cli("translate", "--model", model, "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress")
+    assert "0 done, 3 skipped, 1 failed" in again.stdout
+
+
+def test_dicom_output_for_planning_systems(tmp_path, checkpoints):
+    import pydicom
+
+    inputs = tmp_path / "in"
+    _batch(inputs, 1)
+    result = run_cli("translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(tmp_path / "out"), "--format", "dicom", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    series = tmp_path / "out" / "p00_sct_dicom"
+    ds = pydicom.dcmread(sorted(series.iterdir())[0])
+    assert ds.Modality == "CT" and "medtranslate" in ds.ImageComments and "RescaleIntercept" in ds
+    from_dicom, from_nifti = read_volume(series), read_volume(tmp_path / "out" / "p00_sct.nii.gz")
+    np.testing.assert_array_equal(from_dicom.array, from_nifti.array)
+    np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-3)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("unpickled arbitrary code",))
+
+
+@pytest.mark.parametrize("content", ["foreign", "unsafe", "garbage"])
+def test_foreign_or_unsafe_checkpoint_is_a_one_line_error(tmp_path, content):
+    ckpt = tmp_path / "model.pt"
+    if content == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, str(ckpt))
+    elif content == "unsafe":
+        torch.save({"format": 1, "spec": Evil()}, str(ckpt))
+    else:
+        ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="checkpoint"):
+        load_checkpoint(ckpt)
+    (tmp_path / "in").mkdir()
+    result = run_cli("translate", "--model", str(ckpt), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and "unpickled" not in result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_output_folder_checks_happen_before_any_work(tmp_path, checkpoints):
+    inputs = tmp_path / "in"
+    _batch(inputs, 1)
+    same = run_cli("translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(inputs))
+    assert same.returncode == 2 and "input folder" in same.stderr
+    (tmp_path / "afile").write_text("x")
+    blocked = run_cli("translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(tmp_path / "afile" / "out"))
+    assert blocked.returncode == 2 and "not writable" in blocked.stderr
+    assert sorted(p.name for p in inputs.iterdir()) == ["p00.nii.gz"]
