@@ -74,12 +74,25 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     rows = translate_folder(args.model, args.input, args.output, overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
                             fmt=args.format, tta=args.tta, shard=args.shard, progress=not args.no_progress)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    return _report_batch(rows, args.output)
+
+
+def _report_batch(rows: list, out: str) -> int:
+    from .batch import summary_line
+
     for row in rows:
         if row["status"] == "failed":
             print(f"FAILED {row['case']}: {row['error']}")
-    print(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {args.output}")
-    return 1 if counts["failed"] else 0
+    line, status = summary_line(rows, Path(out))
+    print(line)
+    return status
+
+
+def cmd_simulate_lowdose(args: argparse.Namespace) -> int:
+    from .lowdose import simulate_lowdose_folder
+
+    rows = simulate_lowdose_folder(args.input, args.output, args.dose, seed=args.seed, photons=args.photons, overwrite=args.overwrite, progress=not args.no_progress)
+    return _report_batch(rows, args.output)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", metavar="I/N", help="take every N-th case starting at I (0-based)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("simulate-lowdose", help="simulate low-dose / normal-dose CT pairs in the projection domain (Poisson + electronic noise, FBP)",
+                       description="For every CT case write <case>_ld.nii.gz (simulated low dose) and <case>_nd.nii.gz (same projection and "
+                       "reconstruction without the added noise), int16 HU on the input's grid.")
+    p.add_argument("--dose", type=float, required=True, help="fraction of the full dose, in (0, 1], e.g. 0.25")
+    p.add_argument("--input", required=True, help="CT file or folder (HU)")
+    p.add_argument("--output", required=True, help="output folder (not the input folder)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--photons", type=float, default=1e5, help="incident photons per ray at full dose (default 1e5)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate_lowdose)
 
     p = sub.add_parser("evaluate", help="score synthetic or denoised CT against reference CT: metrics.csv, summary.json, report.html",
                        description="Score predictions against references (files or folders, cases matched by id) with the SynthRAD metrics "

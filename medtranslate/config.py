@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "MODEL_DEFAULTS"]
 
-KINDS = ("pix2pix", "cyclegan", "intensity_map")
+KINDS = ("pix2pix", "cyclegan", "intensity_map", "classical")
 TASKS = {"mr2ct": ("mr", "ct"), "ldct": ("ld", "nd")}
 
 # Paper defaults (DESIGN.md, "Reference points"): pix2pix: U-Net, batch norm, BCE-with-logits GAN loss, L1 weight 100;
@@ -27,6 +27,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "pix2pix": {"generator": "unet", "norm": "batch", "gan_loss": "vanilla"},
     "cyclegan": {"generator": "resnet", "norm": "instance", "gan_loss": "lsgan"},
     "intensity_map": {"generator": "lut", "norm": "batch", "gan_loss": "vanilla"},
+    "classical": {"generator": "nlmeans", "norm": "batch", "gan_loss": "vanilla"},
 }
 
 
@@ -103,7 +104,7 @@ class ModelConfig:
         for key, value in MODEL_DEFAULTS[self.kind].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        if self.kind != "intensity_map":
+        if self.kind in ("pix2pix", "cyclegan"):
             _choice("model", "generator", self.generator, ("unet", "resnet"))
         _choice("model", "norm", self.norm, ("batch", "instance"))
         _choice("model", "upsample", self.upsample, ("transpose", "resize"))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .baselines import IntensityMap
+from .baselines import ClassicalDenoiser, IntensityMap
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, InputError
 from .evaluate import atomic_write_text
@@ -84,9 +84,9 @@ class Trainer:
         src_kind = "mr" if cfg.model.roles[0] == "mr" else "ct"
 
         # model
-        if cfg.model.kind == "intensity_map":
+        if cfg.model.kind in ("intensity_map", "classical"):
             self.model: TranslationModel | None = None
-            self.lut = IntensityMap(cfg.model.bins)
+            self.lut = IntensityMap(cfg.model.bins) if cfg.model.kind == "intensity_map" else ClassicalDenoiser()
             self.net = self.lut
             divisor = 1
         else:
@@ -112,7 +112,7 @@ class Trainer:
         ``until_epoch`` stops early without changing the schedule, as an interruption at an epoch end would.
         """
         if self.model is None:
-            return self._fit_intensity_map()
+            return self._fit_baseline()
         t = self.cfg.train
         stop = t.epochs if until_epoch is None else min(until_epoch, t.epochs)
         start = time.perf_counter()
@@ -224,13 +224,18 @@ class Trainer:
         return self._writer
 
     # ------------------------------------------------------------------------------------------ baseline
-    def _fit_intensity_map(self) -> dict[str, float]:
-        sources, targets = [], []
-        for case in self.train_cases:
-            m = case.mask[0]
-            sources.append(case.source[0][m].numpy())
-            targets.append(case.target[0][m].numpy())
-        self.lut.fit(np.concatenate(sources), np.concatenate(targets))
+    def _fit_baseline(self) -> dict[str, float]:
+        if isinstance(self.lut, IntensityMap):
+            sources = np.concatenate([c.source[0][c.mask[0]].numpy() for c in self.train_cases])
+            targets = np.concatenate([c.target[0][c.mask[0]].numpy() for c in self.train_cases])
+            self.lut.fit(sources, targets)
+        else:  # tune the denoiser on a few body slices of every training case
+            pairs = []
+            for c in self.train_cases:
+                body = torch.nonzero(c.mask[0].float().mean(dim=(0, 1)) >= max(self.cfg.data.min_body_fraction, 0.2)).flatten()
+                for z in body[:: max(len(body) // 4, 1)][:4].tolist():
+                    pairs.append((c.source[0, :, :, z].numpy(), c.target[0, :, :, z].numpy()))
+            self.lut.fit([p[0] for p in pairs], [p[1] for p in pairs])
         val = self.validate() if self.val_cases else {}
         self.epoch = self.cfg.train.epochs
         self.best_mae = val.get("val_mae", math.inf)

@@ -8,9 +8,7 @@ spatial divisor, spacing), so inference undoes exactly what training did.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +134,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def build_inference_net(ckpt: dict[str, Any], device: torch.device) -> nn.Module:
     """The source -> target network of a checkpoint, in eval mode on ``device``."""
-    from .baselines import IntensityMap
+    from .baselines import ClassicalDenoiser, IntensityMap
     from .config import RunConfig
     from .gan import build_generator
 
@@ -144,6 +142,8 @@ def build_inference_net(ckpt: dict[str, Any], device: torch.device) -> nn.Module
     try:
         if kind == "intensity_map":
             net: nn.Module = IntensityMap(int(ckpt["model"]["nets"]["G"]["table"].numel()))
+        elif kind == "classical":
+            net = ClassicalDenoiser()
         elif kind in ("pix2pix", "cyclegan"):
             net = build_generator(RunConfig.from_dict(ckpt["config"], source="checkpoint config"), int(ckpt["in_channels"]))
         else:
@@ -158,7 +158,6 @@ def build_inference_net(ckpt: dict[str, Any], device: torch.device) -> nn.Module
 
 OUTPUT_SUFFIX = {"mr2ct": "sct", "ldct": "denoised"}
 SOURCE_ROLES = {"mr2ct": ("mr", None), "ldct": ("ld", None)}
-MANIFEST_COLUMNS = ["case", "input", "output", "status", "error", "seconds", "checkpoint_sha256"]
 
 
 def _sha256(path: Path) -> str:
@@ -184,23 +183,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _check_output_folder(inp: Path, out: Path) -> None:
-    from .errors import OutputError
-
-    src = inp.resolve() if inp.is_dir() else inp.resolve().parent
-    if out.resolve() == src:
-        raise OutputError(f"{out}: the output folder is the input folder; choose another --output so inputs are never touched")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"{out}: output folder is not writable ({exc.strerror or exc}); choose another --output") from exc
-    for stale in out.glob(".*.partial-*"):  # left by a killed run; never a finished output
-        stale.unlink(missing_ok=True)
-
-
 def translate_folder(
     model: str | Path,
     input: str | Path,
@@ -222,10 +204,9 @@ def translate_folder(
     Returns:
         The manifest rows.
     """
-    from tqdm import tqdm
-
-    from .errors import InputError, MedTranslateError
-    from .evaluate import atomic_write_text, select_cases
+    from .batch import prepare_output_folder, run_cases
+    from .errors import InputError
+    from .evaluate import select_cases
     from .io import read_case, write_dicom_series, write_nifti
 
     model, inp, out = Path(model), Path(input), Path(output)
@@ -237,60 +218,25 @@ def translate_folder(
     dev = resolve_device(device)
     if not inp.exists():
         raise InputError(f"{inp}: no such file or folder; check --input")
-    _check_output_folder(inp, out)
+    prepare_output_folder(inp, out)
     net = build_inference_net(ckpt, dev)
     digest = _sha256(model)
     cases = sorted(select_cases(inp, SOURCE_ROLES[spec.task], "input").values(), key=lambda c: c.case_id)[index::count]
     suffix = OUTPUT_SUFFIX[spec.task]
+
+    def outputs(case: Any) -> list[Path]:
+        targets = [out / f"{case.case_id}_{suffix}.nii.gz"]
+        return targets + ([out / f"{case.case_id}_{suffix}_dicom"] if fmt == "dicom" else [])
+
+    def work(case: Any, targets: list[Path]) -> None:
+        result = translate_volume(net, read_case(case), spec, dev, batch_size=batch_size, tta=tta)
+        hu = np.clip(result.array, -1024, 3071)
+        if fmt == "dicom":
+            if targets[1].exists():
+                shutil.rmtree(targets[1])
+            write_dicom_series(targets[1], Volume(hu, result.affine), modality="CT", series_description=f"medtranslate {suffix}",
+                               comments=f"Synthetic image made by medtranslate ({ckpt['kind']}, checkpoint sha256 {digest[:16]}) from {case.label}; not an acquired scan")
+        write_nifti(targets[0], hu, result.affine, np.int16, overwrite=True)
+
     manifest = out / ("manifest.csv" if count == 1 else f"manifest.shard{index}of{count}.csv")
-    rows: list[dict[str, Any]] = []
-    ids = {c.case_id for c in cases}
-    earlier = [r for r in _read_manifest(manifest) if r.get("case") not in ids]  # cases of other inputs stay listed
-    for case in tqdm(cases, desc="translate", unit="case", disable=not progress):
-        target = out / f"{case.case_id}_{suffix}.nii.gz"
-        row = {"case": case.case_id, "input": case.label, "output": str(target), "status": "", "error": "", "seconds": 0.0, "checkpoint_sha256": digest}
-        t0 = time.perf_counter()
-        if target.exists() and not overwrite:
-            row["status"] = "skipped"
-        else:
-            try:
-                volume = read_case(case)
-                result = translate_volume(net, volume, spec, dev, batch_size=batch_size, tta=tta)
-                hu = np.clip(result.array, -1024, 3071)
-                if fmt == "dicom":
-                    dicom_dir = out / f"{case.case_id}_{suffix}_dicom"
-                    if dicom_dir.exists() and overwrite:
-                        shutil.rmtree(dicom_dir)
-                    write_dicom_series(dicom_dir, Volume(hu, result.affine), modality="CT", series_description=f"medtranslate {suffix}",
-                                       comments=f"Synthetic image made by medtranslate ({ckpt['kind']}, checkpoint sha256 {digest[:16]}) from {case.label}; not an acquired scan")
-                write_nifti(target, hu, result.affine, np.int16, overwrite=True)
-                row["status"] = "done"
-            except MedTranslateError as exc:
-                row.update(status="failed", error=str(exc))
-                logger.warning("%s", exc)
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        rows.append(row)
-        _write_manifest(manifest, earlier + rows, atomic_write_text)
-    if not cases:
-        _write_manifest(manifest, earlier, atomic_write_text)
-    return rows
-
-
-def _read_manifest(path: Path) -> list[dict[str, Any]]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write_manifest(path: Path, rows: list[dict[str, Any]], writer: Any) -> None:
-    import csv
-    import io as _io
-
-    buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    writer(path, buf.getvalue())
+    return run_cases(cases, manifest, outputs, work, overwrite=overwrite, progress=progress, extra={"checkpoint_sha256": digest}, desc="translate")

@@ -75,9 +75,10 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
     assert "Traceback" not in err
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert 1 <= ckpt["epoch"] < 50
-    resumed = run_cli("train", str(cfg), "--out", str(run), "--resume", "--no-progress", "--set", "train.epochs=3")
+    target = ckpt["epoch"] + 2
+    resumed = run_cli("train", str(cfg), "--out", str(run), "--resume", "--no-progress", "--set", f"train.epochs={target}")
     assert resumed.returncode == 0, resumed.stderr
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == target
 
 
 def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):

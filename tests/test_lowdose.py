@@ -1,0 +1,80 @@
+"""Projection-domain low-dose simulation: noise grows as 1/sqrt(dose), HU is preserved, bad input is refused."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from medtranslate.errors import InputError
+from medtranslate.io import Volume, read_volume, write_nifti
+from medtranslate.lowdose import simulate_lowdose
+
+from .conftest import SAMPLE, oblique_affine, run_cli
+
+
+def water_cylinder(n: int = 96, slices: int = 3) -> Volume:
+    """A 0 HU water cylinder (radius 40 mm) in air, 1 mm pixels."""
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    disk = xx**2 + yy**2 < 40**2
+    hu = np.where(disk, 0.0, -1000.0)
+    return Volume(np.repeat(hu[:, :, None], slices, axis=2).astype(np.int16), np.diag([1.0, 1.0, 3.0, 1.0]))
+
+
+def test_noise_grows_as_one_over_sqrt_dose_and_hu_is_kept():
+    vol = water_cylinder()
+    n = vol.shape[0]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    centre = (xx**2 + yy**2 < 20**2)[:, :, None].repeat(vol.shape[2], axis=2)
+    air = (xx**2 + yy**2 > 45**2)[:, :, None].repeat(vol.shape[2], axis=2)
+    stds = {}
+    for dose in (0.5, 0.25, 0.125):
+        ld, nd = simulate_lowdose(vol, dose, seed=7)
+        stds[dose] = float(np.std((ld.array - nd.array)[centre]))
+        for img in (ld, nd):
+            assert abs(float(img.array[centre].mean()) - 0.0) < 10  # water stays water
+            assert abs(float(img.array[air].mean()) + 1000.0) < 10  # air stays air
+    for dose in (0.25, 0.125):
+        expected = stds[0.5] * np.sqrt(0.5 / dose)
+        assert stds[dose] == pytest.approx(expected, rel=0.15), stds
+
+
+def test_same_seed_same_noise_and_pairs_differ_only_in_noise():
+    vol = water_cylinder(64, 2)
+    a_ld, a_nd = simulate_lowdose(vol, 0.25, seed=1)
+    b_ld, b_nd = simulate_lowdose(vol, 0.25, seed=1)
+    c_ld, _ = simulate_lowdose(vol, 0.25, seed=2)
+    assert np.array_equal(a_ld.array, b_ld.array) and np.array_equal(a_nd.array, b_nd.array)
+    assert not np.array_equal(a_ld.array, c_ld.array)
+    assert abs(float((a_ld.array - a_nd.array).mean())) < 5  # zero-mean noise
+
+
+@pytest.mark.parametrize("dose", [0.0, -0.1, 1.5])
+def test_dose_outside_range_is_refused(dose):
+    with pytest.raises(InputError, match=r"dose .* must be in \(0, 1\]"):
+        simulate_lowdose(water_cylinder(32, 1), dose)
+
+
+def test_non_ct_input_is_refused_naming_the_file(tmp_path):
+    mr = read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz")
+    with pytest.raises(InputError, match="mr.nii.gz.*do not look like CT"):
+        simulate_lowdose(mr, 0.25)
+
+
+@pytest.mark.slow
+def test_simulate_lowdose_cli_writes_pairs_on_the_inputs_grid(tmp_path):
+    ct = read_volume(SAMPLE / "mr2ct" / "sub-03" / "ct.nii.gz")
+    inputs = tmp_path / "in"
+    write_nifti(inputs / "c1_ct.nii.gz", ct.array[20:100, 20:100, 30:33], oblique_affine(spacing=(1.75, 1.75, 2.6)))
+    write_nifti(inputs / "c2_ct.nii.gz", read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz").array[:40, :40, :3], np.eye(4))  # MR: fails
+    result = run_cli("simulate-lowdose", "--dose", "0.25", "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 1, result.stderr
+    assert "1 done, 0 skipped, 1 failed" in result.stdout and "do not look like CT" in result.stdout
+    ld, nd = read_volume(tmp_path / "out" / "c1_ld.nii.gz"), read_volume(tmp_path / "out" / "c1_nd.nii.gz")
+    assert ld.shape == nd.shape == (80, 80, 3) and ld.array.dtype == np.int16
+    np.testing.assert_allclose(ld.affine, oblique_affine(spacing=(1.75, 1.75, 2.6)), atol=1e-4)
+    rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
+    assert [r["status"] for r in rows] == ["done", "failed"] and rows[0]["dose"] == "0.25"
+    bad = run_cli("simulate-lowdose", "--dose", "2", "--input", str(inputs), "--output", str(tmp_path / "o2"))
+    assert bad.returncode == 2 and "(0, 1]" in bad.stderr
