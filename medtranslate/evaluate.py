@@ -63,10 +63,12 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return path
 
 
-def select_cases(path: str | os.PathLike | None, roles: tuple[str | None, ...], what: str) -> dict[str, Case]:
-    """One case per id from ``path``, taking the first role in ``roles`` that the id has."""
+def select_cases(path: str | os.PathLike | dict[str, Case] | None, roles: tuple[str | None, ...], what: str) -> dict[str, Case]:
+    """One case per id from ``path``, taking the first role in ``roles`` that the id has (a dict is taken as it is)."""
     if path is None:
         return {}
+    if isinstance(path, dict):
+        return dict(path)
     by_id: dict[str, dict[str | None, Case]] = {}
     for case in find_cases(path):
         by_id.setdefault(case.case_id, {})[case.role] = case
@@ -116,17 +118,19 @@ def evaluate_folder(
     resample_to_ref: bool = False,
     figures: bool = True,
     progress: bool = True,
+    extra_summary: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """Score every prediction against its reference and write metrics.csv, summary.json and report.html.
 
     Args:
-        pred, ref, mask, input: files or folders; cases are matched by id.
+        pred, ref, mask, input: files or folders (or {case id: Case}); cases are matched by id.
         out: output folder (created).
         edition: SynthRAD edition for PSNR/SSIM clipping (2023 or 2025); MS-SSIM always follows 2025.
         task: mr2ct (SynthRAD metrics) or ldct (windowed slice SSIM/PSNR and RMSE in HU).
         window: display window for ldct metrics (head, abdomen, chest).
         resample_to_ref: resample a prediction on another grid onto the reference's instead of failing the case.
         figures: draw per-case figures and metric plots into the report.
+        extra_summary: merged into summary.json (e.g. a baseline's summary, which the report then shows beside).
 
     Raises:
         InputError: a folder cannot be searched or holds no usable images; an unknown task, edition or window.
@@ -157,7 +161,7 @@ def evaluate_folder(
             if cid not in preds:
                 raise InputError(f"case '{cid}': no prediction in {pred}")
             if cid not in refs:
-                raise InputError(f"case '{cid}': no reference in {ref}")
+                raise InputError(f"case '{cid}': no reference in {ref if not isinstance(ref, dict) else 'the given references'}")
             p, r = read_case(preds[cid]), read_case(refs[cid])
             try:
                 check_same_grid(p, r, names=("prediction", "reference"), case=cid)
@@ -167,7 +171,7 @@ def evaluate_folder(
                 p = _resample_to(p, r)
             if masks:
                 if cid not in masks:
-                    raise InputError(f"case '{cid}': no mask in {mask}")
+                    raise InputError(f"case '{cid}': no mask in {mask if not isinstance(mask, dict) else 'the given masks'}")
                 mvol = read_case(masks[cid])
                 check_same_grid(mvol, r, names=("mask", "reference"), case=cid)
                 m = np.asarray(mvol.array) > 0
@@ -199,6 +203,7 @@ def evaluate_folder(
         window=window if task == "ldct" else None,
         mask_source="given (--mask)" if masks else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in masks/",
         definitions=_definitions(task, edition, window),
+        **(extra_summary or {}),
     )
     _write_csv(out / "metrics.csv", rows, metric_names)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")

@@ -166,3 +166,48 @@ def simulate_lowdose_folder(input: str | Path, output: str | Path, dose: float, 
 
     return run_cases(cases, out / "manifest.csv", outputs, work, overwrite=overwrite, progress=progress,
                      extra={"dose": dose, "seed": seed, "photons": photons}, desc="simulate")
+
+
+INVESALIUS_GLOBS = ("/usr/share/invesalius*/**/Cranium.inv3", "/usr/share/doc/invesalius*/**/Cranium.inv3", "/usr/share/**/Cranium.inv3")
+
+
+def find_invesalius_cranium() -> Path:
+    """Locate ``Cranium.inv3`` of Debian's invesalius-examples package, or say how to install it."""
+    import glob
+
+    for pattern in INVESALIUS_GLOBS:
+        hits = sorted(glob.glob(pattern, recursive=True))
+        if hits:
+            return Path(hits[0])
+    raise InputError("Cranium.inv3 not found: install Debian's invesalius-examples package (as root: apt-get update && apt-get install invesalius-examples), then run this again")
+
+
+def write_invesalius_pairs(out: str | Path, dose: float = 0.25, slabs: int = 3, seed: int = 0, overwrite: bool = False) -> list[Path]:
+    """Low-dose / normal-dose pairs from the real head CT of invesalius-examples (GPL-2 data: written, never committed).
+
+    The single subject is cut into ``slabs`` axial slabs, each its own case (``cranium-1`` ...), with a
+    ``split.json`` (first slabs train, then val, last test). Slabs of one head are not independent subjects:
+    numbers on them show what the pipeline does on real CT texture, not how it generalises.
+    """
+    import json
+
+    from .io import write_nifti
+
+    out = Path(out)
+    ct = read_invesalius(find_invesalius_cranium())
+    axis = axial_axis(ct.affine)
+    bounds = np.linspace(0, ct.shape[axis], slabs + 1).astype(int)
+    written = []
+    for i in range(slabs):
+        index = [slice(None)] * 3
+        index[axis] = slice(bounds[i], bounds[i + 1])
+        shift = np.eye(4)
+        shift[axis, 3] = bounds[i]
+        slab = Volume(ct.array[tuple(index)], ct.affine @ shift, source=ct.source)
+        ld, nd = simulate_lowdose(slab, dose, seed=seed + i, name=f"{ct.source} slab {i + 1}")
+        for name, vol in (("ld", ld), ("nd", nd)):
+            written.append(write_nifti(out / f"cranium-{i + 1}" / f"{name}.nii.gz", np.clip(vol.array, -1024, 3071), vol.affine, np.int16, overwrite=overwrite))
+    ids = [f"cranium-{i + 1}" for i in range(slabs)]
+    split = {"train": ids[: max(slabs - 2, 1)], "val": ids[max(slabs - 2, 1) : slabs - 1], "test": ids[slabs - 1 :]}
+    (out / "split.json").write_text(json.dumps(split, indent=2) + "\n")
+    return written + [out / "split.json"]

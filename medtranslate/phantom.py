@@ -222,11 +222,21 @@ def make_subject(seed: int, shape: tuple[int, int, int] = SHAPE, spacing: tuple[
     return PhantomSubject(mr=mr_vol, ct=ct_vol, labels=lab, mask=mask)
 
 
-def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, overwrite: bool = False) -> list[Path]:
-    """Write the sample data set: ``<out>/mr2ct/sub-XX/{mr,ct,mask}.nii.gz`` and ``<out>/split.json``.
+LDCT_DOSE = 0.25  # dose fraction of the low-dose sample pairs
+LDCT_SLICES = slice(16, 48)  # the central 32 axial slices keep sample_data/ under its 30 MB budget
+
+
+def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, overwrite: bool = False, ldct: bool = True) -> list[Path]:
+    """Write the sample data set and ``<out>/split.json``.
+
+    - ``<out>/mr2ct/sub-XX/{mr,ct,mask}.nii.gz``: paired MR/CT phantoms and the CT body mask;
+    - ``<out>/ldct/sub-XX/{ld,nd}.nii.gz``: low-dose (25 %) / normal-dose pairs simulated in the projection domain
+      from the central 32 slices of each phantom CT (see :mod:`medtranslate.lowdose`).
 
     Deterministic: the same seed writes the same voxels.
     """
+    from .lowdose import simulate_lowdose
+
     out = Path(out)
     written = []
     for n in range(1, n_subjects + 1):
@@ -236,7 +246,14 @@ def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, ov
         written.append(write_nifti(folder / "mr.nii.gz", subject.mr.array, subject.mr.affine, np.int16, overwrite=overwrite))
         written.append(write_nifti(folder / "ct.nii.gz", subject.ct.array, subject.ct.affine, np.int16, overwrite=overwrite))
         written.append(write_nifti(folder / "mask.nii.gz", subject.mask, subject.ct.affine, np.uint8, overwrite=overwrite))
-        logger.info("wrote %s", folder)
+        if ldct:
+            shift = np.eye(4)
+            shift[2, 3] = LDCT_SLICES.start
+            crop = Volume(subject.ct.array[:, :, LDCT_SLICES], subject.ct.affine @ shift)
+            ld, nd = simulate_lowdose(crop, LDCT_DOSE, seed=seed * 1000 + n, name=f"{sid} CT")
+            for name, vol in (("ld", ld), ("nd", nd)):
+                written.append(write_nifti(out / "ldct" / sid / f"{name}.nii.gz", np.clip(vol.array, -1024, 3071), vol.affine, np.int16, overwrite=overwrite))
+        logger.info("wrote %s", sid)
     split = {k: [s for s in v if int(s[4:]) <= n_subjects] for k, v in SAMPLE_SPLIT.items()}
     split_path = out / "split.json"
     tmp = split_path.with_name(".split.json.partial")

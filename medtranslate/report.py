@@ -124,7 +124,19 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], metric_names: list[str], views: dict[str, dict[str, Any]], extra_html: str = "") -> dict[str, Path]:
+def _baseline_html(summary: dict[str, Any]) -> str:
+    """The model's and the baseline's mean metrics side by side, when the summary carries a baseline."""
+    base = summary.get("baseline")
+    if not base:
+        return ""
+    names = [n for n in summary["metrics"] if n in base["metrics"] and not n.startswith("input_")]
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{_fmt(summary['metrics'][n]['mean'])}</td><td>{_fmt(base['metrics'][n]['mean'])}</td></tr>" for n in names)
+    model = html.escape(str(summary.get("model", "model")))
+    return (f"<h2>Model and baseline</h2><p>Means over the same test cases.</p><table><tr><th>metric</th><th>{model}</th>"
+            f"<th>{html.escape(str(base['kind']))} (baseline)</th></tr>{rows}</table>")
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], metric_names: list[str], views: dict[str, dict[str, Any]]) -> dict[str, Path]:
     """Write figures to ``out/figures`` and ``out/report.html`` with the figures embedded."""
     from .evaluate import atomic_write_text
 
@@ -158,7 +170,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <h1>medtranslate evaluation</h1>
 <p>Task <b>{html.escape(str(summary.get('task')))}</b>, {html.escape(edition)}; {summary['n_done']} of {summary['n_cases']} cases scored,
 {summary['n_failed']} failed. Mask: {html.escape(str(summary.get('mask_source')))}.</p>
-{extra_html}
+{_baseline_html(summary)}
 <h2>Summary</h2><table><tr>{head}</tr>{srows}</table>
 <h2>Definitions</h2><ul>{defs}</ul>
 <h2>Per case</h2><table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in cols)}</tr>{crow}</table>

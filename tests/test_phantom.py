@@ -83,9 +83,9 @@ def test_committed_sample_data_matches_its_split_and_budget():
 def test_sample_data_command_regenerates_committed_files_exactly(tmp_path):
     result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
     assert result.returncode == 0, result.stderr
-    for name in ("mr", "ct", "mask"):
-        new = read_volume(tmp_path / "mr2ct" / "sub-01" / f"{name}.nii.gz")
-        old = read_volume(SAMPLE / "mr2ct" / "sub-01" / f"{name}.nii.gz")
+    for task, name in (("mr2ct", "mr"), ("mr2ct", "ct"), ("mr2ct", "mask"), ("ldct", "ld"), ("ldct", "nd")):
+        new = read_volume(tmp_path / task / "sub-01" / f"{name}.nii.gz")
+        old = read_volume(SAMPLE / task / "sub-01" / f"{name}.nii.gz")
         np.testing.assert_array_equal(new.array, old.array)
         np.testing.assert_allclose(new.affine, old.affine, atol=1e-6)
     again = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
