@@ -195,23 +195,28 @@ class Preprocessor:
             chain.append(DivisiblePadd(**kw, k=divisible, mode="constant", value=BACKGROUND))
         self.chain = Compose(chain)
 
-    def __call__(self, volume: Volume, intensity: IntensityParams, mask: np.ndarray | None = None) -> dict[str, MetaTensor]:
+    def __call__(self, volume: Volume, intensity: IntensityParams, mask: np.ndarray | None = None, keep_mask: bool = True) -> dict[str, MetaTensor]:
         """Scale intensities and apply the spatial chain.
+
+        Args:
+            keep_mask: also return the body mask on the preprocessed grid (inference without cropping does not
+                need it, which saves two volume-sized copies).
 
         Returns:
             {"image": MetaTensor (1, X, Y, Z) in [-1, 1], "mask": MetaTensor (1, X, Y, Z) in {0, 1}}, RAS.
         """
         affine = torch.as_tensor(volume.affine, dtype=torch.float64)
         image = intensity.forward(np.asarray(volume.array, dtype=np.float32))
-        if mask is None:
-            mask = body_mask(volume.array, intensity.kind, volume.affine)
-        data = {
-            "image": MetaTensor(torch.as_tensor(image, dtype=torch.float32)[None], affine=affine.clone()),
-            "mask": MetaTensor(torch.as_tensor(mask, dtype=torch.float32)[None], affine=affine.clone()),
-        }
-        # DivisiblePadd pads the mask with BACKGROUND too; keep it binary.
+        data = {"image": MetaTensor(torch.as_tensor(image, dtype=torch.float32)[None], affine=affine.clone())}
+        if keep_mask or self.crop_to_body:
+            if mask is None:
+                mask = body_mask(volume.array, intensity.kind, volume.affine)
+            data["mask"] = MetaTensor(torch.as_tensor(mask, dtype=torch.float32)[None], affine=affine.clone())
         out = self.chain(data)
-        out["mask"] = out["mask"].clamp_min(0)
+        if "mask" in out:
+            out["mask"] = out["mask"].clamp_min(0)  # DivisiblePadd pads the mask with BACKGROUND too; keep it binary
+        if not keep_mask:
+            out.pop("mask", None)
         return out
 
     def invert(self, prediction: torch.Tensor, reference: MetaTensor, intensity: IntensityParams, original: Volume) -> Volume:

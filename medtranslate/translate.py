@@ -85,7 +85,8 @@ def translate_volume(
     mask = body_mask(volume.array, spec.source_kind, volume.affine)
     intensity = intensity_for(spec.source_kind, volume.array, mask)
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
-    data = pre(volume, intensity, mask)
+    data = pre(volume, intensity, mask, keep_mask=False)
+    del mask
     image = data["image"].as_tensor().float()
     depth = image.shape[-1]
     pred = torch.empty_like(image)
