@@ -41,10 +41,12 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
         raise ConfigError(f"{path}: expected a mapping with sections data, model, train, pipeline")
     raw = apply_overrides(raw, overrides or [])
     section = dict(raw.pop("pipeline", None) or {})
-    unknown = set(section) - {"baseline"}
+    unknown = set(section) - {"baseline", "simulate_dose"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key pipeline.{sorted(unknown)[0]}; valid keys of 'pipeline': baseline")
+        raise ConfigError(f"{path}: unknown key pipeline.{sorted(unknown)[0]}; valid keys of 'pipeline': baseline, simulate_dose")
     cfg = RunConfig.from_dict(raw, source=str(path))
+    if section.get("simulate_dose") is not None and cfg.model.task != "ldct":
+        raise ConfigError(f"{path}: pipeline.simulate_dose makes low-dose pairs from CT; it needs model.task: ldct")
     section.setdefault("baseline", BASELINES[cfg.model.task])
     if section["baseline"] not in ("intensity_map", "classical", "none", None):
         raise ConfigError(f"{path}: unknown pipeline.baseline {section['baseline']!r}; expected one of: classical, intensity_map, none")
@@ -78,6 +80,19 @@ def _translate_stage(ckpt: Path, pairs: dict[str, Any], test: list[str], out: Pa
     logger.info("translated %d test cases into %s", len(test), out)
 
 
+def _simulate(cfg: RunConfig, dose: float, folder: Path) -> RunConfig:
+    """Low-dose / normal-dose pairs from every CT under data.root into ``folder`` (finished cases are kept)."""
+    from .lowdose import simulate_lowdose_folder
+
+    root = Path(cfg.data.root)
+    split = cfg.data.split or next((str(p) for p in (root / "split.json", root.parent / "split.json") if p.is_file()), None)
+    logger.info("stage prepare: simulating %.0f %% dose pairs from %s", 100 * dose, root)
+    rows = simulate_lowdose_folder(root, folder, dose, seed=cfg.train.seed, progress=False)
+    if rows and all(r["status"] == "failed" for r in rows):
+        raise InputError(f"{root}: no CT could be turned into low-dose pairs; first error: {rows[0]['error']}")
+    return replace(cfg, data=replace(cfg.data, root=str(folder), split=split))
+
+
 def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Run every stage of a pipeline file into ``out``; returns the model's evaluation summary (with the baseline's)."""
     cfg, section = load_pipeline(path, overrides)
@@ -85,7 +100,9 @@ def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None 
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
 
-    # prepare: pair cases and fix the split (kept in RUN_DIR so every stage uses the same one)
+    # prepare: optionally simulate low-dose pairs from the CTs, pair cases and fix the split (kept in RUN_DIR)
+    if section.get("simulate_dose") is not None:
+        cfg = _simulate(cfg, float(section["simulate_dose"]), out / "data")
     pairs = discover_pairs(cfg)
     split_path = out / "split.json"
     if _stage("prepare", split_path.exists()):

@@ -68,3 +68,24 @@ def test_quick_demo_writes_reports_with_baselines(tmp_path):
         suffix = "sct" if name.startswith("mr2ct") else "denoised"
         assert sorted(p.name for p in (run / "translated").glob(f"*_{suffix}.nii.gz")) == [f"sub-07_{suffix}.nii.gz", f"sub-08_{suffix}.nii.gz"]
     print(f"quick demo took {seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_pipeline_simulates_low_dose_pairs_in_prepare(tmp_path, tiny_data):
+    import yaml
+
+    from medtranslate.pipeline import run_pipeline
+
+    spec = {"data": {"root": str(tiny_data), "patch_size": 32}, "model": {"kind": "pix2pix", "task": "ldct", "ngf": 4, "ndf": 4, "num_downs": 3},
+            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False}, "pipeline": {"simulate_dose": 0.25, "baseline": "none"}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = run_pipeline(path, tmp_path / "run", progress=False)
+    assert summary["n_done"] == 1 and summary["task"] == "ldct" and summary["baseline"] is None
+    assert sorted(p.name for p in (tmp_path / "run" / "data").glob("s3_*.nii.gz")) == ["s3_ld.nii.gz", "s3_nd.nii.gz"]
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["test"] == ["s3"]  # the data set's own split
+    assert (tmp_path / "run" / "translated" / "s3_denoised.nii.gz").exists()
+    spec["model"]["task"] = "mr2ct"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="simulate_dose .* needs model.task: ldct"):
+        load_pipeline(path)

@@ -1,0 +1,62 @@
+"""Slice datasets: body-fraction filter, 2.5D channels, paired augmentation drawn once, unpaired partners."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medtranslate.config import RunConfig
+from medtranslate.errors import InputError
+from medtranslate.slices import PreparedCase, SliceDataset, context_slices
+
+
+def case(cid: str, depth: int = 6, body_slices: tuple[int, ...] = (1, 2, 3, 4)) -> PreparedCase:
+    g = torch.Generator().manual_seed(len(cid))
+    source = torch.rand(1, 20, 24, depth, generator=g) * 2 - 1
+    mask = torch.zeros(1, 20, 24, depth, dtype=torch.bool)
+    for z in body_slices:
+        mask[0, 2:18, 2:22, z] = True
+    return PreparedCase(cid, source, 0.5 * source, mask, pair=None, source_intensity=None)  # target: a known function of the source
+
+
+def config(**data) -> RunConfig:
+    return RunConfig.from_dict({"data": {"root": "x", "patch_size": 16, **data}, "model": {"kind": "pix2pix"}})
+
+
+def test_slices_with_too_little_body_are_skipped():
+    ds = SliceDataset([case("a")], config(min_body_fraction=0.3), torch.Generator())
+    assert sorted(z for _, z in ds.index) == [1, 2, 3, 4]
+    with pytest.raises(InputError, match="min_body_fraction"):
+        SliceDataset([case("a", body_slices=())], config(), torch.Generator())
+
+
+def test_context_slices_stack_neighbours_and_replicate_at_the_ends():
+    vol = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 2, 3, 4)
+    first = context_slices(vol, 0, 1)
+    assert first.shape == (3, 2, 3) and first[:, 0, 0].tolist() == [0.0, 0.0, 1.0]
+    assert context_slices(vol, 3, 2)[:, 0, 0].tolist() == [1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("context", [0, 2])
+def test_paired_augmentation_moves_source_and_target_alike(context):
+    ds = SliceDataset([case("a")], config(context=context, rotate_deg=20.0, scale=0.2), torch.Generator().manual_seed(0))
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["source"].shape == (2 * context + 1, 16, 16) and item["target"].shape == (1, 16, 16)
+        centre = item["source"][context : context + 1]
+        # target = 0.5 * source before augmentation; interpolation is linear, so it must hold after it too
+        # (away from the padded border, where the background value -1 is not 0.5 * -1)
+        inner = (slice(None), slice(4, 12), slice(4, 12))
+        assert torch.allclose(item["target"][inner], 0.5 * centre[inner], atol=1e-5)
+
+
+def test_unpaired_targets_come_from_another_case():
+    a, b = case("a"), case("bb")
+    ds = SliceDataset([a, b], config(augment=False, patch_size=24), torch.Generator().manual_seed(1), paired=False)
+    for i in range(len(ds)):
+        ci, z = ds.index[i]
+        own = ds.cases[ci].target[0, :, :, z]
+        target = ds[i]["target"][0, 2:22, :]  # undo the 2-pixel padding of the 20-pixel axis to 24
+        assert not torch.allclose(target, own)
+    with pytest.raises(InputError, match="at least 2 training cases"):
+        SliceDataset([a], config(), torch.Generator(), paired=False)
