@@ -130,11 +130,10 @@ class TranslationModel:
         for net in self.nets.values():
             net.to(self.device, memory_format=fmt)
         t = self.cfg.train
-        for name, net in self.nets.items():
-            group = "G" if name.startswith("G") else "D"
-            if group not in self.optimizers:
-                params = [p for n, m in self.nets.items() if (n.startswith("G") if group == "G" else n.startswith("D")) for p in m.parameters()]
-                self.optimizers[group] = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+        # one Adam for all generators ("G", "G_inv") and one for all discriminators ("D", "D_src")
+        for group in ("G", "D"):
+            params = [p for name, net in self.nets.items() if name.startswith(group) for p in net.parameters()]
+            self.optimizers[group] = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
         opt = self.optimizers[name]

@@ -194,7 +194,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Translate each validation volume whole, back in HU on its own grid, and score it inside the body mask."""
         scores: list[dict[str, float]] = []
-        for i, (cid, src, tgt, mask) in enumerate(self.val_cases):
+        for i, (_, src, tgt, mask) in enumerate(self.val_cases):
             pred = translate_volume(self.net, src, self.spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
             if self.cfg.model.task == "mr2ct":
                 s = synthrad_metrics(pred.array, tgt.array, mask)
