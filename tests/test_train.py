@@ -63,8 +63,11 @@ def test_train_cli_on_sample_data_writes_run_folder(tmp_path):
 def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, tiny_data):
     cfg = write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 50, "train.steps_per_epoch": 4})
     run = tmp_path / "run"
+    # restore the default SIGINT action in the child: a parent started in the background (as CI may be) leaves
+    # SIGINT ignored, and Python then never turns it into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "medtranslate", "train", str(cfg), "--out", str(run), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
