@@ -52,7 +52,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from .evaluate import atomic_write_text
+    from .io import atomic_write_text
 
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")

@@ -198,7 +198,7 @@ class RunConfig:
             raise ConfigError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> Path:
-        from .evaluate import atomic_write_text
+        from .io import atomic_write_text
 
         return atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 

@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
-from .io import Case, Volume, affine_to_sitk, find_cases, read_case, sitk_to_volume, write_nifti
+from .errors import GeometryMismatchError, InputError, MedTranslateError
+from .io import Case, Volume, affine_to_sitk, atomic_write_text, find_cases, read_case, sitk_to_volume, write_nifti
 from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
 from .transforms import axial_axis, body_mask, check_same_grid
 
-__all__ = ["EvaluationResult", "evaluate_folder", "select_cases", "atomic_write_text", "summarise", "format_summary"]
+__all__ = ["EvaluationResult", "evaluate_folder", "select_cases", "summarise", "format_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +49,6 @@ class EvaluationResult:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["status"] != "done"]
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write text to a temporary name beside ``path`` and rename it into place."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); check the folder is writable") from exc
-    return path
 
 
 def select_cases(path: str | os.PathLike | dict[str, Case] | None, roles: tuple[str | None, ...], what: str) -> dict[str, Case]:

@@ -31,6 +31,7 @@ __all__ = [
     "find_cases",
     "pair_cases",
     "atomic_path",
+    "atomic_write_text",
     "affine_to_sitk",
     "case_id_from_name",
     "convert_to_nifti",
@@ -272,6 +273,18 @@ def atomic_path(path: Path) -> Path:
     name = path.name
     suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
     return path.with_name(f".{name[: len(name) - len(suffix)]}.partial-{os.getpid()}{suffix}")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write text to a temporary name beside ``path`` and rename it into place."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); check the folder is writable") from exc
+    return path
 
 
 def write_nifti(

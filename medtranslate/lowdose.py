@@ -191,7 +191,7 @@ def write_invesalius_pairs(out: str | Path, dose: float = 0.25, slabs: int = 3, 
     """
     import json
 
-    from .io import write_nifti
+    from .io import atomic_write_text, write_nifti
 
     out = Path(out)
     ct = read_invesalius(find_invesalius_cranium())
@@ -209,5 +209,4 @@ def write_invesalius_pairs(out: str | Path, dose: float = 0.25, slabs: int = 3, 
             written.append(write_nifti(out / f"cranium-{i + 1}" / f"{name}.nii.gz", np.clip(vol.array, -1024, 3071), vol.affine, np.int16, overwrite=overwrite))
     ids = [f"cranium-{i + 1}" for i in range(slabs)]
     split = {"train": ids[: max(slabs - 2, 1)], "val": ids[max(slabs - 2, 1) : slabs - 1], "test": ids[slabs - 1 :]}
-    (out / "split.json").write_text(json.dumps(split, indent=2) + "\n")
-    return written + [out / "split.json"]
+    return written + [atomic_write_text(out / "split.json", json.dumps(split, indent=2) + "\n")]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .io import Volume, write_nifti
+from .io import Volume, atomic_write_text, write_nifti
 
 __all__ = ["TISSUES", "PhantomSubject", "make_subject", "write_sample_data", "SAMPLE_SPLIT"]
 
@@ -255,9 +255,5 @@ def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, ov
                 written.append(write_nifti(out / "ldct" / sid / f"{name}.nii.gz", np.clip(vol.array, -1024, 3071), vol.affine, np.int16, overwrite=overwrite))
         logger.info("wrote %s", sid)
     split = {k: [s for s in v if int(s[4:]) <= n_subjects] for k, v in SAMPLE_SPLIT.items()}
-    split_path = out / "split.json"
-    tmp = split_path.with_name(".split.json.partial")
-    tmp.write_text(json.dumps(split, indent=2) + "\n")
-    tmp.replace(split_path)
-    written.append(split_path)
+    written.append(atomic_write_text(out / "split.json", json.dumps(split, indent=2) + "\n"))
     return written

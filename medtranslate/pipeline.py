@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +19,8 @@ import yaml
 
 from .config import RunConfig, apply_overrides
 from .errors import ConfigError, InputError
-from .evaluate import atomic_write_text, evaluate_folder
+from .evaluate import evaluate_folder
+from .io import atomic_write_text
 from .slices import discover_pairs, load_split
 
 __all__ = ["run_pipeline", "load_pipeline", "run_demo"]
@@ -138,8 +138,7 @@ def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None 
     result = evaluate_folder(out / "translated", refs, out / "eval", mask=masks or None, input=inputs, task=task, progress=False,
                              extra_summary={"model": cfg.model.kind, "baseline": baseline_summary})
     # report: the evaluation report, with the baseline beside the model, at the top of RUN_DIR
-    shutil.copyfile(out / "eval" / "report.html", out / ".report.html.partial")
-    (out / ".report.html.partial").replace(out / "report.html")
+    atomic_write_text(out / "report.html", (out / "eval" / "report.html").read_text())
     return result.summary
 
 

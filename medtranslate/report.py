@@ -138,7 +138,7 @@ def _baseline_html(summary: dict[str, Any]) -> str:
 
 def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], metric_names: list[str], views: dict[str, dict[str, Any]]) -> dict[str, Path]:
     """Write figures to ``out/figures`` and ``out/report.html`` with the figures embedded."""
-    from .evaluate import atomic_write_text
+    from .io import atomic_write_text
 
     figures: dict[str, Path] = {}
     ct_range = CT_DISPLAY

@@ -23,11 +23,10 @@ import torch
 from .baselines import ClassicalDenoiser, IntensityMap
 from .config import RunConfig
 from .errors import CheckpointError, ConfigError, InputError
-from .evaluate import atomic_write_text
 from .gan import TranslationModel, build_model
 from .metrics import ldct_metrics, synthrad_metrics
 from .slices import PreparedCase, SliceDataset, discover_pairs, load_split, prepare_case
-from .io import read_case
+from .io import atomic_write_text, read_case
 from .transforms import axial_axis, body_mask, ct_intensity
 from .translate import CHECKPOINT_FORMAT, TranslatorSpec, load_checkpoint, resolve_device, translate_volume
 
