@@ -47,7 +47,7 @@ class DataConfig:
     """Where the volumes are and how slices are made from them."""
 
     root: str = ""
-    split: str | None = None  # JSON with train/val/test lists of case ids; default: <root>/../split.json or <root>/split.json, else random
+    split: str | None = None  # JSON with train/val/test lists of case ids; default: <root>/split.json, else <root>/../split.json, else random
     val_fraction: float = 0.2  # used only without a split file
     context: int = 0  # 2.5D: k neighbouring slices on each side as extra input channels
     patch_size: int = 128  # training crops (pixels); whole slices at inference

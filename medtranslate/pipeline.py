@@ -21,7 +21,7 @@ from .config import RunConfig, apply_overrides
 from .errors import ConfigError, InputError
 from .evaluate import evaluate_folder
 from .io import atomic_write_text
-from .slices import discover_pairs, load_split
+from .slices import default_split_file, discover_pairs, load_split
 
 __all__ = ["run_pipeline", "load_pipeline", "run_demo"]
 
@@ -85,7 +85,8 @@ def _simulate(cfg: RunConfig, dose: float, folder: Path) -> RunConfig:
     from .lowdose import simulate_lowdose_folder
 
     root = Path(cfg.data.root)
-    split = cfg.data.split or next((str(p) for p in (root / "split.json", root.parent / "split.json") if p.is_file()), None)
+    found = default_split_file(root)
+    split = cfg.data.split or (str(found) if found else None)
     logger.info("stage prepare: simulating %.0f %% dose pairs from %s", 100 * dose, root)
     rows = simulate_lowdose_folder(root, folder, dose, seed=cfg.train.seed, progress=False)
     if rows and all(r["status"] == "failed" for r in rows):
@@ -133,7 +134,9 @@ def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None 
         baseline_summary = {"kind": section["baseline"], **bres.summary}
 
     ckpt = _train_stage(cfg, out / "train", progress)
-    if _stage("translate", all((out / "translated" / f"{c}_{'sct' if task == 'mr2ct' else 'denoised'}.nii.gz").exists() for c in test)):
+    from .translate import OUTPUT_SUFFIX
+
+    if _stage("translate", all((out / "translated" / f"{c}_{OUTPUT_SUFFIX[task]}.nii.gz").exists() for c in test)):
         _translate_stage(ckpt, pairs, test, out / "translated", progress)
     result = evaluate_folder(out / "translated", refs, out / "eval", mask=masks or None, input=inputs, task=task, progress=False,
                              extra_summary={"model": cfg.model.kind, "baseline": baseline_summary})

@@ -1,6 +1,6 @@
 """3D volumes -> 2D (or 2.5D) slice datasets for training, paired (pix2pix) and unpaired (CycleGAN).
 
-Volumes are read and preprocessed once per run (:func:`prepare_cases`) and kept in memory as RAS tensors in
+Volumes are read and preprocessed once per run (:func:`prepare_case`) and kept in memory as RAS tensors in
 [-1, 1]; slices are cut along the axial axis (spatial dim 2 after RAS orientation). 2.5D input stacks the k slices
 on each side as channels (replicated at the ends) and predicts the centre slice. Slices with less body than
 ``min_body_fraction`` are skipped. Training patches are random crops (padded with the background value when a
@@ -24,7 +24,7 @@ from .errors import ConfigError, InputError
 from .io import Pair, Volume, find_cases, pair_cases, read_case
 from .transforms import BACKGROUND, IntensityParams, Preprocessor, body_mask, check_same_grid, ct_intensity, intensity_for
 
-__all__ = ["PreparedCase", "load_split", "discover_pairs", "prepare_cases", "SliceDataset", "context_slices"]
+__all__ = ["PreparedCase", "default_split_file", "load_split", "discover_pairs", "prepare_case", "SliceDataset", "context_slices"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +45,24 @@ def _kind(role: str) -> str:
     return "mr" if role == "mr" else "ct"
 
 
+def default_split_file(root: str | Path) -> Path | None:
+    """The split.json in data.root, else in its parent (as in sample_data/), else None."""
+    root = Path(root)
+    return next((p for p in (root / "split.json", root.parent / "split.json") if p.is_file()), None)
+
+
 def load_split(cfg: RunConfig, ids: list[str]) -> dict[str, list[str]]:
-    """train/val/test case ids: from data.split (or split.json beside or above data.root), else a seeded random split."""
+    """train/val/test case ids: from data.split (or split.json in or above data.root), else a seeded random split."""
     root = Path(cfg.data.root)
-    candidates = [Path(cfg.data.split)] if cfg.data.split else [root / "split.json", root.parent / "split.json"]
-    for path in candidates:
-        if path.is_file():
-            split = json.loads(path.read_text())
-            missing = sorted(set(split.get("train", []) + split.get("val", [])) - set(ids))
-            if missing:
-                raise InputError(f"{path}: cases {', '.join(missing)} are in the split but have no complete pair under {root}")
-            return {k: [i for i in split.get(k, []) if i in ids] for k in ("train", "val", "test")}
-        if cfg.data.split:
+    path = Path(cfg.data.split) if cfg.data.split else default_split_file(root)
+    if path is not None:
+        if not path.is_file():
             raise InputError(f"{path}: split file not found; fix data.split or remove it for a random split")
+        split = json.loads(path.read_text())
+        missing = sorted(set(split.get("train", []) + split.get("val", [])) - set(ids))
+        if missing:
+            raise InputError(f"{path}: cases {', '.join(missing)} are in the split but have no complete pair under {root}")
+        return {k: [i for i in split.get(k, []) if i in ids] for k in ("train", "val", "test")}
     rng = np.random.default_rng(cfg.train.seed)
     order = list(rng.permutation(sorted(ids)))
     n_val = max(1, int(round(cfg.data.val_fraction * len(order)))) if len(order) > 1 else 0
@@ -95,10 +100,6 @@ def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volu
         )
     prepared = PreparedCase(pair.case_id, a["image"].as_tensor().float(), b["image"].as_tensor().float(), a["mask"].as_tensor() > 0.5, pair, src_int)
     return prepared, src, tgt
-
-
-def prepare_cases(pairs: list[Pair], cfg: RunConfig) -> list[PreparedCase]:
-    return [prepare_case(p, cfg)[0] for p in pairs]
 
 
 def context_slices(volume: torch.Tensor, z: int | torch.Tensor, context: int) -> torch.Tensor:
