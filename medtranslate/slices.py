@@ -83,8 +83,8 @@ def discover_pairs(cfg: RunConfig) -> dict[str, Pair]:
     return {p.case_id: p for p in pairs}
 
 
-def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volume]:
-    """Read and preprocess one pair; returns the prepared tensors and the original volumes."""
+def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volume, np.ndarray]:
+    """Read and preprocess one pair; returns the prepared tensors, the original volumes and the body mask on their grid."""
     src_role, tgt_role = cfg.model.roles
     src, tgt = read_case(pair.source), read_case(pair.target)
     check_same_grid(src, tgt, names=(src_role, tgt_role), case=pair.case_id)
@@ -92,14 +92,14 @@ def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volu
     src_int = intensity_for(_kind(src_role), src.array, body_mask(src.array, _kind(src_role), src.affine))
     pre = Preprocessor(spacing=cfg.data.spacing)
     a = pre(src, src_int, mask)
-    b = pre(tgt, ct_intensity(), mask)
+    b = pre(tgt, ct_intensity(), mask, keep_mask=False)  # the mask was carried through once, with the source
     if a["image"].shape[-1] < 2 * cfg.data.context + 1:
         raise ConfigError(
             f"case '{pair.case_id}': data.context {cfg.data.context} needs {2 * cfg.data.context + 1} slices but the volume has "
             f"{a['image'].shape[-1]} axial slices; lower data.context"
         )
     prepared = PreparedCase(pair.case_id, a["image"].as_tensor().float(), b["image"].as_tensor().float(), a["mask"].as_tensor() > 0.5, pair, src_int)
-    return prepared, src, tgt
+    return prepared, src, tgt, mask
 
 
 def context_slices(volume: torch.Tensor, z: int | torch.Tensor, context: int) -> torch.Tensor:

@@ -26,8 +26,8 @@ from .errors import CheckpointError, ConfigError, InputError
 from .gan import TranslationModel, build_model
 from .metrics import ldct_metrics, synthrad_metrics
 from .slices import PreparedCase, SliceDataset, discover_pairs, load_split, prepare_case
-from .io import atomic_write_text, read_case
-from .transforms import axial_axis, body_mask, ct_intensity
+from .io import atomic_write_text
+from .transforms import axial_axis, ct_intensity
 from .translate import CHECKPOINT_FORMAT, TranslatorSpec, load_checkpoint, resolve_device, translate_volume
 
 __all__ = ["Trainer", "train"]
@@ -76,8 +76,7 @@ class Trainer:
             self.train_cases.append(prepare_case(pairs[cid], cfg)[0])
         self.val_cases = []
         for cid in self.split["val"]:
-            case, src, tgt = prepare_case(pairs[cid], cfg)
-            mask = np.asarray(read_case(case.pair.mask).array) > 0 if case.pair.mask else body_mask(tgt.array, "ct", tgt.affine)
+            _, src, tgt, mask = prepare_case(pairs[cid], cfg)  # the mask file (or CT body mask) on the original grid
             self.val_cases.append((cid, src, tgt, mask))
         in_channels = 2 * cfg.data.context + 1
         src_kind = "mr" if cfg.model.roles[0] == "mr" else "ct"
