@@ -183,9 +183,8 @@ def affine_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 
 
 def _read_sitk_file(path: Path) -> Volume:
-    fmt = "nrrd" if path.suffix.lower() in (".nrrd", ".nhdr") else "metaimage"
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        fmt = "dicom"
+    suffix = path.suffix.lower()
+    fmt = "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage" if suffix in (".mha", ".mhd") else "dicom"
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
