@@ -10,7 +10,17 @@ import numpy as np
 from .errors import MedTranslateError
 from .io import Volume, find_cases, read_case
 
-__all__ = ["looks_like", "describe_volume", "describe_paths", "format_table"]
+__all__ = ["looks_like", "looks_like_hu", "describe_volume", "describe_paths", "format_table"]
+
+# Hounsfield units: air near -1000 in at least 1 % of the voxels (a scan of a body holds air around it; -800 leaves
+# room for noise and partial volume), nothing below the -3024 padding value scanners write, nothing above dense metal.
+HU_AIR_P1, HU_MIN, HU_MAX = -800.0, -3100.0, 40000.0
+
+
+def looks_like_hu(array: np.ndarray) -> bool:
+    """True when the values look like CT in HU. ``info`` labels and ``simulate-lowdose`` checks with this one test."""
+    low = float(np.percentile(array[::2, ::2, ::2], 1))
+    return low <= HU_AIR_P1 and float(array.min()) >= HU_MIN and float(array.max()) <= HU_MAX
 
 
 def looks_like(volume: Volume) -> str:
@@ -23,8 +33,7 @@ def looks_like(volume: Volume) -> str:
         return volume.modality
     if volume.array.dtype == bool or (np.issubdtype(volume.array.dtype, np.integer) and int(volume.array.max()) <= 1 and int(volume.array.min()) >= 0):
         return "mask"
-    low = float(np.percentile(volume.array[:: 2, :: 2, :: 2], 1))
-    if low <= -900 and float(volume.array.min()) >= -3100:
+    if looks_like_hu(volume.array):
         return "CT"
     if float(volume.array.min()) >= -1e-3 * max(1.0, float(volume.array.max())):
         return "MR"

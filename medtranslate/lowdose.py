@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .describe import looks_like_hu
 from .errors import InputError
 from .io import Volume
 from .transforms import axial_axis
@@ -36,8 +37,7 @@ AIR_HU = -1000.0
 def check_ct(volume: Volume, name: str) -> None:
     """Raise unless the volume looks like CT in HU (air near -1000, nothing implausible)."""
     arr = volume.array
-    low = float(np.percentile(arr[::2, ::2, ::2], 1))
-    if not (low <= -800 and float(arr.min()) >= -3100 and float(arr.max()) <= 40000):
+    if not looks_like_hu(arr):
         raise InputError(
             f"{name}: values [{float(arr.min()):.0f}, {float(arr.max()):.0f}] do not look like CT in HU (air near -1000 expected); "
             "low-dose simulation needs a CT in Hounsfield units"

@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pytest
 
+from medtranslate.describe import looks_like
 from medtranslate.errors import InputError
 from medtranslate.io import Volume, read_volume, write_nifti
 from medtranslate.lowdose import simulate_lowdose
@@ -60,6 +61,18 @@ def test_non_ct_input_is_refused_naming_the_file(tmp_path):
     mr = read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz")
     with pytest.raises(InputError, match="mr.nii.gz.*do not look like CT"):
         simulate_lowdose(mr, 0.25)
+
+
+def test_info_and_simulation_agree_on_what_is_ct():
+    # one HU test for both: a CT whose air reads -850 HU (e.g. a calibration offset) is CT to `info` and accepted here
+    shifted = water_cylinder(96, 1)
+    shifted = Volume((shifted.array.astype(np.float32) + 150).astype(np.int16), shifted.affine)
+    assert looks_like(shifted) == "CT"
+    simulate_lowdose(shifted, 0.5)
+    scaled = Volume((shifted.array.astype(np.float32) * 0.5 + 1000).astype(np.int16), shifted.affine)  # no air left
+    assert looks_like(scaled) != "CT"
+    with pytest.raises(InputError, match="do not look like CT"):
+        simulate_lowdose(scaled, 0.5, name="scaled.nii.gz")
 
 
 @pytest.mark.slow
