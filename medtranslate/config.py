@@ -136,7 +136,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
     channels_last: bool = True
-    max_minutes: float | None = None  # stop at an epoch end once this much time has passed
+    max_minutes: float | None = None  # time budget: no epoch is started that would end past it (judged by the longest so far)
     val_every: int = 1
     num_threads: int | None = None  # torch CPU threads; default: torch's
 

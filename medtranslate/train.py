@@ -114,6 +114,7 @@ class Trainer:
         t = self.cfg.train
         stop = t.epochs if until_epoch is None else min(until_epoch, t.epochs)
         start = time.perf_counter()
+        longest = 0.0
         val: dict[str, float] = {}
         try:
             while self.epoch < stop:
@@ -123,8 +124,10 @@ class Trainer:
                 val = self.validate() if ((self.epoch + 1) % t.val_every == 0 or is_last) and self.val_cases else {}
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                 self._end_epoch(losses, val, time.perf_counter() - epoch_start)
-                if t.max_minutes and (time.perf_counter() - start) / 60.0 >= t.max_minutes and self.epoch < t.epochs:
-                    logger.info("stopping after epoch %d: train.max_minutes %.1f reached", self.epoch, t.max_minutes)
+                longest = max(longest, time.perf_counter() - epoch_start)
+                # a budget, not a target: an epoch that would end past it is not started
+                if t.max_minutes and (time.perf_counter() - start + longest) / 60.0 > t.max_minutes and self.epoch < stop:
+                    logger.info("stopping after epoch %d: another epoch would pass train.max_minutes %.1f", self.epoch, t.max_minutes)
                     break
         except KeyboardInterrupt:
             self._save("last.pt")

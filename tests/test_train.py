@@ -84,6 +84,16 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == target
 
 
+def test_time_budget_starts_no_epoch_that_would_overrun_it(tmp_path, tiny_data):
+    budget = tmp_path / "budget.yaml"
+    write_config(budget, tiny_data, **{"train.epochs": 3, "train.max_minutes": 1e-6})  # any epoch takes longer than 60 us
+    Trainer(load_config(budget), tmp_path / "short", progress=False).fit()
+    assert load_checkpoint(tmp_path / "short" / "checkpoints" / "last.pt")["epoch"] == 1
+    write_config(budget, tiny_data, **{"train.epochs": 3, "train.max_minutes": 60.0})
+    Trainer(load_config(budget), tmp_path / "long", progress=False).fit()
+    assert load_checkpoint(tmp_path / "long" / "checkpoints" / "last.pt")["epoch"] == 3
+
+
 def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "intensity_map"))
     val = Trainer(cfg, tmp_path / "run", progress=False).fit()
