@@ -16,7 +16,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "MODEL_DEFAULTS"]
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "MODEL_DEFAULTS", "TASK_DEFAULTS", "RESIDUAL_UNIT_HU"]
 
 KINDS = ("pix2pix", "cyclegan", "intensity_map", "classical")
 TASKS = {"mr2ct": ("mr", "ct"), "ldct": ("ld", "nd")}
@@ -29,6 +29,19 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "intensity_map": {"generator": "lut", "norm": "batch", "gan_loss": "vanilla"},
     "classical": {"generator": "nlmeans", "norm": "batch", "gan_loss": "vanilla"},
 }
+
+# Defaults per task, measured on the sample data (README, "Low-dose CT"). Denoising (ldct) differs from synthesis in
+# three ways. Augmentation: rotation and scaling resample by bilinear interpolation, which averages neighbouring pixels
+# and so removes part of the noise from the training input but not at test time; flips keep pixels as they are. Units:
+# the noise the network must remove is ~40 HU, 0.02 of the [-1, 1] CT scale; a U-Net fed that scale stayed at the
+# identity (PSNR of the input) for 15 epochs, the same U-Net fed HU / 100 (``residual``) learnt. Resolution: the
+# pix2pix U-Net's first layer is a stride-2 convolution, so no layer works at full resolution, where the noise is;
+# adding 3x3 convolutions there (``full_res``) raised validation PSNR from 20.4 to 23.7 dB in 3 minutes.
+TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "mr2ct": {"data": {"rotate_deg": 5.0, "scale": 0.05}, "model": {"full_res": False, "residual": False}},
+    "ldct": {"data": {"rotate_deg": 0.0, "scale": 0.0}, "model": {"full_res": True, "residual": True}},
+}
+RESIDUAL_UNIT_HU = 100.0  # a residual generator sees and predicts HU / RESIDUAL_UNIT_HU (centred on water)
 
 
 def _choice(section: str, key: str, value: Any, options: tuple[Any, ...]) -> None:
@@ -54,8 +67,8 @@ class DataConfig:
     min_body_fraction: float = 0.05  # slices with less body than this are skipped in training
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the input's
     augment: bool = True  # random flips and small affine, identical for both images of a pair
-    rotate_deg: float = 5.0
-    scale: float = 0.05
+    rotate_deg: float | None = None  # default per task, TASK_DEFAULTS
+    scale: float | None = None  # default per task, TASK_DEFAULTS
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -67,6 +80,9 @@ class DataConfig:
             raise ConfigError(f"data.min_body_fraction must be in [0, 1), got {self.min_body_fraction!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        for key in ("rotate_deg", "scale"):
+            if getattr(self, key) is not None:
+                _positive("data", key, getattr(self, key), allow_zero=True)
         if self.spacing is not None:
             if len(self.spacing) != 3:
                 raise ConfigError(f"data.spacing must have 3 values (mm), got {self.spacing!r}")
@@ -87,6 +103,8 @@ class ModelConfig:
     norm: str | None = None  # batch | instance
     upsample: str = "transpose"  # transpose | resize (resize-convolution avoids checkerboard artefacts)
     dropout: float = 0.5
+    full_res: bool | None = None  # U-Net only: 3x3 convolutions at full resolution before and after the U; default per task
+    residual: bool | None = None  # CT -> CT only: predict a correction to the input in units of RESIDUAL_UNIT_HU; default per task
     d_layers: int = 3  # 3: the 70x70 PatchGAN
     gan_loss: str | None = None  # vanilla | lsgan | hinge | wgangp
     gp_weight: float = 10.0  # WGAN-GP gradient penalty weight (Gulrajani et al. 2017)
@@ -104,6 +122,14 @@ class ModelConfig:
         for key, value in MODEL_DEFAULTS[self.kind].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
+        for key, value in TASK_DEFAULTS[self.task]["model"].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        for key in ("full_res", "residual"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
+        if self.residual and self.task != "ldct":
+            raise ConfigError(f"model.residual needs the same modality in and out (task ldct); task {self.task} translates {self.roles[0]} to {self.roles[1]}")
         if self.kind in ("pix2pix", "cyclegan"):
             _choice("model", "generator", self.generator, ("unet", "resnet"))
         _choice("model", "norm", self.norm, ("batch", "instance"))
@@ -166,6 +192,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        for key, value in TASK_DEFAULTS[self.model.task]["data"].items():
+            if getattr(self.data, key) is None:
+                object.__setattr__(self.data, key, value)
         if self.model.kind == "cyclegan" and self.data.context:
             raise ConfigError("data.context (2.5D) is supported for pix2pix only: CycleGAN's cycle maps images back to their own channels; set data.context: 0")
         if self.model.generator == "unet" and self.model.num_downs is not None and 2**self.model.num_downs > self.data.patch_size:

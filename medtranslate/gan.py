@@ -10,15 +10,17 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RunConfig
+from .config import RESIDUAL_UNIT_HU, RunConfig
 from .errors import ConfigError
-from .nets import PatchDiscriminator, ResnetGenerator, UNetGenerator, init_weights
+from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
+from .transforms import ct_intensity
 
-__all__ = ["GANLoss", "gradient_penalty", "ImagePool", "Pix2Pix", "CycleGAN", "build_generator", "build_model", "TranslationModel"]
+__all__ = ["GANLoss", "gradient_penalty", "ImagePool", "Pix2Pix", "CycleGAN", "build_generator", "build_discriminator", "build_model", "TranslationModel"]
 
 
 class GANLoss:
@@ -90,13 +92,31 @@ class ImagePool:
 
 
 def build_generator(cfg: RunConfig, in_channels: int, out_channels: int = 1) -> nn.Module:
+    """The generator of ``cfg.model``; residual models wrap it in :class:`Rescaled` (HU / RESIDUAL_UNIT_HU units)."""
     m = cfg.model
+    tanh = not m.residual
     if m.generator == "unet":
         num_downs = m.num_downs or max(int(cfg.data.patch_size).bit_length() - 1, 2)
-        net: nn.Module = UNetGenerator(in_channels, out_channels, num_downs=num_downs, ngf=m.ngf, norm=m.norm, dropout=m.dropout, upsample=m.upsample)
+        net: nn.Module = UNetGenerator(in_channels, out_channels, num_downs=num_downs, ngf=m.ngf, norm=m.norm, dropout=m.dropout,
+                                       upsample=m.upsample, full_res=m.full_res, tanh=tanh)
     else:
-        net = ResnetGenerator(in_channels, out_channels, ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, upsample=m.upsample)
-    return init_weights(net)
+        net = ResnetGenerator(in_channels, out_channels, ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, upsample=m.upsample, tanh=tanh)
+    net = init_weights(net)
+    return _in_residual_units(net, cfg, residual=True) if m.residual else net
+
+
+def build_discriminator(cfg: RunConfig, in_channels: int) -> nn.Module:
+    """A PatchGAN; for residual models it sees images in the generator's units, where the noise is visible."""
+    m = cfg.model
+    net = init_weights(PatchDiscriminator(in_channels, m.ndf, m.d_layers, m.norm))
+    return _in_residual_units(net, cfg, residual=False) if m.residual else net
+
+
+def _in_residual_units(net: nn.Module, cfg: RunConfig, residual: bool) -> nn.Module:
+    ct = ct_intensity()
+    offset = float(ct.forward(np.float64(0.0)))  # water
+    gain = (ct.hi - ct.lo) / 2.0 / RESIDUAL_UNIT_HU
+    return Rescaled(net, offset, gain, residual=residual)
 
 
 class TranslationModel:
@@ -189,9 +209,8 @@ class Pix2Pix(TranslationModel):
 
     def __init__(self, cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator):
         super().__init__(cfg, in_channels, device, generator)
-        m = cfg.model
         self.nets["G"] = build_generator(cfg, in_channels)
-        self.nets["D"] = init_weights(PatchDiscriminator(in_channels + 1, m.ndf, m.d_layers, m.norm))
+        self.nets["D"] = build_discriminator(cfg, in_channels + 1)
         self._finish()
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -224,8 +243,8 @@ class CycleGAN(TranslationModel):
         m = cfg.model
         self.nets["G"] = build_generator(cfg, in_channels)
         self.nets["G_inv"] = build_generator(cfg, 1, in_channels)
-        self.nets["D"] = init_weights(PatchDiscriminator(1, m.ndf, m.d_layers, m.norm))
-        self.nets["D_src"] = init_weights(PatchDiscriminator(in_channels, m.ndf, m.d_layers, m.norm))
+        self.nets["D"] = build_discriminator(cfg, 1)
+        self.nets["D_src"] = build_discriminator(cfg, in_channels)
         self.pools = {"target": ImagePool(m.pool_size, generator), "source": ImagePool(m.pool_size, generator)}
         self._finish()
 

@@ -6,6 +6,10 @@
   two stride-2 downsamplings, ``n_blocks`` residual blocks (6 or 9), two upsamplings, tanh output.
 - :class:`PatchDiscriminator`: the PatchGAN; ``n_layers=3`` gives 70x70 receptive fields. Returns logits.
 
+``full_res=True`` adds 3x3 convolutions at full resolution before and after the U-Net (whose first layer otherwise
+halves the resolution), as the original U-Net of Ronneberger et al. 2015 has; denoising needs them (config.py,
+TASK_DEFAULTS). :class:`Rescaled` runs a network in other units and can make it residual (output = input + correction).
+
 Both generators can upsample by resize-convolution (nearest x2, then a 3x3 convolution) instead of transposed
 convolution, which avoids checkerboard artefacts (Odena et al. 2016). Weights are initialised N(0, 0.02).
 Networks know nothing of files: sizes in, sizes out.
@@ -18,7 +22,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["UNetGenerator", "ResnetGenerator", "PatchDiscriminator", "init_weights", "norm_layer"]
+__all__ = ["UNetGenerator", "ResnetGenerator", "PatchDiscriminator", "Rescaled", "init_weights", "norm_layer"]
 
 
 def norm_layer(kind: str, channels: int) -> nn.Module:
@@ -51,14 +55,30 @@ class UNetGenerator(nn.Module):
         norm: batch | instance.
         dropout: dropout probability in the (num_downs - 5) up-blocks next to the innermost.
         upsample: transpose | resize.
+        full_res: two 3x3 convolutions (ngf filters) at full resolution before the U, and two after it on the
+            full-resolution features concatenated with the U's output; the output layer is then a 3x3 convolution.
+        tanh: bound the output to [-1, 1] (off for a residual correction, which has no such bound).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_downs: int = 8, ngf: int = 64, norm: str = "batch", dropout: float = 0.5, upsample: str = "transpose"):
+    def __init__(self, in_channels: int, out_channels: int, num_downs: int = 8, ngf: int = 64, norm: str = "batch", dropout: float = 0.5,
+                 upsample: str = "transpose", full_res: bool = False, tanh: bool = True):
         super().__init__()
         if num_downs < 2:
             raise ConfigError(f"UNetGenerator needs num_downs >= 2, got {num_downs}")
         self.num_downs = num_downs
         use_bias = norm == "instance"  # batch norm has its own bias
+        self.stem: nn.Module | None = None
+        self.head: nn.Module | None = None
+        if full_res:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, ngf, 3, padding=1, bias=True), nn.ReLU(inplace=True),
+                nn.Conv2d(ngf, ngf, 3, padding=1, bias=use_bias), norm_layer(norm, ngf), nn.ReLU(inplace=True),
+            )
+            self.head = nn.Sequential(
+                nn.ReLU(inplace=True), nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=use_bias), norm_layer(norm, ngf), nn.ReLU(inplace=True),
+                nn.Conv2d(ngf, out_channels, 3, padding=1, bias=True), *([nn.Tanh()] if tanh else []),
+            )
+            in_channels, out_channels = ngf, ngf
         chans = [min(ngf * 2**i, ngf * 8) for i in range(num_downs)]
         self.downs = nn.ModuleList()
         for i in range(num_downs):
@@ -76,7 +96,7 @@ class UNetGenerator(nn.Module):
             in_ch = chans[i] if innermost else 2 * chans[i]
             layers = [nn.ReLU(inplace=True)]
             if outermost:
-                layers += [_up(in_ch, out_channels, upsample, bias=True), nn.Tanh()]
+                layers += [_up(in_ch, out_channels, upsample, bias=True)] + ([nn.Tanh()] if tanh and not full_res else [])
             else:
                 layers += [_up(in_ch, chans[i - 1], upsample, bias=use_bias), norm_layer(norm, chans[i - 1])]
                 if dropout > 0 and num_downs - 1 - n_dropout <= i < num_downs - 1:
@@ -88,6 +108,8 @@ class UNetGenerator(nn.Module):
         return 2**self.num_downs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem is not None:
+            x = full = self.stem(x)
         skips = []
         for down in self.downs:
             x = down(x)
@@ -95,6 +117,8 @@ class UNetGenerator(nn.Module):
         y = self.ups[-1](skips[-1])
         for i in range(self.num_downs - 2, -1, -1):
             y = self.ups[i](torch.cat([y, skips[i]], dim=1))
+        if self.head is not None:
+            y = self.head(torch.cat([y, full], dim=1))
         return y
 
 
@@ -113,7 +137,8 @@ class _ResBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """The CycleGAN ResNet generator; inputs must be divisible by 4."""
 
-    def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 9, norm: str = "instance", upsample: str = "transpose"):
+    def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 9, norm: str = "instance", upsample: str = "transpose",
+                 tanh: bool = True):
         super().__init__()
         use_bias = norm == "instance"
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=use_bias), norm_layer(norm, ngf), nn.ReLU(inplace=True)]
@@ -124,7 +149,7 @@ class ResnetGenerator(nn.Module):
         for i in range(2):
             c = ngf * 2 ** (2 - i)
             layers += [_up(c, c // 2, upsample, kernel=3, bias=use_bias), norm_layer(norm, c // 2), nn.ReLU(inplace=True)]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7)] + ([nn.Tanh()] if tanh else [])
         self.model = nn.Sequential(*layers)
 
     divisor = 4
@@ -150,6 +175,30 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class Rescaled(nn.Module):
+    """Run ``net`` on ``(x - offset) * gain``; with ``residual``, return x's centre channel + net(...) / gain.
+
+    A residual generator starts near the identity and only has to learn the correction, in units where that correction
+    is of order 1 (for denoising: HU / 100 instead of the [-1, 1] CT scale, in which the noise is 0.02). The centre
+    channel is the middle of a 2.5D stack; a one-channel input is added to every output channel.
+    """
+
+    def __init__(self, net: nn.Module, offset: float, gain: float, residual: bool = False):
+        super().__init__()
+        self.net, self.offset, self.gain, self.residual = net, float(offset), float(gain), residual
+
+    @property
+    def divisor(self) -> int:
+        return getattr(self.net, "divisor", 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net((x - self.offset) * self.gain)
+        if not self.residual:
+            return y
+        c = x.shape[1] // 2
+        return x[:, c : c + 1] + y / self.gain
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:

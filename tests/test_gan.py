@@ -105,6 +105,26 @@ def test_one_cyclegan_step_lowers_its_cycle_loss():
     assert len(model.pools["target"].images) == 2  # the fakes went into the pool
 
 
+def test_residual_denoiser_starts_at_the_identity_and_learns_to_denoise():
+    # ldct: the generator predicts a correction in HU / 100; 40 HU of noise on a smooth image, 30 steps on one batch
+    torch.manual_seed(0)
+    cfg = tiny_config("pix2pix", task="ldct", dropout=0.0)
+    assert cfg.model.residual and cfg.model.full_res
+    model = build_model(cfg, 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(2)
+    clean = F.avg_pool2d(torch.rand(2, 1, 40, 40, generator=g), 9, stride=1) * 0.05 - 0.48  # soft-tissue-like, in [-1, 1] units
+    noisy = clean + torch.randn(clean.shape, generator=g) * (40.0 / 2047.5)
+    G = model.nets["G"]  # compared in training mode (batch statistics): 30 steps do not settle batch-norm running means
+    with torch.no_grad():
+        start = float(F.l1_loss(G(noisy), noisy))
+    noise_l1 = float(F.l1_loss(noisy, clean))
+    assert start < 0.5 * noise_l1  # the untrained correction is small beside the noise
+    for _ in range(30):
+        model.train_step({"source": noisy, "target": clean})
+    with torch.no_grad():
+        assert float(F.l1_loss(G(noisy), clean)) < 0.7 * noise_l1
+
+
 def test_intensity_map_recovers_a_known_mapping():
     rng = torch.Generator().manual_seed(0)
     x = torch.rand(200_000, generator=rng) * 2 - 1

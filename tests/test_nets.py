@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medtranslate.nets import PatchDiscriminator, ResnetGenerator, UNetGenerator, init_weights
+from medtranslate.nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
 
 
 @pytest.mark.parametrize("upsample", ["transpose", "resize"])
@@ -47,3 +47,34 @@ def test_init_weights_normal_002():
     net = init_weights(UNetGenerator(1, 1, num_downs=4, ngf=16))
     weights = torch.cat([m.weight.detach().flatten() for m in net.modules() if isinstance(m, torch.nn.Conv2d)])
     assert abs(float(weights.mean())) < 2e-3 and float(weights.std()) == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("hw", [(32, 48), (24, 40)])
+def test_full_res_unet_has_full_resolution_layers_and_optional_tanh(hw):
+    net = UNetGenerator(3, 1, num_downs=3, ngf=4, full_res=True, tanh=False)
+    x = torch.rand(2, 3, *hw) * 2 - 1
+    assert net(x).shape == (2, 1, *hw)
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.stride == (1, 1) and first.in_channels == 3  # the plain U-Net starts with a stride-2 convolution
+    assert not any(isinstance(m, torch.nn.Tanh) for m in net.modules())
+    with torch.no_grad():
+        net.head[-1].bias.fill_(5.0)
+    assert net(x).min() > 1.0  # no tanh bound on a correction
+    bounded = UNetGenerator(3, 1, num_downs=3, ngf=4, full_res=True)
+    assert sum(isinstance(m, torch.nn.Tanh) for m in bounded.modules()) == 1
+
+
+def test_rescaled_runs_the_net_in_its_units_and_adds_the_centre_channel():
+    pick = torch.nn.Conv2d(3, 1, 1, bias=False)  # returns its input's first channel
+    with torch.no_grad():
+        pick.weight.zero_()
+        pick.weight[0, 0] = 1.0
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    plain = Rescaled(pick, offset=-0.5, gain=20.0)
+    assert torch.allclose(plain(x), (x[:, :1] + 0.5) * 20.0)
+    residual = Rescaled(pick, offset=-0.5, gain=20.0, residual=True)
+    assert torch.allclose(residual(x), x[:, 1:2] + (x[:, :1] + 0.5), atol=1e-6)  # centre channel + correction / gain
+    zero = torch.nn.Conv2d(1, 3, 1)
+    torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
+    one = torch.rand(2, 1, 8, 8)
+    assert torch.equal(Rescaled(zero, 0.0, 5.0, residual=True)(one), one.expand(2, 3, 8, 8))  # one channel in: added to every output

@@ -19,8 +19,8 @@ def case(cid: str, depth: int = 6, body_slices: tuple[int, ...] = (1, 2, 3, 4)) 
     return PreparedCase(cid, source, 0.5 * source, mask, pair=None, source_intensity=None)  # target: a known function of the source
 
 
-def config(**data) -> RunConfig:
-    return RunConfig.from_dict({"data": {"root": "x", "patch_size": 16, **data}, "model": {"kind": "pix2pix"}})
+def config(task: str = "mr2ct", **data) -> RunConfig:
+    return RunConfig.from_dict({"data": {"root": "x", "patch_size": 16, **data}, "model": {"kind": "pix2pix", "task": task}})
 
 
 def test_slices_with_too_little_body_are_skipped():
@@ -60,3 +60,15 @@ def test_unpaired_targets_come_from_another_case():
         assert not torch.allclose(target, own)
     with pytest.raises(InputError, match="at least 2 training cases"):
         SliceDataset([a], config(), torch.Generator(), paired=False)
+
+
+def test_denoising_augmentation_does_not_interpolate_the_noise_away():
+    # bilinear rotation or scaling averages neighbouring pixels, which smooths noise; for ldct only flips are drawn
+    c = case("a")
+    for task, exact in (("ldct", True), ("mr2ct", False)):
+        ds = SliceDataset([c], config(task), torch.Generator().manual_seed(0))
+        found = []
+        for i in range(len(ds)):
+            _, z = ds.index[i]
+            found.append(bool(torch.isin(ds[i]["source"], c.source[0, :, :, z]).all()))
+        assert all(found) if exact else not any(found), task

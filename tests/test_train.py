@@ -109,6 +109,8 @@ def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
         ({"model.kind": "pix2pixx"}, r"unknown model.kind 'pix2pixx'; expected one of: pix2pix, cyclegan, intensity_map"),
         ({"train.precision": "fp8"}, r"train.precision"),
         ({"data.context": 9}, r"data.context 9 needs 19 slices but the volume has 16"),
+        ({"model.residual": True}, r"model.residual needs the same modality in and out \(task ldct\); task mr2ct translates mr to ct"),
+        ({"model.full_res": "yes"}, r"model.full_res must be true or false, got 'yes'"),
     ],
 )
 def test_bad_configs_are_one_line_errors(tmp_path, tiny_data, extra, match):
