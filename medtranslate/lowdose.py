@@ -22,9 +22,9 @@ import numpy as np
 from .describe import looks_like_hu
 from .errors import InputError
 from .io import Volume
-from .transforms import axial_axis
+from .transforms import CT_RANGE, axial_axis
 
-__all__ = ["MU_WATER_PER_MM", "DEFAULT_PHOTONS", "DEFAULT_ELECTRONIC_NOISE", "simulate_lowdose", "check_ct"]
+__all__ = ["MU_WATER_PER_MM", "DEFAULT_PHOTONS", "DEFAULT_ELECTRONIC_NOISE", "simulate_lowdose", "check_ct", "axial_slab", "write_ct"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,23 @@ MU_WATER_PER_MM = 0.0193
 DEFAULT_PHOTONS = 1.0e5
 DEFAULT_ELECTRONIC_NOISE = math.sqrt(10.0)  # standard deviation in counts
 AIR_HU = -1000.0
+
+
+def axial_slab(volume: Volume, start: int, stop: int) -> Volume:
+    """Axial slices ``start:stop`` of a volume, with the affine moved so every voxel keeps its place in the world."""
+    axis = axial_axis(volume.affine)
+    index = [slice(None)] * 3
+    index[axis] = slice(start, stop)
+    shift = np.eye(4)
+    shift[axis, 3] = start
+    return Volume(volume.array[tuple(index)], volume.affine @ shift, source=volume.source)
+
+
+def write_ct(path: str | Path, volume: Volume, overwrite: bool = False) -> Path:
+    """Write a simulated CT as int16 HU clipped to the project's CT range."""
+    from .io import write_nifti
+
+    return write_nifti(path, np.clip(volume.array, *CT_RANGE), volume.affine, np.int16, overwrite=overwrite)
 
 
 def check_ct(volume: Volume, name: str) -> None:
@@ -144,7 +161,7 @@ def simulate_lowdose_folder(input: str | Path, output: str | Path, dose: float, 
 
     from .batch import prepare_output_folder, run_cases
     from .evaluate import select_cases
-    from .io import read_case, write_nifti
+    from .io import read_case
 
     inp, out = Path(input), Path(output)
     if not (isinstance(dose, (int, float)) and 0.0 < dose <= 1.0):
@@ -162,7 +179,7 @@ def simulate_lowdose_folder(input: str | Path, output: str | Path, dose: float, 
         case_seed = (seed * 1_000_003 + zlib.crc32(case.case_id.encode())) % 2**32
         ld, nd = simulate_lowdose(volume, dose, photons, electronic_noise, seed=case_seed, name=case.label)
         for vol, target in zip((ld, nd), targets):
-            write_nifti(target, np.clip(vol.array, -1024, 3071), vol.affine, np.int16, overwrite=True)
+            write_ct(target, vol, overwrite=True)
 
     return run_cases(cases, out / "manifest.csv", outputs, work, overwrite=overwrite, progress=progress,
                      extra={"dose": dose, "seed": seed, "photons": photons}, desc="simulate")
@@ -191,22 +208,17 @@ def write_invesalius_pairs(out: str | Path, dose: float = 0.25, slabs: int = 3, 
     """
     import json
 
-    from .io import atomic_write_text, write_nifti
+    from .io import atomic_write_text
 
     out = Path(out)
     ct = read_invesalius(find_invesalius_cranium())
-    axis = axial_axis(ct.affine)
-    bounds = np.linspace(0, ct.shape[axis], slabs + 1).astype(int)
+    bounds = np.linspace(0, ct.shape[axial_axis(ct.affine)], slabs + 1).astype(int)
     written = []
     for i in range(slabs):
-        index = [slice(None)] * 3
-        index[axis] = slice(bounds[i], bounds[i + 1])
-        shift = np.eye(4)
-        shift[axis, 3] = bounds[i]
-        slab = Volume(ct.array[tuple(index)], ct.affine @ shift, source=ct.source)
+        slab = axial_slab(ct, int(bounds[i]), int(bounds[i + 1]))
         ld, nd = simulate_lowdose(slab, dose, seed=seed + i, name=f"{ct.source} slab {i + 1}")
         for name, vol in (("ld", ld), ("nd", nd)):
-            written.append(write_nifti(out / f"cranium-{i + 1}" / f"{name}.nii.gz", np.clip(vol.array, -1024, 3071), vol.affine, np.int16, overwrite=overwrite))
+            written.append(write_ct(out / f"cranium-{i + 1}" / f"{name}.nii.gz", vol, overwrite=overwrite))
     ids = [f"cranium-{i + 1}" for i in range(slabs)]
     split = {"train": ids[: max(slabs - 2, 1)], "val": ids[max(slabs - 2, 1) : slabs - 1], "test": ids[slabs - 1 :]}
     return written + [atomic_write_text(out / "split.json", json.dumps(split, indent=2) + "\n")]

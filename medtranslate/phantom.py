@@ -235,7 +235,7 @@ def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, ov
 
     Deterministic: the same seed writes the same voxels.
     """
-    from .lowdose import simulate_lowdose
+    from .lowdose import axial_slab, simulate_lowdose, write_ct
 
     out = Path(out)
     written = []
@@ -247,12 +247,10 @@ def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, ov
         written.append(write_nifti(folder / "ct.nii.gz", subject.ct.array, subject.ct.affine, np.int16, overwrite=overwrite))
         written.append(write_nifti(folder / "mask.nii.gz", subject.mask, subject.ct.affine, np.uint8, overwrite=overwrite))
         if ldct:
-            shift = np.eye(4)
-            shift[2, 3] = LDCT_SLICES.start
-            crop = Volume(subject.ct.array[:, :, LDCT_SLICES], subject.ct.affine @ shift)
+            crop = axial_slab(subject.ct, LDCT_SLICES.start, LDCT_SLICES.stop)
             ld, nd = simulate_lowdose(crop, LDCT_DOSE, seed=seed * 1000 + n, name=f"{sid} CT")
             for name, vol in (("ld", ld), ("nd", nd)):
-                written.append(write_nifti(out / "ldct" / sid / f"{name}.nii.gz", np.clip(vol.array, -1024, 3071), vol.affine, np.int16, overwrite=overwrite))
+                written.append(write_ct(out / "ldct" / sid / f"{name}.nii.gz", vol, overwrite=overwrite))
         logger.info("wrote %s", sid)
     split = {k: [s for s in v if int(s[4:]) <= n_subjects] for k, v in SAMPLE_SPLIT.items()}
     written.append(atomic_write_text(out / "split.json", json.dumps(split, indent=2) + "\n"))
