@@ -89,7 +89,7 @@ def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volu
     src, tgt = read_case(pair.source), read_case(pair.target)
     check_same_grid(src, tgt, names=(src_role, tgt_role), case=pair.case_id)
     mask = np.asarray(read_case(pair.mask).array) > 0 if pair.mask is not None else body_mask(tgt.array, "ct", tgt.affine)
-    src_int = intensity_for(_kind(src_role), src.array, body_mask(src.array, _kind(src_role), src.affine))
+    src_int = intensity_for(_kind(src_role), src.array, src.affine)
     pre = Preprocessor(spacing=cfg.data.spacing)
     a = pre(src, src_int, mask)
     b = pre(tgt, ct_intensity(), mask, keep_mask=False)  # the mask was carried through once, with the source

@@ -92,12 +92,15 @@ def mr_intensity(array: np.ndarray, mask: np.ndarray | None = None, percentiles:
     return IntensityParams("mr", float(lo), float(hi))
 
 
-def intensity_for(kind: str, array: np.ndarray, mask: np.ndarray | None = None) -> IntensityParams:
-    """Intensity parameters for an image of modality ``kind`` ("ct" for any CT, "mr")."""
+def intensity_for(kind: str, array: np.ndarray, affine: np.ndarray) -> IntensityParams:
+    """Intensity parameters for an image of modality ``kind`` ("ct" for any CT, "mr").
+
+    CT has fixed parameters; MR's percentiles are taken inside its body mask, computed here only for MR.
+    """
     if kind == "ct":
         return ct_intensity()
     if kind == "mr":
-        return mr_intensity(array, mask)
+        return mr_intensity(array, body_mask(array, "mr", affine))
     raise InputError(f"unknown image kind '{kind}'; expected one of: ct, mr")
 
 

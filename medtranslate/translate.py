@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .io import Volume
-from .transforms import IntensityParams, Preprocessor, body_mask, intensity_for
+from .transforms import IntensityParams, Preprocessor, intensity_for
 
 __all__ = ["TranslatorSpec", "translate_volume", "translate_folder", "build_inference_net", "resolve_device", "load_checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -82,11 +82,9 @@ def translate_volume(
         tta: average the prediction over a left-right flip of the input.
     """
     device = torch.device(device)
-    mask = body_mask(volume.array, spec.source_kind, volume.affine)
-    intensity = intensity_for(spec.source_kind, volume.array, mask)
+    intensity = intensity_for(spec.source_kind, volume.array, volume.affine)
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
-    data = pre(volume, intensity, mask, keep_mask=False)
-    del mask
+    data = pre(volume, intensity, keep_mask=False)  # no crop to the body: no mask needed
     image = data["image"].as_tensor().float()
     depth = image.shape[-1]
     pred = torch.empty_like(image)
