@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from medtranslate.io import Volume
-from medtranslate.translate import TranslatorSpec, build_inference_net, load_checkpoint, translate_volume
+from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from medtranslate.translate import translate_volume
 
 
 def peak_mb() -> float:

@@ -1,12 +1,16 @@
 """Batch safety shared by every command that writes one output set per case.
 
-A case whose outputs all exist is skipped (unless ``overwrite``); one failing case is recorded and the rest go on;
-the manifest is rewritten atomically after every case, so a batch killed at any moment resumes where it stopped and
-its manifest is never half written. Rows of cases outside this run (another input or shard) are kept.
+A case whose outputs all exist is skipped (unless ``overwrite``); one failing case is recorded and the rest go on,
+whatever the failure (a bad input raises a MedTranslateError with its own message; anything else is recorded with its
+type, never allowed to end the batch); the manifest is rewritten atomically after every case, so a batch killed at
+any moment resumes where it stopped and its manifest is never half written. Rows of cases outside this run (another
+input or shard) are kept. A skipped case keeps the attribution of the run that made it (e.g. the checkpoint's
+sha256): the manifest never credits an output to a model that did not make it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _io
 import logging
@@ -15,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .atomic import atomic_write_text, remove_stale_partials
 from .errors import MedTranslateError, OutputError
 from .io import Case
 
@@ -24,36 +29,36 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_output_folder(inp: Path, out: Path) -> None:
-    """Refuse the input folder as output, check the output is writable, remove partial files of killed runs."""
+    """Refuse the input folder as output, check the output is writable, remove partial files of dead processes."""
     src = inp.resolve() if inp.is_dir() else inp.resolve().parent
     if out.resolve() == src:
         raise OutputError(f"{out}: the output folder is the input folder; choose another --output so inputs are never touched")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a folder; choose a folder for --output")
+    probe = out / f".write-probe-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-probe-{os.getpid()}"
         probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
         raise OutputError(f"{out}: output folder is not writable ({exc.strerror or exc}); choose another --output") from exc
-    for stale in out.glob(".*.partial-*"):  # left by a killed run; never a finished output
-        if stale.is_dir():
-            import shutil
-
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+    for stale in remove_stale_partials(out):  # left by a killed run; never a finished output, never another shard's
+        logger.debug("removed %s, left by a process that no longer runs", stale)
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise OutputError(f"{path}: the manifest of an earlier run cannot be read ({type(exc).__name__}); move it away and run again") from exc
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from .io import atomic_write_text
-
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -73,7 +78,9 @@ def run_cases(
 ) -> list[dict[str, Any]]:
     """Run ``work(case, outputs)`` for every case; returns the manifest rows of this run.
 
-    ``work`` must write each output atomically (temporary name, then rename) and raise a MedTranslateError for bad input.
+    ``work`` must write each output atomically (temporary name, then rename) and raise a MedTranslateError for bad
+    input. ``extra`` holds columns that attribute the outputs (checkpoint hash, dose, ...): a skipped case keeps the
+    values of the run that made its outputs, and a warning says when they differ from this run's.
     """
     from tqdm import tqdm
 
@@ -81,7 +88,9 @@ def run_cases(
     extra = extra or {}
     columns = ["case", "input", "output", "status", "error", "seconds", *extra]
     ids = {c.case_id for c in cases}
-    earlier = [r for r in read_manifest(manifest) if r.get("case") not in ids]
+    previous = read_manifest(manifest)
+    made_by = {r.get("case"): r for r in previous if r.get("status") in ("done", "skipped")}
+    earlier = [r for r in previous if r.get("case") not in ids]
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc=desc, unit="case", disable=not progress):
         targets = outputs(case)
@@ -89,6 +98,7 @@ def run_cases(
         t0 = time.perf_counter()
         if all(t.exists() for t in targets) and not overwrite:
             row["status"] = "skipped"
+            row.update(_attribution(case.case_id, made_by.get(case.case_id), extra))
         else:
             try:
                 work(case, targets)
@@ -96,12 +106,31 @@ def run_cases(
             except MedTranslateError as exc:
                 row.update(status="failed", error=str(exc))
                 logger.warning("%s", exc)
+            except Exception as exc:  # a defect, not bad input: record it, keep the batch going  # noqa: BLE001
+                message = f"{case.label}: unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the file"
+                row.update(status="failed", error=message)
+                logger.warning("%s", message)
+                logger.debug("traceback of case %s", case.case_id, exc_info=True)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
         _write_manifest(manifest, earlier + rows, columns)
     if not cases:
         _write_manifest(manifest, earlier, columns)
     return rows
+
+
+def _attribution(case_id: str, before: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """The extra columns of a skipped case: those of the run that made its outputs, not this run's."""
+    if before is None:
+        if extra:
+            logger.warning("case %s: skipped, its outputs exist but no manifest row says what made them; pass --overwrite to redo it", case_id)
+        return {k: "unknown" for k in extra}
+    kept = {k: before.get(k, "unknown") for k in extra}
+    differ = [k for k in extra if str(kept[k]) != str(extra[k])]
+    if differ:
+        logger.warning("case %s: skipped, its outputs were made with another %s (%s, not %s); pass --overwrite to redo it with this one",
+                       case_id, differ[0], str(kept[differ[0]])[:16], str(extra[differ[0]])[:16])
+    return kept
 
 
 def summary_line(rows: list[dict[str, Any]], out: Path) -> tuple[str, int]:

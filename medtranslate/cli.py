@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 from pathlib import Path
 
 from .errors import MedTranslateError
@@ -104,7 +105,7 @@ def cmd_simulate_lowdose(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
-    summary = run_pipeline(args.pipeline, args.out, args.set, progress=not args.no_progress)
+    summary = run_pipeline(args.pipeline, args.out, args.set, progress=not args.no_progress, overwrite=args.overwrite)
     print(_summary_table([(Path(args.pipeline).stem, summary)]))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 1 if summary["n_failed"] else 0
@@ -113,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
 
-    results = run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    results = run_demo(args.out, quick=args.quick, progress=not args.no_progress, overwrite=args.overwrite)
     print(_summary_table(results))
     for name, _ in results:
         print(f"report: {Path(args.out) / name / 'report.html'}")
@@ -202,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", help="pipeline YAML (an experiment file with an optional 'pipeline' section)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="discard what RUN_DIR holds from an earlier run and run every stage again")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
@@ -210,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "evaluate them beside their baselines and write the reports (about 10 minutes on 2 CPU cores; --quick about 2).")
     p.add_argument("--out", default="demo_run", help="output folder (default: demo_run)")
     p.add_argument("--quick", action="store_true", help="a short run (numbers not meant to be good)")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier demo in --out and run it again")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -234,10 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # a library's background thread (TensorBoard's event writer) that fails, e.g. on a full disk, says so in one line;
+    # the main thread then meets the same condition and ends with its own one-line error
+    threading.excepthook = lambda hook: logger.error("background thread %s stopped: %s: %s", getattr(hook.thread, "name", "?"),
+                                                     hook.exc_type.__name__, " ".join(str(hook.exc_value).split())[:200])
     try:
         return int(args.func(args) or 0)
     except MedTranslateError as exc:
         print(f"medtranslate {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused something no check could foresee (a disk that fills, a folder made read-only)
+        where = f"{exc.filename}: " if exc.filename else "a write failed: "
+        print(f"medtranslate {args.command}: error: {where}{exc.strerror or exc}; check free space and permissions of the output folder, then run again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"medtranslate {args.command}: interrupted", file=sys.stderr)

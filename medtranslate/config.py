@@ -2,24 +2,35 @@
 
 A YAML file has the sections ``data``, ``model`` and ``train``; every key is optional except ``model.kind`` and
 ``data.root``. ``--set section.key=value`` overrides a key (the value is parsed as YAML). Defaults per model kind
-follow the papers: pix2pix (Isola et al. 2017) and CycleGAN (Zhu et al. 2017), see ``MODEL_DEFAULTS``.
+follow the papers: pix2pix (Isola et al. 2017) and CycleGAN (Zhu et al. 2017), see ``MODEL_DEFAULTS``; defaults per
+task are in :mod:`medtranslate.tasks`.
+
+Every value is checked for its type and range when the config is built, before any data is read, and an error shows
+the bad value in bounded length. YAML is read with a size limit and refuses aliases that expand beyond it (a
+"billion laughs" file), so no file can make medtranslate exhaust memory while reading or reporting a config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, MedTranslateError
+from .tasks import TASKS, get_task
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "MODEL_DEFAULTS", "TASK_DEFAULTS", "RESIDUAL_UNIT_HU"]
+__all__ = [
+    "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "read_yaml", "parse_yaml",
+    "config_differences", "MODEL_DEFAULTS", "RESIDUAL_UNIT_HU", "KINDS", "show", "require_int", "require_number",
+    "require_choice",
+]
 
 KINDS = ("pix2pix", "cyclegan", "intensity_map", "classical")
-TASKS = {"mr2ct": ("mr", "ct"), "ldct": ("ld", "nd")}
 
 # Paper defaults (DESIGN.md, "Reference points"): pix2pix: U-Net, batch norm, BCE-with-logits GAN loss, L1 weight 100;
 # CycleGAN: ResNet with 9 blocks, instance norm, least-squares GAN, cycle weight 10, identity 0.5, image pool 50.
@@ -29,30 +40,94 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "intensity_map": {"generator": "lut", "norm": "batch", "gan_loss": "vanilla"},
     "classical": {"generator": "nlmeans", "norm": "batch", "gan_loss": "vanilla"},
 }
-
-# Defaults per task, measured on the sample data (README, "Low-dose CT"). Denoising (ldct) differs from synthesis in
-# three ways. Augmentation: rotation and scaling resample by bilinear interpolation, which averages neighbouring pixels
-# and so removes part of the noise from the training input but not at test time; flips keep pixels as they are. Units:
-# the noise the network must remove is ~40 HU, 0.02 of the [-1, 1] CT scale; a U-Net fed that scale stayed at the
-# identity (PSNR of the input) for 15 epochs, the same U-Net fed HU / 100 (``residual``) learnt. Resolution: the
-# pix2pix U-Net's first layer is a stride-2 convolution, so no layer works at full resolution, where the noise is;
-# adding 3x3 convolutions there (``full_res``) raised validation PSNR from 20.4 to 23.7 dB in 3 minutes.
-TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "mr2ct": {"data": {"rotate_deg": 5.0, "scale": 0.05}, "model": {"full_res": False, "residual": False}},
-    "ldct": {"data": {"rotate_deg": 0.0, "scale": 0.0}, "model": {"full_res": True, "residual": True}},
-}
 RESIDUAL_UNIT_HU = 100.0  # a residual generator sees and predicts HU / RESIDUAL_UNIT_HU (centred on water)
 
+MAX_YAML_BYTES = 1 << 20  # an experiment file is a few hundred bytes
+MAX_YAML_NODES = 100_000  # nodes after expanding aliases
 
-def _choice(section: str, key: str, value: Any, options: tuple[Any, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"unknown {section}.{key} {value!r}; expected one of: {', '.join(map(str, options))}")
+_repr = reprlib.Repr()
+_repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxlevel = 40, 40, 4, 4, 3
+SHOW_MAX = 120
 
 
-def _positive(section: str, key: str, value: Any, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ConfigError(f"{section}.{key} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+def show(value: Any) -> str:
+    """``repr`` of a user-given value, at most SHOW_MAX characters whatever its size or nesting."""
+    text = _repr.repr(value)
+    return text if len(text) <= SHOW_MAX else text[: SHOW_MAX - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------- value checks
+
+
+def _fail(error: type[MedTranslateError], name: str, expected: str, value: Any) -> MedTranslateError:
+    return error(f"{name} must be {expected}, got {show(value)}")
+
+
+def require_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None,
+                error: type[MedTranslateError] = ConfigError) -> int:
+    """``value`` as a whole number in [minimum, maximum] (booleans and fractions are refused)."""
+    bounds = _bounds_text(minimum, maximum)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(error, name, "a whole number" + bounds, value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise _fail(error, name, "a whole number" + bounds, value)
+    return value
+
+
+def require_number(name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                   above: float | None = None, below: float | None = None,
+                   error: type[MedTranslateError] = ConfigError) -> float:
+    """``value`` as a finite number; ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive."""
+    parts = []
+    if minimum is not None:
+        parts.append(f">= {minimum:g}")
+    if above is not None:
+        parts.append(f"> {above:g}")
+    if maximum is not None:
+        parts.append(f"<= {maximum:g}")
+    if below is not None:
+        parts.append(f"< {below:g}")
+    expected = "a finite number" + (" " + " and ".join(parts) if parts else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(error, name, expected, value)
+    v = float(value)
+    if (not math.isfinite(v) or (minimum is not None and v < minimum) or (maximum is not None and v > maximum)
+            or (above is not None and v <= above) or (below is not None and v >= below)):
+        raise _fail(error, name, expected, value)
+    return v
+
+
+def require_choice(name: str, value: Any, options: tuple[Any, ...], error: type[MedTranslateError] = ConfigError) -> Any:
+    if not isinstance(value, (str, int, type(None))) or isinstance(value, bool) or value not in options:
+        raise error(f"unknown {name} {show(value)}; expected one of: {', '.join(map(str, options))}")
+    return value
+
+
+def _require_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {show(value)}")
+    return value
+
+
+def _require_text(name: str, value: Any, allow_none: bool = False) -> str | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{name} must be " + ("a path or null" if allow_none else "a path") + f", got {show(value)}")
+    return value
+
+
+def _bounds_text(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum} to {maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True)
@@ -67,26 +142,28 @@ class DataConfig:
     min_body_fraction: float = 0.05  # slices with less body than this are skipped in training
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the input's
     augment: bool = True  # random flips and small affine, identical for both images of a pair
-    rotate_deg: float | None = None  # default per task, TASK_DEFAULTS
-    scale: float | None = None  # default per task, TASK_DEFAULTS
+    rotate_deg: float | None = None  # default per task (tasks.py)
+    scale: float | None = None  # default per task (tasks.py)
 
     def __post_init__(self) -> None:
         if not self.root:
             raise ConfigError("data.root is required: the folder with the training cases")
-        if not isinstance(self.context, int) or self.context < 0:
-            raise ConfigError(f"data.context must be a whole number >= 0, got {self.context!r}")
-        _positive("data", "patch_size", self.patch_size)
-        if not 0 <= self.min_body_fraction < 1:
-            raise ConfigError(f"data.min_body_fraction must be in [0, 1), got {self.min_body_fraction!r}")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        for key in ("rotate_deg", "scale"):
-            if getattr(self, key) is not None:
-                _positive("data", key, getattr(self, key), allow_zero=True)
+        _require_text("data.root", self.root)
+        _require_text("data.split", self.split, allow_none=True)
+        require_number("data.val_fraction", self.val_fraction, above=0, below=1)
+        require_int("data.context", self.context, 0, 16)
+        require_int("data.patch_size", self.patch_size, 16, 4096)
+        require_number("data.min_body_fraction", self.min_body_fraction, minimum=0, below=1)
+        _require_bool("data.augment", self.augment)
+        if self.rotate_deg is not None:
+            require_number("data.rotate_deg", self.rotate_deg, minimum=0, maximum=180)
+        if self.scale is not None:
+            require_number("data.scale", self.scale, minimum=0, below=1)
         if self.spacing is not None:
-            if len(self.spacing) != 3:
-                raise ConfigError(f"data.spacing must have 3 values (mm), got {self.spacing!r}")
-            object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+            if not isinstance(self.spacing, (list, tuple)) or len(self.spacing) != 3:
+                raise ConfigError(f"data.spacing must be 3 numbers in mm (e.g. [1.0, 1.0, 2.5]) or null, got {show(self.spacing)}")
+            spacing = tuple(require_number("data.spacing", s, above=0, maximum=100) for s in self.spacing)
+            object.__setattr__(self, "spacing", spacing)
 
 
 @dataclass(frozen=True)
@@ -117,33 +194,39 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.kind:
             raise ConfigError(f"model.kind is required; expected one of: {', '.join(KINDS)}")
-        _choice("model", "kind", self.kind, KINDS)
-        _choice("model", "task", self.task, tuple(TASKS))
+        require_choice("model.kind", self.kind, KINDS)
+        task = get_task(self.task)
         for key, value in MODEL_DEFAULTS[self.kind].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
-        for key, value in TASK_DEFAULTS[self.task]["model"].items():
+        for key, value in task.defaults["model"].items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         for key in ("full_res", "residual"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
-        if self.residual and self.task != "ldct":
+            _require_bool(f"model.{key}", getattr(self, key))
+        if self.residual and task.source_kind != task.target_kind:
             raise ConfigError(f"model.residual needs the same modality in and out (task ldct); task {self.task} translates {self.roles[0]} to {self.roles[1]}")
         if self.kind in ("pix2pix", "cyclegan"):
-            _choice("model", "generator", self.generator, ("unet", "resnet"))
-        _choice("model", "norm", self.norm, ("batch", "instance"))
-        _choice("model", "upsample", self.upsample, ("transpose", "resize"))
-        _choice("model", "gan_loss", self.gan_loss, ("vanilla", "lsgan", "hinge", "wgangp"))
-        for key in ("ngf", "ndf", "n_blocks", "d_layers", "bins"):
-            _positive("model", key, getattr(self, key))
-        for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight", "pool_size", "dropout"):
-            _positive("model", key, getattr(self, key), allow_zero=True)
+            require_choice("model.generator", self.generator, ("unet", "resnet"))
+        require_choice("model.norm", self.norm, ("batch", "instance"))
+        require_choice("model.upsample", self.upsample, ("transpose", "resize"))
+        require_choice("model.gan_loss", self.gan_loss, ("vanilla", "lsgan", "hinge", "wgangp"))
+        require_int("model.ngf", self.ngf, 1, 1024)
+        require_int("model.ndf", self.ndf, 1, 1024)
+        if self.num_downs is not None:
+            require_int("model.num_downs", self.num_downs, 2, 12)
+        require_int("model.n_blocks", self.n_blocks, 0, 64)
+        require_int("model.d_layers", self.d_layers, 1, 6)
+        require_int("model.bins", self.bins, 2, 65536)
+        require_int("model.pool_size", self.pool_size, 0, 10000)
+        require_number("model.dropout", self.dropout, minimum=0, below=1)
+        for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight"):
+            require_number(f"model.{key}", getattr(self, key), minimum=0)
 
     @property
     def roles(self) -> tuple[str, str]:
         """(source role, target role) of the task, e.g. ("mr", "ct")."""
-        return TASKS[self.task]
+        return get_task(self.task).roles
 
 
 @dataclass(frozen=True)
@@ -168,15 +251,22 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "d_steps", "val_every"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be a whole number >= 1, got {getattr(self, key)!r}")
-        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch < 1):
-            raise ConfigError(f"train.steps_per_epoch must be a whole number >= 1 or null, got {self.steps_per_epoch!r}")
-        _positive("train", "lr", self.lr)
-        _choice("train", "device", self.device, ("auto", "cpu", "cuda"))
-        _choice("train", "precision", self.precision, ("fp32", "bf16", "fp16"))
-        if self.decay_epochs is not None and not 0 <= self.decay_epochs <= self.epochs:
-            raise ConfigError(f"train.decay_epochs must be between 0 and train.epochs ({self.epochs}), got {self.decay_epochs!r}")
+            require_int(f"train.{key}", getattr(self, key), 1)
+        if self.steps_per_epoch is not None:
+            require_int("train.steps_per_epoch", self.steps_per_epoch, 1)
+        require_number("train.lr", self.lr, above=0, maximum=1)
+        require_number("train.beta1", self.beta1, minimum=0, below=1)
+        require_number("train.beta2", self.beta2, minimum=0, below=1)
+        require_int("train.seed", self.seed, 0, 2**63 - 1)
+        require_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        require_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        _require_bool("train.channels_last", self.channels_last)
+        if self.max_minutes is not None:
+            require_number("train.max_minutes", self.max_minutes, above=0)
+        if self.num_threads is not None:
+            require_int("train.num_threads", self.num_threads, 1, 4096)
+        if self.decay_epochs is not None:
+            require_int("train.decay_epochs", self.decay_epochs, 0, self.epochs)
 
     @property
     def decay(self) -> int:
@@ -192,42 +282,55 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        for key, value in TASK_DEFAULTS[self.model.task]["data"].items():
+        for key, value in get_task(self.model.task).defaults["data"].items():
             if getattr(self.data, key) is None:
                 object.__setattr__(self.data, key, value)
-        if self.model.kind == "cyclegan" and self.data.context:
+        m, patch = self.model, self.data.patch_size
+        if m.kind == "cyclegan" and self.data.context:
             raise ConfigError("data.context (2.5D) is supported for pix2pix only: CycleGAN's cycle maps images back to their own channels; set data.context: 0")
-        if self.model.generator == "unet" and self.model.num_downs is not None and 2**self.model.num_downs > self.data.patch_size:
-            raise ConfigError(f"model.num_downs {self.model.num_downs} needs data.patch_size >= {2**self.model.num_downs}, got {self.data.patch_size}")
+        if m.kind not in ("pix2pix", "cyclegan"):
+            return
+        # sizes the networks accept: the U-Net halves a patch num_downs times, the ResNet twice; the PatchGAN
+        # discriminator shrinks it by 2**d_layers and two 4x4 convolutions, which must leave at least one patch
+        divisor = 2 ** (m.num_downs or max(patch.bit_length() - 1, 2)) if m.generator == "unet" else 4
+        if patch % divisor:
+            if m.generator != "unet":
+                what = "the ResNet generator's two downsamplings"
+            else:
+                what = "2**model.num_downs" if m.num_downs else "the U-Net's default depth, log2(patch_size)"
+            raise ConfigError(f"data.patch_size {patch} must be a multiple of {divisor} ({what}); use {max(divisor, patch // divisor * divisor)} or set model.num_downs")
+        smallest = 3 * 2**m.d_layers
+        if patch < smallest:
+            raise ConfigError(f"data.patch_size {patch} is too small for a PatchGAN with model.d_layers {m.d_layers}; use at least {smallest} or fewer layers")
 
     def to_dict(self) -> dict[str, Any]:
         return {"data": _plain(dataclasses.asdict(self.data)), "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "RunConfig":
+    def from_dict(cls, raw: Any, source: str = "config") -> "RunConfig":
         if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: expected a mapping with sections data, model, train")
+            raise ConfigError(f"{source}: expected a mapping with sections data, model, train; got {show(raw)}")
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
         unknown = set(raw) - set(sections)
         if unknown:
-            raise ConfigError(f"{source}: unknown section {', '.join(sorted(map(str, unknown)))}; expected: data, model, train")
+            raise ConfigError(f"{source}: unknown section {', '.join(sorted(map(show, unknown)))}; expected: data, model, train")
         built = {}
         try:
             for name, klass in sections.items():
                 values = raw.get(name) or {}
                 if not isinstance(values, dict):
-                    raise ConfigError(f"section '{name}' must be a mapping of keys to values")
+                    raise ConfigError(f"section '{name}' must be a mapping of keys to values, got {show(values)}")
                 valid = [f.name for f in fields(klass)]
                 for key in values:
                     if key not in valid:
-                        raise ConfigError(f"unknown key {name}.{key}; valid keys of '{name}': {', '.join(valid)}")
+                        raise ConfigError(f"unknown key {name}.{show(key).strip(chr(39))}; valid keys of '{name}': {', '.join(valid)}")
                 built[name] = klass(**values)
             return cls(**built)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
     def save(self, path: str | Path) -> Path:
-        from .io import atomic_write_text
+        from .atomic import atomic_write_text
 
         return atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
 
@@ -236,29 +339,107 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``section.key: old -> new`` for every key whose value differs between two nested mappings."""
+    diffs = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, name + ".")
+        elif a != b:
+            diffs.append(f"{name}: {show(a)} -> {show(b)}")
+    return diffs
+
+
+# ----------------------------------------------------------------------------------------------------- YAML
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], active: set[int]) -> int:
+    """Number of nodes once aliases are expanded (memoised by node, so a billion laughs costs microseconds)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in active:
+        raise ConfigError("a YAML alias refers to itself (a recursive structure)")
+    active.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, active)
+        if total > MAX_YAML_NODES:
+            break
+    active.discard(key)
+    sizes[key] = total
+    return total
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely: plain types only, and at most MAX_YAML_NODES values once aliases are expanded."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            try:
+                size = _expanded_size(node, {}, set())
+            except RecursionError:
+                raise ConfigError("nesting too deep") from None
+            if size > MAX_YAML_NODES:
+                raise ConfigError(f"expands to more than {MAX_YAML_NODES} values (YAML aliases); write the values out plainly")
+        return yaml.safe_load(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{source}: not valid YAML ({show(problem).strip(chr(39))}{at}); fix the syntax") from None
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """Read a YAML file given by the user: a size limit, UTF-8 text, :func:`parse_yaml`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {size} bytes is too large for a {what} (at most {MAX_YAML_BYTES}); is it the right file?")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a {what} is YAML text, see pipelines/*.yaml") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (holds NUL bytes); a {what} is YAML text, see pipelines/*.yaml")
+    return parse_yaml(text, str(path))
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config mapping."""
-    raw = {k: dict(v or {}) for k, v in raw.items()}
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=5")
+            raise ConfigError(f"--set {show(item)}: expected section.key=value, e.g. train.epochs=5")
         dotted, value = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        raw.setdefault(section, {})[key] = yaml.safe_load(value)
+        current = raw.setdefault(section, {})
+        if current is None:
+            current = raw[section] = {}
+        if not isinstance(current, dict):
+            raise ConfigError(f"--set {show(item)}: section '{section}' is not a mapping in the config file")
+        current[key] = parse_yaml(value, f"--set {dotted}")
     return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML experiment file, apply ``--set`` overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections data, model, train")
+        raise ConfigError(f"{path}: expected a mapping with sections data, model, train; got {show(raw)}")
     try:
         return RunConfig.from_dict(apply_overrides(raw, overrides or []), source=str(path))
     except TypeError as exc:

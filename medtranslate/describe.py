@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import numpy as np
 
-from .errors import MedTranslateError
+from .errors import InputError, MedTranslateError
 from .io import Volume, find_cases, read_case
 
-__all__ = ["looks_like", "looks_like_hu", "describe_volume", "describe_paths", "format_table"]
+__all__ = ["looks_like", "looks_like_hu", "check_modality", "describe_volume", "describe_paths", "format_table"]
+
+logger = logging.getLogger(__name__)
 
 # Hounsfield units: air near -1000 in at least 1 % of the voxels (a scan of a body holds air around it; -800 leaves
 # room for noise and partial volume), nothing below the -3024 padding value scanners write, nothing above dense metal.
@@ -38,6 +41,26 @@ def looks_like(volume: Volume) -> str:
     if float(volume.array.min()) >= -1e-3 * max(1.0, float(volume.array.max())):
         return "MR"
     return "unknown"
+
+
+def check_modality(volume: Volume, kind: str, name: str, purpose: str) -> None:
+    """Raise unless ``volume`` can be the ``kind`` ("ct": HU; "mr") image that ``purpose`` needs.
+
+    A CT must look like HU (:func:`looks_like_hu`); an MR must not (an image in HU given to an MR model is a CT).
+    A DICOM modality tag, when present, decides.
+    """
+    arr = volume.array
+    if not arr.size or float(arr.min()) == float(arr.max()):
+        raise InputError(f"{name}: every voxel is {float(arr.flat[0]) if arr.size else 'missing'}; the image is empty or constant: check the file")
+    found = volume.modality if volume.modality in ("CT", "MR") else ("CT" if looks_like_hu(arr) else None)
+    if kind == "ct" and found != "CT":
+        raise InputError(
+            f"{name}: values [{float(arr.min()):.0f}, {float(arr.max()):.0f}] do not look like CT in HU (air near -1000 expected)"
+            + (f" and the DICOM modality is {volume.modality}" if volume.modality else "") + f"; {purpose}: give it a CT in Hounsfield units"
+        )
+    if kind == "mr" and found == "CT":
+        raise InputError(f"{name}: this is a CT (" + ("DICOM modality CT" if volume.modality == "CT" else "values in HU, air near -1000")
+                         + f"), but {purpose}: give it an MR image, or use a model trained for CT input")
 
 
 def describe_volume(volume: Volume) -> dict[str, Any]:
@@ -68,6 +91,9 @@ def describe_paths(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
                 row.update(describe_volume(read_case(case)), status="ok", error="")
             except MedTranslateError as exc:
                 row.update(status="failed", error=str(exc))
+            except Exception as exc:  # a defect, not bad input: report it and describe the other files  # noqa: BLE001
+                row.update(status="failed", error=f"{case.label}: unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the file")
+                logger.debug("traceback of %s", case.label, exc_info=True)
             rows.append(row)
     return rows
 

@@ -1,8 +1,9 @@
 """Folder-vs-folder evaluation of synthetic (or denoised) CT against reference CT.
 
 Cases are matched by id as :func:`medtranslate.io.find_cases` names them (``pt01_sct.nii.gz`` matches
-``pt01/ct.nii.gz``). Geometry is checked before anything is scored. One bad case is recorded with its reason and
-the rest go on. Writes ``metrics.csv``, ``summary.json`` and ``report.html`` (see :mod:`medtranslate.report`).
+``pt01/ct.nii.gz``); two files given explicitly are paired whatever their names. Geometry is checked before anything
+is scored. One bad case is recorded with its reason and the rest go on; a case whose metrics are undefined (too few
+slices for the SSIM window, NaN) is failed with the reason, never reported as done. Writes ``metrics.csv``, ``summary.json`` and ``report.html`` (see :mod:`medtranslate.report`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GeometryMismatchError, InputError, MedTranslateError
-from .io import Case, Volume, affine_to_sitk, atomic_write_text, find_cases, read_case, sitk_to_volume, write_nifti
+from .atomic import atomic_write_text
+from .errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
+from .io import Case, Volume, affine_to_sitk, find_cases, read_case, sitk_to_volume, write_nifti
 from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
+from .tasks import TASKS, get_task
 from .transforms import axial_axis, body_mask, check_same_grid
 
 __all__ = ["EvaluationResult", "evaluate_folder", "select_cases", "summarise", "format_summary"]
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("mr2ct", "ldct")
-# Which roles each argument accepts, in order of preference (None: a file whose name names no role).
+# Which roles each argument accepts, in order of preference (None: a file whose name names no role); the reference
+# and input roles of each task are in tasks.py.
 PRED_ROLES = ("sct", "denoised", None, "ct", "nd")
-REF_ROLES = {"mr2ct": ("ct", None), "ldct": ("nd", "ct", None)}
-INPUT_ROLES = {"mr2ct": ("mr", None), "ldct": ("ld", None)}
 MASK_ROLES = ("mask", None)
 
 
@@ -83,7 +84,15 @@ def _resample_to(volume: Volume, target: Volume) -> Volume:
 
 
 def _score_case(cid: str, pred: Volume, ref: Volume, mask: np.ndarray, task: str, edition: int, window: str, inp: Volume | None) -> dict[str, float]:
-    if task == "mr2ct":
+    scores = _metrics_of(pred, ref, mask, task, edition, window, inp)
+    undefined = [k for k, v in scores.items() if math.isnan(v) or (math.isinf(v) and "psnr" not in k)]
+    if undefined:
+        raise InputError(f"case '{cid}': {', '.join(undefined)} undefined (NaN) for {pred.source}; the volumes or the mask are too small or degenerate to score")
+    return scores
+
+
+def _metrics_of(pred: Volume, ref: Volume, mask: np.ndarray, task: str, edition: int, window: str, inp: Volume | None) -> dict[str, float]:
+    if get_task(task).metrics == "synthrad":
         return synthrad_metrics(pred.array, ref.array, mask, edition=edition)
     axis = axial_axis(ref.affine)
     scores = ldct_metrics(pred.array, ref.array, axial_axis=axis, window=window, mask=mask)
@@ -127,16 +136,28 @@ def evaluate_folder(
 
     if task not in TASKS:
         raise InputError(f"unknown task '{task}'; expected one of: {', '.join(TASKS)}")
+    spec = get_task(task)
     if edition not in EDITIONS:
         raise InputError(f"unknown SynthRAD edition {edition}; expected one of: {', '.join(map(str, EDITIONS))}")
     if window not in WINDOWS:
         raise InputError(f"unknown window '{window}'; expected one of: {', '.join(WINDOWS)}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file; choose a folder for --out")
     preds = select_cases(pred, PRED_ROLES, "prediction")
-    refs = select_cases(ref, REF_ROLES[task], "reference")
+    refs = select_cases(ref, spec.reference_roles, "reference")
     masks = select_cases(mask, MASK_ROLES, "mask")
-    inputs = select_cases(input, INPUT_ROLES[task], "input")
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = select_cases(input, spec.input_roles, "input")
+    if _is_file(pred) and _is_file(ref) and len(preds) == len(refs) == 1:
+        # two files named by the user are one case, whatever their names say
+        cid = next(iter(preds))
+        refs = {cid: next(iter(refs.values()))}
+        masks = {cid: next(iter(masks.values()))} if _is_file(mask) and len(masks) == 1 else masks
+        inputs = {cid: next(iter(inputs.values()))} if _is_file(input) and len(inputs) == 1 else inputs
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror or exc}); choose another --out") from exc
     mask_dir = out / "masks"
 
     rows: list[dict[str, Any]] = []
@@ -152,16 +173,19 @@ def evaluate_folder(
                 raise InputError(f"case '{cid}': no reference in {ref if not isinstance(ref, dict) else 'the given references'}")
             p, r = read_case(preds[cid]), read_case(refs[cid])
             try:
-                check_same_grid(p, r, names=("prediction", "reference"), case=cid)
-            except GeometryMismatchError:
+                check_same_grid(p, r, names=(f"prediction {preds[cid].label}", f"reference {refs[cid].label}"), case=cid)
+            except GeometryMismatchError as exc:
                 if not resample_to_ref:
-                    raise
+                    raise GeometryMismatchError(f"{exc}; pass --resample-to-ref to resample the prediction onto the reference") from None
                 p = _resample_to(p, r)
             if masks:
                 if cid not in masks:
                     raise InputError(f"case '{cid}': no mask in {mask if not isinstance(mask, dict) else 'the given masks'}")
                 mvol = read_case(masks[cid])
-                check_same_grid(mvol, r, names=("mask", "reference"), case=cid)
+                try:
+                    check_same_grid(mvol, r, names=(f"mask {masks[cid].label}", f"reference {refs[cid].label}"), case=cid)
+                except GeometryMismatchError as exc:
+                    raise GeometryMismatchError(f"{exc}; a mask must be on its reference's grid: resample it (nearest neighbour) or leave --mask out") from None
                 m = np.asarray(mvol.array) > 0
                 row["mask"] = str(masks[cid].label)
             else:
@@ -172,7 +196,7 @@ def evaluate_folder(
             inp = None
             if cid in inputs:
                 inp = read_case(inputs[cid])
-                check_same_grid(inp, r, names=("input", "reference"), case=cid)
+                check_same_grid(inp, r, names=(f"input {inputs[cid].label}", f"reference {refs[cid].label}"), case=cid)
             row.update(_score_case(cid, p, r, m, task, edition, window, inp))
             row.update(status="done", error="")
             if figures:
@@ -180,6 +204,10 @@ def evaluate_folder(
         except MedTranslateError as exc:
             row.update(status="failed", error=str(exc))
             logger.warning("%s", exc)
+        except Exception as exc:  # a defect, not bad input: record it and score the other cases  # noqa: BLE001
+            row.update(status="failed", error=f"case '{cid}': unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the files")
+            logger.warning("%s", row["error"])
+            logger.debug("traceback of case %s", cid, exc_info=True)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
 
@@ -187,8 +215,8 @@ def evaluate_folder(
     summary = summarise(rows, metric_names)
     summary.update(
         task=task,
-        edition=edition if task == "mr2ct" else None,
-        window=window if task == "ldct" else None,
+        edition=edition if spec.metrics == "synthrad" else None,
+        window=window if spec.metrics == "ldct" else None,
         mask_source="given (--mask)" if masks else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in masks/",
         definitions=_definitions(task, edition, window),
         **(extra_summary or {}),
@@ -200,6 +228,10 @@ def evaluate_folder(
 
     result.figures = write_report(out, rows, summary, metric_names, views if figures else {})
     return result
+
+
+def _is_file(path: Any) -> bool:
+    return isinstance(path, (str, os.PathLike)) and Path(path).is_file()
 
 
 def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -235,7 +267,7 @@ def summarise(rows: list[dict[str, Any]], metric_names: list[str]) -> dict[str, 
 
 
 def _definitions(task: str, edition: int, window: str) -> dict[str, str]:
-    if task == "ldct":
+    if get_task(task).metrics == "ldct":
         level, width = WINDOWS[window]
         return {
             "ssim": f"per axial slice, {window} window L{level:g}/W{width:g} scaled to [0, 1], 7x7 uniform window, mean over slices",

@@ -2,8 +2,12 @@
 
 The in-memory form is a :class:`Volume`: a numpy array indexed (i, j, k) as stored, and a 4x4 affine that maps
 voxel indices to RAS world coordinates in mm (the NIfTI convention). NIfTI files are read with nibabel (which,
-unlike SimpleITK, raises on a truncated ``.nii.gz``); NRRD, MetaImage and DICOM series with SimpleITK, whose LPS
-geometry is converted to RAS.
+unlike SimpleITK, raises on a truncated ``.nii.gz``); NRRD and MetaImage with SimpleITK, whose LPS geometry is
+converted to RAS; DICOM series by :mod:`medtranslate.dicom`, which checks the slice geometry.
+
+Every reader refuses what is not one real-valued 3D volume on a valid grid (complex or colour voxels, NaN voxels, a
+voxel-to-world matrix with a zero or NaN column) with an :class:`InputError` naming the file, so no such file
+reaches the transforms, where it would fail with a library's traceback or, worse, give a volume on a wrong grid.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_output, atomic_write_text
+from .dicom import DICOM_SUFFIXES, is_dicom_file, read_series, series_ids
+from .dicom import write_series as write_dicom_series
 from .errors import InputError, OutputError
 
 __all__ = [
@@ -30,9 +37,9 @@ __all__ = [
     "write_dicom_series",
     "find_cases",
     "pair_cases",
-    "atomic_path",
     "atomic_write_text",
     "affine_to_sitk",
+    "check_affine",
     "case_id_from_name",
     "convert_to_nifti",
 ]
@@ -43,7 +50,6 @@ sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-DICOM_SUFFIXES = (".dcm", ".ima")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES + DICOM_SUFFIXES
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -124,8 +130,28 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
+def check_affine(affine: np.ndarray, path: str | Path) -> np.ndarray:
+    """Raise unless ``affine`` is a finite voxel-to-world matrix with three independent, non-zero axes."""
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise InputError(f"{path}: the voxel-to-world matrix (affine) holds NaN or infinite values; fix the header (origin, spacing, direction) or re-export the image")
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if (spacing < 1e-6).any():
+        axes = ", ".join("ijk"[i] for i in np.flatnonzero(spacing < 1e-6))
+        raise InputError(f"{path}: voxel spacing is zero along axis {axes}; fix the header (pixdim / spacing) or re-export the image")
+    if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-6:
+        raise InputError(f"{path}: the voxel axes are parallel (a degenerate direction matrix); fix the header or re-export the image")
+    return affine
+
+
 def _check_volume(array: np.ndarray, path: Path) -> np.ndarray:
-    """Squeeze trailing singleton dimensions and reject what is not one 3D volume."""
+    """Squeeze trailing singleton dimensions and reject what is not one real-valued 3D volume."""
+    if array.dtype.names is not None or array.dtype.kind == "V":
+        raise InputError(f"{path}: voxels are colour (RGB) or structured values; medtranslate needs one grey value per voxel: convert to greyscale first")
+    if array.dtype.kind == "c":
+        raise InputError(f"{path}: voxels are complex numbers (raw MR k-space or phase data?); medtranslate needs real-valued images: save the magnitude image")
+    if array.dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxels of type {array.dtype} are not numbers medtranslate can use; save the image as integers or floats")
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 4:
@@ -147,11 +173,33 @@ def _check_volume(array: np.ndarray, path: Path) -> np.ndarray:
 def _read_nifti(path: Path) -> Volume:
     try:
         img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for files that are not NIfTI
+        raise InputError(f"{path}: cannot read as NIfTI ({_reason(exc)}); the file is corrupt or not an image, re-export it") from exc
+    _check_nifti_size(img, path)
+    try:
         array = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for corrupt or truncated files
-        raise InputError(f"{path}: cannot read as NIfTI ({type(exc).__name__}: {exc}); the file is corrupt or truncated, re-export it") from exc
+    except Exception as exc:  # nibabel raises many types for corrupt or truncated data
+        raise InputError(f"{path}: cannot read as NIfTI ({_reason(exc)}); the file is corrupt or truncated, re-export it") from exc
     array = _check_volume(np.asarray(array), path)
-    return Volume(array=array, affine=np.asarray(img.affine, dtype=np.float64), source=str(path), format="nifti")
+    return Volume(array=array, affine=check_affine(img.affine, path), source=str(path), format="nifti")
+
+
+def _reason(exc: BaseException) -> str:
+    """A library's exception as one short line: type and the first line of its message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+def _check_nifti_size(img: nib.Nifti1Image, path: Path) -> None:
+    """An uncompressed file shorter than its header says is truncated: refuse it before allocating the voxels."""
+    if path.name.lower().endswith(".gz"):
+        return
+    header = img.header
+    offset = int(getattr(img.dataobj, "offset", header.get_data_offset()))
+    expected = offset + int(np.prod(header.get_data_shape(), dtype=np.float64)) * header.get_data_dtype().itemsize
+    actual = path.stat().st_size
+    if actual < expected:
+        raise InputError(f"{path}: truncated: the header promises {expected} bytes, the file holds {actual}; the copy is incomplete, re-export or copy it again")
 
 
 def sitk_to_volume(img: sitk.Image, path: Path, fmt: str, modality: str | None = None) -> Volume:
@@ -168,7 +216,7 @@ def sitk_to_volume(img: sitk.Image, path: Path, fmt: str, modality: str | None =
     affine = np.eye(4)
     affine[:3, :3] = direction @ np.diag(np.array(img.GetSpacing(), dtype=np.float64)[:3])
     affine[:3, 3] = np.array(img.GetOrigin(), dtype=np.float64)[:3]
-    return Volume(array=array, affine=_LPS_TO_RAS @ affine, source=str(path), format=fmt, modality=modality)
+    return Volume(array=array, affine=check_affine(_LPS_TO_RAS @ affine, path), source=str(path), format=fmt, modality=modality)
 
 
 def affine_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
@@ -189,45 +237,8 @@ def _read_sitk_file(path: Path) -> Volume:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise InputError(f"{path}: cannot read as {fmt} image ({first}); the file is corrupt or not an image") from exc
+        raise InputError(f"{path}: cannot read as {fmt} image ({' '.join(first.split())[:200]}); the file is corrupt or not an image") from exc
     return sitk_to_volume(img, path, fmt)
-
-
-def _dicom_series(folder: Path) -> list[str]:
-    try:
-        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    except RuntimeError:
-        return []
-
-
-def _read_dicom_series(folder: Path, series_uid: str | None) -> Volume:
-    series = _dicom_series(folder)
-    if not series:
-        raise InputError(f"{folder}: folder holds no DICOM series (and no other image file was given); point to a DICOM folder or an image file")
-    if series_uid is None:
-        if len(series) > 1:
-            raise InputError(
-                f"{folder}: DICOM folder holds {len(series)} series ({', '.join(series)}); "
-                "put each series in its own folder, or pass the parent folder to a batch command so each series becomes its own case"
-            )
-        series_uid = series[0]
-    elif series_uid not in series:
-        raise InputError(f"{folder}: no DICOM series {series_uid} here; found: {', '.join(series)}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    reader.LoadPrivateTagsOff()
-    try:
-        img = reader.Execute()  # GDCM applies RescaleSlope/Intercept: CT comes out in HU
-    except RuntimeError as exc:
-        raise InputError(f"{folder}: cannot read DICOM series {series_uid} ({str(exc).strip().splitlines()[-1]})") from exc
-    modality = reader.GetMetaData(0, "0008|0060").strip() if reader.HasMetaDataKey(0, "0008|0060") else None
-    volume = sitk_to_volume(img, folder, "dicom", modality=modality)
-    # GDCM widens integer data when it applies a rescale; keep int16 when the values fit, as other formats do.
-    if volume.array.dtype.kind in "iu" and volume.array.dtype.itemsize > 2 and volume.array.min() >= -32768 and volume.array.max() <= 32767:
-        volume.array = volume.array.astype(np.int16)
-    return volume
 
 
 def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
@@ -247,11 +258,11 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     if not path.exists():
         raise InputError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
-        return _read_dicom_series(path, series_uid)
+        return read_series(path, series_uid)
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return _read_nifti(path)
-    if name.endswith(SITK_SUFFIXES + DICOM_SUFFIXES) or _is_dicom_file(path):
+    if name.endswith(SITK_SUFFIXES + DICOM_SUFFIXES) or is_dicom_file(path):
         return _read_sitk_file(path)
     raise InputError(
         f"{path}: unrecognised image format; medtranslate reads NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), "
@@ -265,25 +276,6 @@ def read_case(case: Case) -> Volume:
 
 
 # ----------------------------------------------------------------------------------------------------- writing
-
-
-def atomic_path(path: Path) -> Path:
-    """A hidden temporary name beside ``path`` with the same suffix, for write-then-rename."""
-    name = path.name
-    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
-    return path.with_name(f".{name[: len(name) - len(suffix)]}.partial-{os.getpid()}{suffix}")
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write text to a temporary name beside ``path`` and rename it into place."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); check the folder is writable") from exc
-    return path
 
 
 def write_nifti(
@@ -310,6 +302,7 @@ def write_nifti(
         raise OutputError(f"{path}: output must end in .nii.gz or .nii")
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: already exists; choose another name or pass --overwrite")
+    affine = check_affine(affine, path)
     data = np.asarray(array)
     if dtype is not None:
         dtype = np.dtype(dtype)
@@ -317,101 +310,16 @@ def write_nifti(
             info = np.iinfo(dtype)
             data = np.clip(np.rint(data), info.min, info.max)
         data = data.astype(dtype)
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    tmp = atomic_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, overwrite=overwrite) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); check the folder exists and is writable") from exc
     return path
 
 
-def write_dicom_series(
-    folder: str | os.PathLike,
-    volume: Volume,
-    modality: str = "CT",
-    series_description: str = "medtranslate",
-    rescale_intercept: float = 0.0,
-    comments: str | None = None,
-) -> list[Path]:
-    """Write a volume as a DICOM series (one file per slice along k), keeping its geometry.
-
-    Values are stored as int16 (or uint16 when ``rescale_intercept`` makes them non-negative) with
-    RescaleSlope 1 and the given RescaleIntercept, so readers recover the values (HU for CT) exactly.
-    The folder is written under a temporary name and renamed into place.
-    """
-    folder = Path(folder)
-    if folder.exists():
-        raise OutputError(f"{folder}: already exists; choose another folder")
-    # ITK's DICOM writer applies the inverse rescale itself, (value - intercept) / slope, from the tags we set:
-    # hand it the values in output units, as int16 (HU fit), and it stores them as unsigned when intercept allows.
-    values = np.clip(np.rint(np.asarray(volume.array, dtype=np.float64)), -32768, 32767).astype(np.int16)
-    img = affine_to_sitk(values, volume.affine)
-    study_uid, series_uid, frame_uid = (pydicom_uid() for _ in range(3))
-    direction = img.GetDirection()
-    iop = "\\".join(f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))
-    sx, sy, sz = img.GetSpacing()
-    tmp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    tmp.mkdir(parents=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    paths = []
-    for k in range(img.GetDepth()):
-        slc = img[:, :, k]
-        pos = img.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0008|0060": modality,
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.4",
-            "0008|0018": pydicom_uid(),
-            "0008|103e": series_description,
-            "0020|000d": study_uid,
-            "0020|000e": series_uid,
-            "0020|0052": frame_uid,
-            "0020|0011": "1",
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
-            "0020|0037": iop,
-            "0028|0030": f"{sy:.6f}\\{sx:.6f}",
-            "0018|0050": f"{sz:.6f}",
-            "0028|1052": f"{rescale_intercept:g}",
-            "0028|1053": "1",
-            "0028|1054": "HU" if modality == "CT" else "US",
-        }
-        if comments:
-            tags["0020|4000"] = comments[:10240]
-        for key, value in tags.items():
-            slc.SetMetaData(key, value)
-        out = tmp / f"slice_{k:04d}.dcm"
-        writer.SetFileName(str(out))
-        writer.Execute(slc)
-        paths.append(folder / out.name)
-    os.replace(tmp, folder)
-    return paths
-
-
-def pydicom_uid() -> str:
-    """A new, globally unique DICOM UID."""
-    from pydicom.uid import generate_uid
-
-    return str(generate_uid())
-
-
 # ----------------------------------------------------------------------------------------------------- discovery
-
-
-def _is_dicom_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(128)
-            return fh.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _role_of(name: str) -> str | None:
@@ -451,7 +359,14 @@ def find_cases(folder: str | os.PathLike) -> list[Case]:
         cid, role = case_id_from_name(root.name, root.parent.name)
         return [Case(cid, root, role)]
     cases: list[Case] = []
+    visited: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        # symbolic links are followed, but each real folder is searched once: a link to a parent (a loop) ends here
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
         dicom_here = False
@@ -463,15 +378,17 @@ def find_cases(folder: str | os.PathLike) -> list[Case]:
             if low.endswith(NIFTI_SUFFIXES + SITK_SUFFIXES):
                 cid, role = case_id_from_name(name, here.name)
                 cases.append(Case(cid, path, role))
-            elif low.endswith(DICOM_SUFFIXES) or (not Path(low).suffix and _is_dicom_file(path)):
+            elif low.endswith(DICOM_SUFFIXES) or (not Path(low).suffix and is_dicom_file(path)):
                 dicom_here = True
         if dicom_here:
-            series = _dicom_series(here)
+            series = series_ids(here)
             parent = here.parent.name if here != root else here.name
             cid, role = case_id_from_name(here.name, parent)
             for n, uid in enumerate(series):
                 sid = cid if len(series) == 1 else f"{cid}_s{n + 1}"
                 cases.append(Case(sid, here, role, series_uid=uid))
+            if not series:  # DICOM-looking files that form no series: a case that fails when read, so it is reported
+                cases.append(Case(cid, here, role))
     if not cases:
         raise InputError(
             f"{root}: no images found (looked for .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd and DICOM series); check the folder"

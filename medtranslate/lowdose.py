@@ -19,17 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .describe import looks_like_hu
+from .config import require_int, require_number
+from .describe import check_modality
 from .errors import InputError
 from .io import Volume
 from .transforms import CT_RANGE, axial_axis
 
-__all__ = ["MU_WATER_PER_MM", "DEFAULT_PHOTONS", "DEFAULT_ELECTRONIC_NOISE", "simulate_lowdose", "check_ct", "axial_slab", "write_ct"]
+__all__ = ["MU_WATER_PER_MM", "DEFAULT_PHOTONS", "DEFAULT_ELECTRONIC_NOISE", "simulate_lowdose", "axial_slab", "write_ct"]
 
 logger = logging.getLogger(__name__)
 
 MU_WATER_PER_MM = 0.0193
 DEFAULT_PHOTONS = 1.0e5
+# Clinical CT detects about 1e4 to 1e6 photons per ray; far above, Poisson sampling overflows (numpy's limit ~9e18).
+MAX_PHOTONS = 1.0e10
 DEFAULT_ELECTRONIC_NOISE = math.sqrt(10.0)  # standard deviation in counts
 AIR_HU = -1000.0
 
@@ -51,21 +54,21 @@ def write_ct(path: str | Path, volume: Volume, overwrite: bool = False) -> Path:
     return write_nifti(path, np.clip(volume.array, *CT_RANGE), volume.affine, np.int16, overwrite=overwrite)
 
 
-def check_ct(volume: Volume, name: str) -> None:
-    """Raise unless the volume looks like CT in HU (air near -1000, nothing implausible)."""
-    arr = volume.array
-    if not looks_like_hu(arr):
-        raise InputError(
-            f"{name}: values [{float(arr.min()):.0f}, {float(arr.max()):.0f}] do not look like CT in HU (air near -1000 expected); "
-            "low-dose simulation needs a CT in Hounsfield units"
-        )
-
-
 def _reconstruct(sino: np.ndarray, theta: np.ndarray, size: int, pixel_mm: float) -> np.ndarray:
     from skimage.transform import iradon
 
     mu = iradon(sino, theta=theta, filter_name="ramp", circle=False, output_size=size) / pixel_mm
     return (mu / MU_WATER_PER_MM - 1.0) * 1000.0
+
+
+def check_simulation_settings(dose: float, photons: float, electronic_noise: float, seed: int, views: int | None = None) -> None:
+    """Raise an InputError naming the option unless every simulation setting is a usable number."""
+    require_number("--dose (a fraction of the full dose, e.g. 0.25)", dose, above=0, maximum=1, error=InputError)
+    require_number("--photons (incident photons per ray at full dose)", photons, minimum=1, maximum=MAX_PHOTONS, error=InputError)
+    require_number("electronic noise (counts)", electronic_noise, minimum=0, error=InputError)
+    require_int("--seed", seed, 0, 2**63 - 1, error=InputError)
+    if views is not None:
+        require_int("views", views, 1, 100_000, error=InputError)
 
 
 def simulate_slice(hu: np.ndarray, pixel_mm: float, dose: float, rng: np.random.Generator, photons: float = DEFAULT_PHOTONS,
@@ -106,11 +109,8 @@ def simulate_lowdose(volume: Volume, dose: float, photons: float = DEFAULT_PHOTO
         (low-dose, normal-dose) volumes on the input's grid, float32 HU.
     """
     name = name or volume.source or "input"
-    if not (isinstance(dose, (int, float)) and 0.0 < dose <= 1.0):
-        raise InputError(f"{name}: dose {dose!r} must be in (0, 1] (a fraction of the full dose, e.g. 0.25)")
-    if photons <= 0:
-        raise InputError(f"{name}: photons must be positive, got {photons}")
-    check_ct(volume, name)
+    check_simulation_settings(dose, photons, electronic_noise, seed, views)
+    check_modality(volume, "ct", name, "low-dose simulation needs a CT")
     axis = axial_axis(volume.affine)
     if volume.shape[axis] < 1:
         raise InputError(f"{name}: no axial slices")
@@ -164,8 +164,7 @@ def simulate_lowdose_folder(input: str | Path, output: str | Path, dose: float, 
     from .io import read_case
 
     inp, out = Path(input), Path(output)
-    if not (isinstance(dose, (int, float)) and 0.0 < dose <= 1.0):
-        raise InputError(f"--dose {dose!r} must be in (0, 1] (a fraction of the full dose, e.g. 0.25)")
+    check_simulation_settings(dose, photons, electronic_noise, seed)
     if not inp.exists():
         raise InputError(f"{inp}: no such file or folder; check --input")
     prepare_output_folder(inp, out)
@@ -208,7 +207,7 @@ def write_invesalius_pairs(out: str | Path, dose: float = 0.25, slabs: int = 3, 
     """
     import json
 
-    from .io import atomic_write_text
+    from .atomic import atomic_write_text
 
     out = Path(out)
     ct = read_invesalius(find_invesalius_cranium())

@@ -227,6 +227,9 @@ def _pad_to_min(a: Any, size: int) -> Any:
 
 def _score(p: Any, r: Any, m: Any, ed: Edition, want_ms: bool) -> dict[str, float]:
     """All metrics of one case; SSIM and MS-SSIM level 0 share their box sums where the definitions coincide."""
+    if min(p.shape) < WIN:
+        raise InputError(f"SSIM needs at least {WIN} voxels along every axis (its {WIN}x{WIN}x{WIN} window), the volume is "
+                         f"{'x'.join(map(str, p.shape))}: too few slices to score")
     prep = _prepare(p, r, m, ed)
     ed25 = EDITIONS[2025]
     ca, cb = _constants(ed.data_range), _constants(ed25.data_range)
@@ -234,7 +237,9 @@ def _score(p: Any, r: Any, m: Any, ed: Edition, want_ms: bool) -> dict[str, floa
     same_prep = ed == ed25 or (prep.p_max <= ed.hi and prep.r_max <= ed.hi)
     share = want_ms and same_prep and min(p.shape) >= MS_SSIM_MIN_SIZE
     sum_a, sum_b, count = _masked_sums(prep.x, prep.y, m, ca, cb, MS_SSIM_WEIGHTS[0], True)
-    out = {"mae": prep.abs_sum / prep.count, "psnr": _psnr_of(prep, ed), "ssim": sum_a / count if count else math.nan, "ms_ssim": math.nan}
+    if not count:
+        raise InputError(f"no mask voxel lies {HALF} or more voxels inside the volume's border, where SSIM is defined; check the mask")
+    out = {"mae": prep.abs_sum / prep.count, "psnr": _psnr_of(prep, ed), "ssim": sum_a / count, "ms_ssim": math.nan}
     if not want_ms:
         return out
     if share:
@@ -303,6 +308,10 @@ def ldct_metrics(pred: Any, ref: Any, axial_axis: int = 2, window: str = "head",
         raise InputError(f"shapes differ or are not 3D: prediction {p.shape}, reference {r.shape}")
     p = np.moveaxis(p.astype(np.float64), axial_axis, 0)
     r = np.moveaxis(r.astype(np.float64), axial_axis, 0)
+    if min(p.shape[1:]) < WIN:
+        raise InputError(f"slice SSIM needs slices of at least {WIN}x{WIN} pixels (its window), the slices are {p.shape[1]}x{p.shape[2]}")
+    if not (np.isfinite(p).all() and np.isfinite(r).all()):
+        raise InputError("the prediction or reference holds NaN or infinite voxels")
     level, width = WINDOWS[window]
     lo = level - width / 2.0
     pw, rw = np.clip((p - lo) / width, 0, 1), np.clip((r - lo) / width, 0, 1)
@@ -321,6 +330,8 @@ def ldct_metrics(pred: Any, ref: Any, axial_axis: int = 2, window: str = "head",
     diff = p - r
     if mask is not None:
         inside = np.moveaxis(np.asarray(mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask) > 0, axial_axis, 0)
+        if inside.shape != diff.shape or not inside.any():
+            raise InputError("the mask is empty or of another shape than the volumes: no voxel to score")
         diff = diff[inside]
     finite = psnr_slices[np.isfinite(psnr_slices)]
     return {

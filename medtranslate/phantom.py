@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .io import Volume, atomic_write_text, write_nifti
+from .atomic import atomic_write_text
+from .io import Volume, write_nifti
 
 __all__ = ["TISSUES", "PhantomSubject", "make_subject", "write_sample_data", "SAMPLE_SPLIT"]
 
@@ -235,8 +236,12 @@ def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, ov
 
     Deterministic: the same seed writes the same voxels.
     """
+    from .config import require_int
+    from .errors import InputError
     from .lowdose import axial_slab, simulate_lowdose, write_ct
 
+    require_int("--subjects", n_subjects, 1, 999, error=InputError)
+    require_int("--seed", seed, 0, 2**31, error=InputError)
     out = Path(out)
     written = []
     for n in range(1, n_subjects + 1):

@@ -4,12 +4,17 @@ A pipeline file is an experiment file (sections ``data``, ``model``, ``train``) 
 section: ``baseline`` (intensity_map, classical or none) is trained, translated and evaluated on the same test cases
 so the report shows the model beside it. RUN_DIR holds the resolved config, the split, both runs' checkpoints, the
 translated volumes, ``eval/metrics.csv``, ``eval/summary.json`` and ``report.html``.
+
+A run folder belongs to one config: running again with the same settings skips what is complete, and running with
+other settings is refused (naming the settings that differ) unless ``overwrite``, which discards the earlier run's
+results first. So no output is ever credited to settings that did not make it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,40 +22,71 @@ from typing import Any
 
 import yaml
 
-from .config import RunConfig, apply_overrides
+from .atomic import atomic_write_text
+from .config import RunConfig, apply_overrides, config_differences, read_yaml, require_number, show
 from .errors import ConfigError, InputError
 from .evaluate import evaluate_folder
-from .io import atomic_write_text
-from .slices import default_split_file, discover_pairs, load_split
+from .slices import default_split_file, discover_pairs, load_split, read_split
+from .tasks import get_task
 
 __all__ = ["run_pipeline", "load_pipeline", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-BASELINES = {"mr2ct": "intensity_map", "ldct": "classical"}
 REPO = Path(__file__).resolve().parents[1]
+# What a pipeline writes into RUN_DIR; --overwrite removes exactly these before starting again.
+RUN_OUTPUTS = ("config.yaml", "split.json", "data", "baseline", "train", "translated", "eval", "report.html")
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
-    """The experiment config and the ``pipeline`` section (baseline) of a pipeline file."""
+    """The experiment config and the ``pipeline`` section (baseline, simulate_dose) of a pipeline file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such pipeline file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "pipeline file") or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections data, model, train, pipeline")
+        raise ConfigError(f"{path}: expected a mapping with sections data, model, train, pipeline; got {show(raw)}")
     raw = apply_overrides(raw, overrides or [])
-    section = dict(raw.pop("pipeline", None) or {})
+    section = raw.pop("pipeline", None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: section 'pipeline' must be a mapping (keys baseline, simulate_dose), got {show(section)}")
+    section = dict(section)
     unknown = set(section) - {"baseline", "simulate_dose"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key pipeline.{sorted(unknown)[0]}; valid keys of 'pipeline': baseline, simulate_dose")
+        raise ConfigError(f"{path}: unknown key pipeline.{show(sorted(map(str, unknown))[0])}; valid keys of 'pipeline': baseline, simulate_dose")
     cfg = RunConfig.from_dict(raw, source=str(path))
-    if section.get("simulate_dose") is not None and cfg.model.task != "ldct":
-        raise ConfigError(f"{path}: pipeline.simulate_dose makes low-dose pairs from CT; it needs model.task: ldct")
-    section.setdefault("baseline", BASELINES[cfg.model.task])
+    if section.get("simulate_dose") is not None:
+        if get_task(cfg.model.task).source_kind != "ct":
+            raise ConfigError(f"{path}: pipeline.simulate_dose makes low-dose pairs from CT; it needs model.task: ldct")
+        require_number(f"{path}: pipeline.simulate_dose", section["simulate_dose"], above=0, maximum=1)
+    section.setdefault("baseline", get_task(cfg.model.task).baseline)
     if section["baseline"] not in ("intensity_map", "classical", "none", None):
-        raise ConfigError(f"{path}: unknown pipeline.baseline {section['baseline']!r}; expected one of: classical, intensity_map, none")
+        raise ConfigError(f"{path}: unknown pipeline.baseline {show(section['baseline'])}; expected one of: classical, intensity_map, none")
     return cfg, section
+
+
+def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool) -> None:
+    """Make ``out`` the folder of this config: refuse one made with other settings unless ``overwrite``."""
+    saved_path = out / "config.yaml"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; choose a folder for --out")
+    if saved_path.is_file():
+        try:
+            saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError):
+            saved = {"unreadable": True}
+        diffs = config_differences(saved if isinstance(saved, dict) else {}, record)
+        if diffs and not overwrite:
+            raise ConfigError(f"{out}: holds a run made with other settings ({'; '.join(diffs[:8])}"
+                              + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+                              + "); its results would be credited to these settings: pass --overwrite to discard them and run again, or choose another --out")
+        if overwrite:
+            logger.warning("--overwrite: discarding the earlier run in %s", out)
+            for name in RUN_OUTPUTS:
+                target = out / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+    atomic_write_text(saved_path, yaml.safe_dump(record, sort_keys=False))
 
 
 def _stage(name: str, done: bool) -> bool:
@@ -94,12 +130,15 @@ def _simulate(cfg: RunConfig, dose: float, folder: Path) -> RunConfig:
     return replace(cfg, data=replace(cfg.data, root=str(folder), split=split))
 
 
-def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run every stage of a pipeline file into ``out``; returns the model's evaluation summary (with the baseline's)."""
+def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run every stage of a pipeline file into ``out``; returns the model's evaluation summary (with the baseline's).
+
+    Raises:
+        ConfigError: the file is invalid, or ``out`` holds a run made with other settings (without ``overwrite``).
+    """
     cfg, section = load_pipeline(path, overrides)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
+    _claim_run_dir(out, {**cfg.to_dict(), "pipeline": dict(section)}, overwrite)
 
     # prepare: optionally simulate low-dose pairs from the CTs, pair cases and fix the split (kept in RUN_DIR)
     if section.get("simulate_dose") is not None:
@@ -112,7 +151,7 @@ def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None 
             split["test"] = list(split["val"])
             logger.warning("no test cases in the split: the validation cases are used as test cases")
         atomic_write_text(split_path, json.dumps(split, indent=2) + "\n")
-    split = json.loads(split_path.read_text())
+    split = read_split(split_path)
     missing = [c for c in split["test"] if c not in pairs]
     if missing:
         raise InputError(f"{split_path}: test cases {', '.join(missing)} have no pair under {cfg.data.root}")
@@ -134,23 +173,22 @@ def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None 
         baseline_summary = {"kind": section["baseline"], **bres.summary}
 
     ckpt = _train_stage(cfg, out / "train", progress)
-    from .translate import OUTPUT_SUFFIX
-
-    if _stage("translate", all((out / "translated" / f"{c}_{OUTPUT_SUFFIX[task]}.nii.gz").exists() for c in test)):
+    suffix = get_task(task).output_suffix
+    if _stage("translate", all((out / "translated" / f"{c}_{suffix}.nii.gz").exists() for c in test)):
         _translate_stage(ckpt, pairs, test, out / "translated", progress)
     result = evaluate_folder(out / "translated", refs, out / "eval", mask=masks or None, input=inputs, task=task, progress=False,
                              extra_summary={"model": cfg.model.kind, "baseline": baseline_summary})
     # report: the evaluation report, with the baseline beside the model, at the top of RUN_DIR
-    atomic_write_text(out / "report.html", (out / "eval" / "report.html").read_text())
+    atomic_write_text(out / "report.html", (out / "eval" / "report.html").read_text(encoding="utf-8"))
     return result.summary
 
 
-def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> list[tuple[str, dict[str, Any]]]:
+def run_demo(out: str | Path, quick: bool = False, progress: bool = True, overwrite: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """The demo of ``pipelines/demo.yaml``: MR -> CT and low-dose denoising on the sample data, each with its baseline."""
     spec_path = REPO / "pipelines" / "demo.yaml"
     if not spec_path.is_file():
         raise ConfigError(f"{spec_path}: demo definition not found; run the demo from a clone of the medtranslate repository")
-    spec = yaml.safe_load(spec_path.read_text())
+    spec = read_yaml(spec_path, "demo definition")
     results = []
     for entry in spec["pipelines"]:
         sets = {**entry.get("set", {}), **(spec.get("quick", {}).get("set", {}) if quick else {})}
@@ -158,6 +196,6 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True) -> lis
         overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
         name = Path(entry["file"]).stem
         logger.info("demo: %s", name)
-        summary = run_pipeline(REPO / "pipelines" / entry["file"], Path(out) / name, overrides, progress=progress)
+        summary = run_pipeline(REPO / "pipelines" / entry["file"], Path(out) / name, overrides, progress=progress, overwrite=overwrite)
         results.append((name, summary))
     return results

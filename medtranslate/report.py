@@ -6,13 +6,13 @@ import base64
 import html
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from .atomic import atomic_output, atomic_write_text
 from .io import Volume
 
 __all__ = ["case_figure", "metrics_figure", "write_report"]
@@ -106,11 +106,11 @@ def metrics_figure(path: Path, rows: list[dict[str, Any]], metric_names: list[st
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
 
 
 def _img(path: Path) -> str:
@@ -138,11 +138,9 @@ def _baseline_html(summary: dict[str, Any]) -> str:
 
 def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], metric_names: list[str], views: dict[str, dict[str, Any]]) -> dict[str, Path]:
     """Write figures to ``out/figures`` and ``out/report.html`` with the figures embedded."""
-    from .io import atomic_write_text
-
     figures: dict[str, Path] = {}
     ct_range = CT_DISPLAY
-    if summary.get("task") == "ldct" and summary.get("window"):
+    if summary.get("window"):  # windowed (low-dose) metrics: show the images in that window
         from .metrics import WINDOWS
 
         level, width = WINDOWS[summary["window"]]

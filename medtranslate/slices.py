@@ -19,12 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import RunConfig
+from .config import RunConfig, show
+from .describe import check_modality
 from .errors import ConfigError, InputError
 from .io import Pair, Volume, find_cases, pair_cases, read_case
+from .tasks import get_task
 from .transforms import BACKGROUND, IntensityParams, Preprocessor, body_mask, check_same_grid, ct_intensity, intensity_for
 
-__all__ = ["PreparedCase", "default_split_file", "load_split", "discover_pairs", "prepare_case", "SliceDataset", "context_slices"]
+__all__ = ["PreparedCase", "default_split_file", "load_split", "read_split", "discover_pairs", "prepare_case", "SliceDataset", "context_slices"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +43,6 @@ class PreparedCase:
     source_intensity: IntensityParams
 
 
-def _kind(role: str) -> str:
-    return "mr" if role == "mr" else "ct"
-
-
 def default_split_file(root: str | Path) -> Path | None:
     """The split.json in data.root, else in its parent (as in sample_data/), else None."""
     root = Path(root)
@@ -56,17 +54,39 @@ def load_split(cfg: RunConfig, ids: list[str]) -> dict[str, list[str]]:
     root = Path(cfg.data.root)
     path = Path(cfg.data.split) if cfg.data.split else default_split_file(root)
     if path is not None:
-        if not path.is_file():
-            raise InputError(f"{path}: split file not found; fix data.split or remove it for a random split")
-        split = json.loads(path.read_text())
-        missing = sorted(set(split.get("train", []) + split.get("val", [])) - set(ids))
+        split = read_split(path)
+        missing = sorted(set(split["train"] + split["val"]) - set(ids))
         if missing:
             raise InputError(f"{path}: cases {', '.join(missing)} are in the split but have no complete pair under {root}")
-        return {k: [i for i in split.get(k, []) if i in ids] for k in ("train", "val", "test")}
+        return {k: [i for i in split[k] if i in ids] for k in ("train", "val", "test")}
     rng = np.random.default_rng(cfg.train.seed)
-    order = list(rng.permutation(sorted(ids)))
+    order = [str(i) for i in rng.permutation(sorted(ids))]  # plain str: numpy scalars would not load from a checkpoint
     n_val = max(1, int(round(cfg.data.val_fraction * len(order)))) if len(order) > 1 else 0
     return {"train": sorted(order[n_val:]), "val": sorted(order[:n_val]), "test": []}
+
+
+def read_split(path: str | Path) -> dict[str, list[str]]:
+    """A split file: a JSON object with lists of case ids under train, val and test (each optional, disjoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: split file not found; fix data.split or remove it for a random split")
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a JSON split file ({type(exc).__name__}); expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}") from exc
+    if not isinstance(raw, dict) or set(raw) - {"train", "val", "test"}:
+        raise InputError(f"{path}: a split file holds lists under train, val and test only, got {show(raw)}")
+    split = {}
+    for key in ("train", "val", "test"):
+        ids = raw.get(key, [])
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise InputError(f"{path}: '{key}' must be a list of case ids (strings), got {show(ids)}")
+        split[key] = ids
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = sorted(set(split[a]) & set(split[b]))
+        if both:
+            raise InputError(f"{path}: cases {', '.join(both[:5])} are in both {a} and {b}; a case belongs to one part only")
+    return split
 
 
 def discover_pairs(cfg: RunConfig) -> dict[str, Pair]:
@@ -84,12 +104,29 @@ def discover_pairs(cfg: RunConfig) -> dict[str, Pair]:
 
 
 def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volume, np.ndarray]:
-    """Read and preprocess one pair; returns the prepared tensors, the original volumes and the body mask on their grid."""
-    src_role, tgt_role = cfg.model.roles
+    """Read, check and preprocess one pair; returns the prepared tensors, the original volumes and the body mask on their grid.
+
+    Raises:
+        InputError, GeometryMismatchError: a file that cannot be read, is not the modality its role says, or whose
+            grid differs from its partner's; the message names the files.
+    """
+    task = get_task(cfg.model.task)
     src, tgt = read_case(pair.source), read_case(pair.target)
-    check_same_grid(src, tgt, names=(src_role, tgt_role), case=pair.case_id)
-    mask = np.asarray(read_case(pair.mask).array) > 0 if pair.mask is not None else body_mask(tgt.array, "ct", tgt.affine)
-    src_int = intensity_for(_kind(src_role), src.array, src.affine)
+    purpose = f"the {task.source_role} image of a {task.name} pair"
+    check_modality(src, task.source_kind, pair.source.label, purpose)
+    check_modality(tgt, task.target_kind, pair.target.label, f"the {task.target_role} image of a {task.name} pair must be a CT")
+    check_same_grid(src, tgt, names=(f"{task.source_role} {pair.source.label}", f"{task.target_role} {pair.target.label}"), case=pair.case_id)
+    if pair.mask is not None:
+        mvol = read_case(pair.mask)
+        check_same_grid(mvol, tgt, names=(f"mask {pair.mask.label}", f"{task.target_role} {pair.target.label}"), case=pair.case_id)
+        mask = np.asarray(mvol.array) > 0
+        if not mask.any():
+            raise InputError(f"{pair.mask.label}: the mask of case '{pair.case_id}' is empty; fix it or remove it (a body mask is then computed)")
+    else:
+        mask = body_mask(tgt.array, "ct", tgt.affine)
+        if not mask.any():
+            raise InputError(f"{pair.target.label}: no body found in the CT of case '{pair.case_id}' (nothing above -500 HU); check the file")
+    src_int = intensity_for(task.source_kind, src.array, src.affine, source=pair.source.label)
     pre = Preprocessor(spacing=cfg.data.spacing)
     a = pre(src, src_int, mask)
     b = pre(tgt, ct_intensity(), mask, keep_mask=False)  # the mask was carried through once, with the source

@@ -1,38 +1,50 @@
 """The training loop: epochs of GAN updates on slices, whole-volume validation in HU, checkpoints, exact resume.
 
 Every epoch reseeds its random streams from (seed, epoch), so a run resumed at an epoch boundary replays the same
-batches, augmentations and dropout masks as one that never stopped; an interrupted epoch also saves its position
-and random states, so Ctrl-C leaves a loadable ``last.pt`` that resumes where it stopped.
+batches, augmentations and dropout masks as one that never stopped. Ctrl-C does not cut a step in half: the first
+one lets the current step finish, then ``last.pt`` is saved with the position in the epoch and the random states,
+so ``--resume`` continues exactly as if nothing had happened; a second Ctrl-C stops at once and keeps the
+``last.pt`` of the last epoch end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _io
 import json
 import logging
 import math
-import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write_text, output_error
 from .baselines import ClassicalDenoiser, IntensityMap
-from .config import RunConfig
+from .checkpoint import CHECKPOINT_FORMAT, TranslatorSpec, load_checkpoint, save_checkpoint
+from .config import RunConfig, config_differences
+from .device import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
 from .gan import TranslationModel, build_model
 from .metrics import ldct_metrics, synthrad_metrics
 from .slices import PreparedCase, SliceDataset, discover_pairs, load_split, prepare_case
-from .io import atomic_write_text
+from .tasks import get_task
 from .transforms import axial_axis, ct_intensity
-from .translate import CHECKPOINT_FORMAT, TranslatorSpec, load_checkpoint, resolve_device, translate_volume
+from .translate import translate_volume
 
 __all__ = ["Trainer", "train"]
 
 logger = logging.getLogger(__name__)
+
+
+# Settings that may change when a run is resumed: where and how fast it runs, and how long it may take.
+RESUMABLE_CHANGES = ("train.device", "train.num_threads", "train.max_minutes")
 
 
 def _lr_factor(epoch: int, epochs: int, decay: int) -> float:
@@ -54,10 +66,15 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.ckpt_dir = self.run_dir / "checkpoints"
         last = self.ckpt_dir / "last.pt"
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir}: is a file; choose a folder for --out")
         if resume and not last.is_file():
             raise CheckpointError(f"{last}: nothing to resume; train without --resume first")
         if not resume and last.is_file():
             raise ConfigError(f"{self.run_dir}: already holds a run (checkpoints/last.pt); pass --resume to continue it or choose another --out")
+        ckpt = load_checkpoint(last) if resume else None
+        if ckpt is not None:
+            self._check_same_run(ckpt, last)
         t = cfg.train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -79,7 +96,7 @@ class Trainer:
             _, src, tgt, mask = prepare_case(pairs[cid], cfg)  # the mask file (or CT body mask) on the original grid
             self.val_cases.append((cid, src, tgt, mask))
         in_channels = 2 * cfg.data.context + 1
-        src_kind = "mr" if cfg.model.roles[0] == "mr" else "ct"
+        task = get_task(cfg.model.task)
 
         # model
         if cfg.model.kind in ("intensity_map", "classical"):
@@ -92,14 +109,17 @@ class Trainer:
             self.net = self.model.generator
             divisor = getattr(self.net, "divisor", 1)
             self.dataset = SliceDataset(self.train_cases, cfg, self.gen, paired=cfg.model.kind == "pix2pix")
-        self.spec = TranslatorSpec(cfg.model.task, src_kind, ct_intensity().to_dict(), cfg.data.context, divisor, cfg.data.spacing)
+            if cfg.train.batch_size > len(self.dataset):
+                raise ConfigError(f"train.batch_size {cfg.train.batch_size} is more than the {len(self.dataset)} training slices with enough body; "
+                                  f"use at most {len(self.dataset)}, or add cases")
+        self.spec = TranslatorSpec(task.name, task.source_kind, ct_intensity().to_dict(), cfg.data.context, divisor, cfg.data.spacing)
         self.epoch, self.batch_in_epoch, self.step, self.best_mae = 0, 0, 0, math.inf
         self.history: list[dict[str, float]] = []
         self.epoch_losses: dict[str, list[float]] = {}
         self._writer = None
-        if resume:
-            self._load(last)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_requested = False
+        if ckpt is not None:
+            self._load(ckpt, last)
         cfg.save(self.run_dir / "config.yaml")
         atomic_write_text(self.run_dir / "split.json", json.dumps(self.split, indent=2) + "\n")
 
@@ -117,26 +137,58 @@ class Trainer:
         longest = 0.0
         val: dict[str, float] = {}
         try:
-            while self.epoch < stop:
-                epoch_start = time.perf_counter()
-                losses = self._train_epoch()
-                is_last = self.epoch + 1 == t.epochs
-                val = self.validate() if ((self.epoch + 1) % t.val_every == 0 or is_last) and self.val_cases else {}
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                self._end_epoch(losses, val, time.perf_counter() - epoch_start)
-                longest = max(longest, time.perf_counter() - epoch_start)
-                # a budget, not a target: an epoch that would end past it is not started
-                if t.max_minutes and (time.perf_counter() - start + longest) / 60.0 > t.max_minutes and self.epoch < stop:
-                    logger.info("stopping after epoch %d: another epoch would pass train.max_minutes %.1f", self.epoch, t.max_minutes)
-                    break
-        except KeyboardInterrupt:
-            self._save("last.pt")
-            logger.warning("interrupted: saved %s at epoch %d, batch %d", self.ckpt_dir / "last.pt", self.epoch, self.batch_in_epoch)
-            raise
+            with self._interrupt_after_step():
+                while self.epoch < stop:
+                    epoch_start = time.perf_counter()
+                    losses = self._train_epoch()
+                    is_last = self.epoch + 1 == t.epochs
+                    val = self.validate() if ((self.epoch + 1) % t.val_every == 0 or is_last) and self.val_cases else {}
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    self._end_epoch(losses, val, time.perf_counter() - epoch_start)
+                    self._stop_if_requested()
+                    longest = max(longest, time.perf_counter() - epoch_start)
+                    # a budget, not a target: an epoch that would end past it is not started
+                    if t.max_minutes and (time.perf_counter() - start + longest) / 60.0 > t.max_minutes and self.epoch < stop:
+                        logger.info("stopping after epoch %d: another epoch would pass train.max_minutes %.1f", self.epoch, t.max_minutes)
+                        break
         finally:
-            if self._writer is not None:
-                self._writer.close()
+            self._close_writer()
         return val
+
+    def _close_writer(self) -> None:
+        """Close TensorBoard's writer; a failed flush becomes an OutputError unless another error is on its way."""
+        if self._writer is None:
+            return
+        writer, self._writer = self._writer, None
+        try:
+            writer.close()
+        except OSError as exc:
+            if sys.exc_info()[0] is None:
+                raise output_error(self.run_dir / "tensorboard", exc) from exc
+
+    @contextlib.contextmanager
+    def _interrupt_after_step(self) -> Iterator[None]:
+        """Turn the first Ctrl-C into a request honoured between steps (so ``last.pt`` is exact); the second stops at once."""
+        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield  # not ours to change (another thread, or a caller with its own handler)
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            self._stop_requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            logger.warning("interrupt: finishing the current step, then saving last.pt (Ctrl-C again to stop now, without saving)")
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _stop_if_requested(self) -> None:
+        if self._stop_requested:
+            self._save("last.pt")
+            logger.warning("interrupted: saved %s at epoch %d, batch %d; continue with --resume", self.ckpt_dir / "last.pt", self.epoch, self.batch_in_epoch)
+            raise KeyboardInterrupt
 
     def _seed_epoch(self) -> torch.Tensor:
         seed = self.cfg.train.seed * 1_000_003 + self.epoch
@@ -174,6 +226,7 @@ class Trainer:
             if self.step % 10 == 0:
                 for k, v in losses.items():
                     self.writer.add_scalar(f"train/{k}", v, self.step)
+            self._stop_if_requested()
         return {k: float(np.mean(v)) for k, v in self.epoch_losses.items()}
 
     def _end_epoch(self, losses: dict[str, float], val: dict[str, float], seconds: float) -> None:
@@ -197,7 +250,7 @@ class Trainer:
         scores: list[dict[str, float]] = []
         for i, (_, src, tgt, mask) in enumerate(self.val_cases):
             pred = translate_volume(self.net, src, self.spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
-            if self.cfg.model.task == "mr2ct":
+            if get_task(self.cfg.model.task).metrics == "synthrad":
                 s = synthrad_metrics(pred.array, tgt.array, mask)
             else:
                 s = ldct_metrics(pred.array, tgt.array, axial_axis=axial_axis(tgt.affine), mask=mask)
@@ -242,8 +295,7 @@ class Trainer:
         self.best_mae = val.get("val_mae", math.inf)
         self._end_epoch({}, val, 0.0)
         self._save("best.pt")
-        if self._writer is not None:
-            self._writer.close()
+        self._close_writer()
         return val
 
     # ------------------------------------------------------------------------------------------ checkpoints
@@ -268,17 +320,23 @@ class Trainer:
         }
 
     def _save(self, name: str) -> Path:
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        path = self.ckpt_dir / name
-        tmp = path.with_name(f".{name}.partial-{os.getpid()}")
-        torch.save(self._state(), str(tmp))
-        os.replace(tmp, path)
-        return path
+        return save_checkpoint(self._state(), self.ckpt_dir / name)
 
-    def _load(self, path: Path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+    def _check_same_run(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Refuse to resume a run with a config other than the one it was made with (bar RESUMABLE_CHANGES)."""
         if ckpt["kind"] != self.cfg.model.kind:
             raise CheckpointError(f"{path}: checkpoint is from a {ckpt['kind']} run but model.kind is {self.cfg.model.kind}; resume with the same model.kind or choose another --out")
+        try:
+            saved = RunConfig.from_dict(ckpt["config"], source=f"{path} (its config)").to_dict()
+        except ConfigError as exc:
+            raise CheckpointError(f"{path}: the run's saved config is not valid today ({exc}); start a new run") from exc
+        diffs = [d for d in config_differences(saved, self.cfg.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES]
+        if diffs:
+            raise ConfigError(f"{self.run_dir}: --resume needs the config this run was made with; these differ: {'; '.join(diffs[:8])}"
+                              + (f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else "") + "; use the same settings, or train into another --out")
+
+    def _load(self, ckpt: dict[str, Any], path: Path) -> None:
+        ckpt = {**ckpt, "model": _to_device(ckpt["model"], self.device)}
         try:
             if self.model is not None:
                 self.model.load_state_dict(ckpt["model"])
@@ -300,8 +358,17 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.history)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
 def train(cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, float]:

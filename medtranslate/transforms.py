@@ -88,19 +88,28 @@ def mr_intensity(array: np.ndarray, mask: np.ndarray | None = None, percentiles:
         values = values[mask]
     lo, hi = np.percentile(values, percentiles)
     if hi <= lo:
-        hi = lo + 1.0
+        hi = lo + 1.0  # callers that must refuse a flat image check before (intensity_for)
     return IntensityParams("mr", float(lo), float(hi))
 
 
-def intensity_for(kind: str, array: np.ndarray, affine: np.ndarray) -> IntensityParams:
+def intensity_for(kind: str, array: np.ndarray, affine: np.ndarray, source: str = "image") -> IntensityParams:
     """Intensity parameters for an image of modality ``kind`` ("ct" for any CT, "mr").
 
     CT has fixed parameters; MR's percentiles are taken inside its body mask, computed here only for MR.
+
+    Raises:
+        InputError: an MR with no body (a constant or empty image) or one value all over the body.
     """
     if kind == "ct":
         return ct_intensity()
     if kind == "mr":
-        return mr_intensity(array, body_mask(array, "mr", affine))
+        mask = body_mask(array, "mr", affine)
+        if not mask.any():
+            raise InputError(f"{source}: no body found (the image is empty or constant); check that it is the right file")
+        inside = np.asarray(array)[mask]
+        if inside.min() == inside.max():
+            raise InputError(f"{source}: every voxel of the body has the value {float(inside.min()):g}; check that it is the right file")
+        return mr_intensity(array, mask)
     raise InputError(f"unknown image kind '{kind}'; expected one of: ct, mr")
 
 

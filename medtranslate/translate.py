@@ -1,15 +1,15 @@
 """Volume -> volume inference: preprocess like training, run the generator slice by slice, invert to the input's
 grid and units (HU for CT).
 
-The checkpoint carries a :class:`TranslatorSpec` (source kind and scaling recipe, target scaling, 2.5D context,
-spatial divisor, spacing), so inference undoes exactly what training did.
+The checkpoint carries a :class:`~medtranslate.checkpoint.TranslatorSpec` (source kind and scaling recipe, target
+scaling, 2.5D context, spatial divisor, spacing), so inference undoes exactly what training did. An input that does
+not look like what the model was trained on (an MR given to a denoiser, a CT given to an MR model, a constant image)
+is refused, and a prediction that is not finite everywhere is never written.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,48 +17,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from .config import require_choice, require_int
+from .describe import check_modality
+from .device import resolve_device
+from .errors import CheckpointError, InputError
 from .io import Volume
+from .tasks import get_task
 from .transforms import IntensityParams, Preprocessor, intensity_for
 
-__all__ = ["TranslatorSpec", "translate_volume", "translate_folder", "build_inference_net", "resolve_device", "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["translate_volume", "translate_folder", "parse_shard"]
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class TranslatorSpec:
-    """What inference needs to reproduce training's preprocessing and undo its scaling."""
-
-    task: str  # mr2ct | ldct
-    source_kind: str  # mr | ct
-    target_intensity: dict[str, Any]  # IntensityParams.to_dict() of the target (CT)
-    context: int = 0
-    divisor: int = 1
-    spacing: tuple[float, float, float] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["spacing"] = list(self.spacing) if self.spacing else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TranslatorSpec":
-        return cls(
-            task=d["task"], source_kind=d["source_kind"], target_intensity=dict(d["target_intensity"]), context=int(d.get("context", 0)),
-            divisor=int(d.get("divisor", 1)), spacing=tuple(d["spacing"]) if d.get("spacing") else None,
-        )
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -80,14 +50,21 @@ def translate_volume(
         batch_size: slices per forward pass.
         amp_dtype: autocast dtype (e.g. torch.bfloat16) or None for float32.
         tta: average the prediction over a left-right flip of the input.
+
+    Raises:
+        InputError: the volume does not look like the model's source modality, or is constant.
+        CheckpointError: the network produced NaN or infinite values.
     """
     device = torch.device(device)
-    intensity = intensity_for(spec.source_kind, volume.array, volume.affine)
+    require_int("batch size", batch_size, 1)
+    name = volume.source or "input volume"
+    check_modality(volume, spec.source_kind, name, f"this model translates {get_task(spec.task).source_role} images ({spec.task})")
+    intensity = intensity_for(spec.source_kind, volume.array, volume.affine, source=name)
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
     data = pre(volume, intensity, keep_mask=False)  # no crop to the body: no mask needed
     image = data["image"].as_tensor().float()
     depth = image.shape[-1]
-    pred = torch.empty_like(image)
+    pred = torch.full_like(image, float("nan"))  # a slice the loop missed could never pass as a result
     was_training = net.training
     net.eval()
     offsets = torch.arange(-spec.context, spec.context + 1)
@@ -102,6 +79,9 @@ def translate_volume(
             pred[0, :, :, z0 : z0 + len(zs)] = out[:, 0].permute(1, 2, 0).float().cpu()
     finally:
         net.train(was_training)
+    if not torch.isfinite(pred).all():
+        bad = int((~torch.isfinite(pred)).sum())
+        raise CheckpointError(f"{name}: the model produced {bad} NaN or infinite values; the checkpoint is broken (training diverged?), train it again")
     return pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume)
 
 
@@ -110,53 +90,6 @@ def _forward(net: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None,
         return net(batch)
     with torch.autocast(device.type, dtype=amp_dtype):
         return net(batch).float()
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a medtranslate checkpoint safely (``weights_only=True``: no arbitrary objects are unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or unsafe pickles
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a medtranslate checkpoint, or it cannot be loaded safely ({first[:200]})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "spec" not in ckpt:
-        raise CheckpointError(f"{path}: not a medtranslate checkpoint (format {CHECKPOINT_FORMAT} expected); train one with 'medtranslate train'")
-    return ckpt
-
-
-
-# ----------------------------------------------------------------------------------------------------- models
-
-
-def build_inference_net(ckpt: dict[str, Any], device: torch.device) -> nn.Module:
-    """The source -> target network of a checkpoint, in eval mode on ``device``."""
-    from .baselines import ClassicalDenoiser, IntensityMap
-    from .config import RunConfig
-    from .gan import build_generator
-
-    kind = ckpt.get("kind")
-    try:
-        if kind == "intensity_map":
-            net: nn.Module = IntensityMap(int(ckpt["model"]["nets"]["G"]["table"].numel()))
-        elif kind == "classical":
-            net = ClassicalDenoiser()
-        elif kind in ("pix2pix", "cyclegan"):
-            net = build_generator(RunConfig.from_dict(ckpt["config"], source="checkpoint config"), int(ckpt["in_channels"]))
-        else:
-            raise CheckpointError(f"checkpoint holds an unknown model kind {kind!r}")
-        net.load_state_dict(ckpt["model"]["nets"]["G"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint's networks cannot be rebuilt ({str(exc).splitlines()[0][:160]})") from exc
-    return net.to(device).eval()
-
-
-# ----------------------------------------------------------------------------------------------------- batches
-
-OUTPUT_SUFFIX = {"mr2ct": "sct", "ldct": "denoised"}
-SOURCE_ROLES = {"mr2ct": ("mr", None), "ldct": ("ld", None)}
 
 
 def _sha256(path: Path) -> str:
@@ -176,9 +109,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise CheckpointError(f"--shard {text!r}: expected I/N with whole numbers, e.g. 0/4") from None
+        raise InputError(f"--shard {text!r}: expected I/N with whole numbers, e.g. 0/4") from None
     if not 0 <= i < n:
-        raise CheckpointError(f"--shard {text!r}: I must be in 0..N-1")
+        raise InputError(f"--shard {text!r}: I must be in 0..N-1")
     return i, n
 
 
@@ -198,30 +131,31 @@ def translate_folder(
 
     Writes ``<case>_sct.nii.gz`` (MR -> CT) or ``<case>_denoised.nii.gz`` (low-dose CT) as int16 HU clipped to
     [-1024, 3071] on the input's exact grid, and ``manifest.csv`` (``manifest.shardIofN.csv`` when sharded), rewritten
-    after every case. Cases whose output exists are skipped unless ``overwrite``.
+    after every case. Cases whose output exists are skipped unless ``overwrite``; they keep the checkpoint hash of
+    the model that made them. Every option is checked before any work.
 
     Returns:
         The manifest rows.
     """
     from .batch import prepare_output_folder, run_cases
-    from .errors import InputError
     from .evaluate import select_cases
     from .io import read_case, write_dicom_series, write_nifti
 
     model, inp, out = Path(model), Path(input), Path(output)
-    if fmt not in ("nifti", "dicom"):
-        raise InputError(f"--format {fmt!r}: expected one of: dicom, nifti")
+    require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
+    require_int("--batch-size", batch_size, 1, 4096, error=InputError)
     index, count = parse_shard(shard)
+    dev = resolve_device(device)
     ckpt = load_checkpoint(model)
     spec = TranslatorSpec.from_dict(ckpt["spec"])
-    dev = resolve_device(device)
+    task = get_task(spec.task)
     if not inp.exists():
         raise InputError(f"{inp}: no such file or folder; check --input")
     prepare_output_folder(inp, out)
-    net = build_inference_net(ckpt, dev)
+    net = build_inference_net(ckpt, dev, source=str(model))
     digest = _sha256(model)
-    cases = sorted(select_cases(inp, SOURCE_ROLES[spec.task], "input").values(), key=lambda c: c.case_id)[index::count]
-    suffix = OUTPUT_SUFFIX[spec.task]
+    cases = sorted(select_cases(inp, task.input_roles, "input").values(), key=lambda c: c.case_id)[index::count]
+    suffix = task.output_suffix
 
     def outputs(case: Any) -> list[Path]:
         targets = [out / f"{case.case_id}_{suffix}.nii.gz"]
@@ -231,9 +165,7 @@ def translate_folder(
         result = translate_volume(net, read_case(case), spec, dev, batch_size=batch_size, tta=tta)
         hu = np.clip(result.array, -1024, 3071)
         if fmt == "dicom":
-            if targets[1].exists():
-                shutil.rmtree(targets[1])
-            write_dicom_series(targets[1], Volume(hu, result.affine), modality="CT", series_description=f"medtranslate {suffix}",
+            write_dicom_series(targets[1], Volume(hu, result.affine), modality="CT", series_description=f"medtranslate {suffix}", overwrite=True,
                                comments=f"Synthetic image made by medtranslate ({ckpt['kind']}, checkpoint sha256 {digest[:16]}) from {case.label}; not an acquired scan")
         write_nifti(targets[0], hu, result.affine, np.int16, overwrite=True)
 

@@ -55,7 +55,8 @@ def ct_volume() -> Volume:
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "medtranslate", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    # explicit UTF-8: a C library (GDCM) can switch this process's locale to ASCII at run time
+    return subprocess.run([sys.executable, "-m", "medtranslate", *args], capture_output=True, text=True, encoding="utf-8", cwd=cwd, timeout=timeout)
 
 
 TINY = {"model.ngf": 4, "model.ndf": 4, "model.num_downs": 3, "model.n_blocks": 1, "data.patch_size": 32,

@@ -130,3 +130,43 @@ def test_ldct_task_scores_prediction_and_input(tmp_path):
     assert row["status"] == "done"
     assert row["psnr"] > row["input_psnr"] + 5 and row["ssim"] > row["input_ssim"] and row["rmse"] < row["input_rmse"]
     assert result.summary["window"] == "head" and result.summary["edition"] is None
+
+
+def test_a_volume_too_thin_for_ssim_fails_with_the_reason_never_done(tmp_path):
+    ref = read_volume(SAMPLE / "mr2ct" / "sub-07" / "ct.nii.gz")
+    thin = ref.array[:, :, 30:35]  # 5 slices: the 7x7x7 SSIM window does not fit
+    write_nifti(tmp_path / "ref" / "t1_ct.nii.gz", thin, ref.affine)
+    write_nifti(tmp_path / "pred" / "t1_sct.nii.gz", thin + 10, ref.affine, np.int16)
+    result = evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "e", figures=False, progress=False)
+    assert result.rows[0]["status"] == "failed" and "too few slices to score" in result.rows[0]["error"]
+    assert result.summary["n_done"] == 0
+
+
+def test_two_files_given_explicitly_are_paired_whatever_their_names(tmp_path):
+    fake_predictions(tmp_path / "pred", ["sub-07"])
+    pred = tmp_path / "pred" / "sub-07_sct.nii.gz"
+    renamed = tmp_path / "synthetic_final_v2.nii.gz"
+    shutil.copy(pred, renamed)
+    result = run_cli("evaluate", "--pred", str(renamed), "--ref", str(SAMPLE / "mr2ct" / "sub-07" / "ct.nii.gz"),
+                     "--mask", str(SAMPLE / "mr2ct" / "sub-07" / "mask.nii.gz"), "--out", str(tmp_path / "e"), "--no-progress")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = list(csv.DictReader((tmp_path / "e" / "metrics.csv").open()))
+    assert len(rows) == 1 and rows[0]["status"] == "done" and float(rows[0]["mae"]) > 0
+
+
+def test_grid_mismatch_names_both_files_and_the_option_that_resamples(tmp_path):
+    ref = read_volume(SAMPLE / "mr2ct" / "sub-07" / "ct.nii.gz")
+    moved = ref.affine.copy()
+    moved[:3, 3] += 3.0
+    write_nifti(tmp_path / "pred" / "sub-07_sct.nii.gz", ref.array, moved, np.int16)
+    result = evaluate_folder(tmp_path / "pred", refs(tmp_path, ["sub-07"]), tmp_path / "e", figures=False, progress=False)
+    error = result.rows[0]["error"]
+    assert "pred/sub-07_sct.nii.gz" in error and "refs/sub-07/ct.nii.gz" in error and "--resample-to-ref" in error
+
+
+def test_out_that_is_a_file_is_a_one_line_error(tmp_path):
+    fake_predictions(tmp_path / "pred", ["sub-07"])
+    (tmp_path / "taken").write_text("my notes")
+    result = run_cli("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(SAMPLE / "mr2ct"), "--out", str(tmp_path / "taken"))
+    assert result.returncode == 2 and "is a file; choose a folder for --out" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "taken").read_text() == "my notes"

@@ -167,6 +167,31 @@ def test_duplicate_case_ids_are_an_error_naming_both_files(tmp_path):
 # ------------------------------------------------------------------------------------------------ bad input
 
 
+def raw_nifti(path: Path, array: np.ndarray, edit=lambda header: None) -> Path:
+    """A .nii.gz written byte by byte from a header we edit, so it can hold what nibabel's writer would fix or refuse."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(array.dtype)
+    header.set_data_shape(array.shape)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    edit(header)
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + array.tobytes("F")))
+    return path
+
+
+def _zero_spacing(header):
+    header["qform_code"] = 0
+    header["srow_z"] = [0.0, 0.0, 0.0, 0.0]
+
+
+def _nan_origin(header):
+    header["qform_code"] = 0
+    header["srow_x"] = [1.0, 0.0, 0.0, np.nan]
+
+
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """name -> (path, text the error must contain)."""
     aff = oblique_affine()
@@ -186,6 +211,16 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     for f in (tmp_path / "other").iterdir():
         f.rename(mixed / f"o_{f.name}")
     (tmp_path / "other").rmdir()
+    values = ct_like()
+    raw_nifti(tmp_path / "zero_spacing.nii.gz", values, _zero_spacing)
+    raw_nifti(tmp_path / "nan_affine.nii.gz", values, _nan_origin)
+    rgb = np.zeros((8, 9, 10), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "rgb.nii.gz"))
+    nib.save(nib.Nifti1Image(values.astype(np.complex64), np.eye(4)), str(tmp_path / "complex.nii.gz"))
+    plain = write_nifti(tmp_path / "plain.nii", values, aff)
+    (tmp_path / "short.nii").write_bytes(plain.read_bytes()[:-100])
+    gap = write_dicom_series(tmp_path / "gap", Volume(values, aff), modality="CT")
+    os.remove(gap[3])
     return {
         "missing": (tmp_path / "nope.nii.gz", "no such file"),
         "empty_folder": (tmp_path / "empty", "no DICOM series"),
@@ -195,6 +230,12 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "4d": (tmp_path / "timeseries.nii.gz", "4D image"),
         "nan": (tmp_path / "nan.nii.gz", "NaN"),
         "mixed_series": (mixed, "2 series"),
+        "zero_spacing": (tmp_path / "zero_spacing.nii.gz", "voxel spacing is zero along axis k"),
+        "nan_affine": (tmp_path / "nan_affine.nii.gz", "affine) holds NaN"),
+        "rgb": (tmp_path / "rgb.nii.gz", "colour (RGB)"),
+        "complex": (tmp_path / "complex.nii.gz", "complex numbers"),
+        "short_nii": (tmp_path / "short.nii", "truncated: the header promises"),
+        "dicom_gap": (tmp_path / "gap", "1 slice(s) missing"),
     }
 
 
@@ -222,3 +263,20 @@ def test_read_does_not_modify_inputs(tmp_path, ct_volume):
     find_cases(tmp_path)
     assert {p: os.stat(p).st_mtime_ns for p in before} == before
     assert all(p.read_bytes() == c for p, c in contents.items())
+
+
+def test_a_folder_of_symlink_loops_is_searched_once(tmp_path):
+    folder = tmp_path / "data"
+    _touch_nifti(folder / "a" / "p1_ct.nii.gz", np.eye(4), value=-1000)
+    os.symlink("..", folder / "a" / "up1")
+    os.symlink("..", folder / "a" / "up2")
+    os.symlink("../a", folder / "a" / "self")
+    os.symlink(folder / "a", folder / "b")  # the same real folder under a second name
+    cases = find_cases(folder)  # took exponential time, i.e. forever, before each real folder was searched once
+    assert [(c.case_id, c.role) for c in cases] == [("p1", "ct")]
+
+
+def test_write_nifti_refuses_a_degenerate_affine_and_leaves_nothing(tmp_path):
+    with pytest.raises(InputError, match="spacing is zero"):
+        write_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.int16), np.diag([1.0, 1.0, 0.0, 1.0]))
+    assert list(tmp_path.iterdir()) == []

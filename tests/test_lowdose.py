@@ -53,7 +53,7 @@ def test_same_seed_same_noise_and_pairs_differ_only_in_noise():
 
 @pytest.mark.parametrize("dose", [0.0, -0.1, 1.5])
 def test_dose_outside_range_is_refused(dose):
-    with pytest.raises(InputError, match=r"dose .* must be in \(0, 1\]"):
+    with pytest.raises(InputError, match=r"--dose .* must be a finite number > 0 and <= 1"):
         simulate_lowdose(water_cylinder(32, 1), dose)
 
 
@@ -90,4 +90,14 @@ def test_simulate_lowdose_cli_writes_pairs_on_the_inputs_grid(tmp_path):
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert [r["status"] for r in rows] == ["done", "failed"] and rows[0]["dose"] == "0.25"
     bad = run_cli("simulate-lowdose", "--dose", "2", "--input", str(inputs), "--output", str(tmp_path / "o2"))
-    assert bad.returncode == 2 and "(0, 1]" in bad.stderr
+    assert bad.returncode == 2 and "must be a finite number > 0 and <= 1" in bad.stderr
+
+
+@pytest.mark.parametrize("option,value", [("--photons", "nan"), ("--photons", "inf"), ("--photons", "1e30"), ("--photons", "0"),
+                                           ("--dose", "nan"), ("--seed", "-3")])
+def test_every_numeric_option_is_checked_before_any_work(tmp_path, option, value):
+    args = {"--dose": "0.25", "--photons": "1e5", "--seed": "0", option: value}
+    result = run_cli("simulate-lowdose", "--input", str(SAMPLE / "mr2ct" / "sub-01" / "ct.nii.gz"), "--output", str(tmp_path / "out"),
+                     *[x for kv in args.items() for x in kv])
+    assert result.returncode == 2 and option in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

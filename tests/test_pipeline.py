@@ -89,3 +89,25 @@ def test_pipeline_simulates_low_dose_pairs_in_prepare(tmp_path, tiny_data):
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="simulate_dose .* needs model.task: ldct"):
         load_pipeline(path)
+
+
+@pytest.mark.slow
+def test_a_run_folder_refuses_other_settings_unless_overwrite(tmp_path, tiny_data):
+    import yaml
+
+    from medtranslate.checkpoint import load_checkpoint
+
+    spec = {"data": {"root": str(tiny_data), "patch_size": 32}, "model": {"kind": "pix2pix", "ngf": 4, "ndf": 4, "num_downs": 3},
+            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False}, "pipeline": {"baseline": "none"}}
+    path, out = tmp_path / "p.yaml", tmp_path / "run"
+    path.write_text(yaml.safe_dump(spec))
+    assert run_cli("run", str(path), "--out", str(out), "--no-progress").returncode == 0
+    saved = (out / "config.yaml").read_text()
+    changed = run_cli("run", str(path), "--out", str(out), "--no-progress", "--set", "model.ngf=8", "--set", "pipeline.baseline=intensity_map")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    assert "holds a run made with other settings (model.ngf: 4 -> 8; pipeline.baseline: 'none' -> 'intensity_map')" in changed.stderr
+    assert "--overwrite" in changed.stderr and (out / "config.yaml").read_text() == saved  # nothing rewritten
+    redone = run_cli("run", str(path), "--out", str(out), "--no-progress", "--set", "model.ngf=8", "--overwrite")
+    assert redone.returncode == 0, redone.stderr
+    assert load_checkpoint(out / "train" / "checkpoints" / "best.pt")["config"]["model"]["ngf"] == 8
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["ngf"] == 8

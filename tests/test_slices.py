@@ -20,7 +20,8 @@ def case(cid: str, depth: int = 6, body_slices: tuple[int, ...] = (1, 2, 3, 4)) 
 
 
 def config(task: str = "mr2ct", **data) -> RunConfig:
-    return RunConfig.from_dict({"data": {"root": "x", "patch_size": 16, **data}, "model": {"kind": "pix2pix", "task": task}})
+    # a valid model for 16-pixel patches: a 3-level U-Net and a 2-layer PatchGAN (config.py refuses sizes the nets cannot take)
+    return RunConfig.from_dict({"data": {"root": "x", "patch_size": 16, **data}, "model": {"kind": "pix2pix", "task": task, "num_downs": 3, "d_layers": 2}})
 
 
 def test_slices_with_too_little_body_are_skipped():

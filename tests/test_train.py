@@ -13,10 +13,10 @@ import torch
 import yaml
 
 from medtranslate.config import load_config
-from medtranslate.errors import ConfigError
-from medtranslate.io import write_nifti
+from medtranslate.errors import ConfigError, GeometryMismatchError, InputError
+from medtranslate.io import read_volume, write_nifti
 from medtranslate.train import Trainer
-from medtranslate.translate import load_checkpoint
+from medtranslate.checkpoint import load_checkpoint
 
 from .conftest import SAMPLE, run_cli, write_config
 
@@ -75,13 +75,58 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "continue with --resume" in err
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert 1 <= ckpt["epoch"] < 50
+    # the same config resumes; another one is refused with the keys that differ
+    other = run_cli("train", str(cfg), "--out", str(run), "--resume", "--no-progress", "--set", "train.epochs=60", "--set", "model.ngf=8")
+    assert other.returncode == 2 and "model.ngf: 4 -> 8" in other.stderr and "train.epochs: 50 -> 60" in other.stderr
     target = ckpt["epoch"] + 2
-    resumed = run_cli("train", str(cfg), "--out", str(run), "--resume", "--no-progress", "--set", f"train.epochs={target}")
-    assert resumed.returncode == 0, resumed.stderr
+    Trainer(load_config(cfg), run, resume=True, progress=False).fit(until_epoch=target)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pix2pix", "cyclegan"])
+def test_ctrl_c_in_the_middle_of_a_step_resumes_exactly(tmp_path, tiny_data, kind):
+    """A real SIGINT arriving between the discriminator's and the generator's update (the worst moment): the step
+    finishes, last.pt is saved mid-epoch, and resuming gives the weights and optimiser states of a run never stopped."""
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, kind, **{"train.epochs": 2, "train.steps_per_epoch": 5}))
+    Trainer(cfg, tmp_path / "straight", progress=False).fit()
+    stopped = Trainer(cfg, tmp_path / "stopped", progress=False)
+    original, calls = stopped.model._step, []
+
+    def step_with_ctrl_c(name, loss):
+        calls.append(name)
+        if len(calls) == 13:  # epoch 2, step 2 (or 3), between two optimiser updates of one train_step
+            signal.raise_signal(signal.SIGINT)
+        return original(name, loss)
+
+    stopped.model._step = step_with_ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit()
+    saved = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "last.pt")
+    assert saved["epoch"] == 1 and 0 < saved["batch_in_epoch"] < 5, (saved["epoch"], saved["batch_in_epoch"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    Trainer(cfg, tmp_path / "stopped", resume=True, progress=False).fit()
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("straight", "stopped"))
+    assert a["step"] == b["step"] == 10
+    for group in ("nets", "optimizers"):
+        flat_a, flat_b = _tensors(a["model"][group]), _tensors(b["model"][group])
+        assert flat_a.keys() == flat_b.keys()
+        differ = [k for k in flat_a if not torch.equal(flat_a[k], flat_b[k])]
+        assert not differ, f"{len(differ)} of {len(flat_a)} tensors differ, e.g. {differ[:3]}"
+    assert [r["loss_g"] for r in a["history"]] == [r["loss_g"] for r in b["history"]]
+
+
+def _tensors(tree, prefix=""):
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else []
+    out = {}
+    for k, v in items:
+        out.update(_tensors(v, f"{prefix}.{k}"))
+    return out
 
 
 def test_time_budget_starts_no_epoch_that_would_overrun_it(tmp_path, tiny_data):
@@ -132,3 +177,29 @@ def test_no_pairs_and_wrong_kind_on_resume(tmp_path, tiny_data):
     assert run_cli("train", str(base), "--out", str(tmp_path / "run"), "--no-progress").returncode == 0
     wrong = run_cli("train", str(write_config(tmp_path / "p.yaml", tiny_data)), "--out", str(tmp_path / "run"), "--resume", "--no-progress")
     assert wrong.returncode == 2 and "checkpoint is from a intensity_map run but model.kind is pix2pix" in wrong.stderr
+
+
+def test_every_case_is_checked_at_load_time_naming_the_file(tmp_path, tiny_data):
+    """A mask on another grid than its MR/CT was used silently (training) or failed after a whole epoch (validation)."""
+    import shutil
+
+    root = tmp_path / "cases"
+    shutil.copytree(tiny_data, root)
+    cfg = load_config(write_config(tmp_path / "c.yaml", root))
+    for case in ("s0", "s2"):  # a training case, then a validation case
+        write_nifti(root / case / "mask.nii.gz", np.ones((48, 48, 15), np.uint8), np.eye(4))
+        t0 = time.perf_counter()
+        with pytest.raises(GeometryMismatchError, match=rf"case '{case}': shape differs: mask .*{case}/mask.nii.gz \(48, 48, 15\) vs ct .*{case}/ct.nii.gz \(48, 48, 16\)"):
+            Trainer(cfg, tmp_path / f"run_{case}", progress=False)
+        assert time.perf_counter() - t0 < 30 and not (tmp_path / f"run_{case}").exists()
+        (root / case / "mask.nii.gz").unlink()
+    mr = read_volume(root / "s1" / "mr.nii.gz")
+    write_nifti(root / "s1" / "ct.nii.gz", mr.array, mr.affine, overwrite=True)  # an MR where the CT belongs
+    with pytest.raises(InputError, match=r"s1/ct.nii.gz: values .* do not look like CT in HU"):
+        Trainer(cfg, tmp_path / "run_mr_as_ct", progress=False)
+
+
+def test_batch_size_beyond_the_training_slices_is_refused(tmp_path, tiny_data):
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **{"train.batch_size": 500}))
+    with pytest.raises(ConfigError, match=r"train.batch_size 500 is more than the \d+ training slices"):
+        Trainer(cfg, tmp_path / "run", progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ from medtranslate.errors import CheckpointError
 from medtranslate.io import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
 from medtranslate.phantom import make_subject
 from medtranslate.train import Trainer
-from medtranslate.translate import TranslatorSpec, build_inference_net, load_checkpoint, translate_volume
+from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from medtranslate.translate import translate_volume
 
 from .conftest import oblique_affine, run_cli, write_config
 
@@ -170,3 +172,80 @@ def test_output_folder_checks_happen_before_any_work(tmp_path, checkpoints):
     blocked = run_cli("translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(tmp_path / "afile" / "out"))
     assert blocked.returncode == 2 and "not writable" in blocked.stderr
     assert sorted(p.name for p in inputs.iterdir()) == ["p00.nii.gz"]
+
+
+@pytest.mark.parametrize("size", ["-1", "0", "1.5", "abc"])
+def test_a_bad_batch_size_is_refused_before_any_work(tmp_path, checkpoints, size):
+    inputs = tmp_path / "in"
+    _batch(inputs, 1)
+    result = run_cli("translate", "--model", str(checkpoints["pix2pix"]), "--input", str(inputs), "--output", str(tmp_path / "out"), "--batch-size", size)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--batch-size" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()  # -1 once wrote uninitialised memory as a finished sCT
+    with pytest.raises(Exception, match="batch size"):
+        ckpt = load_checkpoint(checkpoints["pix2pix"])
+        translate_volume(build_inference_net(ckpt, torch.device("cpu")), mr_volume(1), TranslatorSpec.from_dict(ckpt["spec"]), batch_size=0)
+
+
+def test_inputs_the_model_was_not_made_for_are_refused_per_case(tmp_path, checkpoints):
+    from .conftest import ct_like
+
+    inputs = tmp_path / "in"
+    _batch(inputs, 1)
+    write_nifti(inputs / "zeros.nii.gz", np.zeros((20, 20, 8), np.int16), np.eye(4))
+    write_nifti(inputs / "pt9.nii.gz", ct_like(shape=(20, 20, 8)), np.eye(4))  # a CT given to an MR -> CT model
+    result = run_cli("translate", "--model", str(checkpoints["pix2pix"]), "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "1 done, 0 skipped, 2 failed" in result.stdout
+    assert "zeros.nii.gz: every voxel is 0.0; the image is empty or constant" in result.stdout
+    assert "pt9.nii.gz: this is a CT (values in HU, air near -1000), but this model translates mr images" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["p00_sct.nii.gz"]
+
+
+def test_outputs_of_another_checkpoint_keep_its_hash(tmp_path, checkpoints):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _batch(inputs, 2)
+    first = run_cli("translate", "--model", str(checkpoints["pix2pix"]), "--input", str(inputs), "--output", str(out), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    made = {r["case"]: r["checkpoint_sha256"] for r in csv.DictReader((out / "manifest.csv").open())}
+    again = run_cli("translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(out), "--no-progress")
+    assert again.returncode == 0 and "0 done, 2 skipped" in again.stdout
+    assert "made with another checkpoint_sha256" in again.stderr and "--overwrite" in again.stderr
+    assert {r["case"]: r["checkpoint_sha256"] for r in csv.DictReader((out / "manifest.csv").open())} == made
+
+
+def test_a_shard_leaves_the_temporary_files_of_a_running_shard_alone(tmp_path, checkpoints):
+    from medtranslate.atomic import partial_name
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _batch(inputs, 2)
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for shard 0/2, still writing
+    try:
+        theirs = out / partial_name(out / "p00_sct.nii.gz").name.replace(f"-{os.getpid()}.", f"-{other.pid}.")
+        theirs.write_bytes(b"half of shard 0's output")
+        result = run_cli("translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(out), "--shard", "1/2", "--no-progress")
+        assert result.returncode == 0, result.stderr
+        assert theirs.exists() and (out / "p01_sct.nii.gz").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_translate_terminates_on_a_folder_of_symlink_loops(tmp_path, checkpoints):
+    inputs = tmp_path / "in"
+    _batch(inputs, 1)
+    os.symlink(".", inputs / "loop1")
+    os.symlink(".", inputs / "loop2")
+    result = run_cli("translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress", timeout=120)
+    assert result.returncode == 0 and "1 done" in result.stdout, result.stderr
+
+
+def test_dicom_output_into_a_non_ascii_folder(tmp_path, checkpoints):
+    inputs, out = tmp_path / "in", tmp_path / "Résultats_Ørsted"
+    _batch(inputs, 2)
+    result = run_cli("translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(out), "--format", "dicom", "--no-progress")
+    assert result.returncode == 0 and "2 done" in result.stdout, result.stderr
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    rows = list(csv.DictReader((out / "manifest.csv").open(encoding="utf-8")))
+    assert [r["status"] for r in rows] == ["done", "done"] and "Ørsted" in rows[0]["output"]
+    assert read_volume(out / "p01_sct_dicom").shape == read_volume(out / "p01_sct.nii.gz").shape

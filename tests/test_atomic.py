@@ -1,0 +1,120 @@
+"""Atomic outputs: whole or absent, whatever fails; stale temporary files of dead processes only are cleaned up."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from medtranslate.atomic import atomic_output, atomic_write_text, partial_name, remove_stale_partials
+from medtranslate.errors import OutputError
+
+from .conftest import SAMPLE, TINY
+
+
+def test_a_failing_writer_leaves_neither_output_nor_temporary_file(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    with pytest.raises(ValueError):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            assert tmp.name.startswith(".out.partial-") and tmp.name.endswith(".nii.gz")
+            raise ValueError("writer crashed")
+    with pytest.raises(OutputError, match=r"out.nii.gz: cannot write \(.*\); nothing was left half-written"):
+        with atomic_output(target) as tmp:
+            raise OSError(28, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_is_utf8_whatever_the_locale_and_replaces_atomically(tmp_path):
+    path = atomic_write_text(tmp_path / "ü" / "m.csv", "case,input\nx,/data/Patiënt\n")
+    assert path.read_bytes().decode("utf-8").endswith("Patiënt\n")
+    atomic_write_text(path, "new\n")
+    assert path.read_text(encoding="utf-8") == "new\n" and sorted(p.name for p in path.parent.iterdir()) == ["m.csv"]
+
+
+def test_stale_partials_of_dead_processes_go_and_those_of_running_ones_stay(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        mine = partial_name(tmp_path / "a_sct.nii.gz")
+        theirs = tmp_path / mine.name.replace(f"-{os.getpid()}.", f"-{live.pid}.")
+        stale = tmp_path / mine.name.replace(f"-{os.getpid()}.", f"-{dead.pid}.")
+        stale_dir = tmp_path / partial_name(tmp_path / "b_sct_dicom").name.replace(f"-{os.getpid()}", f"-{dead.pid}")
+        other_host = tmp_path / ".c_sct.partial-otherhost-1.nii.gz"
+        for p in (mine, theirs, stale, other_host):
+            p.write_bytes(b"x")
+        stale_dir.mkdir()
+        (stale_dir / "slice_0000.dcm").write_bytes(b"x")
+        removed = remove_stale_partials(tmp_path)
+        assert sorted(p.name for p in removed) == sorted([stale.name, stale_dir.name])
+        assert mine.exists() and theirs.exists() and other_host.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def _limited(max_bytes):
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return limit
+
+
+def _run_limited(args, max_bytes, cwd=None):
+    return subprocess.run([sys.executable, "-m", "medtranslate", *args], capture_output=True, text=True, preexec_fn=_limited(max_bytes), timeout=300, cwd=cwd)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, tiny_data):
+    """A disk that fills mid-write (a file-size limit makes the write fail as ENOSPC would) in convert, evaluate, train."""
+    ct = SAMPLE / "mr2ct" / "sub-01" / "ct.nii.gz"
+    out = tmp_path / "conv"
+    out.mkdir()
+    result = _run_limited(["convert", str(ct), str(out / "ct.nii.gz")], 20_000)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "cannot write (File too large)" in result.stderr
+    assert list(out.iterdir()) == []
+
+    ev = tmp_path / "eval"
+    result = _run_limited(["evaluate", "--pred", str(ct), "--ref", str(ct), "--out", str(ev), "--no-progress"], 2_000)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "File too large" in result.stderr.strip().splitlines()[-1]
+    assert not [p for p in ev.rglob(".*")]
+
+    import yaml
+
+    cfg = tmp_path / "c.yaml"
+    config = {"data": {"root": str(tiny_data)}, "model": {"kind": "pix2pix"}, "train": {}}
+    for dotted, value in {**TINY, "train.epochs": 1}.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+    cfg.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    result = _run_limited(["train", str(cfg), "--out", str(run), "--no-progress"], 30_000)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "best.pt: cannot write" in result.stderr.strip().splitlines()[-1] and "is the disk full?" in result.stderr
+    assert not [p for p in run.rglob(".*partial*")] and not (run / "checkpoints" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("command", ["convert", "evaluate", "train"])
+def test_an_unwritable_output_location_is_one_line(tmp_path, command):
+    """Read-only locations: /sys refuses new files even to root; a path below a regular file cannot be created."""
+    ct = SAMPLE / "mr2ct" / "sub-01" / "ct.nii.gz"
+    (tmp_path / "afile").write_text("x")
+    for place in ("/sys/medtranslate-test", str(tmp_path / "afile" / "below")):
+        if command == "convert":
+            args = ["convert", str(ct), f"{place}/ct.nii.gz"]
+        elif command == "evaluate":
+            args = ["evaluate", "--pred", str(ct), "--ref", str(ct), "--out", place]
+        else:
+            cfg = tmp_path / "c.yaml"
+            cfg.write_text(f"data: {{root: {SAMPLE / 'mr2ct'}}}\nmodel: {{kind: intensity_map}}\n")
+            args = ["train", str(cfg), "--out", place]
+        result = subprocess.run([sys.executable, "-m", "medtranslate", *args], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (place, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and place in result.stderr, result.stderr

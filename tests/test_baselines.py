@@ -1,0 +1,36 @@
+"""The non-learned baselines: the intensity map is the best 1D mapping; the denoiser's strength is tuned to the noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medtranslate.baselines import ClassicalDenoiser, IntensityMap
+
+
+def test_intensity_map_learns_the_median_per_bin_and_fills_empty_bins():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 0.2, 20000)  # nothing above 0.2: those bins are empty
+    y = np.where(x < -0.5, -0.8, 0.4) + rng.laplace(0, 0.05, x.shape)  # a step, with noise whose median is 0
+    lut = IntensityMap(bins=64).fit(x, y)
+    out = lut(torch.tensor([[-0.9, -0.7, 0.0, 0.1]]).view(1, 1, 1, 4)).flatten()
+    np.testing.assert_allclose(out.numpy(), [-0.8, -0.8, 0.4, 0.4], atol=0.03)
+    high = lut(torch.tensor([0.9]).view(1, 1, 1, 1)).item()
+    assert abs(high - 0.4) < 0.03  # empty bins take the nearest filled value
+    # 2.5D input: only the centre channel counts
+    stacked = torch.stack([torch.full((1, 4), 0.9), torch.full((1, 4), -0.9), torch.full((1, 4), 0.9)])[None]
+    assert torch.allclose(lut(stacked), torch.full((1, 1, 1, 4), -0.8), atol=0.03)
+
+
+def test_classical_denoiser_picks_a_strength_that_lowers_the_error():
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:48, :48]
+    clean = [np.where((yy - 24) ** 2 + (xx - 20 - k) ** 2 < 200, 0.3, -0.5).astype(np.float64) for k in range(3)]
+    noisy = [c + rng.normal(0, 0.05, c.shape) for c in clean]
+    den = ClassicalDenoiser().fit(noisy, clean)
+    assert 0.005 < float(den.h) < 0.2
+    out = den(torch.tensor(np.stack(noisy)[:, None], dtype=torch.float32)).numpy()[:, 0]
+    before = np.mean([np.abs(n - c).mean() for n, c in zip(noisy, clean)])
+    after = np.mean([np.abs(o - c).mean() for o, c in zip(out, clean)])
+    assert after < 0.6 * before
+    assert ClassicalDenoiser(h=float(den.h)).state_dict()["h"] == den.h  # h travels in the checkpoint

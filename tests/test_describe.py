@@ -1,0 +1,55 @@
+"""What info says about scans, and the modality check translate and train rely on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medtranslate.describe import check_modality, describe_paths, format_table, looks_like
+from medtranslate.errors import InputError
+from medtranslate.io import Volume, read_volume, write_nifti
+
+from .conftest import SAMPLE, ct_like
+
+
+@pytest.mark.parametrize(
+    "array,modality,expected",
+    [
+        (ct_like(), None, "CT"),
+        (read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz").array, None, "MR"),
+        (np.array([[[0, 1], [1, 0]]] * 2, dtype=np.uint8), None, "mask"),
+        (ct_like().astype(np.float32) / 1000.0, None, "unknown"),  # negative values, not HU: neither
+        (np.abs(ct_like()), "CT", "CT"),  # a DICOM modality tag wins over the values
+    ],
+)
+def test_looks_like(array, modality, expected):
+    assert looks_like(Volume(array, np.eye(4), modality=modality)) == expected
+
+
+def test_check_modality_refuses_the_wrong_kind_and_constant_images():
+    ct, mr = Volume(ct_like(), np.eye(4), source="ct.nii.gz"), Volume(np.abs(ct_like()).astype(np.int16), np.eye(4), source="mr.nii.gz")
+    check_modality(ct, "ct", ct.source, "denoising")
+    check_modality(mr, "mr", mr.source, "synthesis")
+    with pytest.raises(InputError, match=r"mr.nii.gz: values \[\d+, \d+\] do not look like CT in HU .*; denoising: give it a CT"):
+        check_modality(mr, "ct", mr.source, "denoising")
+    with pytest.raises(InputError, match=r"ct.nii.gz: this is a CT \(values in HU, air near -1000\), but synthesis"):
+        check_modality(ct, "mr", ct.source, "synthesis")
+    with pytest.raises(InputError, match="every voxel is 7.0; the image is empty or constant"):
+        check_modality(Volume(np.full((8, 8, 8), 7, np.int16), np.eye(4)), "mr", "flat", "synthesis")
+
+
+def test_info_describes_the_good_files_of_a_folder_with_bad_ones(tmp_path):
+    write_nifti(tmp_path / "good_ct.nii.gz", ct_like(), np.diag([0.8, 0.8, 2.5, 1.0]))
+    (tmp_path / "broken_ct.nii.gz").write_bytes(b"\x1f\x8b\x08 broken")
+    nan = ct_like().astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    write_nifti(tmp_path / "nan_ct.nii.gz", nan, np.eye(4))
+    rows = describe_paths([tmp_path])
+    by_case = {r["case"]: r for r in rows}
+    assert by_case["good (ct)"]["status"] == "ok" and by_case["good (ct)"]["spacing"] == "0.8x0.8x2.5"
+    assert by_case["good (ct)"]["looks_like"] == "CT"
+    assert by_case["broken (ct)"]["status"] == "failed" and "broken_ct.nii.gz" in by_case["broken (ct)"]["error"]
+    assert "NaN" in by_case["nan (ct)"]["error"]
+    table = format_table(rows)
+    assert table.splitlines()[0].split() == ["case", "format", "shape", "spacing", "orientation", "dtype", "range", "looks_like"]
+    assert "good (ct)" in table and table.count("FAILED:") == 2
