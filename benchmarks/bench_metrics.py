@@ -48,13 +48,17 @@ def main() -> None:
     print(f"volume {ref.shape}, mask {mask.mean():.1%} of voxels, torch threads {torch.get_num_threads()}")
 
     t0 = time.perf_counter()
-    synthrad_metrics(pred[96:160, 96:160, 30:70], ref[96:160, 96:160, 30:70], mask[96:160, 96:160, 30:70])  # JIT compile (cached on disk)
+    synthrad_metrics(
+        pred[96:160, 96:160, 30:70], ref[96:160, 96:160, 30:70], mask[96:160, 96:160, 30:70]
+    )  # JIT compile (cached on disk)
     print(f"first call (numba compile or cache load): {time.perf_counter() - t0:.2f} s")
 
     t_base, base = timed(lambda: skimage_ssim_2023(pred, ref, mask), args.repeats)
     t_ours, ours = timed(lambda: synthrad_metrics(pred, ref, mask), args.repeats)
     print(f"scikit-image SSIM alone:            {t_base:.3f} s  (ssim {base:.6f})")
-    print(f"medtranslate MAE+PSNR+SSIM+MS-SSIM: {t_ours:.3f} s  (ssim {ours['ssim']:.6f}, ms_ssim {ours['ms_ssim']:.6f})")
+    print(
+        f"medtranslate MAE+PSNR+SSIM+MS-SSIM: {t_ours:.3f} s  (ssim {ours['ssim']:.6f}, ms_ssim {ours['ms_ssim']:.6f})"
+    )
     print(f"speed-up: {t_base / t_ours:.1f}x")
 
 

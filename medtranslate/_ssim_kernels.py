@@ -111,7 +111,9 @@ def masked_ssim_sums(x, y, mask, c1a, c2a, c1b, c2b, weight, want_a, n_chunks): 
                     vy = cov * (acc[3, h, k] / n - uy * uy)
                     vxy = cov * (acc[4, h, k] / n - ux * uy)
                     if want_a:
-                        sa += ((2.0 * ux * uy + c1a) * (2.0 * vxy + c2a)) / ((ux * ux + uy * uy + c1a) * (vx + vy + c2a))
+                        sa += ((2.0 * ux * uy + c1a) * (2.0 * vxy + c2a)) / (
+                            (ux * ux + uy * uy + c1a) * (vx + vy + c2a)
+                        )
                     lum = max((2.0 * ux * uy + c1b) / (ux * ux + uy * uy + c1b), 0.0)
                     sx = np.sqrt(max(vx, 0.0))
                     sy = np.sqrt(max(vy, 0.0))

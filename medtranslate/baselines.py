@@ -68,9 +68,16 @@ class ClassicalDenoiser(nn.Module):
     def _denoise(self, image: np.ndarray, h: float) -> np.ndarray:
         from skimage.restoration import denoise_nl_means
 
-        return denoise_nl_means(image, h=h, patch_size=self.PATCH_SIZE, patch_distance=self.PATCH_DISTANCE, fast_mode=True)
+        return denoise_nl_means(
+            image, h=h, patch_size=self.PATCH_SIZE, patch_distance=self.PATCH_DISTANCE, fast_mode=True
+        )
 
-    def fit(self, sources: list[np.ndarray], targets: list[np.ndarray], factors: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0, 1.3, 1.7, 2.2)) -> "ClassicalDenoiser":
+    def fit(
+        self,
+        sources: list[np.ndarray],
+        targets: list[np.ndarray],
+        factors: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0, 1.3, 1.7, 2.2),
+    ) -> "ClassicalDenoiser":
         """Pick h = factor x noise sigma (the std of source - target) with the lowest mean absolute error."""
         sigma = float(np.median([np.std(s - t) for s, t in zip(sources, targets)]))
         errors = {}

@@ -32,7 +32,9 @@ def prepare_output_folder(inp: Path, out: Path) -> None:
     """Refuse the input folder as output, check the output is writable, remove partial files of dead processes."""
     src = inp.resolve() if inp.is_dir() else inp.resolve().parent
     if out.resolve() == src:
-        raise OutputError(f"{out}: the output folder is the input folder; choose another --output so inputs are never touched")
+        raise OutputError(
+            f"{out}: the output folder is the input folder; choose another --output so inputs are never touched"
+        )
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file, not a folder; choose a folder for --output")
     probe = out / f".write-probe-{os.getpid()}"
@@ -40,7 +42,9 @@ def prepare_output_folder(inp: Path, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
     except OSError as exc:
-        raise OutputError(f"{out}: output folder is not writable ({exc.strerror or exc}); choose another --output") from exc
+        raise OutputError(
+            f"{out}: output folder is not writable ({exc.strerror or exc}); choose another --output"
+        ) from exc
     finally:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
@@ -55,7 +59,9 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise OutputError(f"{path}: the manifest of an earlier run cannot be read ({type(exc).__name__}); move it away and run again") from exc
+        raise OutputError(
+            f"{path}: the manifest of an earlier run cannot be read ({type(exc).__name__}); move it away and run again"
+        ) from exc
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -94,7 +100,15 @@ def run_cases(
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc=desc, unit="case", disable=not progress):
         targets = outputs(case)
-        row = {"case": case.case_id, "input": case.label, "output": ";".join(str(t) for t in targets), "status": "", "error": "", "seconds": 0.0, **extra}
+        row = {
+            "case": case.case_id,
+            "input": case.label,
+            "output": ";".join(str(t) for t in targets),
+            "status": "",
+            "error": "",
+            "seconds": 0.0,
+            **extra,
+        }
         t0 = time.perf_counter()
         if all(t.exists() for t in targets) and not overwrite:
             row["status"] = "skipped"
@@ -107,7 +121,8 @@ def run_cases(
                 row.update(status="failed", error=str(exc))
                 logger.warning("%s", exc)
             except Exception as exc:  # a defect, not bad input: record it, keep the batch going  # noqa: BLE001
-                message = f"{case.label}: unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the file"
+                reason = f"{type(exc).__name__} ({str(exc)[:200]})"
+                message = f"{case.label}: unexpected {reason}; please report this with the file"
                 row.update(status="failed", error=message)
                 logger.warning("%s", message)
                 logger.debug("traceback of case %s", case.case_id, exc_info=True)
@@ -123,17 +138,30 @@ def _attribution(case_id: str, before: dict[str, Any] | None, extra: dict[str, A
     """The extra columns of a skipped case: those of the run that made its outputs, not this run's."""
     if before is None:
         if extra:
-            logger.warning("case %s: skipped, its outputs exist but no manifest row says what made them; pass --overwrite to redo it", case_id)
+            logger.warning(
+                "case %s: skipped, its outputs exist but no manifest row says what made them; pass --overwrite to "
+                "redo it",
+                case_id,
+            )
         return {k: "unknown" for k in extra}
     kept = {k: before.get(k, "unknown") for k in extra}
     differ = [k for k in extra if str(kept[k]) != str(extra[k])]
     if differ:
-        logger.warning("case %s: skipped, its outputs were made with another %s (%s, not %s); pass --overwrite to redo it with this one",
-                       case_id, differ[0], str(kept[differ[0]])[:16], str(extra[differ[0]])[:16])
+        logger.warning(
+            "case %s: skipped, its outputs were made with another %s (%s, not %s); pass --overwrite to redo it with "
+            "this one",
+            case_id,
+            differ[0],
+            str(kept[differ[0]])[:16],
+            str(extra[differ[0]])[:16],
+        )
     return kept
 
 
 def summary_line(rows: list[dict[str, Any]], out: Path) -> tuple[str, int]:
     """'N done, N skipped, N failed; outputs in OUT' and the exit status (1 if any failed)."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
-    return f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {out}", 1 if counts["failed"] else 0
+    return (
+        f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; outputs in {out}",
+        1 if counts["failed"] else 0,
+    )

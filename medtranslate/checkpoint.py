@@ -1,7 +1,8 @@
 """The checkpoint format: what a file holds, saving it atomically, loading it safely, rebuilding its network.
 
 A checkpoint is one ``torch.save`` file holding only tensors and plain Python values (dict, list, tuple, str, int,
-float, bool, None), so it loads with ``torch.load(..., weights_only=True)``: loading never runs code. :func:`save_checkpoint`
+float, bool, None), so it loads with ``torch.load(..., weights_only=True)``: loading never runs code.
+:func:`save_checkpoint`
 converts numpy values and refuses anything else before writing, so a run cannot produce a file that its own loader
 refuses. Keys: ``format``, ``kind``, ``config``, ``spec`` (:class:`TranslatorSpec`), ``in_channels``, ``model``
 (``nets``, ``optimizers``, ...), ``schedule``, ``epoch``, ``batch_in_epoch``, ``step``, ``best_mae``, ``rng``,
@@ -52,8 +53,12 @@ class TranslatorSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TranslatorSpec":
         return cls(
-            task=d["task"], source_kind=d["source_kind"], target_intensity=dict(d["target_intensity"]), context=int(d.get("context", 0)),
-            divisor=int(d.get("divisor", 1)), spacing=tuple(float(s) for s in d["spacing"]) if d.get("spacing") else None,
+            task=d["task"],
+            source_kind=d["source_kind"],
+            target_intensity=dict(d["target_intensity"]),
+            context=int(d.get("context", 0)),
+            divisor=int(d.get("divisor", 1)),
+            spacing=tuple(float(s) for s in d["spacing"]) if d.get("spacing") else None,
         )
 
 
@@ -82,7 +87,10 @@ def plain(value: Any, where: str = "checkpoint") -> Any:
         return items if isinstance(value, list) else tuple(items)
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"{where}: a {type(value).__name__} cannot be stored in a checkpoint (only tensors and plain values load safely)")
+    raise TypeError(
+        f"{where}: a {type(value).__name__} cannot be stored in a checkpoint (only tensors and plain values load "
+        "safely)"
+    )
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -112,24 +120,40 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if unsafe:
             raise CheckpointError(
-                f"{path}: refused: the file holds a Python object ({unsafe.group(1)[:80]}) besides tensors and plain values, and "
-                "loading it could run code hidden in the file; medtranslate checkpoints hold no such objects: use one made by "
+                f"{path}: refused: the file holds a Python object ({unsafe.group(1)[:80]}) besides tensors and plain "
+                "values, and "
+                "loading it could run code hidden in the file; medtranslate checkpoints hold no such objects: use one "
+                "made by "
                 "'medtranslate train', and load other files only if you trust who made them"
             ) from exc
-        raise CheckpointError(f"{path}: not a readable checkpoint (not a PyTorch file, or corrupt); use a checkpoint made by 'medtranslate train'") from exc
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (not a PyTorch file, or corrupt); use a checkpoint made by "
+            "'medtranslate train'"
+        ) from exc
     except Exception as exc:  # torch raises many types for files that are not zip archives or are truncated
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]}); the file is corrupt, truncated or of another program") from exc
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({first[:160]}); the file is corrupt, truncated or of another program"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or not isinstance(ckpt.get("spec"), dict):
-        raise CheckpointError(f"{path}: not a medtranslate checkpoint (format {CHECKPOINT_FORMAT} expected); train one with 'medtranslate train'")
+        raise CheckpointError(
+            f"{path}: not a medtranslate checkpoint (format {CHECKPOINT_FORMAT} expected); train one with "
+            "'medtranslate train'"
+        )
     if ckpt.get("kind") not in KINDS:
-        raise CheckpointError(f"{path}: unknown model kind {show(ckpt.get('kind'))}; expected one of: {', '.join(KINDS)}")
+        raise CheckpointError(
+            f"{path}: unknown model kind {show(ckpt.get('kind'))}; expected one of: {', '.join(KINDS)}"
+        )
     if ckpt["spec"].get("task") not in TASKS:
-        raise CheckpointError(f"{path}: unknown task {show(ckpt['spec'].get('task'))}; expected one of: {', '.join(TASKS)}")
+        raise CheckpointError(
+            f"{path}: unknown task {show(ckpt['spec'].get('task'))}; expected one of: {', '.join(TASKS)}"
+        )
     try:
         spec = TranslatorSpec.from_dict(ckpt["spec"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: the checkpoint's preprocessing record is incomplete ({type(exc).__name__}: {show(str(exc))})") from exc
+        raise CheckpointError(
+            f"{path}: the checkpoint's preprocessing record is incomplete ({type(exc).__name__}: {show(str(exc))})"
+        ) from exc
     if spec.source_kind not in ("mr", "ct") or spec.source_kind != TASKS[spec.task].source_kind:
         raise CheckpointError(f"{path}: source kind {show(spec.source_kind)} does not fit task {spec.task}")
     return ckpt
@@ -148,10 +172,15 @@ def build_inference_net(ckpt: dict[str, Any], device: torch.device, source: str 
         elif kind == "classical":
             net = ClassicalDenoiser()
         elif kind in ("pix2pix", "cyclegan"):
-            net = build_generator(RunConfig.from_dict(ckpt["config"], source=f"{source} (its config)"), int(ckpt["in_channels"]))
+            net = build_generator(
+                RunConfig.from_dict(ckpt["config"], source=f"{source} (its config)"), int(ckpt["in_channels"])
+            )
         else:
             raise CheckpointError(f"{source}: unknown model kind {show(kind)}; expected one of: {', '.join(KINDS)}")
         net.load_state_dict(ckpt["model"]["nets"]["G"])
     except (KeyError, RuntimeError, TypeError, AttributeError, ConfigError) as exc:
-        raise CheckpointError(f"{source}: the networks cannot be rebuilt ({show(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})") from exc
+        raise CheckpointError(
+            f"{source}: the networks cannot be rebuilt "
+            f"({show(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})"
+        ) from exc
     return net.to(device).eval()

@@ -54,8 +54,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder, format_summary
 
     result = evaluate_folder(
-        args.pred, args.ref, args.out, mask=args.mask, input=args.input, edition=args.edition, task=args.task,
-        window=args.window, resample_to_ref=args.resample_to_ref, progress=not args.no_progress,
+        args.pred,
+        args.ref,
+        args.out,
+        mask=args.mask,
+        input=args.input,
+        edition=args.edition,
+        task=args.task,
+        window=args.window,
+        resample_to_ref=args.resample_to_ref,
+        progress=not args.no_progress,
     )
     print(format_summary(result))
     print(f"report: {result.out / 'report.html'}")
@@ -79,8 +87,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     from .translate import translate_folder
 
-    rows = translate_folder(args.model, args.input, args.output, overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
-                            fmt=args.format, tta=args.tta, shard=args.shard, progress=not args.no_progress)
+    rows = translate_folder(
+        args.model,
+        args.input,
+        args.output,
+        overwrite=args.overwrite,
+        device=args.device,
+        batch_size=args.batch_size,
+        fmt=args.format,
+        tta=args.tta,
+        shard=args.shard,
+        progress=not args.no_progress,
+    )
     return _report_batch(rows, args.output)
 
 
@@ -98,7 +116,15 @@ def _report_batch(rows: list, out: str) -> int:
 def cmd_simulate_lowdose(args: argparse.Namespace) -> int:
     from .lowdose import simulate_lowdose_folder
 
-    rows = simulate_lowdose_folder(args.input, args.output, args.dose, seed=args.seed, photons=args.photons, overwrite=args.overwrite, progress=not args.no_progress)
+    rows = simulate_lowdose_folder(
+        args.input,
+        args.output,
+        args.dose,
+        seed=args.seed,
+        photons=args.photons,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     return _report_batch(rows, args.output)
 
 
@@ -126,7 +152,9 @@ def _summary_table(results: list) -> str:
     for name, summary in results:
         base = summary.get("baseline") or {}
         lines.append(f"{name}: {summary['n_done']}/{summary['n_cases']} test cases ({summary['task']})")
-        lines.append(f"  {'metric':<12}{summary.get('model', 'model'):>14}{(base.get('kind') or '-') + ' (baseline)':>26}")
+        lines.append(
+            f"  {'metric':<12}{summary.get('model', 'model'):>14}{(base.get('kind') or '-') + ' (baseline)':>26}"
+        )
         for metric, stats in summary["metrics"].items():
             b = base.get("metrics", {}).get(metric, {}).get("mean")
             lines.append(f"  {metric:<12}{stats['mean']:>14.4g}{(f'{b:.4g}' if b is not None else '-'):>26}")
@@ -136,59 +164,89 @@ def _summary_table(results: list) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medtranslate",
-        description="Translate 3D medical volumes slice by slice with 2D GANs (MR -> CT, low-dose -> normal-dose CT), in HU and in the input's own space.",
+        description="Translate 3D medical volumes slice by slice with 2D GANs (MR -> CT, low-dose -> normal-dose CT), "
+        "in HU and in the input's own space.",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("info", help="describe scans: format, shape, spacing, orientation, intensities, CT or MR",
-                       description="Describe every case in the given files or folders (NIfTI, NRRD, MetaImage, DICOM series).")
+    p = sub.add_parser(
+        "info",
+        help="describe scans: format, shape, spacing, orientation, intensities, CT or MR",
+        description="Describe every case in the given files or folders (NIfTI, NRRD, MetaImage, DICOM series).",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("convert", help="convert any readable scan (file or DICOM folder) to NIfTI, geometry preserved",
-                       description="Convert one scan to NIfTI with qform and sform set; voxel values and world coordinates are kept.")
+    p = sub.add_parser(
+        "convert",
+        help="convert any readable scan (file or DICOM folder) to NIfTI, geometry preserved",
+        description="Convert one scan to NIfTI with qform and sform set; voxel values and world coordinates are kept.",
+    )
     p.add_argument("input", help="image file or DICOM series folder")
     p.add_argument("output", help="output .nii.gz (or .nii) file")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("sample-data", help="regenerate the procedural MR/CT head phantoms of sample_data/ (deterministic)",
-                       description="Write the paired MR/CT head phantoms, their body masks and split.json.")
+    p = sub.add_parser(
+        "sample-data",
+        help="regenerate the procedural MR/CT head phantoms of sample_data/ (deterministic)",
+        description="Write the paired MR/CT head phantoms, their body masks and split.json.",
+    )
     p.add_argument("--out", default="sample_data", help="output folder (default: sample_data)")
     p.add_argument("--subjects", type=int, default=8, help="number of subjects (default: 8)")
     p.add_argument("--seed", type=int, default=2026, help="random seed (default: 2026, the committed data)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
-    p.add_argument("--ldct-from-invesalius", action="store_true",
-                   help="instead, build low-dose pairs (25 %% dose) from the real head CT of Debian's invesalius-examples package into OUT/ldct_invesalius")
+    p.add_argument(
+        "--ldct-from-invesalius",
+        action="store_true",
+        help="instead, build low-dose pairs (25 %% dose) from the real head CT of Debian's invesalius-examples "
+        "package into OUT/ldct_invesalius",
+    )
     p.set_defaults(func=cmd_sample_data)
-    p = sub.add_parser("train", help="train pix2pix, CycleGAN or the intensity-mapping baseline from a YAML experiment file",
-                       description="Train on slices of 3D volumes; validate whole volumes in HU each epoch; keep checkpoints/last.pt and best.pt.")
+    p = sub.add_parser(
+        "train",
+        help="train pix2pix, CycleGAN or the intensity-mapping baseline from a YAML experiment file",
+        description="Train on slices of 3D volumes; validate whole volumes in HU each epoch; keep checkpoints/last.pt "
+        "and best.pt.",
+    )
     p.add_argument("config", help="YAML file with sections data, model, train (see pipelines/)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("translate", help="translate scans (MR -> synthetic CT, low-dose -> denoised CT) with a trained checkpoint",
-                       description="Translate every case of a file or folder slice by slice; outputs are int16 HU NIfTI on each input's own grid. "
-                       "Re-running skips finished cases; --shard I/N splits a folder between processes.")
+    p = sub.add_parser(
+        "translate",
+        help="translate scans (MR -> synthetic CT, low-dose -> denoised CT) with a trained checkpoint",
+        description="Translate every case of a file or folder slice by slice; outputs are int16 HU NIfTI on each "
+        "input's own grid. "
+        "Re-running skips finished cases; --shard I/N splits a folder between processes.",
+    )
     p.add_argument("--model", required=True, help="checkpoint (checkpoints/best.pt of a training run)")
     p.add_argument("--input", required=True, help="image file or folder (NIfTI, NRRD, MHA, DICOM series)")
     p.add_argument("--output", required=True, help="output folder (not the input folder)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
-    p.add_argument("--format", choices=("nifti", "dicom"), default="nifti", help="dicom: also write a DICOM CT series per case")
+    p.add_argument(
+        "--format", choices=("nifti", "dicom"), default="nifti", help="dicom: also write a DICOM CT series per case"
+    )
     p.add_argument("--tta", action="store_true", help="average over a left-right flip (test-time augmentation)")
     p.add_argument("--shard", metavar="I/N", help="take every N-th case starting at I (0-based)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_translate)
 
-    p = sub.add_parser("simulate-lowdose", help="simulate low-dose / normal-dose CT pairs in the projection domain (Poisson + electronic noise, FBP)",
-                       description="For every CT case write <case>_ld.nii.gz (simulated low dose) and <case>_nd.nii.gz (same projection and "
-                       "reconstruction without the added noise), int16 HU on the input's grid.")
+    p = sub.add_parser(
+        "simulate-lowdose",
+        help="simulate low-dose / normal-dose CT pairs in the projection domain (Poisson + electronic noise, FBP)",
+        description="For every CT case write <case>_ld.nii.gz (simulated low dose) and <case>_nd.nii.gz (same "
+        "projection and "
+        "reconstruction without the added noise), int16 HU on the input's grid.",
+    )
     p.add_argument("--dose", type=float, required=True, help="fraction of the full dose, in (0, 1], e.g. 0.25")
     p.add_argument("--input", required=True, help="CT file or folder (HU)")
     p.add_argument("--output", required=True, help="output folder (not the input folder)")
@@ -198,36 +256,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate_lowdose)
 
-    p = sub.add_parser("run", help="run a pipeline: prepare, train, translate, evaluate and report (finished stages are skipped)",
-                       description="Run every stage of a pipeline file (pipelines/*.yaml) into RUN_DIR; an interrupted run continues where it stopped.")
+    p = sub.add_parser(
+        "run",
+        help="run a pipeline: prepare, train, translate, evaluate and report (finished stages are skipped)",
+        description="Run every stage of a pipeline file (pipelines/*.yaml) into RUN_DIR; an interrupted run continues "
+        "where it stopped.",
+    )
     p.add_argument("pipeline", help="pipeline YAML (an experiment file with an optional 'pipeline' section)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--overwrite", action="store_true", help="discard what RUN_DIR holds from an earlier run and run every stage again")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard what RUN_DIR holds from an earlier run and run every stage again",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the demo: MR -> CT and low-dose denoising on sample_data/ with baselines, ending in report.html",
-                       description="Train MR -> CT pix2pix and a low-dose denoiser on the bundled sample data, translate the test cases, "
-                       "evaluate them beside their baselines and write the reports (about 10 minutes on 2 CPU cores; --quick about 2).")
+    p = sub.add_parser(
+        "demo",
+        help="the demo: MR -> CT and low-dose denoising on sample_data/ with baselines, ending in report.html",
+        description="Train MR -> CT pix2pix and a low-dose denoiser on the bundled sample data, translate the test "
+        "cases, "
+        "evaluate them beside their baselines and write the reports (about 10 minutes on 2 CPU cores; --quick about "
+        "2).",
+    )
     p.add_argument("--out", default="demo_run", help="output folder (default: demo_run)")
     p.add_argument("--quick", action="store_true", help="a short run (numbers not meant to be good)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier demo in --out and run it again")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="score synthetic or denoised CT against reference CT: metrics.csv, summary.json, report.html",
-                       description="Score predictions against references (files or folders, cases matched by id) with the SynthRAD metrics "
-                       "(MAE, PSNR, SSIM, MS-SSIM) or, for --task ldct, windowed slice SSIM/PSNR and RMSE in HU.")
+    p = sub.add_parser(
+        "evaluate",
+        help="score synthetic or denoised CT against reference CT: metrics.csv, summary.json, report.html",
+        description="Score predictions against references (files or folders, cases matched by id) with the SynthRAD "
+        "metrics "
+        "(MAE, PSNR, SSIM, MS-SSIM) or, for --task ldct, windowed slice SSIM/PSNR and RMSE in HU.",
+    )
     p.add_argument("--pred", required=True, help="prediction file or folder (e.g. <case>_sct.nii.gz)")
     p.add_argument("--ref", required=True, help="reference CT file or folder")
-    p.add_argument("--mask", help="body mask file or folder (default: computed from the reference CT and saved in OUT/masks)")
+    p.add_argument(
+        "--mask", help="body mask file or folder (default: computed from the reference CT and saved in OUT/masks)"
+    )
     p.add_argument("--input", help="input (MR or low-dose CT) file or folder, shown in the figures")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--edition", type=int, choices=(2023, 2025), default=2023, help="SynthRAD edition for PSNR/SSIM clipping (default 2023)")
+    p.add_argument(
+        "--edition",
+        type=int,
+        choices=(2023, 2025),
+        default=2023,
+        help="SynthRAD edition for PSNR/SSIM clipping (default 2023)",
+    )
     p.add_argument("--task", choices=("mr2ct", "ldct"), default="mr2ct", help="metric set (default mr2ct)")
-    p.add_argument("--window", choices=("head", "abdomen", "chest"), default="head", help="window for ldct metrics (default head)")
-    p.add_argument("--resample-to-ref", action="store_true", help="resample predictions on another grid onto the reference instead of failing them")
+    p.add_argument(
+        "--window", choices=("head", "abdomen", "chest"), default="head", help="window for ldct metrics (default head)"
+    )
+    p.add_argument(
+        "--resample-to-ref",
+        action="store_true",
+        help="resample predictions on another grid onto the reference instead of failing them",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
     return parser
@@ -236,19 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     # a library's background thread (TensorBoard's event writer) that fails, e.g. on a full disk, says so in one line;
     # the main thread then meets the same condition and ends with its own one-line error
-    threading.excepthook = lambda hook: logger.error("background thread %s stopped: %s: %s", getattr(hook.thread, "name", "?"),
-                                                     hook.exc_type.__name__, " ".join(str(hook.exc_value).split())[:200])
+    threading.excepthook = lambda hook: logger.error(
+        "background thread %s stopped: %s: %s",
+        getattr(hook.thread, "name", "?"),
+        hook.exc_type.__name__,
+        " ".join(str(hook.exc_value).split())[:200],
+    )
     try:
         return int(args.func(args) or 0)
     except MedTranslateError as exc:
         print(f"medtranslate {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # the file system refused something no check could foresee (a disk that fills, a folder made read-only)
+    except (
+        OSError
+    ) as exc:  # the file system refused something no check could foresee (a disk that fills, a folder made read-only)
         where = f"{exc.filename}: " if exc.filename else "a write failed: "
-        print(f"medtranslate {args.command}: error: {where}{exc.strerror or exc}; check free space and permissions of the output folder, then run again", file=sys.stderr)
+        print(
+            f"medtranslate {args.command}: error: {where}{exc.strerror or exc}; check free space and permissions of "
+            "the output folder, then run again",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"medtranslate {args.command}: interrupted", file=sys.stderr)

@@ -22,11 +22,24 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError, MedTranslateError
-from .tasks import TASKS, get_task
+from .tasks import get_task
 
 __all__ = [
-    "DataConfig", "ModelConfig", "TrainConfig", "RunConfig", "load_config", "apply_overrides", "read_yaml", "parse_yaml",
-    "config_differences", "MODEL_DEFAULTS", "RESIDUAL_UNIT_HU", "KINDS", "show", "require_int", "require_number",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "read_yaml",
+    "parse_yaml",
+    "config_differences",
+    "MODEL_DEFAULTS",
+    "RESIDUAL_UNIT_HU",
+    "KINDS",
+    "show",
+    "require_int",
+    "require_number",
     "require_choice",
 ]
 
@@ -63,8 +76,13 @@ def _fail(error: type[MedTranslateError], name: str, expected: str, value: Any) 
     return error(f"{name} must be {expected}, got {show(value)}")
 
 
-def require_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None,
-                error: type[MedTranslateError] = ConfigError) -> int:
+def require_int(
+    name: str,
+    value: Any,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    error: type[MedTranslateError] = ConfigError,
+) -> int:
     """``value`` as a whole number in [minimum, maximum] (booleans and fractions are refused)."""
     bounds = _bounds_text(minimum, maximum)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -74,9 +92,15 @@ def require_int(name: str, value: Any, minimum: int | None = None, maximum: int 
     return value
 
 
-def require_number(name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
-                   above: float | None = None, below: float | None = None,
-                   error: type[MedTranslateError] = ConfigError) -> float:
+def require_number(
+    name: str,
+    value: Any,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    error: type[MedTranslateError] = ConfigError,
+) -> float:
     """``value`` as a finite number; ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive."""
     parts = []
     if minimum is not None:
@@ -91,13 +115,20 @@ def require_number(name: str, value: Any, minimum: float | None = None, maximum:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(error, name, expected, value)
     v = float(value)
-    if (not math.isfinite(v) or (minimum is not None and v < minimum) or (maximum is not None and v > maximum)
-            or (above is not None and v <= above) or (below is not None and v >= below)):
+    if (
+        not math.isfinite(v)
+        or (minimum is not None and v < minimum)
+        or (maximum is not None and v > maximum)
+        or (above is not None and v <= above)
+        or (below is not None and v >= below)
+    ):
         raise _fail(error, name, expected, value)
     return v
 
 
-def require_choice(name: str, value: Any, options: tuple[Any, ...], error: type[MedTranslateError] = ConfigError) -> Any:
+def require_choice(
+    name: str, value: Any, options: tuple[Any, ...], error: type[MedTranslateError] = ConfigError
+) -> Any:
     if not isinstance(value, (str, int, type(None))) or isinstance(value, bool) or value not in options:
         raise error(f"unknown {name} {show(value)}; expected one of: {', '.join(map(str, options))}")
     return value
@@ -135,7 +166,8 @@ class DataConfig:
     """Where the volumes are and how slices are made from them."""
 
     root: str = ""
-    split: str | None = None  # JSON with train/val/test lists of case ids; default: <root>/split.json, else <root>/../split.json, else random
+    # JSON with train/val/test lists of case ids; default: <root>/split.json, else <root>/../split.json, else random
+    split: str | None = None
     val_fraction: float = 0.2  # used only without a split file
     context: int = 0  # 2.5D: k neighbouring slices on each side as extra input channels
     patch_size: int = 128  # training crops (pixels); whole slices at inference
@@ -161,7 +193,9 @@ class DataConfig:
             require_number("data.scale", self.scale, minimum=0, below=1)
         if self.spacing is not None:
             if not isinstance(self.spacing, (list, tuple)) or len(self.spacing) != 3:
-                raise ConfigError(f"data.spacing must be 3 numbers in mm (e.g. [1.0, 1.0, 2.5]) or null, got {show(self.spacing)}")
+                raise ConfigError(
+                    f"data.spacing must be 3 numbers in mm (e.g. [1.0, 1.0, 2.5]) or null, got {show(self.spacing)}"
+                )
             spacing = tuple(require_number("data.spacing", s, above=0, maximum=100) for s in self.spacing)
             object.__setattr__(self, "spacing", spacing)
 
@@ -180,8 +214,10 @@ class ModelConfig:
     norm: str | None = None  # batch | instance
     upsample: str = "transpose"  # transpose | resize (resize-convolution avoids checkerboard artefacts)
     dropout: float = 0.5
-    full_res: bool | None = None  # U-Net only: 3x3 convolutions at full resolution before and after the U; default per task
-    residual: bool | None = None  # CT -> CT only: predict a correction to the input in units of RESIDUAL_UNIT_HU; default per task
+    # U-Net only: 3x3 convolutions at full resolution before and after the U; default per task
+    full_res: bool | None = None
+    # CT -> CT only: predict a correction to the input in units of RESIDUAL_UNIT_HU; default per task
+    residual: bool | None = None
     d_layers: int = 3  # 3: the 70x70 PatchGAN
     gan_loss: str | None = None  # vanilla | lsgan | hinge | wgangp
     gp_weight: float = 10.0  # WGAN-GP gradient penalty weight (Gulrajani et al. 2017)
@@ -205,7 +241,10 @@ class ModelConfig:
         for key in ("full_res", "residual"):
             _require_bool(f"model.{key}", getattr(self, key))
         if self.residual and task.source_kind != task.target_kind:
-            raise ConfigError(f"model.residual needs the same modality in and out (task ldct); task {self.task} translates {self.roles[0]} to {self.roles[1]}")
+            raise ConfigError(
+                f"model.residual needs the same modality in and out (task ldct); task {self.task} translates "
+                f"{self.roles[0]} to {self.roles[1]}"
+            )
         if self.kind in ("pix2pix", "cyclegan"):
             require_choice("model.generator", self.generator, ("unet", "resnet"))
         require_choice("model.norm", self.norm, ("batch", "instance"))
@@ -245,7 +284,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
     channels_last: bool = True
-    max_minutes: float | None = None  # time budget: no epoch is started that would end past it (judged by the longest so far)
+    # time budget: no epoch is started that would end past it (judged by the longest so far)
+    max_minutes: float | None = None
     val_every: int = 1
     num_threads: int | None = None  # torch CPU threads; default: torch's
 
@@ -287,7 +327,10 @@ class RunConfig:
                 object.__setattr__(self.data, key, value)
         m, patch = self.model, self.data.patch_size
         if m.kind == "cyclegan" and self.data.context:
-            raise ConfigError("data.context (2.5D) is supported for pix2pix only: CycleGAN's cycle maps images back to their own channels; set data.context: 0")
+            raise ConfigError(
+                "data.context (2.5D) is supported for pix2pix only: CycleGAN's cycle maps images back to their own "
+                "channels; set data.context: 0"
+            )
         if m.kind not in ("pix2pix", "cyclegan"):
             return
         # sizes the networks accept: the U-Net halves a patch num_downs times, the ResNet twice; the PatchGAN
@@ -298,13 +341,23 @@ class RunConfig:
                 what = "the ResNet generator's two downsamplings"
             else:
                 what = "2**model.num_downs" if m.num_downs else "the U-Net's default depth, log2(patch_size)"
-            raise ConfigError(f"data.patch_size {patch} must be a multiple of {divisor} ({what}); use {max(divisor, patch // divisor * divisor)} or set model.num_downs")
+            raise ConfigError(
+                f"data.patch_size {patch} must be a multiple of {divisor} ({what}); use "
+                f"{max(divisor, patch // divisor * divisor)} or set model.num_downs"
+            )
         smallest = 3 * 2**m.d_layers
         if patch < smallest:
-            raise ConfigError(f"data.patch_size {patch} is too small for a PatchGAN with model.d_layers {m.d_layers}; use at least {smallest} or fewer layers")
+            raise ConfigError(
+                f"data.patch_size {patch} is too small for a PatchGAN with model.d_layers {m.d_layers}; use at least "
+                f"{smallest} or fewer layers"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data": _plain(dataclasses.asdict(self.data)), "model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+        return {
+            "data": _plain(dataclasses.asdict(self.data)),
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+        }
 
     @classmethod
     def from_dict(cls, raw: Any, source: str = "config") -> "RunConfig":
@@ -313,7 +366,9 @@ class RunConfig:
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
         unknown = set(raw) - set(sections)
         if unknown:
-            raise ConfigError(f"{source}: unknown section {', '.join(sorted(map(show, unknown)))}; expected: data, model, train")
+            raise ConfigError(
+                f"{source}: unknown section {', '.join(sorted(map(show, unknown)))}; expected: data, model, train"
+            )
         built = {}
         try:
             for name, klass in sections.items():
@@ -323,7 +378,9 @@ class RunConfig:
                 valid = [f.name for f in fields(klass)]
                 for key in values:
                     if key not in valid:
-                        raise ConfigError(f"unknown key {name}.{show(key).strip(chr(39))}; valid keys of '{name}': {', '.join(valid)}")
+                        raise ConfigError(
+                            f"unknown key {name}.{show(key).strip(chr(39))}; valid keys of '{name}': {', '.join(valid)}"
+                        )
                 built[name] = klass(**values)
             return cls(**built)
         except ConfigError as exc:
@@ -388,7 +445,9 @@ def parse_yaml(text: str, source: str) -> Any:
             except RecursionError:
                 raise ConfigError("nesting too deep") from None
             if size > MAX_YAML_NODES:
-                raise ConfigError(f"expands to more than {MAX_YAML_NODES} values (YAML aliases); write the values out plainly")
+                raise ConfigError(
+                    f"expands to more than {MAX_YAML_NODES} values (YAML aliases); write the values out plainly"
+                )
         return yaml.safe_load(text)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
@@ -407,7 +466,9 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     try:
         size = path.stat().st_size
         if size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: {size} bytes is too large for a {what} (at most {MAX_YAML_BYTES}); is it the right file?")
+            raise ConfigError(
+                f"{path}: {size} bytes is too large for a {what} (at most {MAX_YAML_BYTES}); is it the right file?"
+            )
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (not UTF-8); a {what} is YAML text, see pipelines/*.yaml") from None

@@ -34,7 +34,9 @@ def looks_like(volume: Volume) -> str:
     """
     if volume.modality in ("CT", "MR"):
         return volume.modality
-    if volume.array.dtype == bool or (np.issubdtype(volume.array.dtype, np.integer) and int(volume.array.max()) <= 1 and int(volume.array.min()) >= 0):
+    if volume.array.dtype == bool or (
+        np.issubdtype(volume.array.dtype, np.integer) and int(volume.array.max()) <= 1 and int(volume.array.min()) >= 0
+    ):
         return "mask"
     if looks_like_hu(volume.array):
         return "CT"
@@ -51,16 +53,24 @@ def check_modality(volume: Volume, kind: str, name: str, purpose: str) -> None:
     """
     arr = volume.array
     if not arr.size or float(arr.min()) == float(arr.max()):
-        raise InputError(f"{name}: every voxel is {float(arr.flat[0]) if arr.size else 'missing'}; the image is empty or constant: check the file")
+        raise InputError(
+            f"{name}: every voxel is {float(arr.flat[0]) if arr.size else 'missing'}; the image is empty or constant: "
+            "check the file"
+        )
     found = volume.modality if volume.modality in ("CT", "MR") else ("CT" if looks_like_hu(arr) else None)
     if kind == "ct" and found != "CT":
         raise InputError(
-            f"{name}: values [{float(arr.min()):.0f}, {float(arr.max()):.0f}] do not look like CT in HU (air near -1000 expected)"
-            + (f" and the DICOM modality is {volume.modality}" if volume.modality else "") + f"; {purpose}: give it a CT in Hounsfield units"
+            f"{name}: values [{float(arr.min()):.0f}, {float(arr.max()):.0f}] do not look like CT in HU (air near "
+            "-1000 expected)"
+            + (f" and the DICOM modality is {volume.modality}" if volume.modality else "")
+            + f"; {purpose}: give it a CT in Hounsfield units"
         )
     if kind == "mr" and found == "CT":
-        raise InputError(f"{name}: this is a CT (" + ("DICOM modality CT" if volume.modality == "CT" else "values in HU, air near -1000")
-                         + f"), but {purpose}: give it an MR image, or use a model trained for CT input")
+        raise InputError(
+            f"{name}: this is a CT ("
+            + ("DICOM modality CT" if volume.modality == "CT" else "values in HU, air near -1000")
+            + f"), but {purpose}: give it an MR image, or use a model trained for CT input"
+        )
 
 
 def describe_volume(volume: Volume) -> dict[str, Any]:
@@ -92,7 +102,11 @@ def describe_paths(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
             except MedTranslateError as exc:
                 row.update(status="failed", error=str(exc))
             except Exception as exc:  # a defect, not bad input: report it and describe the other files  # noqa: BLE001
-                row.update(status="failed", error=f"{case.label}: unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the file")
+                row.update(
+                    status="failed",
+                    error=f"{case.label}: unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with "
+                    "the file",
+                )
                 logger.debug("traceback of %s", case.label, exc_info=True)
             rows.append(row)
     return rows

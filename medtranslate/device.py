@@ -16,5 +16,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda: no CUDA device is available here; use --device cpu or auto (train.device for training)")
+        raise InputError(
+            "device cuda: no CUDA device is available here; use --device cpu or auto (train.device for training)"
+        )
     return torch.device(name)

@@ -83,20 +83,42 @@ def _read_header(path: Path, series_uid: str, folder: Path) -> _Slice | None:
     try:
         ds = pydicom.dcmread(str(path))
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        raise InputError(f"{folder}: {path.name} cannot be read as DICOM ({type(exc).__name__}); remove it from the series folder or replace it") from exc
+        raise InputError(
+            f"{folder}: {path.name} cannot be read as DICOM ({type(exc).__name__}); remove it from the series folder "
+            "or replace it"
+        ) from exc
     if str(ds.get("SeriesInstanceUID", "")) != series_uid:
         return None
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns"):
         if ds.get(tag) is None:
-            raise InputError(f"{folder}: {path.name} has no {tag}, so its place in the volume is unknown; re-export the series with full geometry")
+            raise InputError(
+                f"{folder}: {path.name} has no {tag}, so its place in the volume is unknown; re-export the series "
+                "with full geometry"
+            )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     if syntax in _UNCOMPRESSED and "PixelData" in ds:
-        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("BitsAllocated", 16)) // 8 * int(ds.get("SamplesPerPixel", 1)) * frames
+        expected = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("BitsAllocated", 16))
+            // 8
+            * int(ds.get("SamplesPerPixel", 1))
+            * frames
+        )
         if len(ds.PixelData) < expected:
-            raise InputError(f"{folder}: {path.name} is truncated ({len(ds.PixelData)} of {expected} bytes of pixel data); the copy is incomplete, copy the series again")
-    return _Slice(path, np.array([float(v) for v in ds.ImagePositionPatient]), np.array([float(v) for v in ds.ImageOrientationPatient]),
-                  (int(ds.Rows), int(ds.Columns)), frames, str(ds.get("Modality", "")).strip() or None)
+            raise InputError(
+                f"{folder}: {path.name} is truncated ({len(ds.PixelData)} of {expected} bytes of pixel data); the "
+                "copy is incomplete, copy the series again"
+            )
+    return _Slice(
+        path,
+        np.array([float(v) for v in ds.ImagePositionPatient]),
+        np.array([float(v) for v in ds.ImageOrientationPatient]),
+        (int(ds.Rows), int(ds.Columns)),
+        frames,
+        str(ds.get("Modality", "")).strip() or None,
+    )
 
 
 def _fmt(positions: np.ndarray) -> str:
@@ -108,13 +130,22 @@ def _check_and_sort(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], f
     first = slices[0]
     for s in slices[1:]:
         if s.size != first.size:
-            raise InputError(f"{folder}: slices differ in size: {first.path.name} is {first.size[0]}x{first.size[1]}, {s.path.name} is {s.size[0]}x{s.size[1]}; the folder mixes series, separate them")
+            raise InputError(
+                f"{folder}: slices differ in size: {first.path.name} is {first.size[0]}x{first.size[1]}, "
+                f"{s.path.name} is {s.size[0]}x{s.size[1]}; the folder mixes series, separate them"
+            )
         if not np.allclose(s.orientation, first.orientation, atol=1e-3):
-            raise InputError(f"{folder}: slices differ in orientation ({first.path.name} vs {s.path.name}); the folder mixes series or a localizer, separate them")
+            raise InputError(
+                f"{folder}: slices differ in orientation ({first.path.name} vs {s.path.name}); the folder mixes "
+                "series or a localizer, separate them"
+            )
     row, col = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row, col)
     if np.linalg.norm(normal) < 1e-3:
-        raise InputError(f"{folder}: ImageOrientationPatient of {first.path.name} is degenerate ({_fmt(first.orientation)}); re-export the series")
+        raise InputError(
+            f"{folder}: ImageOrientationPatient of {first.path.name} is degenerate ({_fmt(first.orientation)}); "
+            "re-export the series"
+        )
     normal /= np.linalg.norm(normal)
     where = np.array([float(s.position @ normal) for s in slices])
     order = np.argsort(where, kind="stable")
@@ -125,18 +156,29 @@ def _check_and_sort(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], f
     duplicate = np.flatnonzero(steps < 1e-3)
     if duplicate.size:
         i = int(duplicate[0])
-        raise InputError(f"{folder}: two slices share a position: {slices[i].path.name} and {slices[i + 1].path.name} "
-                         f"are both at {where[i]:.2f} mm along the slice normal; remove the duplicate (or separate the series) and read again")
+        raise InputError(
+            f"{folder}: two slices share a position: {slices[i].path.name} and {slices[i + 1].path.name} "
+            f"are both at {where[i]:.2f} mm along the slice normal; remove the duplicate (or separate the series) and "
+            "read again"
+        )
     step = float(np.median(steps))
     uneven = np.flatnonzero(np.abs(steps - step) > _STEP_TOLERANCE * step + 1e-3)
     if uneven.size:
         i = int(uneven[0])
         ratio = steps[i] / step
-        hint = f"{int(round(ratio)) - 1} slice(s) missing" if abs(ratio - round(ratio)) < 0.05 and ratio > 1.5 else "uneven slice spacing"
-        listed = ", ".join(f"{where[j]:.2f} -> {where[j + 1]:.2f}" for j in uneven[:_MAX_LISTED]) + (" ..." if uneven.size > _MAX_LISTED else "")
+        hint = (
+            f"{int(round(ratio)) - 1} slice(s) missing"
+            if abs(ratio - round(ratio)) < 0.05 and ratio > 1.5
+            else "uneven slice spacing"
+        )
+        listed = ", ".join(f"{where[j]:.2f} -> {where[j + 1]:.2f}" for j in uneven[:_MAX_LISTED]) + (
+            " ..." if uneven.size > _MAX_LISTED else ""
+        )
         raise InputError(
-            f"{folder}: slice positions are not evenly spaced ({hint}): {len(slices)} slices from {where[0]:.2f} to {where[-1]:.2f} mm with a "
-            f"step of {step:.3g} mm, but {listed} mm; medtranslate does not guess the missing geometry: complete the series, or "
+            f"{folder}: slice positions are not evenly spaced ({hint}): {len(slices)} slices from {where[0]:.2f} to "
+            f"{where[-1]:.2f} mm with a "
+            f"step of {step:.3g} mm, but {listed} mm; medtranslate does not guess the missing geometry: complete the "
+            "series, or "
             "resample it to a regular grid first (e.g. 3D Slicer, SimpleITK)"
         )
     return slices, step
@@ -154,12 +196,16 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None):
     folder = Path(folder)
     series = series_ids(folder)
     if not series:
-        raise InputError(f"{folder}: folder holds no DICOM series (and no other image file was given); point to a DICOM folder or an image file")
+        raise InputError(
+            f"{folder}: folder holds no DICOM series (and no other image file was given); point to a DICOM folder or "
+            "an image file"
+        )
     if series_uid is None:
         if len(series) > 1:
             raise InputError(
                 f"{folder}: DICOM folder holds {len(series)} series ({', '.join(series)}); "
-                "put each series in its own folder, or pass the parent folder to a batch command so each series becomes its own case"
+                "put each series in its own folder, or pass the parent folder to a batch command so each series "
+                "becomes its own case"
             )
         series_uid = series[0]
     elif series_uid not in series:
@@ -177,12 +223,20 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None):
     try:
         img = reader.Execute()  # GDCM applies RescaleSlope/Intercept: CT comes out in HU
     except RuntimeError as exc:
-        raise InputError(f"{folder}: cannot decode the pixels of series {series_uid} ({str(exc).strip().splitlines()[-1][:160]}); a file may be corrupt") from exc
+        raise InputError(
+            f"{folder}: cannot decode the pixels of series {series_uid} ({str(exc).strip().splitlines()[-1][:160]}); "
+            "a file may be corrupt"
+        ) from exc
     if step is not None and img.GetDimension() == 3:
         if img.GetSize()[2] != len(slices):
-            raise InputError(f"{folder}: {len(slices)} slices listed but {img.GetSize()[2]} decoded; a file may be corrupt")
+            raise InputError(
+                f"{folder}: {len(slices)} slices listed but {img.GetSize()[2]} decoded; a file may be corrupt"
+            )
         if len(slices) > 1 and abs(img.GetSpacing()[2] - step) > _STEP_TOLERANCE * step + 1e-3:
-            raise InputError(f"{folder}: decoded slice spacing {img.GetSpacing()[2]:.4g} mm differs from the positions' step {step:.4g} mm; re-export the series")
+            raise InputError(
+                f"{folder}: decoded slice spacing {img.GetSpacing()[2]:.4g} mm differs from the positions' step "
+                f"{step:.4g} mm; re-export the series"
+            )
     volume = sitk_to_volume(img, folder, "dicom", modality=slices[0].modality)
     # GDCM widens integer data when it applies a rescale; keep int16 when the values fit, as other formats do.
     arr = volume.array
@@ -198,8 +252,15 @@ def new_uid() -> str:
     return str(generate_uid())
 
 
-def write_series(folder: str | os.PathLike, volume, modality: str = "CT", series_description: str = "medtranslate",
-                 rescale_intercept: float = 0.0, comments: str | None = None, overwrite: bool = False) -> list[Path]:
+def write_series(
+    folder: str | os.PathLike,
+    volume,
+    modality: str = "CT",
+    series_description: str = "medtranslate",
+    rescale_intercept: float = 0.0,
+    comments: str | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write a volume as a DICOM series (one file per slice along k), keeping its geometry.
 
     Values are stored as int16 (or uint16 when ``rescale_intercept`` makes them non-negative) with RescaleSlope 1 and
@@ -216,7 +277,9 @@ def write_series(folder: str | os.PathLike, volume, modality: str = "CT", series
     img = affine_to_sitk(values, volume.affine)
     study_uid, series_uid, frame_uid = (new_uid() for _ in range(3))
     direction = img.GetDirection()
-    iop = "\\".join(f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))
+    iop = "\\".join(
+        f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
+    )
     sx, sy, sz = img.GetSpacing()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

@@ -3,7 +3,8 @@
 Cases are matched by id as :func:`medtranslate.io.find_cases` names them (``pt01_sct.nii.gz`` matches
 ``pt01/ct.nii.gz``); two files given explicitly are paired whatever their names. Geometry is checked before anything
 is scored. One bad case is recorded with its reason and the rest go on; a case whose metrics are undefined (too few
-slices for the SSIM window, NaN) is failed with the reason, never reported as done. Writes ``metrics.csv``, ``summary.json`` and ``report.html`` (see :mod:`medtranslate.report`).
+slices for the SSIM window, NaN) is failed with the reason, never reported as done. Writes ``metrics.csv``,
+``summary.json`` and ``report.html`` (see :mod:`medtranslate.report`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class EvaluationResult:
         return [r for r in self.rows if r["status"] != "done"]
 
 
-def select_cases(path: str | os.PathLike | dict[str, Case] | None, roles: tuple[str | None, ...], what: str) -> dict[str, Case]:
+def select_cases(
+    path: str | os.PathLike | dict[str, Case] | None, roles: tuple[str | None, ...], what: str
+) -> dict[str, Case]:
     """One case per id from ``path``, taking the first role in ``roles`` that the id has (a dict is taken as it is)."""
     if path is None:
         return {}
@@ -69,7 +72,10 @@ def select_cases(path: str | os.PathLike | dict[str, Case] | None, roles: tuple[
                 break
     if not chosen:
         found = sorted({str(r) for a in by_id.values() for r in a})
-        raise InputError(f"{path}: no {what} images found (roles looked for: {', '.join(str(r) for r in roles if r)}; found: {', '.join(found)})")
+        raise InputError(
+            f"{path}: no {what} images found (roles looked for: {', '.join(str(r) for r in roles if r)}; found: "
+            f"{', '.join(found)})"
+        )
     return chosen
 
 
@@ -83,15 +89,22 @@ def _resample_to(volume: Volume, target: Volume) -> Volume:
     return sitk_to_volume(out, Path(volume.source), "memory")
 
 
-def _score_case(cid: str, pred: Volume, ref: Volume, mask: np.ndarray, task: str, edition: int, window: str, inp: Volume | None) -> dict[str, float]:
+def _score_case(
+    cid: str, pred: Volume, ref: Volume, mask: np.ndarray, task: str, edition: int, window: str, inp: Volume | None
+) -> dict[str, float]:
     scores = _metrics_of(pred, ref, mask, task, edition, window, inp)
     undefined = [k for k, v in scores.items() if math.isnan(v) or (math.isinf(v) and "psnr" not in k)]
     if undefined:
-        raise InputError(f"case '{cid}': {', '.join(undefined)} undefined (NaN) for {pred.source}; the volumes or the mask are too small or degenerate to score")
+        raise InputError(
+            f"case '{cid}': {', '.join(undefined)} undefined (NaN) for {pred.source}; the volumes or the mask are too "
+            "small or degenerate to score"
+        )
     return scores
 
 
-def _metrics_of(pred: Volume, ref: Volume, mask: np.ndarray, task: str, edition: int, window: str, inp: Volume | None) -> dict[str, float]:
+def _metrics_of(
+    pred: Volume, ref: Volume, mask: np.ndarray, task: str, edition: int, window: str, inp: Volume | None
+) -> dict[str, float]:
     if get_task(task).metrics == "synthrad":
         return synthrad_metrics(pred.array, ref.array, mask, edition=edition)
     axis = axial_axis(ref.affine)
@@ -157,35 +170,54 @@ def evaluate_folder(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{out}: cannot create the output folder ({exc.strerror or exc}); choose another --out") from exc
+        raise OutputError(
+            f"{out}: cannot create the output folder ({exc.strerror or exc}); choose another --out"
+        ) from exc
     mask_dir = out / "masks"
 
     rows: list[dict[str, Any]] = []
     views: dict[str, dict[str, Any]] = {}
     ids = sorted(set(preds) | set(refs))
     for cid in tqdm(ids, desc="evaluate", unit="case", disable=not progress):
-        row: dict[str, Any] = {"case": cid, "pred": str(preds[cid].label) if cid in preds else "", "ref": str(refs[cid].label) if cid in refs else ""}
+        row: dict[str, Any] = {
+            "case": cid,
+            "pred": str(preds[cid].label) if cid in preds else "",
+            "ref": str(refs[cid].label) if cid in refs else "",
+        }
         t0 = time.perf_counter()
         try:
             if cid not in preds:
                 raise InputError(f"case '{cid}': no prediction in {pred}")
             if cid not in refs:
-                raise InputError(f"case '{cid}': no reference in {ref if not isinstance(ref, dict) else 'the given references'}")
+                raise InputError(
+                    f"case '{cid}': no reference in {ref if not isinstance(ref, dict) else 'the given references'}"
+                )
             p, r = read_case(preds[cid]), read_case(refs[cid])
             try:
-                check_same_grid(p, r, names=(f"prediction {preds[cid].label}", f"reference {refs[cid].label}"), case=cid)
+                check_same_grid(
+                    p, r, names=(f"prediction {preds[cid].label}", f"reference {refs[cid].label}"), case=cid
+                )
             except GeometryMismatchError as exc:
                 if not resample_to_ref:
-                    raise GeometryMismatchError(f"{exc}; pass --resample-to-ref to resample the prediction onto the reference") from None
+                    raise GeometryMismatchError(
+                        f"{exc}; pass --resample-to-ref to resample the prediction onto the reference"
+                    ) from None
                 p = _resample_to(p, r)
             if masks:
                 if cid not in masks:
-                    raise InputError(f"case '{cid}': no mask in {mask if not isinstance(mask, dict) else 'the given masks'}")
+                    raise InputError(
+                        f"case '{cid}': no mask in {mask if not isinstance(mask, dict) else 'the given masks'}"
+                    )
                 mvol = read_case(masks[cid])
                 try:
-                    check_same_grid(mvol, r, names=(f"mask {masks[cid].label}", f"reference {refs[cid].label}"), case=cid)
+                    check_same_grid(
+                        mvol, r, names=(f"mask {masks[cid].label}", f"reference {refs[cid].label}"), case=cid
+                    )
                 except GeometryMismatchError as exc:
-                    raise GeometryMismatchError(f"{exc}; a mask must be on its reference's grid: resample it (nearest neighbour) or leave --mask out") from None
+                    raise GeometryMismatchError(
+                        f"{exc}; a mask must be on its reference's grid: resample it (nearest neighbour) or leave "
+                        "--mask out"
+                    ) from None
                 m = np.asarray(mvol.array) > 0
                 row["mask"] = str(masks[cid].label)
             else:
@@ -205,7 +237,11 @@ def evaluate_folder(
             row.update(status="failed", error=str(exc))
             logger.warning("%s", exc)
         except Exception as exc:  # a defect, not bad input: record it and score the other cases  # noqa: BLE001
-            row.update(status="failed", error=f"case '{cid}': unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the files")
+            row.update(
+                status="failed",
+                error=f"case '{cid}': unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the "
+                "files",
+            )
             logger.warning("%s", row["error"])
             logger.debug("traceback of case %s", cid, exc_info=True)
         row["seconds"] = round(time.perf_counter() - t0, 3)
@@ -217,7 +253,10 @@ def evaluate_folder(
         task=task,
         edition=edition if spec.metrics == "synthrad" else None,
         window=window if spec.metrics == "ldct" else None,
-        mask_source="given (--mask)" if masks else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in masks/",
+        mask_source="given (--mask)"
+        if masks
+        else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in "
+        "masks/",
         definitions=_definitions(task, edition, window),
         **(extra_summary or {}),
     )
@@ -236,7 +275,9 @@ def _is_file(path: Any) -> bool:
 
 def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     preferred = ["mae", "psnr", "ssim", "ms_ssim", "rmse", "input_mae", "input_psnr", "input_ssim", "input_rmse"]
-    present = {k for r in rows if r["status"] == "done" for k, v in r.items() if isinstance(v, float) and k != "seconds"}
+    present = {
+        k for r in rows if r["status"] == "done" for k, v in r.items() if isinstance(v, float) and k != "seconds"
+    }
     return [k for k in preferred if k in present] + sorted(present - set(preferred))
 
 
@@ -251,7 +292,9 @@ def summarise(rows: list[dict[str, Any]], metric_names: list[str]) -> dict[str, 
     done = [r for r in rows if r["status"] == "done"]
     metrics = {}
     for name in metric_names:
-        values = np.array([r[name] for r in done if name in r and r[name] is not None and not math.isnan(r[name])], dtype=np.float64)
+        values = np.array(
+            [r[name] for r in done if name in r and r[name] is not None and not math.isnan(r[name])], dtype=np.float64
+        )
         finite = values[np.isfinite(values)]
         if finite.size == 0:
             continue
@@ -270,7 +313,8 @@ def _definitions(task: str, edition: int, window: str) -> dict[str, str]:
     if get_task(task).metrics == "ldct":
         level, width = WINDOWS[window]
         return {
-            "ssim": f"per axial slice, {window} window L{level:g}/W{width:g} scaled to [0, 1], 7x7 uniform window, mean over slices",
+            "ssim": f"per axial slice, {window} window L{level:g}/W{width:g} scaled to [0, 1], 7x7 uniform window, "
+            "mean over slices",
             "psnr": f"per axial slice on the {window} window scaled to [0, 1], data range 1, mean over slices",
             "rmse": "root mean squared difference in HU inside the mask",
             "mae": "mean absolute difference in HU inside the mask",
@@ -279,8 +323,10 @@ def _definitions(task: str, edition: int, window: str) -> dict[str, str]:
     return {
         "mae": "mean |ref - pred| in HU over mask voxels, no clipping",
         "psnr": f"SynthRAD {edition}: clipped to [{ed.lo:g}, {ed.hi:g}] HU, mask voxels, data range {ed.data_range:g}",
-        "ssim": f"SynthRAD 2023 recipe with the {edition} range [{ed.lo:g}, {ed.hi:g}]: outside mask set to {ed.lo:g}, 7^3 uniform window, sample covariance, masked mean after a 3-voxel border crop",
-        "ms_ssim": "SynthRAD 2025: [-1024, 3071], padded to 97, 5 levels (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), masked means",
+        "ssim": f"SynthRAD 2023 recipe with the {edition} range [{ed.lo:g}, {ed.hi:g}]: outside mask set to "
+        f"{ed.lo:g}, 7^3 uniform window, sample covariance, masked mean after a 3-voxel border crop",
+        "ms_ssim": "SynthRAD 2025: [-1024, 3071], padded to 97, 5 levels (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), "
+        "masked means",
     }
 
 
@@ -302,7 +348,13 @@ def format_summary(result: EvaluationResult) -> str:
     for row in result.rows:
         lines.append([row["case"], *(f"{row[n]:.4g}" if n in row else "-" for n in names), row["status"]])
     means = result.summary["metrics"]
-    lines.append(["mean", *(f"{means[n]['mean']:.4g}" if n in means else "-" for n in names), f"{result.summary['n_done']}/{result.summary['n_cases']} done"])
+    lines.append(
+        [
+            "mean",
+            *(f"{means[n]['mean']:.4g}" if n in means else "-" for n in names),
+            f"{result.summary['n_done']}/{result.summary['n_cases']} done",
+        ]
+    )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
     for row in result.failed:

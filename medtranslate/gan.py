@@ -20,7 +20,17 @@ from .errors import ConfigError
 from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
 from .transforms import ct_intensity
 
-__all__ = ["GANLoss", "gradient_penalty", "ImagePool", "Pix2Pix", "CycleGAN", "build_generator", "build_discriminator", "build_model", "TranslationModel"]
+__all__ = [
+    "GANLoss",
+    "gradient_penalty",
+    "ImagePool",
+    "Pix2Pix",
+    "CycleGAN",
+    "build_generator",
+    "build_discriminator",
+    "build_model",
+    "TranslationModel",
+]
 
 
 class GANLoss:
@@ -34,7 +44,10 @@ class GANLoss:
     def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         real, fake = real.float(), fake.float()
         if self.mode == "vanilla":
-            return 0.5 * (F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+            return 0.5 * (
+                F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+            )
         if self.mode == "lsgan":
             return 0.5 * (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)))
         if self.mode == "hinge":
@@ -50,7 +63,9 @@ class GANLoss:
         return -fake.mean()  # hinge and wgangp
 
 
-def gradient_penalty(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def gradient_penalty(
+    disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """WGAN-GP: mean of (||grad D(x_hat)|| - 1)^2 at random interpolates x_hat between real and fake."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device="cpu").to(real.device, real.dtype)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
@@ -60,7 +75,7 @@ def gradient_penalty(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, ge
 
 
 class ImagePool:
-    """A buffer of past fakes (Shrivastava et al. 2017; CycleGAN uses 50): the discriminator sees a mix of old and new."""
+    """A buffer of past fakes (Shrivastava et al. 2017; CycleGAN uses 50): the discriminator sees old and new ones."""
 
     def __init__(self, size: int, generator: torch.Generator):
         self.size = size
@@ -97,10 +112,21 @@ def build_generator(cfg: RunConfig, in_channels: int, out_channels: int = 1) -> 
     tanh = not m.residual
     if m.generator == "unet":
         num_downs = m.num_downs or max(int(cfg.data.patch_size).bit_length() - 1, 2)
-        net: nn.Module = UNetGenerator(in_channels, out_channels, num_downs=num_downs, ngf=m.ngf, norm=m.norm, dropout=m.dropout,
-                                       upsample=m.upsample, full_res=m.full_res, tanh=tanh)
+        net: nn.Module = UNetGenerator(
+            in_channels,
+            out_channels,
+            num_downs=num_downs,
+            ngf=m.ngf,
+            norm=m.norm,
+            dropout=m.dropout,
+            upsample=m.upsample,
+            full_res=m.full_res,
+            tanh=tanh,
+        )
     else:
-        net = ResnetGenerator(in_channels, out_channels, ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, upsample=m.upsample, tanh=tanh)
+        net = ResnetGenerator(
+            in_channels, out_channels, ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, upsample=m.upsample, tanh=tanh
+        )
     net = init_weights(net)
     return _in_residual_units(net, cfg, residual=True) if m.residual else net
 
@@ -259,15 +285,27 @@ class CycleGAN(TranslationModel):
             loss_adv = self.gan.g_loss(D_b(fake_b)) + self.gan.g_loss(D_a(fake_a))
             loss_idt = torch.zeros((), device=self.device)
             if m.lambda_identity > 0:
-                loss_idt = (F.l1_loss(G(real_b).float(), real_b.float()) + F.l1_loss(Finv(real_a).float(), real_a.float())) * m.lambda_cycle * m.lambda_identity
-        loss_cycle = (F.l1_loss(rec_a.float(), real_a.float()) + F.l1_loss(rec_b.float(), real_b.float())) * m.lambda_cycle
+                loss_idt = (
+                    (F.l1_loss(G(real_b).float(), real_b.float()) + F.l1_loss(Finv(real_a).float(), real_a.float()))
+                    * m.lambda_cycle
+                    * m.lambda_identity
+                )
+        loss_cycle = (
+            F.l1_loss(rec_a.float(), real_a.float()) + F.l1_loss(rec_b.float(), real_b.float())
+        ) * m.lambda_cycle
         self._step("G", loss_adv + loss_cycle + loss_idt)
         self._requires_grad("D", True)
         pooled_b, pooled_a = self.pools["target"].query(fake_b), self.pools["source"].query(fake_a)
         for _ in range(self.cfg.train.d_steps):
             loss_d = self._d_update(D_b, real_b, pooled_b, 0.5) + self._d_update(D_a, real_a, pooled_a, 0.5)
             self._step("D", loss_d)
-        return _floats(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt, loss_g=loss_adv + loss_cycle + loss_idt)
+        return _floats(
+            loss_d=loss_d,
+            loss_g_adv=loss_adv,
+            loss_g_cycle=loss_cycle,
+            loss_g_idt=loss_idt,
+            loss_g=loss_adv + loss_cycle + loss_idt,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

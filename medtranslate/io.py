@@ -55,12 +55,28 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Names (case-insensitive) that say which kind of image a file or folder holds.
 ROLE_ALIASES: dict[str, str] = {
-    "mr": "mr", "mri": "mr", "t1": "mr", "t1w": "mr",
+    "mr": "mr",
+    "mri": "mr",
+    "t1": "mr",
+    "t1w": "mr",
     "ct": "ct",
-    "ld": "ld", "low": "ld", "lowdose": "ld", "low_dose": "ld", "ldct": "ld",
-    "nd": "nd", "full": "nd", "fulldose": "nd", "full_dose": "nd", "normal": "nd", "ndct": "nd",
-    "mask": "mask", "body": "mask", "bodymask": "mask", "body_mask": "mask",
-    "sct": "sct", "denoised": "denoised",
+    "ld": "ld",
+    "low": "ld",
+    "lowdose": "ld",
+    "low_dose": "ld",
+    "ldct": "ld",
+    "nd": "nd",
+    "full": "nd",
+    "fulldose": "nd",
+    "full_dose": "nd",
+    "normal": "nd",
+    "ndct": "nd",
+    "mask": "mask",
+    "body": "mask",
+    "bodymask": "mask",
+    "body_mask": "mask",
+    "sct": "sct",
+    "denoised": "denoised",
 }
 
 
@@ -134,24 +150,41 @@ def check_affine(affine: np.ndarray, path: str | Path) -> np.ndarray:
     """Raise unless ``affine`` is a finite voxel-to-world matrix with three independent, non-zero axes."""
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise InputError(f"{path}: the voxel-to-world matrix (affine) holds NaN or infinite values; fix the header (origin, spacing, direction) or re-export the image")
+        raise InputError(
+            f"{path}: the voxel-to-world matrix (affine) holds NaN or infinite values; fix the header (origin, "
+            "spacing, direction) or re-export the image"
+        )
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     if (spacing < 1e-6).any():
         axes = ", ".join("ijk"[i] for i in np.flatnonzero(spacing < 1e-6))
-        raise InputError(f"{path}: voxel spacing is zero along axis {axes}; fix the header (pixdim / spacing) or re-export the image")
+        raise InputError(
+            f"{path}: voxel spacing is zero along axis {axes}; fix the header (pixdim / spacing) or re-export the image"
+        )
     if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-6:
-        raise InputError(f"{path}: the voxel axes are parallel (a degenerate direction matrix); fix the header or re-export the image")
+        raise InputError(
+            f"{path}: the voxel axes are parallel (a degenerate direction matrix); fix the header or re-export the "
+            "image"
+        )
     return affine
 
 
 def _check_volume(array: np.ndarray, path: Path) -> np.ndarray:
     """Squeeze trailing singleton dimensions and reject what is not one real-valued 3D volume."""
     if array.dtype.names is not None or array.dtype.kind == "V":
-        raise InputError(f"{path}: voxels are colour (RGB) or structured values; medtranslate needs one grey value per voxel: convert to greyscale first")
+        raise InputError(
+            f"{path}: voxels are colour (RGB) or structured values; medtranslate needs one grey value per voxel: "
+            "convert to greyscale first"
+        )
     if array.dtype.kind == "c":
-        raise InputError(f"{path}: voxels are complex numbers (raw MR k-space or phase data?); medtranslate needs real-valued images: save the magnitude image")
+        raise InputError(
+            f"{path}: voxels are complex numbers (raw MR k-space or phase data?); medtranslate needs real-valued "
+            "images: save the magnitude image"
+        )
     if array.dtype.kind not in "biuf":
-        raise InputError(f"{path}: voxels of type {array.dtype} are not numbers medtranslate can use; save the image as integers or floats")
+        raise InputError(
+            f"{path}: voxels of type {array.dtype} are not numbers medtranslate can use; save the image as integers "
+            "or floats"
+        )
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim == 4:
@@ -166,7 +199,9 @@ def _check_volume(array: np.ndarray, path: Path) -> np.ndarray:
         )
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
-        raise InputError(f"{path}: {bad} voxels are NaN or infinite; fix or replace them (e.g. with the background value)")
+        raise InputError(
+            f"{path}: {bad} voxels are NaN or infinite; fix or replace them (e.g. with the background value)"
+        )
     return array
 
 
@@ -174,12 +209,16 @@ def _read_nifti(path: Path) -> Volume:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for files that are not NIfTI
-        raise InputError(f"{path}: cannot read as NIfTI ({_reason(exc)}); the file is corrupt or not an image, re-export it") from exc
+        raise InputError(
+            f"{path}: cannot read as NIfTI ({_reason(exc)}); the file is corrupt or not an image, re-export it"
+        ) from exc
     _check_nifti_size(img, path)
     try:
         array = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt or truncated data
-        raise InputError(f"{path}: cannot read as NIfTI ({_reason(exc)}); the file is corrupt or truncated, re-export it") from exc
+        raise InputError(
+            f"{path}: cannot read as NIfTI ({_reason(exc)}); the file is corrupt or truncated, re-export it"
+        ) from exc
     array = _check_volume(np.asarray(array), path)
     return Volume(array=array, affine=check_affine(img.affine, path), source=str(path), format="nifti")
 
@@ -199,7 +238,10 @@ def _check_nifti_size(img: nib.Nifti1Image, path: Path) -> None:
     expected = offset + int(np.prod(header.get_data_shape(), dtype=np.float64)) * header.get_data_dtype().itemsize
     actual = path.stat().st_size
     if actual < expected:
-        raise InputError(f"{path}: truncated: the header promises {expected} bytes, the file holds {actual}; the copy is incomplete, re-export or copy it again")
+        raise InputError(
+            f"{path}: truncated: the header promises {expected} bytes, the file holds {actual}; the copy is "
+            "incomplete, re-export or copy it again"
+        )
 
 
 def sitk_to_volume(img: sitk.Image, path: Path, fmt: str, modality: str | None = None) -> Volume:
@@ -216,7 +258,9 @@ def sitk_to_volume(img: sitk.Image, path: Path, fmt: str, modality: str | None =
     affine = np.eye(4)
     affine[:3, :3] = direction @ np.diag(np.array(img.GetSpacing(), dtype=np.float64)[:3])
     affine[:3, 3] = np.array(img.GetOrigin(), dtype=np.float64)[:3]
-    return Volume(array=array, affine=check_affine(_LPS_TO_RAS @ affine, path), source=str(path), format=fmt, modality=modality)
+    return Volume(
+        array=array, affine=check_affine(_LPS_TO_RAS @ affine, path), source=str(path), format=fmt, modality=modality
+    )
 
 
 def affine_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
@@ -237,7 +281,9 @@ def _read_sitk_file(path: Path) -> Volume:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-        raise InputError(f"{path}: cannot read as {fmt} image ({' '.join(first.split())[:200]}); the file is corrupt or not an image") from exc
+        raise InputError(
+            f"{path}: cannot read as {fmt} image ({' '.join(first.split())[:200]}); the file is corrupt or not an image"
+        ) from exc
     return sitk_to_volume(img, path, fmt)
 
 
@@ -391,7 +437,8 @@ def find_cases(folder: str | os.PathLike) -> list[Case]:
                 cases.append(Case(cid, here, role))
     if not cases:
         raise InputError(
-            f"{root}: no images found (looked for .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd and DICOM series); check the folder"
+            f"{root}: no images found (looked for .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd and DICOM series); check "
+            "the folder"
         )
     seen: dict[tuple[str, str | None], Case] = {}
     for case in cases:
@@ -448,7 +495,9 @@ def convert_to_nifti(source: str | os.PathLike, output: str | os.PathLike, overw
     """
     source, output = Path(source), Path(output)
     if output.resolve() == source.resolve() or (source.is_dir() and source.resolve() in output.resolve().parents):
-        raise OutputError(f"{output}: output would overwrite or write into the input {source}; choose another output path")
+        raise OutputError(
+            f"{output}: output would overwrite or write into the input {source}; choose another output path"
+        )
     if output.exists() and not overwrite:
         raise OutputError(f"{output}: already exists; choose another name or pass --overwrite")
     volume = read_volume(source)

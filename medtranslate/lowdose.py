@@ -25,7 +25,14 @@ from .errors import InputError
 from .io import Volume
 from .transforms import CT_RANGE, axial_axis
 
-__all__ = ["MU_WATER_PER_MM", "DEFAULT_PHOTONS", "DEFAULT_ELECTRONIC_NOISE", "simulate_lowdose", "axial_slab", "write_ct"]
+__all__ = [
+    "MU_WATER_PER_MM",
+    "DEFAULT_PHOTONS",
+    "DEFAULT_ELECTRONIC_NOISE",
+    "simulate_lowdose",
+    "axial_slab",
+    "write_ct",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +68,29 @@ def _reconstruct(sino: np.ndarray, theta: np.ndarray, size: int, pixel_mm: float
     return (mu / MU_WATER_PER_MM - 1.0) * 1000.0
 
 
-def check_simulation_settings(dose: float, photons: float, electronic_noise: float, seed: int, views: int | None = None) -> None:
+def check_simulation_settings(
+    dose: float, photons: float, electronic_noise: float, seed: int, views: int | None = None
+) -> None:
     """Raise an InputError naming the option unless every simulation setting is a usable number."""
     require_number("--dose (a fraction of the full dose, e.g. 0.25)", dose, above=0, maximum=1, error=InputError)
-    require_number("--photons (incident photons per ray at full dose)", photons, minimum=1, maximum=MAX_PHOTONS, error=InputError)
+    require_number(
+        "--photons (incident photons per ray at full dose)", photons, minimum=1, maximum=MAX_PHOTONS, error=InputError
+    )
     require_number("electronic noise (counts)", electronic_noise, minimum=0, error=InputError)
     require_int("--seed", seed, 0, 2**63 - 1, error=InputError)
     if views is not None:
         require_int("views", views, 1, 100_000, error=InputError)
 
 
-def simulate_slice(hu: np.ndarray, pixel_mm: float, dose: float, rng: np.random.Generator, photons: float = DEFAULT_PHOTONS,
-                   electronic_noise: float = DEFAULT_ELECTRONIC_NOISE, views: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def simulate_slice(
+    hu: np.ndarray,
+    pixel_mm: float,
+    dose: float,
+    rng: np.random.Generator,
+    photons: float = DEFAULT_PHOTONS,
+    electronic_noise: float = DEFAULT_ELECTRONIC_NOISE,
+    views: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """One 2D slice in HU -> (low-dose, normal-dose) slices in HU, same shape."""
     from skimage.transform import radon
 
@@ -93,8 +111,15 @@ def simulate_slice(hu: np.ndarray, pixel_mm: float, dose: float, rng: np.random.
     return ld, nd
 
 
-def simulate_lowdose(volume: Volume, dose: float, photons: float = DEFAULT_PHOTONS, electronic_noise: float = DEFAULT_ELECTRONIC_NOISE,
-                     seed: int = 0, name: str | None = None, views: int | None = None) -> tuple[Volume, Volume]:
+def simulate_lowdose(
+    volume: Volume,
+    dose: float,
+    photons: float = DEFAULT_PHOTONS,
+    electronic_noise: float = DEFAULT_ELECTRONIC_NOISE,
+    seed: int = 0,
+    name: str | None = None,
+    views: int | None = None,
+) -> tuple[Volume, Volume]:
     """Simulate a low-dose scan and its normal-dose counterpart from a CT volume, slice by axial slice.
 
     Args:
@@ -121,9 +146,13 @@ def simulate_lowdose(volume: Volume, dose: float, photons: float = DEFAULT_PHOTO
     seeds = np.random.SeedSequence(seed).spawn(data.shape[0])
     ld, nd = np.empty_like(data, dtype=np.float32), np.empty_like(data, dtype=np.float32)
     for k in range(data.shape[0]):
-        ld[k], nd[k] = simulate_slice(data[k], pixel_mm, dose, np.random.default_rng(seeds[k]), photons, electronic_noise, views)
+        ld[k], nd[k] = simulate_slice(
+            data[k], pixel_mm, dose, np.random.default_rng(seeds[k]), photons, electronic_noise, views
+        )
     back = lambda a: np.moveaxis(a, 0, axis)  # noqa: E731
-    return Volume(back(ld), volume.affine.copy(), source=volume.source), Volume(back(nd), volume.affine.copy(), source=volume.source)
+    return Volume(back(ld), volume.affine.copy(), source=volume.source), Volume(
+        back(nd), volume.affine.copy(), source=volume.source
+    )
 
 
 def read_invesalius(path: str | Path) -> Volume:
@@ -150,9 +179,17 @@ def read_invesalius(path: str | Path) -> Volume:
     return Volume(np.ascontiguousarray(zyx.transpose(2, 1, 0)), affine, source=str(path), format="invesalius")
 
 
-def simulate_lowdose_folder(input: str | Path, output: str | Path, dose: float, seed: int = 0, photons: float = DEFAULT_PHOTONS,
-                            electronic_noise: float = DEFAULT_ELECTRONIC_NOISE, overwrite: bool = False, progress: bool = True) -> list[dict]:
-    """Write ``<case>_ld.nii.gz`` and ``<case>_nd.nii.gz`` (int16 HU, the input's grid) for every CT case of a file or folder.
+def simulate_lowdose_folder(
+    input: str | Path,
+    output: str | Path,
+    dose: float,
+    seed: int = 0,
+    photons: float = DEFAULT_PHOTONS,
+    electronic_noise: float = DEFAULT_ELECTRONIC_NOISE,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Write ``<case>_ld.nii.gz`` and ``<case>_nd.nii.gz`` (int16 HU, the input's grid) for every CT case of a folder.
 
     Same batch safety as ``translate``: existing outputs are skipped, a bad case is recorded and the rest go on,
     ``manifest.csv`` is rewritten after every case. Each case's noise is seeded from ``seed`` and its id.
@@ -180,11 +217,23 @@ def simulate_lowdose_folder(input: str | Path, output: str | Path, dose: float, 
         for vol, target in zip((ld, nd), targets):
             write_ct(target, vol, overwrite=True)
 
-    return run_cases(cases, out / "manifest.csv", outputs, work, overwrite=overwrite, progress=progress,
-                     extra={"dose": dose, "seed": seed, "photons": photons}, desc="simulate")
+    return run_cases(
+        cases,
+        out / "manifest.csv",
+        outputs,
+        work,
+        overwrite=overwrite,
+        progress=progress,
+        extra={"dose": dose, "seed": seed, "photons": photons},
+        desc="simulate",
+    )
 
 
-INVESALIUS_GLOBS = ("/usr/share/invesalius*/**/Cranium.inv3", "/usr/share/doc/invesalius*/**/Cranium.inv3", "/usr/share/**/Cranium.inv3")
+INVESALIUS_GLOBS = (
+    "/usr/share/invesalius*/**/Cranium.inv3",
+    "/usr/share/doc/invesalius*/**/Cranium.inv3",
+    "/usr/share/**/Cranium.inv3",
+)
 
 
 def find_invesalius_cranium() -> Path:
@@ -195,10 +244,15 @@ def find_invesalius_cranium() -> Path:
         hits = sorted(glob.glob(pattern, recursive=True))
         if hits:
             return Path(hits[0])
-    raise InputError("Cranium.inv3 not found: install Debian's invesalius-examples package (as root: apt-get update && apt-get install invesalius-examples), then run this again")
+    raise InputError(
+        "Cranium.inv3 not found: install Debian's invesalius-examples package (as root: apt-get update && apt-get "
+        "install invesalius-examples), then run this again"
+    )
 
 
-def write_invesalius_pairs(out: str | Path, dose: float = 0.25, slabs: int = 3, seed: int = 0, overwrite: bool = False) -> list[Path]:
+def write_invesalius_pairs(
+    out: str | Path, dose: float = 0.25, slabs: int = 3, seed: int = 0, overwrite: bool = False
+) -> list[Path]:
     """Low-dose / normal-dose pairs from the real head CT of invesalius-examples (GPL-2 data: written, never committed).
 
     The single subject is cut into ``slabs`` axial slabs, each its own case (``cranium-1`` ...), with a

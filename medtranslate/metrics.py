@@ -75,11 +75,15 @@ def _as_inputs(pred: Any, ref: Any, mask: Any) -> tuple[Any, Any, Any]:
         p, r, m = (torch.as_tensor(a, device=device) for a in (pred, ref, mask))
         p, r, m = p.to(torch.float64), r.to(torch.float64), m > 0
     else:
-        p, r, m = (a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in (pred, ref, mask))
+        p, r, m = (
+            a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a) for a in (pred, ref, mask)
+        )
         p, r = np.ascontiguousarray(p, dtype=np.float32), np.ascontiguousarray(r, dtype=np.float32)
         m = np.ascontiguousarray(m > 0)
     if not (p.shape == r.shape == m.shape):
-        raise InputError(f"shapes differ: prediction {tuple(p.shape)}, reference {tuple(r.shape)}, mask {tuple(m.shape)}")
+        raise InputError(
+            f"shapes differ: prediction {tuple(p.shape)}, reference {tuple(r.shape)}, mask {tuple(m.shape)}"
+        )
     if p.ndim != 3:
         raise InputError(f"metrics need 3D volumes, got shape {tuple(p.shape)}")
     if not bool(m.any()):
@@ -108,7 +112,15 @@ def _prepare(p: Any, r: Any, m: Any, ed: Edition) -> _Prepared:
         pc, rc = p.clamp(ed.lo, ed.hi), r.clamp(ed.lo, ed.hi)
         x, y = torch.where(m, pc, ed.lo) - ed.lo, torch.where(m, rc, ed.lo) - ed.lo
         d = pc[m] - rc[m]
-        return _Prepared(x, y, float((p[m] - r[m]).abs().sum()), float((d * d).sum()), float(m.sum()), float(p[m].max()), float(r[m].max()))
+        return _Prepared(
+            x,
+            y,
+            float((p[m] - r[m]).abs().sum()),
+            float((d * d).sum()),
+            float(m.sum()),
+            float(p[m].max()),
+            float(r[m].max()),
+        )
     from . import _ssim_kernels as kern
 
     x, y, abs_sum, sq_sum, count, p_max, r_max, bad = kern.prepare(p, r, m.view(np.uint8), ed.lo, ed.hi)
@@ -164,7 +176,15 @@ def _box_valid_torch(v: torch.Tensor) -> torch.Tensor:
     return v / WIN**3
 
 
-def _sums_torch(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, ca: tuple[float, float], cb: tuple[float, float], weight: float, want_a: bool) -> tuple[float, float, float]:
+def _sums_torch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    m: torch.Tensor,
+    ca: tuple[float, float],
+    cb: tuple[float, float],
+    weight: float,
+    want_a: bool,
+) -> tuple[float, float, float]:
     x, y = x.to(torch.float64), y.to(torch.float64)
     mu = _box_valid_torch(torch.stack([x, y, x * x, y * y, x * y]))
     inner = m[HALF:-HALF, HALF:-HALF, HALF:-HALF]
@@ -183,7 +203,9 @@ def _sums_torch(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, ca: tuple[flo
     return sum_a, float(((lum * con * stru) ** weight).sum()), float(inner.sum())
 
 
-def _masked_sums(x: Any, y: Any, m: Any, ca: tuple[float, float], cb: tuple[float, float], weight: float, want_a: bool) -> tuple[float, float, float]:
+def _masked_sums(
+    x: Any, y: Any, m: Any, ca: tuple[float, float], cb: tuple[float, float], weight: float, want_a: bool
+) -> tuple[float, float, float]:
     """Sums of SSIM (constants ca) and of the SynthRAD 2025 level term (constants cb, weight) over scored voxels."""
     x, y, m = _crop_to_mask(x, y, m)
     if min(x.shape) < WIN:
@@ -211,7 +233,10 @@ def _down2(a: Any) -> Any:
     p = torch.nn.functional.pad(a[None, None], (1, 0, 1, 0, 1, 0))[0, 0]
     for axis in range(3):
         n = p.shape[axis] // 2
-        p = (p.narrow(axis, 0, 2 * n)[(slice(None),) * axis + (slice(0, None, 2),)] + p.narrow(axis, 1, 2 * n - 1)[(slice(None),) * axis + (slice(0, None, 2),)]) / 2.0
+        p = (
+            p.narrow(axis, 0, 2 * n)[(slice(None),) * axis + (slice(0, None, 2),)]
+            + p.narrow(axis, 1, 2 * n - 1)[(slice(None),) * axis + (slice(0, None, 2),)]
+        ) / 2.0
     return p
 
 
@@ -228,8 +253,10 @@ def _pad_to_min(a: Any, size: int) -> Any:
 def _score(p: Any, r: Any, m: Any, ed: Edition, want_ms: bool) -> dict[str, float]:
     """All metrics of one case; SSIM and MS-SSIM level 0 share their box sums where the definitions coincide."""
     if min(p.shape) < WIN:
-        raise InputError(f"SSIM needs at least {WIN} voxels along every axis (its {WIN}x{WIN}x{WIN} window), the volume is "
-                         f"{'x'.join(map(str, p.shape))}: too few slices to score")
+        raise InputError(
+            f"SSIM needs at least {WIN} voxels along every axis (its {WIN}x{WIN}x{WIN} window), the volume is "
+            f"{'x'.join(map(str, p.shape))}: too few slices to score"
+        )
     prep = _prepare(p, r, m, ed)
     ed25 = EDITIONS[2025]
     ca, cb = _constants(ed.data_range), _constants(ed25.data_range)
@@ -238,7 +265,10 @@ def _score(p: Any, r: Any, m: Any, ed: Edition, want_ms: bool) -> dict[str, floa
     share = want_ms and same_prep and min(p.shape) >= MS_SSIM_MIN_SIZE
     sum_a, sum_b, count = _masked_sums(prep.x, prep.y, m, ca, cb, MS_SSIM_WEIGHTS[0], True)
     if not count:
-        raise InputError(f"no mask voxel lies {HALF} or more voxels inside the volume's border, where SSIM is defined; check the mask")
+        raise InputError(
+            f"no mask voxel lies {HALF} or more voxels inside the volume's border, where SSIM is defined; check the "
+            "mask"
+        )
     out = {"mae": prep.abs_sum / prep.count, "psnr": _psnr_of(prep, ed), "ssim": sum_a / count, "ms_ssim": math.nan}
     if not want_ms:
         return out
@@ -289,7 +319,9 @@ def synthrad_metrics(pred: Any, ref: Any, mask: Any, edition: int = 2023) -> dic
 # ----------------------------------------------------------------------------------------------------- low-dose CT
 
 
-def ldct_metrics(pred: Any, ref: Any, axial_axis: int = 2, window: str = "head", mask: Any | None = None) -> dict[str, float]:
+def ldct_metrics(
+    pred: Any, ref: Any, axial_axis: int = 2, window: str = "head", mask: Any | None = None
+) -> dict[str, float]:
     """Low-dose CT metrics: per axial slice, windowed SSIM and PSNR on [0, 1], averaged; RMSE in HU.
 
     Args:
@@ -309,7 +341,10 @@ def ldct_metrics(pred: Any, ref: Any, axial_axis: int = 2, window: str = "head",
     p = np.moveaxis(p.astype(np.float64), axial_axis, 0)
     r = np.moveaxis(r.astype(np.float64), axial_axis, 0)
     if min(p.shape[1:]) < WIN:
-        raise InputError(f"slice SSIM needs slices of at least {WIN}x{WIN} pixels (its window), the slices are {p.shape[1]}x{p.shape[2]}")
+        raise InputError(
+            f"slice SSIM needs slices of at least {WIN}x{WIN} pixels (its window), the slices are "
+            f"{p.shape[1]}x{p.shape[2]}"
+        )
     if not (np.isfinite(p).all() and np.isfinite(r).all()):
         raise InputError("the prediction or reference holds NaN or infinite voxels")
     level, width = WINDOWS[window]
@@ -329,7 +364,9 @@ def ldct_metrics(pred: Any, ref: Any, axial_axis: int = 2, window: str = "head",
     psnr_slices = np.where(mse > 0, 10 * np.log10(1.0 / np.maximum(mse, 1e-300)), np.inf)
     diff = p - r
     if mask is not None:
-        inside = np.moveaxis(np.asarray(mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask) > 0, axial_axis, 0)
+        inside = np.moveaxis(
+            np.asarray(mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask) > 0, axial_axis, 0
+        )
         if inside.shape != diff.shape or not inside.any():
             raise InputError("the mask is empty or of another shape than the volumes: no voxel to score")
         diff = diff[inside]

@@ -40,7 +40,9 @@ def _up(in_ch: int, out_ch: int, mode: str, kernel: int = 4, bias: bool = True) 
             return nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1, bias=bias)
         return nn.ConvTranspose2d(in_ch, out_ch, 3, stride=2, padding=1, output_padding=1, bias=bias)
     if mode == "resize":
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(in_ch, out_ch, 3, bias=bias))
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(in_ch, out_ch, 3, bias=bias)
+        )
     raise ConfigError(f"unknown upsample '{mode}'; expected one of: resize, transpose")
 
 
@@ -60,8 +62,18 @@ class UNetGenerator(nn.Module):
         tanh: bound the output to [-1, 1] (off for a residual correction, which has no such bound).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_downs: int = 8, ngf: int = 64, norm: str = "batch", dropout: float = 0.5,
-                 upsample: str = "transpose", full_res: bool = False, tanh: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_downs: int = 8,
+        ngf: int = 64,
+        norm: str = "batch",
+        dropout: float = 0.5,
+        upsample: str = "transpose",
+        full_res: bool = False,
+        tanh: bool = True,
+    ):
         super().__init__()
         if num_downs < 2:
             raise ConfigError(f"UNetGenerator needs num_downs >= 2, got {num_downs}")
@@ -71,12 +83,19 @@ class UNetGenerator(nn.Module):
         self.head: nn.Module | None = None
         if full_res:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, ngf, 3, padding=1, bias=True), nn.ReLU(inplace=True),
-                nn.Conv2d(ngf, ngf, 3, padding=1, bias=use_bias), norm_layer(norm, ngf), nn.ReLU(inplace=True),
+                nn.Conv2d(in_channels, ngf, 3, padding=1, bias=True),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(ngf, ngf, 3, padding=1, bias=use_bias),
+                norm_layer(norm, ngf),
+                nn.ReLU(inplace=True),
             )
             self.head = nn.Sequential(
-                nn.ReLU(inplace=True), nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=use_bias), norm_layer(norm, ngf), nn.ReLU(inplace=True),
-                nn.Conv2d(ngf, out_channels, 3, padding=1, bias=True), *([nn.Tanh()] if tanh else []),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(2 * ngf, ngf, 3, padding=1, bias=use_bias),
+                norm_layer(norm, ngf),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(ngf, out_channels, 3, padding=1, bias=True),
+                *([nn.Tanh()] if tanh else []),
             )
             in_channels, out_channels = ngf, ngf
         chans = [min(ngf * 2**i, ngf * 8) for i in range(num_downs)]
@@ -85,7 +104,9 @@ class UNetGenerator(nn.Module):
             layers: list[nn.Module] = []
             if i > 0:
                 layers.append(nn.LeakyReLU(0.2, inplace=True))
-            layers.append(nn.Conv2d(in_channels if i == 0 else chans[i - 1], chans[i], 4, stride=2, padding=1, bias=use_bias))
+            layers.append(
+                nn.Conv2d(in_channels if i == 0 else chans[i - 1], chans[i], 4, stride=2, padding=1, bias=use_bias)
+            )
             if 0 < i < num_downs - 1:
                 layers.append(norm_layer(norm, chans[i]))
             self.downs.append(nn.Sequential(*layers))
@@ -96,7 +117,9 @@ class UNetGenerator(nn.Module):
             in_ch = chans[i] if innermost else 2 * chans[i]
             layers = [nn.ReLU(inplace=True)]
             if outermost:
-                layers += [_up(in_ch, out_channels, upsample, bias=True)] + ([nn.Tanh()] if tanh and not full_res else [])
+                layers += [_up(in_ch, out_channels, upsample, bias=True)] + (
+                    [nn.Tanh()] if tanh and not full_res else []
+                )
             else:
                 layers += [_up(in_ch, chans[i - 1], upsample, bias=use_bias), norm_layer(norm, chans[i - 1])]
                 if dropout > 0 and num_downs - 1 - n_dropout <= i < num_downs - 1:
@@ -126,8 +149,13 @@ class _ResBlock(nn.Module):
     def __init__(self, channels: int, norm: str, use_bias: bool):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=use_bias), norm_layer(norm, channels), nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=use_bias), norm_layer(norm, channels),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=use_bias),
+            norm_layer(norm, channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=use_bias),
+            norm_layer(norm, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,18 +165,39 @@ class _ResBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """The CycleGAN ResNet generator; inputs must be divisible by 4."""
 
-    def __init__(self, in_channels: int, out_channels: int, ngf: int = 64, n_blocks: int = 9, norm: str = "instance", upsample: str = "transpose",
-                 tanh: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        norm: str = "instance",
+        upsample: str = "transpose",
+        tanh: bool = True,
+    ):
         super().__init__()
         use_bias = norm == "instance"
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=use_bias), norm_layer(norm, ngf), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, 7, bias=use_bias),
+            norm_layer(norm, ngf),
+            nn.ReLU(inplace=True),
+        ]
         for i in range(2):
             c = ngf * 2**i
-            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=use_bias), norm_layer(norm, 2 * c), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=use_bias),
+                norm_layer(norm, 2 * c),
+                nn.ReLU(inplace=True),
+            ]
         layers += [_ResBlock(ngf * 4, norm, use_bias) for _ in range(n_blocks)]
         for i in range(2):
             c = ngf * 2 ** (2 - i)
-            layers += [_up(c, c // 2, upsample, kernel=3, bias=use_bias), norm_layer(norm, c // 2), nn.ReLU(inplace=True)]
+            layers += [
+                _up(c, c // 2, upsample, kernel=3, bias=use_bias),
+                norm_layer(norm, c // 2),
+                nn.ReLU(inplace=True),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7)] + ([nn.Tanh()] if tanh else [])
         self.model = nn.Sequential(*layers)
 
@@ -169,7 +218,11 @@ class PatchDiscriminator(nn.Module):
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=use_bias), norm_layer(norm, ndf * mult), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=use_bias),
+                norm_layer(norm, ndf * mult),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
 

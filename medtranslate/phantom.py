@@ -71,7 +71,9 @@ class PhantomSubject:
     mask: np.ndarray
 
 
-def _affine(shape: tuple[int, int, int], spacing: tuple[float, float, float], axcodes: str, offset: np.ndarray) -> np.ndarray:
+def _affine(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], axcodes: str, offset: np.ndarray
+) -> np.ndarray:
     """Axis-aligned voxel-to-RAS affine whose axes point along ``axcodes``, centred near the world origin."""
     sign = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
     affine = np.zeros((4, 4))
@@ -92,9 +94,13 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: float, spacing: tuple[float, ...]
+) -> np.ndarray:
     """Zero-mean, unit-std Gaussian random field with correlation length ``sigma_mm``."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), [sigma_mm / s for s in spacing], mode="wrap")
+    field = ndimage.gaussian_filter(
+        rng.standard_normal(shape).astype(np.float32), [sigma_mm / s for s in spacing], mode="wrap"
+    )
     return (field - field.mean()) / (field.std() + 1e-8)
 
 
@@ -120,7 +126,14 @@ def _labels(rng: np.random.Generator, u: np.ndarray, spacing: tuple[float, float
     diploe = outer + rng.uniform(3.0, 4.5) + diploe_var
     inner = diploe + rng.uniform(1.5, 2.5)
     csf = inner + rng.uniform(2.0, 3.5)
-    layers = [(skin, "skin"), (fat, "fat"), (outer, "cortical"), (diploe, "cancellous"), (inner, "cortical"), (csf, "csf")]
+    layers = [
+        (skin, "skin"),
+        (fat, "fat"),
+        (outer, "cortical"),
+        (diploe, "cancellous"),
+        (inner, "cortical"),
+        (csf, "csf"),
+    ]
     inside = depth >= 0
     lab[inside] = LABELS["grey"]
     for limit, name in reversed(layers):
@@ -154,7 +167,9 @@ def _labels(rng: np.random.Generator, u: np.ndarray, spacing: tuple[float, float
         centre = (sx * 31.0, b * 0.70, eye_z)
         lab[inside & (_ellipsoid(u, centre, (17.0, 16.0, 15.0)) < 1) & (depth >= skin)] = LABELS["fat"]
         lab[_ellipsoid(u, centre, (12.0, 12.0, 12.0)) < 1] = LABELS["vitreous"]
-        lab[(_ellipsoid(u, centre, (12.0, 12.0, 12.0)) >= 1) & (_ellipsoid(u, centre, (13.0, 13.0, 13.0)) < 1)] = LABELS["skin"]
+        lab[(_ellipsoid(u, centre, (12.0, 12.0, 12.0)) >= 1) & (_ellipsoid(u, centre, (13.0, 13.0, 13.0)) < 1)] = (
+            LABELS["skin"]
+        )
     # Frontal sinus inside the frontal bone, sphenoid and maxillary sinuses low and central.
     sinuses = [
         ((0.0, b * 0.80, eye_z + 22.0), (14.0 * rng.uniform(0.7, 1.2), 7.0, 9.0 * rng.uniform(0.8, 1.2))),
@@ -173,7 +188,12 @@ def _labels(rng: np.random.Generator, u: np.ndarray, spacing: tuple[float, float
     return lab
 
 
-def make_subject(seed: int, shape: tuple[int, int, int] = SHAPE, spacing: tuple[float, float, float] = SPACING, axcodes: str | None = None) -> PhantomSubject:
+def make_subject(
+    seed: int,
+    shape: tuple[int, int, int] = SHAPE,
+    spacing: tuple[float, float, float] = SPACING,
+    axcodes: str | None = None,
+) -> PhantomSubject:
     """Render one random head as paired int16 MR and CT volumes on a non-RAS anisotropic grid.
 
     Args:
@@ -227,7 +247,9 @@ LDCT_DOSE = 0.25  # dose fraction of the low-dose sample pairs
 LDCT_SLICES = slice(16, 48)  # the central 32 axial slices keep sample_data/ under its 30 MB budget
 
 
-def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, overwrite: bool = False, ldct: bool = True) -> list[Path]:
+def write_sample_data(
+    out: str | Path, n_subjects: int = 8, seed: int = 2026, overwrite: bool = False, ldct: bool = True
+) -> list[Path]:
     """Write the sample data set and ``<out>/split.json``.
 
     - ``<out>/mr2ct/sub-XX/{mr,ct,mask}.nii.gz``: paired MR/CT phantoms and the CT body mask;
@@ -248,9 +270,15 @@ def write_sample_data(out: str | Path, n_subjects: int = 8, seed: int = 2026, ov
         sid = f"sub-{n:02d}"
         subject = make_subject(seed * 1000 + n)
         folder = out / "mr2ct" / sid
-        written.append(write_nifti(folder / "mr.nii.gz", subject.mr.array, subject.mr.affine, np.int16, overwrite=overwrite))
-        written.append(write_nifti(folder / "ct.nii.gz", subject.ct.array, subject.ct.affine, np.int16, overwrite=overwrite))
-        written.append(write_nifti(folder / "mask.nii.gz", subject.mask, subject.ct.affine, np.uint8, overwrite=overwrite))
+        written.append(
+            write_nifti(folder / "mr.nii.gz", subject.mr.array, subject.mr.affine, np.int16, overwrite=overwrite)
+        )
+        written.append(
+            write_nifti(folder / "ct.nii.gz", subject.ct.array, subject.ct.affine, np.int16, overwrite=overwrite)
+        )
+        written.append(
+            write_nifti(folder / "mask.nii.gz", subject.mask, subject.ct.affine, np.uint8, overwrite=overwrite)
+        )
         if ldct:
             crop = axial_slab(subject.ct, LDCT_SLICES.start, LDCT_SLICES.stop)
             ld, nd = simulate_lowdose(crop, LDCT_DOSE, seed=seed * 1000 + n, name=f"{sid} CT")

@@ -47,11 +47,16 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
     raw = apply_overrides(raw, overrides or [])
     section = raw.pop("pipeline", None) or {}
     if not isinstance(section, dict):
-        raise ConfigError(f"{path}: section 'pipeline' must be a mapping (keys baseline, simulate_dose), got {show(section)}")
+        raise ConfigError(
+            f"{path}: section 'pipeline' must be a mapping (keys baseline, simulate_dose), got {show(section)}"
+        )
     section = dict(section)
     unknown = set(section) - {"baseline", "simulate_dose"}
     if unknown:
-        raise ConfigError(f"{path}: unknown key pipeline.{show(sorted(map(str, unknown))[0])}; valid keys of 'pipeline': baseline, simulate_dose")
+        raise ConfigError(
+            f"{path}: unknown key pipeline.{show(sorted(map(str, unknown))[0])}; valid keys of 'pipeline': baseline, "
+            "simulate_dose"
+        )
     cfg = RunConfig.from_dict(raw, source=str(path))
     if section.get("simulate_dose") is not None:
         if get_task(cfg.model.task).source_kind != "ct":
@@ -59,7 +64,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
         require_number(f"{path}: pipeline.simulate_dose", section["simulate_dose"], above=0, maximum=1)
     section.setdefault("baseline", get_task(cfg.model.task).baseline)
     if section["baseline"] not in ("intensity_map", "classical", "none", None):
-        raise ConfigError(f"{path}: unknown pipeline.baseline {show(section['baseline'])}; expected one of: classical, intensity_map, none")
+        raise ConfigError(
+            f"{path}: unknown pipeline.baseline {show(section['baseline'])}; expected one of: classical, "
+            "intensity_map, none"
+        )
     return cfg, section
 
 
@@ -75,9 +83,12 @@ def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool) -> None:
             saved = {"unreadable": True}
         diffs = config_differences(saved if isinstance(saved, dict) else {}, record)
         if diffs and not overwrite:
-            raise ConfigError(f"{out}: holds a run made with other settings ({'; '.join(diffs[:8])}"
-                              + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-                              + "); its results would be credited to these settings: pass --overwrite to discard them and run again, or choose another --out")
+            raise ConfigError(
+                f"{out}: holds a run made with other settings ({'; '.join(diffs[:8])}"
+                + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+                + "); its results would be credited to these settings: pass --overwrite to discard them and run "
+                "again, or choose another --out"
+            )
         if overwrite:
             logger.warning("--overwrite: discarding the earlier run in %s", out)
             for name in RUN_OUTPUTS:
@@ -130,7 +141,13 @@ def _simulate(cfg: RunConfig, dose: float, folder: Path) -> RunConfig:
     return replace(cfg, data=replace(cfg.data, root=str(folder), split=split))
 
 
-def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+def run_pipeline(
+    path: str | Path,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Run every stage of a pipeline file into ``out``; returns the model's evaluation summary (with the baseline's).
 
     Raises:
@@ -165,29 +182,54 @@ def run_pipeline(path: str | Path, out: str | Path, overrides: list[str] | None 
     # the baseline first, so the model's report can show it beside the model
     baseline_summary = None
     if section["baseline"] not in ("none", None):
-        bcfg = replace(cfg, model=replace(cfg.model, kind=section["baseline"], generator=None, norm=None, gan_loss=None), train=replace(cfg.train, epochs=1))
+        bcfg = replace(
+            cfg,
+            model=replace(cfg.model, kind=section["baseline"], generator=None, norm=None, gan_loss=None),
+            train=replace(cfg.train, epochs=1),
+        )
         bcfg = RunConfig.from_dict(bcfg.to_dict())  # re-resolve the kind's defaults
         bckpt = _train_stage(bcfg, out / "baseline", progress)
         _translate_stage(bckpt, pairs, test, out / "baseline" / "translated", progress)
-        bres = evaluate_folder(out / "baseline" / "translated", refs, out / "baseline" / "eval", mask=masks or None, input=inputs, task=task, figures=False, progress=False)
+        bres = evaluate_folder(
+            out / "baseline" / "translated",
+            refs,
+            out / "baseline" / "eval",
+            mask=masks or None,
+            input=inputs,
+            task=task,
+            figures=False,
+            progress=False,
+        )
         baseline_summary = {"kind": section["baseline"], **bres.summary}
 
     ckpt = _train_stage(cfg, out / "train", progress)
     suffix = get_task(task).output_suffix
     if _stage("translate", all((out / "translated" / f"{c}_{suffix}.nii.gz").exists() for c in test)):
         _translate_stage(ckpt, pairs, test, out / "translated", progress)
-    result = evaluate_folder(out / "translated", refs, out / "eval", mask=masks or None, input=inputs, task=task, progress=False,
-                             extra_summary={"model": cfg.model.kind, "baseline": baseline_summary})
+    result = evaluate_folder(
+        out / "translated",
+        refs,
+        out / "eval",
+        mask=masks or None,
+        input=inputs,
+        task=task,
+        progress=False,
+        extra_summary={"model": cfg.model.kind, "baseline": baseline_summary},
+    )
     # report: the evaluation report, with the baseline beside the model, at the top of RUN_DIR
     atomic_write_text(out / "report.html", (out / "eval" / "report.html").read_text(encoding="utf-8"))
     return result.summary
 
 
-def run_demo(out: str | Path, quick: bool = False, progress: bool = True, overwrite: bool = False) -> list[tuple[str, dict[str, Any]]]:
-    """The demo of ``pipelines/demo.yaml``: MR -> CT and low-dose denoising on the sample data, each with its baseline."""
+def run_demo(
+    out: str | Path, quick: bool = False, progress: bool = True, overwrite: bool = False
+) -> list[tuple[str, dict[str, Any]]]:
+    """The demo of ``pipelines/demo.yaml``: MR -> CT and low-dose denoising on the sample data, with their baselines."""
     spec_path = REPO / "pipelines" / "demo.yaml"
     if not spec_path.is_file():
-        raise ConfigError(f"{spec_path}: demo definition not found; run the demo from a clone of the medtranslate repository")
+        raise ConfigError(
+            f"{spec_path}: demo definition not found; run the demo from a clone of the medtranslate repository"
+        )
     spec = read_yaml(spec_path, "demo definition")
     results = []
     for entry in spec["pipelines"]:
@@ -196,6 +238,8 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool = True, overwr
         overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
         name = Path(entry["file"]).stem
         logger.info("demo: %s", name)
-        summary = run_pipeline(REPO / "pipelines" / entry["file"], Path(out) / name, overrides, progress=progress, overwrite=overwrite)
+        summary = run_pipeline(
+            REPO / "pipelines" / entry["file"], Path(out) / name, overrides, progress=progress, overwrite=overwrite
+        )
         results.append((name, summary))
     return results

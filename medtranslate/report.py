@@ -38,7 +38,15 @@ def _views(vol: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
     return [vol[:, :, z].T, vol[:, y, :].T, vol[x, :, :].T]
 
 
-def case_figure(path: Path, case: str, pred: Volume, ref: Volume, mask: np.ndarray, inp: Volume | None = None, ct_range: tuple[float, float] = CT_DISPLAY) -> Path:
+def case_figure(
+    path: Path,
+    case: str,
+    pred: Volume,
+    ref: Volume,
+    mask: np.ndarray,
+    inp: Volume | None = None,
+    ct_range: tuple[float, float] = CT_DISPLAY,
+) -> Path:
     """Axial, coronal and sagittal views through the body's centre: input, prediction, reference, |error| (HU)."""
     import matplotlib
 
@@ -48,7 +56,9 @@ def case_figure(path: Path, case: str, pred: Volume, ref: Volume, mask: np.ndarr
     p, spacing = _canonical(pred.array, pred.affine)
     r, _ = _canonical(ref.array, ref.affine)
     m, _ = _canonical(mask.astype(np.uint8), ref.affine)
-    centre = tuple(int(round(c)) for c in np.argwhere(m > 0).mean(axis=0)) if m.any() else tuple(s // 2 for s in m.shape)
+    centre = (
+        tuple(int(round(c)) for c in np.argwhere(m > 0).mean(axis=0)) if m.any() else tuple(s // 2 for s in m.shape)
+    )
     err = np.abs(p.astype(np.float32) - r.astype(np.float32)) * (m > 0)
     columns = []
     if inp is not None:
@@ -130,13 +140,24 @@ def _baseline_html(summary: dict[str, Any]) -> str:
     if not base:
         return ""
     names = [n for n in summary["metrics"] if n in base["metrics"] and not n.startswith("input_")]
-    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{_fmt(summary['metrics'][n]['mean'])}</td><td>{_fmt(base['metrics'][n]['mean'])}</td></tr>" for n in names)
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{_fmt(summary['metrics'][n]['mean'])}</td><td>{_fmt(base['metrics'][n]['mean'])}</td></tr>"
+        for n in names
+    )
     model = html.escape(str(summary.get("model", "model")))
-    return (f"<h2>Model and baseline</h2><p>Means over the same test cases.</p><table><tr><th>metric</th><th>{model}</th>"
-            f"<th>{html.escape(str(base['kind']))} (baseline)</th></tr>{rows}</table>")
+    return (
+        f"<h2>Model and baseline</h2><p>Means over the same test cases.</p><table><tr><th>metric</th><th>{model}</th>"
+        f"<th>{html.escape(str(base['kind']))} (baseline)</th></tr>{rows}</table>"
+    )
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], metric_names: list[str], views: dict[str, dict[str, Any]]) -> dict[str, Path]:
+def write_report(
+    out: Path,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    metric_names: list[str],
+    views: dict[str, dict[str, Any]],
+) -> dict[str, Path]:
     """Write figures to ``out/figures`` and ``out/report.html`` with the figures embedded."""
     figures: dict[str, Path] = {}
     ct_range = CT_DISPLAY
@@ -146,16 +167,22 @@ def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any],
         level, width = WINDOWS[summary["window"]]
         ct_range = (level - width, level + width)  # twice the scoring window, so structure outside it stays visible
     for case, v in views.items():
-        figures[case] = case_figure(out / "figures" / f"{case}.png", case, v["pred"], v["ref"], v["mask"], v.get("input"), ct_range)
+        figures[case] = case_figure(
+            out / "figures" / f"{case}.png", case, v["pred"], v["ref"], v["mask"], v.get("input"), ct_range
+        )
     if any(r["status"] == "done" for r in rows):
         figures["_metrics"] = metrics_figure(out / "figures" / "metrics.png", rows, metric_names)
 
     head = "".join(f"<th>{html.escape(n)}</th>" for n in ["metric", "mean", "std", "median", "min", "max", "n"])
     srows = "".join(
-        f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(s[k])}</td>" for k in ["mean", "std", "median", "min", "max", "n"]) + "</tr>"
+        f"<tr><td>{html.escape(n)}</td>"
+        + "".join(f"<td>{_fmt(s[k])}</td>" for k in ["mean", "std", "median", "min", "max", "n"])
+        + "</tr>"
         for n, s in summary["metrics"].items()
     )
-    defs = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in summary.get("definitions", {}).items())
+    defs = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in summary.get("definitions", {}).items()
+    )
     cols = ["case", *metric_names, "status", "error"]
     crow = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
     figs = "".join(f"<h3>{html.escape(c)}</h3>{_img(p)}" for c, p in figures.items() if c != "_metrics")
@@ -166,14 +193,16 @@ def write_report(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any],
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}
 .failed{{color:#b00}}</style></head><body>
 <h1>medtranslate evaluation</h1>
-<p>Task <b>{html.escape(str(summary.get('task')))}</b>, {html.escape(edition)}; {summary['n_done']} of {summary['n_cases']} cases scored,
-{summary['n_failed']} failed. Mask: {html.escape(str(summary.get('mask_source')))}.</p>
+<p>Task <b>{html.escape(str(summary.get("task")))}</b>, {html.escape(edition)};
+{summary["n_done"]} of {summary["n_cases"]} cases scored,
+{summary["n_failed"]} failed. Mask: {html.escape(str(summary.get("mask_source")))}.</p>
 {_baseline_html(summary)}
 <h2>Summary</h2><table><tr>{head}</tr>{srows}</table>
 <h2>Definitions</h2><ul>{defs}</ul>
-<h2>Per case</h2><table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in cols)}</tr>{crow}</table>
-{_img(figures['_metrics']) if '_metrics' in figures else ''}
-<h2>Cases</h2><p>Axial, coronal and sagittal views through the centre of the body mask; the error is |prediction - reference| inside the mask.</p>
+<h2>Per case</h2><table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in cols)}</tr>{crow}</table>
+{_img(figures["_metrics"]) if "_metrics" in figures else ""}
+<h2>Cases</h2><p>Axial, coronal and sagittal views through the centre of the body mask;
+the error is |prediction - reference| inside the mask.</p>
 {figs}
 </body></html>
 """

@@ -24,9 +24,26 @@ from .describe import check_modality
 from .errors import ConfigError, InputError
 from .io import Pair, Volume, find_cases, pair_cases, read_case
 from .tasks import get_task
-from .transforms import BACKGROUND, IntensityParams, Preprocessor, body_mask, check_same_grid, ct_intensity, intensity_for
+from .transforms import (
+    BACKGROUND,
+    IntensityParams,
+    Preprocessor,
+    body_mask,
+    check_same_grid,
+    ct_intensity,
+    intensity_for,
+)
 
-__all__ = ["PreparedCase", "default_split_file", "load_split", "read_split", "discover_pairs", "prepare_case", "SliceDataset", "context_slices"]
+__all__ = [
+    "PreparedCase",
+    "default_split_file",
+    "load_split",
+    "read_split",
+    "discover_pairs",
+    "prepare_case",
+    "SliceDataset",
+    "context_slices",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +74,9 @@ def load_split(cfg: RunConfig, ids: list[str]) -> dict[str, list[str]]:
         split = read_split(path)
         missing = sorted(set(split["train"] + split["val"]) - set(ids))
         if missing:
-            raise InputError(f"{path}: cases {', '.join(missing)} are in the split but have no complete pair under {root}")
+            raise InputError(
+                f"{path}: cases {', '.join(missing)} are in the split but have no complete pair under {root}"
+            )
         return {k: [i for i in split[k] if i in ids] for k in ("train", "val", "test")}
     rng = np.random.default_rng(cfg.train.seed)
     order = [str(i) for i in rng.permutation(sorted(ids))]  # plain str: numpy scalars would not load from a checkpoint
@@ -73,7 +92,10 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
     try:
         raw = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON split file ({type(exc).__name__}); expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}") from exc
+        raise InputError(
+            f"{path}: not a JSON split file ({type(exc).__name__}); expected "
+            f'{{"train": [...], "val": [...], "test": [...]}}'
+        ) from exc
     if not isinstance(raw, dict) or set(raw) - {"train", "val", "test"}:
         raise InputError(f"{path}: a split file holds lists under train, val and test only, got {show(raw)}")
     split = {}
@@ -85,7 +107,9 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         both = sorted(set(split[a]) & set(split[b]))
         if both:
-            raise InputError(f"{path}: cases {', '.join(both[:5])} are in both {a} and {b}; a case belongs to one part only")
+            raise InputError(
+                f"{path}: cases {', '.join(both[:5])} are in both {a} and {b}; a case belongs to one part only"
+            )
     return split
 
 
@@ -97,14 +121,16 @@ def discover_pairs(cfg: RunConfig) -> dict[str, Pair]:
         logger.warning("case '%s' skipped: %s", cid, reason)
     if not pairs:
         raise InputError(
-            f"{cfg.data.root}: no {src_role}/{tgt_role} pairs found; expected {src_role}/<id>.nii.gz + {tgt_role}/<id>.nii.gz "
-            f"or <id>/{src_role}.nii.gz + <id>/{tgt_role}.nii.gz" + (f" (unmatched: {', '.join(unmatched)})" if unmatched else "")
+            f"{cfg.data.root}: no {src_role}/{tgt_role} pairs found; expected {src_role}/<id>.nii.gz + "
+            f"{tgt_role}/<id>.nii.gz "
+            f"or <id>/{src_role}.nii.gz + <id>/{tgt_role}.nii.gz"
+            + (f" (unmatched: {', '.join(unmatched)})" if unmatched else "")
         )
     return {p.case_id: p for p in pairs}
 
 
 def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volume, np.ndarray]:
-    """Read, check and preprocess one pair; returns the prepared tensors, the original volumes and the body mask on their grid.
+    """Read, check and preprocess one pair: the prepared tensors, the original volumes, the body mask on their grid.
 
     Raises:
         InputError, GeometryMismatchError: a file that cannot be read, is not the modality its role says, or whose
@@ -114,28 +140,51 @@ def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volu
     src, tgt = read_case(pair.source), read_case(pair.target)
     purpose = f"the {task.source_role} image of a {task.name} pair"
     check_modality(src, task.source_kind, pair.source.label, purpose)
-    check_modality(tgt, task.target_kind, pair.target.label, f"the {task.target_role} image of a {task.name} pair must be a CT")
-    check_same_grid(src, tgt, names=(f"{task.source_role} {pair.source.label}", f"{task.target_role} {pair.target.label}"), case=pair.case_id)
+    check_modality(
+        tgt, task.target_kind, pair.target.label, f"the {task.target_role} image of a {task.name} pair must be a CT"
+    )
+    check_same_grid(
+        src,
+        tgt,
+        names=(f"{task.source_role} {pair.source.label}", f"{task.target_role} {pair.target.label}"),
+        case=pair.case_id,
+    )
     if pair.mask is not None:
         mvol = read_case(pair.mask)
-        check_same_grid(mvol, tgt, names=(f"mask {pair.mask.label}", f"{task.target_role} {pair.target.label}"), case=pair.case_id)
+        check_same_grid(
+            mvol, tgt, names=(f"mask {pair.mask.label}", f"{task.target_role} {pair.target.label}"), case=pair.case_id
+        )
         mask = np.asarray(mvol.array) > 0
         if not mask.any():
-            raise InputError(f"{pair.mask.label}: the mask of case '{pair.case_id}' is empty; fix it or remove it (a body mask is then computed)")
+            raise InputError(
+                f"{pair.mask.label}: the mask of case '{pair.case_id}' is empty; fix it or remove it (a body mask is "
+                "then computed)"
+            )
     else:
         mask = body_mask(tgt.array, "ct", tgt.affine)
         if not mask.any():
-            raise InputError(f"{pair.target.label}: no body found in the CT of case '{pair.case_id}' (nothing above -500 HU); check the file")
+            raise InputError(
+                f"{pair.target.label}: no body found in the CT of case '{pair.case_id}' (nothing above -500 HU); "
+                "check the file"
+            )
     src_int = intensity_for(task.source_kind, src.array, src.affine, source=pair.source.label)
     pre = Preprocessor(spacing=cfg.data.spacing)
     a = pre(src, src_int, mask)
     b = pre(tgt, ct_intensity(), mask, keep_mask=False)  # the mask was carried through once, with the source
     if a["image"].shape[-1] < 2 * cfg.data.context + 1:
         raise ConfigError(
-            f"case '{pair.case_id}': data.context {cfg.data.context} needs {2 * cfg.data.context + 1} slices but the volume has "
+            f"case '{pair.case_id}': data.context {cfg.data.context} needs {2 * cfg.data.context + 1} slices but the "
+            "volume has "
             f"{a['image'].shape[-1]} axial slices; lower data.context"
         )
-    prepared = PreparedCase(pair.case_id, a["image"].as_tensor().float(), b["image"].as_tensor().float(), a["mask"].as_tensor() > 0.5, pair, src_int)
+    prepared = PreparedCase(
+        pair.case_id,
+        a["image"].as_tensor().float(),
+        b["image"].as_tensor().float(),
+        a["mask"].as_tensor() > 0.5,
+        pair,
+        src_int,
+    )
     return prepared, src, tgt, mask
 
 
@@ -158,9 +207,15 @@ class SliceDataset(torch.utils.data.Dataset):
             fraction = case.mask[0].float().mean(dim=(0, 1))
             self.index += [(ci, int(z)) for z in torch.nonzero(fraction >= cfg.data.min_body_fraction).flatten()]
         if not self.index:
-            raise InputError(f"no training slice has at least {cfg.data.min_body_fraction:.0%} body; lower data.min_body_fraction or check the masks")
+            raise InputError(
+                f"no training slice has at least {cfg.data.min_body_fraction:.0%} body; lower data.min_body_fraction "
+                "or check the masks"
+            )
         if not paired and len(cases) < 2:
-            raise InputError("unpaired training needs at least 2 training cases, so source and target slices come from different cases")
+            raise InputError(
+                "unpaired training needs at least 2 training cases, so source and target slices come from different "
+                "cases"
+            )
 
     def __len__(self) -> int:
         return len(self.index)
@@ -199,10 +254,20 @@ class SliceDataset(torch.utils.data.Dataset):
             angle = math.radians((2 * u[3].item() - 1) * d.rotate_deg)
             scale = 1.0 + (2 * u[4].item() - 1) * d.scale
             if angle or scale != 1.0:
-                theta = torch.tensor([[math.cos(angle) / scale, -math.sin(angle) / scale, 0.0], [math.sin(angle) / scale, math.cos(angle) / scale, 0.0]])
+                theta = torch.tensor(
+                    [
+                        [math.cos(angle) / scale, -math.sin(angle) / scale, 0.0],
+                        [math.sin(angle) / scale, math.cos(angle) / scale, 0.0],
+                    ]
+                )
                 grid = F.affine_grid(theta[None], [1, x.shape[0], p, p], align_corners=False)
                 # shift so the zero padding of grid_sample is the background value
-                x = F.grid_sample((x - BACKGROUND)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0] + BACKGROUND
+                x = (
+                    F.grid_sample(
+                        (x - BACKGROUND)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+                    )[0]
+                    + BACKGROUND
+                )
         return list(torch.split(x, sizes, 0))
 
 

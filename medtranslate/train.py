@@ -71,7 +71,10 @@ class Trainer:
         if resume and not last.is_file():
             raise CheckpointError(f"{last}: nothing to resume; train without --resume first")
         if not resume and last.is_file():
-            raise ConfigError(f"{self.run_dir}: already holds a run (checkpoints/last.pt); pass --resume to continue it or choose another --out")
+            raise ConfigError(
+                f"{self.run_dir}: already holds a run (checkpoints/last.pt); pass --resume to continue it or choose "
+                "another --out"
+            )
         ckpt = load_checkpoint(last) if resume else None
         if ckpt is not None:
             self._check_same_run(ckpt, last)
@@ -110,9 +113,14 @@ class Trainer:
             divisor = getattr(self.net, "divisor", 1)
             self.dataset = SliceDataset(self.train_cases, cfg, self.gen, paired=cfg.model.kind == "pix2pix")
             if cfg.train.batch_size > len(self.dataset):
-                raise ConfigError(f"train.batch_size {cfg.train.batch_size} is more than the {len(self.dataset)} training slices with enough body; "
-                                  f"use at most {len(self.dataset)}, or add cases")
-        self.spec = TranslatorSpec(task.name, task.source_kind, ct_intensity().to_dict(), cfg.data.context, divisor, cfg.data.spacing)
+                raise ConfigError(
+                    f"train.batch_size {cfg.train.batch_size} is more than the {len(self.dataset)} training slices "
+                    "with enough body; "
+                    f"use at most {len(self.dataset)}, or add cases"
+                )
+        self.spec = TranslatorSpec(
+            task.name, task.source_kind, ct_intensity().to_dict(), cfg.data.context, divisor, cfg.data.spacing
+        )
         self.epoch, self.batch_in_epoch, self.step, self.best_mae = 0, 0, 0, math.inf
         self.history: list[dict[str, float]] = []
         self.epoch_losses: dict[str, list[float]] = {}
@@ -148,8 +156,16 @@ class Trainer:
                     self._stop_if_requested()
                     longest = max(longest, time.perf_counter() - epoch_start)
                     # a budget, not a target: an epoch that would end past it is not started
-                    if t.max_minutes and (time.perf_counter() - start + longest) / 60.0 > t.max_minutes and self.epoch < stop:
-                        logger.info("stopping after epoch %d: another epoch would pass train.max_minutes %.1f", self.epoch, t.max_minutes)
+                    if (
+                        t.max_minutes
+                        and (time.perf_counter() - start + longest) / 60.0 > t.max_minutes
+                        and self.epoch < stop
+                    ):
+                        logger.info(
+                            "stopping after epoch %d: another epoch would pass train.max_minutes %.1f",
+                            self.epoch,
+                            t.max_minutes,
+                        )
                         break
         finally:
             self._close_writer()
@@ -168,15 +184,20 @@ class Trainer:
 
     @contextlib.contextmanager
     def _interrupt_after_step(self) -> Iterator[None]:
-        """Turn the first Ctrl-C into a request honoured between steps (so ``last.pt`` is exact); the second stops at once."""
-        if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        """First Ctrl-C: a request honoured between steps (so ``last.pt`` is exact). Second Ctrl-C: stop at once."""
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
             yield  # not ours to change (another thread, or a caller with its own handler)
             return
 
         def request_stop(signum: int, frame: Any) -> None:
             self._stop_requested = True
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            logger.warning("interrupt: finishing the current step, then saving last.pt (Ctrl-C again to stop now, without saving)")
+            logger.warning(
+                "interrupt: finishing the current step, then saving last.pt (Ctrl-C again to stop now, without saving)"
+            )
 
         signal.signal(signal.SIGINT, request_stop)
         try:
@@ -187,7 +208,12 @@ class Trainer:
     def _stop_if_requested(self) -> None:
         if self._stop_requested:
             self._save("last.pt")
-            logger.warning("interrupted: saved %s at epoch %d, batch %d; continue with --resume", self.ckpt_dir / "last.pt", self.epoch, self.batch_in_epoch)
+            logger.warning(
+                "interrupted: saved %s at epoch %d, batch %d; continue with --resume",
+                self.ckpt_dir / "last.pt",
+                self.epoch,
+                self.batch_in_epoch,
+            )
             raise KeyboardInterrupt
 
     def _seed_epoch(self) -> torch.Tensor:
@@ -214,7 +240,12 @@ class Trainer:
         if t.steps_per_epoch:
             n_batches = min(n_batches, t.steps_per_epoch)
         self.model.train(True)
-        bar = tqdm(range(self.batch_in_epoch, n_batches), desc=f"epoch {self.epoch + 1}/{t.epochs}", disable=not self.progress, leave=False)
+        bar = tqdm(
+            range(self.batch_in_epoch, n_batches),
+            desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            disable=not self.progress,
+            leave=False,
+        )
         for b in bar:
             items = [self.dataset[int(i)] for i in order[b * t.batch_size : (b + 1) * t.batch_size]]
             batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
@@ -222,7 +253,9 @@ class Trainer:
             self.batch_in_epoch, self.step = b + 1, self.step + 1
             for k, v in losses.items():
                 self.epoch_losses.setdefault(k, []).append(v)
-            bar.set_postfix({k: f"{np.mean(v[-20:]):.3f}" for k, v in self.epoch_losses.items() if k in ("loss_d", "loss_g")})
+            bar.set_postfix(
+                {k: f"{np.mean(v[-20:]):.3f}" for k, v in self.epoch_losses.items() if k in ("loss_d", "loss_g")}
+            )
             if self.step % 10 == 0:
                 for k, v in losses.items():
                     self.writer.add_scalar(f"train/{k}", v, self.step)
@@ -242,7 +275,12 @@ class Trainer:
             self.best_mae = val["val_mae"]
             self._save("best.pt")
         self._save("last.pt")
-        logger.info("epoch %d/%d: %s", self.epoch, self.cfg.train.epochs, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+        logger.info(
+            "epoch %d/%d: %s",
+            self.epoch,
+            self.cfg.train.epochs,
+            ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+        )
 
     # ------------------------------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
@@ -258,13 +296,21 @@ class Trainer:
             scores.append(s)
             if i == 0:
                 self._log_images(src, pred, tgt, mask)
-        return {f"val_{k}": float(np.mean([s[k] for s in scores])) for k in scores[0] if k in ("mae", "psnr", "ssim", "ms_ssim", "rmse")}
+        return {
+            f"val_{k}": float(np.mean([s[k] for s in scores]))
+            for k in scores[0]
+            if k in ("mae", "psnr", "ssim", "ms_ssim", "rmse")
+        }
 
     def _log_images(self, src: Any, pred: Any, tgt: Any, mask: np.ndarray) -> None:
         z = int(np.argwhere(mask).mean(axis=0)[axial_axis(tgt.affine)])
         axis = axial_axis(tgt.affine)
         tiles = []
-        for vol, lo, hi in ((src.array, *np.percentile(src.array, (0.5, 99.5))), (pred.array, -1000, 1600), (tgt.array, -1000, 1600)):
+        for vol, lo, hi in (
+            (src.array, *np.percentile(src.array, (0.5, 99.5))),
+            (pred.array, -1000, 1600),
+            (tgt.array, -1000, 1600),
+        ):
             sl = np.take(np.asarray(vol, dtype=np.float32), z, axis=axis)
             tiles.append(np.clip((sl - lo) / max(hi - lo, 1e-6), 0, 1))
         self.writer.add_image("val/input_output_target", np.concatenate(tiles, axis=1)[None], self.epoch + 1)
@@ -286,7 +332,9 @@ class Trainer:
         else:  # tune the denoiser on a few body slices of every training case
             pairs = []
             for c in self.train_cases:
-                body = torch.nonzero(c.mask[0].float().mean(dim=(0, 1)) >= max(self.cfg.data.min_body_fraction, 0.2)).flatten()
+                body = torch.nonzero(
+                    c.mask[0].float().mean(dim=(0, 1)) >= max(self.cfg.data.min_body_fraction, 0.2)
+                ).flatten()
                 for z in body[:: max(len(body) // 4, 1)][:4].tolist():
                     pairs.append((c.source[0, :, :, z].numpy(), c.target[0, :, :, z].numpy()))
             self.lut.fit([p[0] for p in pairs], [p[1] for p in pairs])
@@ -325,15 +373,24 @@ class Trainer:
     def _check_same_run(self, ckpt: dict[str, Any], path: Path) -> None:
         """Refuse to resume a run with a config other than the one it was made with (bar RESUMABLE_CHANGES)."""
         if ckpt["kind"] != self.cfg.model.kind:
-            raise CheckpointError(f"{path}: checkpoint is from a {ckpt['kind']} run but model.kind is {self.cfg.model.kind}; resume with the same model.kind or choose another --out")
+            raise CheckpointError(
+                f"{path}: checkpoint is from a {ckpt['kind']} run but model.kind is {self.cfg.model.kind}; resume "
+                "with the same model.kind or choose another --out"
+            )
         try:
             saved = RunConfig.from_dict(ckpt["config"], source=f"{path} (its config)").to_dict()
         except ConfigError as exc:
-            raise CheckpointError(f"{path}: the run's saved config is not valid today ({exc}); start a new run") from exc
+            raise CheckpointError(
+                f"{path}: the run's saved config is not valid today ({exc}); start a new run"
+            ) from exc
         diffs = [d for d in config_differences(saved, self.cfg.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES]
         if diffs:
-            raise ConfigError(f"{self.run_dir}: --resume needs the config this run was made with; these differ: {'; '.join(diffs[:8])}"
-                              + (f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else "") + "; use the same settings, or train into another --out")
+            raise ConfigError(
+                f"{self.run_dir}: --resume needs the config this run was made with; these differ: "
+                f"{'; '.join(diffs[:8])}"
+                + (f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else "")
+                + "; use the same settings, or train into another --out"
+            )
 
     def _load(self, ckpt: dict[str, Any], path: Path) -> None:
         ckpt = {**ckpt, "model": _to_device(ckpt["model"], self.device)}
@@ -343,7 +400,10 @@ class Trainer:
             else:
                 self.lut.load_state_dict(ckpt["model"]["nets"]["G"])
         except (RuntimeError, KeyError) as exc:
-            raise CheckpointError(f"{path}: networks do not match this config ({str(exc).splitlines()[0][:160]}); resume with the config the run was made with") from exc
+            raise CheckpointError(
+                f"{path}: networks do not match this config ({str(exc).splitlines()[0][:160]}); resume with the "
+                "config the run was made with"
+            ) from exc
         self.epoch, self.batch_in_epoch, self.step = int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]), int(ckpt["step"])
         self.best_mae, self.history = float(ckpt["best_mae"]), list(ckpt["history"])
         self.epoch_losses = {k: list(v) for k, v in ckpt.get("epoch_losses", {}).items()}

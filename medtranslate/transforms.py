@@ -81,7 +81,9 @@ def ct_intensity() -> IntensityParams:
     return IntensityParams("ct", *CT_RANGE)
 
 
-def mr_intensity(array: np.ndarray, mask: np.ndarray | None = None, percentiles: tuple[float, float] = MR_PERCENTILES) -> IntensityParams:
+def mr_intensity(
+    array: np.ndarray, mask: np.ndarray | None = None, percentiles: tuple[float, float] = MR_PERCENTILES
+) -> IntensityParams:
     """MR: robust percentiles (inside ``mask`` when given) mapped to [-1, 1]."""
     values = np.asarray(array, dtype=np.float32)
     if mask is not None and mask.any():
@@ -105,10 +107,15 @@ def intensity_for(kind: str, array: np.ndarray, affine: np.ndarray, source: str 
     if kind == "mr":
         mask = body_mask(array, "mr", affine)
         if not mask.any():
-            raise InputError(f"{source}: no body found (the image is empty or constant); check that it is the right file")
+            raise InputError(
+                f"{source}: no body found (the image is empty or constant); check that it is the right file"
+            )
         inside = np.asarray(array)[mask]
         if inside.min() == inside.max():
-            raise InputError(f"{source}: every voxel of the body has the value {float(inside.min()):g}; check that it is the right file")
+            raise InputError(
+                f"{source}: every voxel of the body has the value {float(inside.min()):g}; check that it is the right "
+                "file"
+            )
         return mr_intensity(array, mask)
     raise InputError(f"unknown image kind '{kind}'; expected one of: ct, mr")
 
@@ -118,7 +125,9 @@ def axial_axis(affine: np.ndarray) -> int:
     return int(np.argmax(np.abs(np.asarray(affine)[2, :3]) / np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
 
 
-def body_mask(array: np.ndarray, kind: str, affine: np.ndarray | None = None, threshold: float | None = None) -> np.ndarray:
+def body_mask(
+    array: np.ndarray, kind: str, affine: np.ndarray | None = None, threshold: float | None = None
+) -> np.ndarray:
     """Body (patient outline) mask, built the way the SynthRAD challenge builds its masks.
 
     Threshold (CT: -500 HU; MR: half the Otsu threshold), keep the largest connected component, close small gaps,
@@ -137,7 +146,7 @@ def body_mask(array: np.ndarray, kind: str, affine: np.ndarray | None = None, th
         if kind == "ct":
             threshold = -500.0
         elif kind == "mr":
-            threshold = 0.5 * float(threshold_otsu(data[:: 2, :: 2, :: 2]))
+            threshold = 0.5 * float(threshold_otsu(data[::2, ::2, ::2]))
         else:
             raise InputError(f"unknown image kind '{kind}' for a body mask; expected one of: ct, mr")
     mask = _largest_component(data > threshold)
@@ -145,7 +154,9 @@ def body_mask(array: np.ndarray, kind: str, affine: np.ndarray | None = None, th
         return mask
     # Close small gaps; pad first so the zero border outside the volume does not erode the edge.
     pad = 2
-    closed = ndimage.binary_closing(np.pad(mask, pad), structure=ndimage.generate_binary_structure(3, 1), iterations=pad)
+    closed = ndimage.binary_closing(
+        np.pad(mask, pad), structure=ndimage.generate_binary_structure(3, 1), iterations=pad
+    )
     mask = closed[pad:-pad, pad:-pad, pad:-pad] | mask
     mask = ndimage.binary_fill_holes(mask)
     axis = axial_axis(affine) if affine is not None else 2
@@ -165,7 +176,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def check_same_grid(a: Volume, b: Volume, names: tuple[str, str] = ("a", "b"), case: str | None = None, atol: float = 1e-4) -> None:
+def check_same_grid(
+    a: Volume, b: Volume, names: tuple[str, str] = ("a", "b"), case: str | None = None, atol: float = 1e-4
+) -> None:
     """Raise :class:`GeometryMismatchError` unless two volumes share shape, spacing, direction and origin."""
     where = f"case '{case}': " if case else ""
     if a.shape != b.shape:
@@ -176,7 +189,8 @@ def check_same_grid(a: Volume, b: Volume, names: tuple[str, str] = ("a", "b"), c
         raise GeometryMismatchError(f"{where}spacing differs: {names[0]} {sa} vs {names[1]} {sb}")
     if not np.allclose(a.affine, b.affine, atol=atol):
         raise GeometryMismatchError(
-            f"{where}orientation or origin differs: {names[0]} {a.orientation} origin {np.round(a.affine[:3, 3], 3).tolist()} "
+            f"{where}orientation or origin differs: {names[0]} {a.orientation} origin "
+            f"{np.round(a.affine[:3, 3], 3).tolist()} "
             f"vs {names[1]} {b.orientation} origin {np.round(b.affine[:3, 3], 3).tolist()}"
         )
 
@@ -191,7 +205,13 @@ class Preprocessor:
         margin: crop margin in voxels.
     """
 
-    def __init__(self, spacing: tuple[float, float, float] | None = None, crop_to_body: bool = False, divisible: int | tuple[int, int, int] = 1, margin: int = 4):
+    def __init__(
+        self,
+        spacing: tuple[float, float, float] | None = None,
+        crop_to_body: bool = False,
+        divisible: int | tuple[int, int, int] = 1,
+        margin: int = 4,
+    ):
         self.spacing = tuple(float(s) for s in spacing) if spacing is not None else None
         self.crop_to_body = crop_to_body
         self.divisible = divisible
@@ -200,14 +220,20 @@ class Preprocessor:
         kw = {"keys": keys, "allow_missing_keys": True}
         chain: list[Any] = [Orientationd(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")), **kw)]
         if self.spacing is not None:
-            chain.append(Spacingd(**kw, pixdim=self.spacing, mode=("bilinear", "nearest"), padding_mode="border", dtype=np.float32))
+            chain.append(
+                Spacingd(
+                    **kw, pixdim=self.spacing, mode=("bilinear", "nearest"), padding_mode="border", dtype=np.float32
+                )
+            )
         if crop_to_body:
             chain.append(CropForegroundd(**kw, source_key="mask", margin=margin, allow_smaller=True))
         if divisible != 1:
             chain.append(DivisiblePadd(**kw, k=divisible, mode="constant", value=BACKGROUND))
         self.chain = Compose(chain)
 
-    def __call__(self, volume: Volume, intensity: IntensityParams, mask: np.ndarray | None = None, keep_mask: bool = True) -> dict[str, MetaTensor]:
+    def __call__(
+        self, volume: Volume, intensity: IntensityParams, mask: np.ndarray | None = None, keep_mask: bool = True
+    ) -> dict[str, MetaTensor]:
         """Scale intensities and apply the spatial chain.
 
         Args:
@@ -231,7 +257,9 @@ class Preprocessor:
             out.pop("mask", None)
         return out
 
-    def invert(self, prediction: torch.Tensor, reference: MetaTensor, intensity: IntensityParams, original: Volume) -> Volume:
+    def invert(
+        self, prediction: torch.Tensor, reference: MetaTensor, intensity: IntensityParams, original: Volume
+    ) -> Volume:
         """Bring a prediction made in the preprocessed space back to ``original``'s grid and to source units.
 
         Args:
@@ -244,15 +272,25 @@ class Preprocessor:
         if pred.ndim == 3:
             pred = pred[None]
         if tuple(pred.shape[1:]) != tuple(reference.shape[1:]):
-            raise GeometryMismatchError(f"prediction shape {tuple(pred.shape[1:])} differs from the preprocessed input {tuple(reference.shape[1:])}")
+            raise GeometryMismatchError(
+                f"prediction shape {tuple(pred.shape[1:])} differs from the preprocessed input "
+                f"{tuple(reference.shape[1:])}"
+            )
         meta = MetaTensor(pred, meta=dict(reference.meta))
         meta.applied_operations = [dict(op) for op in reference.applied_operations]
         with torch.no_grad():
             restored = self.chain.inverse({"image": meta})["image"]
         array = np.asarray(restored.detach().cpu().numpy()[0], dtype=np.float32)
         if array.shape != original.shape:
-            raise GeometryMismatchError(f"{original.source}: inverted shape {array.shape} differs from the input's {original.shape}")
+            raise GeometryMismatchError(
+                f"{original.source}: inverted shape {array.shape} differs from the input's {original.shape}"
+            )
         if not np.allclose(np.asarray(restored.affine, dtype=np.float64), original.affine, atol=1e-3):
             raise GeometryMismatchError(f"{original.source}: inverted affine differs from the input's")
         values = intensity.inverse(array)
-        return Volume(array=np.asarray(values, dtype=np.float32), affine=original.affine.copy(), source=original.source, format="memory")
+        return Volume(
+            array=np.asarray(values, dtype=np.float32),
+            affine=original.affine.copy(),
+            source=original.source,
+            format="memory",
+        )

@@ -58,7 +58,9 @@ def translate_volume(
     device = torch.device(device)
     require_int("batch size", batch_size, 1)
     name = volume.source or "input volume"
-    check_modality(volume, spec.source_kind, name, f"this model translates {get_task(spec.task).source_role} images ({spec.task})")
+    check_modality(
+        volume, spec.source_kind, name, f"this model translates {get_task(spec.task).source_role} images ({spec.task})"
+    )
     intensity = intensity_for(spec.source_kind, volume.array, volume.affine, source=name)
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
     data = pre(volume, intensity, keep_mask=False)  # no crop to the body: no mask needed
@@ -81,7 +83,10 @@ def translate_volume(
         net.train(was_training)
     if not torch.isfinite(pred).all():
         bad = int((~torch.isfinite(pred)).sum())
-        raise CheckpointError(f"{name}: the model produced {bad} NaN or infinite values; the checkpoint is broken (training diverged?), train it again")
+        raise CheckpointError(
+            f"{name}: the model produced {bad} NaN or infinite values; the checkpoint is broken (training diverged?), "
+            "train it again"
+        )
     return pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume)
 
 
@@ -165,9 +170,25 @@ def translate_folder(
         result = translate_volume(net, read_case(case), spec, dev, batch_size=batch_size, tta=tta)
         hu = np.clip(result.array, -1024, 3071)
         if fmt == "dicom":
-            write_dicom_series(targets[1], Volume(hu, result.affine), modality="CT", series_description=f"medtranslate {suffix}", overwrite=True,
-                               comments=f"Synthetic image made by medtranslate ({ckpt['kind']}, checkpoint sha256 {digest[:16]}) from {case.label}; not an acquired scan")
+            write_dicom_series(
+                targets[1],
+                Volume(hu, result.affine),
+                modality="CT",
+                series_description=f"medtranslate {suffix}",
+                overwrite=True,
+                comments=f"Synthetic image made by medtranslate ({ckpt['kind']}, checkpoint sha256 {digest[:16]}) "
+                f"from {case.label}; not an acquired scan",
+            )
         write_nifti(targets[0], hu, result.affine, np.int16, overwrite=True)
 
     manifest = out / ("manifest.csv" if count == 1 else f"manifest.shard{index}of{count}.csv")
-    return run_cases(cases, manifest, outputs, work, overwrite=overwrite, progress=progress, extra={"checkpoint_sha256": digest}, desc="translate")
+    return run_cases(
+        cases,
+        manifest,
+        outputs,
+        work,
+        overwrite=overwrite,
+        progress=progress,
+        extra={"checkpoint_sha256": digest},
+        desc="translate",
+    )

@@ -19,7 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
 
 
-def oblique_affine(spacing=(0.9, 1.3, 2.5), angles_deg=(12.0, -8.0, 20.0), axcodes_flip=(True, False, True), origin=(-31.0, 17.5, -42.0)) -> np.ndarray:
+def oblique_affine(
+    spacing=(0.9, 1.3, 2.5),
+    angles_deg=(12.0, -8.0, 20.0),
+    axcodes_flip=(True, False, True),
+    origin=(-31.0, 17.5, -42.0),
+) -> np.ndarray:
     """A voxel-to-RAS affine with a rotated (oblique) direction, flipped axes (non-RAS) and anisotropic spacing."""
     ax, ay, az = np.deg2rad(angles_deg)
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
@@ -56,11 +61,27 @@ def ct_volume() -> Volume:
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     # explicit UTF-8: a C library (GDCM) can switch this process's locale to ASCII at run time
-    return subprocess.run([sys.executable, "-m", "medtranslate", *args], capture_output=True, text=True, encoding="utf-8", cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "medtranslate", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
-TINY = {"model.ngf": 4, "model.ndf": 4, "model.num_downs": 3, "model.n_blocks": 1, "data.patch_size": 32,
-        "train.batch_size": 2, "train.steps_per_epoch": 3, "train.epochs": 2, "train.channels_last": False}
+TINY = {
+    "model.ngf": 4,
+    "model.ndf": 4,
+    "model.num_downs": 3,
+    "model.n_blocks": 1,
+    "data.patch_size": 32,
+    "train.batch_size": 2,
+    "train.steps_per_epoch": 3,
+    "train.epochs": 2,
+    "train.channels_last": False,
+}
 
 
 @pytest.fixture(scope="session")
@@ -82,5 +103,3 @@ def write_config(path, root, kind="pix2pix", **extra):
         cfg[section][key] = value
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-

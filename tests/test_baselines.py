@@ -1,4 +1,4 @@
-"""The non-learned baselines: the intensity map is the best 1D mapping; the denoiser's strength is tuned to the noise."""
+"""Non-learned baselines: the intensity map is the best 1D mapping; the denoiser's strength is tuned to the noise."""
 
 from __future__ import annotations
 

@@ -54,7 +54,11 @@ def test_skipped_cases_keep_the_attribution_of_the_run_that_made_them(tmp_path, 
     run_cases(cases[:2], manifest, _outputs(out), _work(), progress=False, extra={"checkpoint_sha256": "aaaa"})
     with caplog.at_level(logging.WARNING):
         rows = run_cases(cases, manifest, _outputs(out), _work(), progress=False, extra={"checkpoint_sha256": "bbbb"})
-    assert [(r["status"], r["checkpoint_sha256"]) for r in rows] == [("skipped", "aaaa"), ("skipped", "aaaa"), ("done", "bbbb")]
+    assert [(r["status"], r["checkpoint_sha256"]) for r in rows] == [
+        ("skipped", "aaaa"),
+        ("skipped", "aaaa"),
+        ("done", "bbbb"),
+    ]
     assert "made with another checkpoint_sha256 (aaaa, not bbbb); pass --overwrite" in caplog.text
     saved = {r["case"]: r["checkpoint_sha256"] for r in csv.DictReader(manifest.open())}
     assert saved == {"c0": "aaaa", "c1": "aaaa", "c2": "bbbb"}
@@ -62,7 +66,9 @@ def test_skipped_cases_keep_the_attribution_of_the_run_that_made_them(tmp_path, 
     manifest.unlink()
     rows = run_cases(cases, manifest, _outputs(out), _work(), progress=False, extra={"checkpoint_sha256": "cccc"})
     assert {r["checkpoint_sha256"] for r in rows} == {"unknown"}
-    rows = run_cases(cases, manifest, _outputs(out), _work(), overwrite=True, progress=False, extra={"checkpoint_sha256": "cccc"})
+    rows = run_cases(
+        cases, manifest, _outputs(out), _work(), overwrite=True, progress=False, extra={"checkpoint_sha256": "cccc"}
+    )
     assert {(r["status"], r["checkpoint_sha256"]) for r in rows} == {("done", "cccc")}
 
 

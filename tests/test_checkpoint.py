@@ -39,7 +39,9 @@ def _without_split(root, dest):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,task", [("pix2pix", "mr2ct"), ("cyclegan", "mr2ct"), ("intensity_map", "mr2ct"), ("classical", "ldct")])
+@pytest.mark.parametrize(
+    "kind,task", [("pix2pix", "mr2ct"), ("cyclegan", "mr2ct"), ("intensity_map", "mr2ct"), ("classical", "ldct")]
+)
 @pytest.mark.parametrize("split", ["file", "random"])
 def test_every_checkpoint_kind_loads_with_weights_only(tmp_path, tiny_data, ldct_data, kind, task, split):
     root = tiny_data if task == "mr2ct" else ldct_data
@@ -60,13 +62,23 @@ def test_every_checkpoint_kind_loads_with_weights_only(tmp_path, tiny_data, ldct
     case = sorted(p for p in root.iterdir() if p.is_dir())[0]
     inputs.mkdir()
     shutil.copy(case / ("mr.nii.gz" if task == "mr2ct" else "ld.nii.gz"), inputs / "x.nii.gz")
-    result = run_cli("translate", "--model", str(tmp_path / "run" / "checkpoints" / "best.pt"), "--input", str(inputs),
-                     "--output", str(tmp_path / "out"), "--no-progress")
+    result = run_cli(
+        "translate",
+        "--model",
+        str(tmp_path / "run" / "checkpoints" / "best.pt"),
+        "--input",
+        str(inputs),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_plain_turns_numpy_into_python_and_refuses_objects():
-    state = plain({"split": {"train": [np.str_("a")]}, "n": np.int64(3), "w": np.zeros(2, np.float32), "t": (np.float64(1.5),)})
+    state = plain(
+        {"split": {"train": [np.str_("a")]}, "n": np.int64(3), "w": np.zeros(2, np.float32), "t": (np.float64(1.5),)}
+    )
     assert type(state["split"]["train"][0]) is str and type(state["n"]) is int and isinstance(state["w"], torch.Tensor)
     assert type(state["t"][0]) is float
     with pytest.raises(TypeError, match=r"checkpoint\.bad: a object cannot be stored"):
@@ -96,15 +108,22 @@ def test_unsafe_pickle_is_refused_saying_it_could_run_code(tmp_path, capsys):
     assert "could run code" not in str(info.value)
 
 
-@pytest.mark.parametrize("field,value,match", [("task", "ct2mr", "unknown task 'ct2mr'"), ("source_kind", "pet", "source kind 'pet'")])
+@pytest.mark.parametrize(
+    "field,value,match", [("task", "ct2mr", "unknown task 'ct2mr'"), ("source_kind", "pet", "source kind 'pet'")]
+)
 def test_a_crafted_checkpoint_with_an_unknown_task_is_refused(tmp_path, field, value, match):
     spec = TranslatorSpec("mr2ct", "mr", {"kind": "ct", "lo": -1024.0, "hi": 3071.0}).to_dict()
     spec[field] = value
-    path = save_checkpoint({"format": 1, "kind": "intensity_map", "spec": spec, "model": {"nets": {"G": {"table": torch.zeros(4)}}}}, tmp_path / "c.pt")
+    path = save_checkpoint(
+        {"format": 1, "kind": "intensity_map", "spec": spec, "model": {"nets": {"G": {"table": torch.zeros(4)}}}},
+        tmp_path / "c.pt",
+    )
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
     (tmp_path / "in").mkdir()
-    result = run_cli("translate", "--model", str(path), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"))
+    result = run_cli(
+        "translate", "--model", str(path), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")
+    )
     assert result.returncode == 2 and match.split("'")[0] in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 

@@ -103,7 +103,10 @@ def test_a_recursive_alias_is_refused(tmp_path):
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", "not a text file"),
         (b"data: {root: x\nmodel: [", r"not valid YAML \(.* at line \d+, column \d+\); fix the syntax"),
         (b"- just\n- a list\n", r"expected a mapping with sections data, model, train; got \['just', 'a list'\]"),
-        (b"data: [1, 2]\nmodel: {kind: pix2pix}\n", r"section 'data' must be a mapping of keys to values, got \[1, 2\]"),
+        (
+            b"data: [1, 2]\nmodel: {kind: pix2pix}\n",
+            r"section 'data' must be a mapping of keys to values, got \[1, 2\]",
+        ),
     ],
 )
 def test_files_that_are_not_configs(tmp_path, content, match):
@@ -128,19 +131,38 @@ def test_show_bounds_any_value():
 
 
 def test_config_differences_name_nested_keys():
-    diffs = config_differences({"model": {"ngf": 64, "kind": "pix2pix"}, "pipeline": None}, {"model": {"ngf": 32, "kind": "pix2pix"}, "pipeline": {"baseline": "none"}})
+    diffs = config_differences(
+        {"model": {"ngf": 64, "kind": "pix2pix"}, "pipeline": None},
+        {"model": {"ngf": 32, "kind": "pix2pix"}, "pipeline": {"baseline": "none"}},
+    )
     assert diffs == ["model.ngf: 64 -> 32", "pipeline: None -> {'baseline': 'none'}"]
 
 
 def test_every_cli_config_error_is_one_line(tmp_path, capsys):
     from medtranslate.cli import main
 
-    for i, content in enumerate([b"\x00\x01binary", b"model: {kind: pix2pix, ngf: 0.5}\ndata: {root: x}\n", b"pipeline: [1, 2]\ndata: {root: x}\nmodel: {kind: pix2pix}\n"]):
+    for i, content in enumerate(
+        [
+            b"\x00\x01binary",
+            b"model: {kind: pix2pix, ngf: 0.5}\ndata: {root: x}\n",
+            b"pipeline: [1, 2]\ndata: {root: x}\nmodel: {kind: pix2pix}\n",
+        ]
+    ):
         path = tmp_path / f"c{i}.yaml"
         path.write_bytes(content)
-        for command in (["train", str(path), "--out", str(tmp_path / f"t{i}")], ["run", str(path), "--out", str(tmp_path / f"r{i}")]):
+        for command in (
+            ["train", str(path), "--out", str(tmp_path / f"t{i}")],
+            ["run", str(path), "--out", str(tmp_path / f"r{i}")],
+        ):
             assert main(command) == 2, command
             err = capsys.readouterr().err
             assert len(err.strip().splitlines()) == 1 and "error" in err, err
-    unclosed = run_cli("run", str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"), "--out", str(tmp_path / "u"), "--set", "data.root=[unclosed")
+    unclosed = run_cli(
+        "run",
+        str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"),
+        "--out",
+        str(tmp_path / "u"),
+        "--set",
+        "data.root=[unclosed",
+    )
     assert unclosed.returncode == 2 and "not valid YAML" in unclosed.stderr and "Traceback" not in unclosed.stderr

@@ -27,10 +27,15 @@ def test_looks_like(array, modality, expected):
 
 
 def test_check_modality_refuses_the_wrong_kind_and_constant_images():
-    ct, mr = Volume(ct_like(), np.eye(4), source="ct.nii.gz"), Volume(np.abs(ct_like()).astype(np.int16), np.eye(4), source="mr.nii.gz")
+    ct, mr = (
+        Volume(ct_like(), np.eye(4), source="ct.nii.gz"),
+        Volume(np.abs(ct_like()).astype(np.int16), np.eye(4), source="mr.nii.gz"),
+    )
     check_modality(ct, "ct", ct.source, "denoising")
     check_modality(mr, "mr", mr.source, "synthesis")
-    with pytest.raises(InputError, match=r"mr.nii.gz: values \[\d+, \d+\] do not look like CT in HU .*; denoising: give it a CT"):
+    with pytest.raises(
+        InputError, match=r"mr.nii.gz: values \[\d+, \d+\] do not look like CT in HU .*; denoising: give it a CT"
+    ):
         check_modality(mr, "ct", mr.source, "denoising")
     with pytest.raises(InputError, match=r"ct.nii.gz: this is a CT \(values in HU, air near -1000\), but synthesis"):
         check_modality(ct, "mr", ct.source, "synthesis")
@@ -51,5 +56,14 @@ def test_info_describes_the_good_files_of_a_folder_with_bad_ones(tmp_path):
     assert by_case["broken (ct)"]["status"] == "failed" and "broken_ct.nii.gz" in by_case["broken (ct)"]["error"]
     assert "NaN" in by_case["nan (ct)"]["error"]
     table = format_table(rows)
-    assert table.splitlines()[0].split() == ["case", "format", "shape", "spacing", "orientation", "dtype", "range", "looks_like"]
+    assert table.splitlines()[0].split() == [
+        "case",
+        "format",
+        "shape",
+        "spacing",
+        "orientation",
+        "dtype",
+        "range",
+        "looks_like",
+    ]
     assert "good (ct)" in table and table.count("FAILED:") == 2

@@ -50,7 +50,9 @@ def test_a_complete_series_reads_with_its_spacing_whatever_the_file_order(series
 def test_a_missing_slice_is_refused_naming_the_gap(series):
     folder, _ = series
     os.remove(_files(folder)[4])
-    with pytest.raises(InputError, match=r"not evenly spaced \(1 slice\(s\) missing\): 9 slices .* step of 5 mm, but .* -> .* mm") as info:
+    with pytest.raises(
+        InputError, match=r"not evenly spaced \(1 slice\(s\) missing\): 9 slices .* step of 5 mm, but .* -> .* mm"
+    ) as info:
         read_volume(folder)
     assert str(folder) in str(info.value)
 
@@ -101,7 +103,16 @@ def test_a_geometry_problem_is_a_one_line_error_in_every_command(series, tmp_pat
     assert info.returncode == 2 and "slice(s) missing" in info.stdout and "Traceback" not in info.stderr
     convert = run_cli("convert", str(case), str(tmp_path / "x.nii.gz"))
     assert convert.returncode == 2 and "slice(s) missing" in convert.stderr and not (tmp_path / "x.nii.gz").exists()
-    sim = run_cli("simulate-lowdose", "--dose", "0.5", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "sim"), "--no-progress")
+    sim = run_cli(
+        "simulate-lowdose",
+        "--dose",
+        "0.5",
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "sim"),
+        "--no-progress",
+    )
     assert sim.returncode == 1 and "FAILED pt01" in sim.stdout and "slice(s) missing" in sim.stdout
     assert sorted((p.name, p.read_bytes()) for p in case.iterdir()) == before
 

@@ -41,7 +41,18 @@ def test_evaluate_cli_writes_table_summary_and_self_contained_report(tmp_path):
     fake_predictions(tmp_path / "pred")
     ref = refs(tmp_path)
     out = tmp_path / "eval"
-    result = run_cli("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(ref), "--input", str(ref), "--out", str(out), "--no-progress")
+    result = run_cli(
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred"),
+        "--ref",
+        str(ref),
+        "--input",
+        str(ref),
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert "sub-07" in result.stdout and "mean" in result.stdout and "report.html" in result.stdout
 
@@ -79,7 +90,9 @@ def test_bad_cases_are_recorded_and_the_rest_scored(tmp_path):
     p5 = read_volume(tmp_path / "pred" / "sub-05_sct.nii.gz")
     shift = np.eye(4)
     shift[2, 3] = 2
-    write_nifti(tmp_path / "pred" / "sub-05_sct.nii.gz", p5.array[:, :, 2:], p5.affine @ shift, np.int16, overwrite=True)
+    write_nifti(
+        tmp_path / "pred" / "sub-05_sct.nii.gz", p5.array[:, :, 2:], p5.affine @ shift, np.int16, overwrite=True
+    )
     # sub-06: NaN voxels in the prediction
     p6 = read_volume(tmp_path / "pred" / "sub-06_sct.nii.gz").array.astype(np.float32)
     p6[60, 60, 30] = np.nan
@@ -91,7 +104,18 @@ def test_bad_cases_are_recorded_and_the_rest_scored(tmp_path):
         write_nifti(masks / f"{cid}.nii.gz", m.array * (cid != "sub-07"), m.affine, np.uint8)
 
     out = tmp_path / "eval"
-    result = run_cli("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(ref), "--mask", str(masks), "--out", str(out), "--no-progress")
+    result = run_cli(
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred"),
+        "--ref",
+        str(ref),
+        "--mask",
+        str(masks),
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert result.returncode == 1, result.stderr
     rows = {r["case"]: r for r in csv.DictReader((out / "metrics.csv").open())}
     assert rows["sub-05"]["status"] == "failed" and "shape differs" in rows["sub-05"]["error"]
@@ -104,7 +128,9 @@ def test_bad_cases_are_recorded_and_the_rest_scored(tmp_path):
     assert "FAILED: case 'sub-05': shape differs" in result.stdout
 
     # with --resample-to-ref the cropped prediction is resampled onto the reference grid and scored
-    result = evaluate_folder(tmp_path / "pred", ref, tmp_path / "eval2", mask=masks, resample_to_ref=True, figures=False, progress=False)
+    result = evaluate_folder(
+        tmp_path / "pred", ref, tmp_path / "eval2", mask=masks, resample_to_ref=True, figures=False, progress=False
+    )
     by_case = {r["case"]: r for r in result.rows}
     assert by_case["sub-05"]["status"] == "done"
     assert by_case["sub-05"]["mae"] < by_case["sub-04"]["mae"] + 40  # aligned; only the two missing slices add error
@@ -113,7 +139,16 @@ def test_bad_cases_are_recorded_and_the_rest_scored(tmp_path):
 def test_nothing_readable_exits_2(tmp_path):
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "x_sct.nii.gz").write_bytes(b"not a nifti")
-    result = run_cli("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(SAMPLE / "mr2ct" / "sub-01"), "--out", str(tmp_path / "e"), "--no-progress")
+    result = run_cli(
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred"),
+        "--ref",
+        str(SAMPLE / "mr2ct" / "sub-01"),
+        "--out",
+        str(tmp_path / "e"),
+        "--no-progress",
+    )
     assert result.returncode == 2
     missing = run_cli("evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(SAMPLE), "--out", str(tmp_path / "e2"))
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
@@ -124,8 +159,18 @@ def test_ldct_task_scores_prediction_and_input(tmp_path):
     rng = np.random.default_rng(2)
     write_nifti(tmp_path / "nd" / "c1.nii.gz", ref.array, ref.affine)
     write_nifti(tmp_path / "ld" / "c1.nii.gz", ref.array + rng.normal(0, 40, ref.shape), ref.affine, np.int16)
-    write_nifti(tmp_path / "pred" / "c1_denoised.nii.gz", ref.array + rng.normal(0, 10, ref.shape), ref.affine, np.int16)
-    result = evaluate_folder(tmp_path / "pred", tmp_path / "nd", tmp_path / "e", input=tmp_path / "ld", task="ldct", figures=False, progress=False)
+    write_nifti(
+        tmp_path / "pred" / "c1_denoised.nii.gz", ref.array + rng.normal(0, 10, ref.shape), ref.affine, np.int16
+    )
+    result = evaluate_folder(
+        tmp_path / "pred",
+        tmp_path / "nd",
+        tmp_path / "e",
+        input=tmp_path / "ld",
+        task="ldct",
+        figures=False,
+        progress=False,
+    )
     row = result.rows[0]
     assert row["status"] == "done"
     assert row["psnr"] > row["input_psnr"] + 5 and row["ssim"] > row["input_ssim"] and row["rmse"] < row["input_rmse"]
@@ -147,8 +192,18 @@ def test_two_files_given_explicitly_are_paired_whatever_their_names(tmp_path):
     pred = tmp_path / "pred" / "sub-07_sct.nii.gz"
     renamed = tmp_path / "synthetic_final_v2.nii.gz"
     shutil.copy(pred, renamed)
-    result = run_cli("evaluate", "--pred", str(renamed), "--ref", str(SAMPLE / "mr2ct" / "sub-07" / "ct.nii.gz"),
-                     "--mask", str(SAMPLE / "mr2ct" / "sub-07" / "mask.nii.gz"), "--out", str(tmp_path / "e"), "--no-progress")
+    result = run_cli(
+        "evaluate",
+        "--pred",
+        str(renamed),
+        "--ref",
+        str(SAMPLE / "mr2ct" / "sub-07" / "ct.nii.gz"),
+        "--mask",
+        str(SAMPLE / "mr2ct" / "sub-07" / "mask.nii.gz"),
+        "--out",
+        str(tmp_path / "e"),
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = list(csv.DictReader((tmp_path / "e" / "metrics.csv").open()))
     assert len(rows) == 1 and rows[0]["status"] == "done" and float(rows[0]["mae"]) > 0
@@ -159,7 +214,9 @@ def test_grid_mismatch_names_both_files_and_the_option_that_resamples(tmp_path):
     moved = ref.affine.copy()
     moved[:3, 3] += 3.0
     write_nifti(tmp_path / "pred" / "sub-07_sct.nii.gz", ref.array, moved, np.int16)
-    result = evaluate_folder(tmp_path / "pred", refs(tmp_path, ["sub-07"]), tmp_path / "e", figures=False, progress=False)
+    result = evaluate_folder(
+        tmp_path / "pred", refs(tmp_path, ["sub-07"]), tmp_path / "e", figures=False, progress=False
+    )
     error = result.rows[0]["error"]
     assert "pred/sub-07_sct.nii.gz" in error and "refs/sub-07/ct.nii.gz" in error and "--resample-to-ref" in error
 
@@ -167,6 +224,12 @@ def test_grid_mismatch_names_both_files_and_the_option_that_resamples(tmp_path):
 def test_out_that_is_a_file_is_a_one_line_error(tmp_path):
     fake_predictions(tmp_path / "pred", ["sub-07"])
     (tmp_path / "taken").write_text("my notes")
-    result = run_cli("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(SAMPLE / "mr2ct"), "--out", str(tmp_path / "taken"))
-    assert result.returncode == 2 and "is a file; choose a folder for --out" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli(
+        "evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(SAMPLE / "mr2ct"), "--out", str(tmp_path / "taken")
+    )
+    assert (
+        result.returncode == 2
+        and "is a file; choose a folder for --out" in result.stderr
+        and "Traceback" not in result.stderr
+    )
     assert (tmp_path / "taken").read_text() == "my notes"

@@ -12,18 +12,23 @@ from medtranslate.gan import GANLoss, ImagePool, build_model, gradient_penalty
 
 
 def tiny_config(kind: str, **model) -> RunConfig:
-    return RunConfig.from_dict({
-        "data": {"root": "unused", "patch_size": 32},
-        "model": {"kind": kind, "ngf": 8, "ndf": 8, "n_blocks": 2, "num_downs": 3, **model},
-        "train": {"batch_size": 2, "lr": 1e-3, "seed": 0, "channels_last": False},
-    })
+    return RunConfig.from_dict(
+        {
+            "data": {"root": "unused", "patch_size": 32},
+            "model": {"kind": kind, "ngf": 8, "ndf": 8, "n_blocks": 2, "num_downs": 3, **model},
+            "train": {"batch_size": 2, "lr": 1e-3, "seed": 0, "channels_last": False},
+        }
+    )
 
 
 def test_gan_losses_on_known_logits():
     big = torch.full((2, 1, 4, 4), 20.0)
     for mode in ("vanilla", "lsgan", "hinge"):
         loss = GANLoss(mode)
-        good_d = loss.d_loss(real=big if mode != "lsgan" else torch.ones_like(big), fake=-big if mode != "lsgan" else torch.zeros_like(big))
+        good_d = loss.d_loss(
+            real=big if mode != "lsgan" else torch.ones_like(big),
+            fake=-big if mode != "lsgan" else torch.zeros_like(big),
+        )
         bad_d = loss.d_loss(real=-big, fake=big)
         assert float(good_d) < 1e-6 < float(bad_d), mode
     assert float(GANLoss("vanilla").g_loss(big)) < 1e-6 and float(GANLoss("vanilla").g_loss(-big)) > 10
@@ -68,7 +73,9 @@ def _fixed_batch(paired: bool = True):
 @pytest.mark.parametrize("gan_loss", ["vanilla", "lsgan", "hinge", "wgangp"])
 def test_one_pix2pix_step_lowers_its_losses(gan_loss):
     torch.manual_seed(0)
-    model = build_model(tiny_config("pix2pix", gan_loss=gan_loss, dropout=0.0), 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    model = build_model(
+        tiny_config("pix2pix", gan_loss=gan_loss, dropout=0.0), 1, torch.device("cpu"), torch.Generator().manual_seed(0)
+    )
     batch = _fixed_batch()
     G, D = model.nets["G"], model.nets["D"]
 
@@ -79,7 +86,11 @@ def test_one_pix2pix_step_lowers_its_losses(gan_loss):
     def d_loss():
         with torch.no_grad():
             fake = G(batch["source"])
-            return float(model.gan.d_loss(D(torch.cat([batch["source"], batch["target"]], 1)), D(torch.cat([batch["source"], fake], 1))))
+            return float(
+                model.gan.d_loss(
+                    D(torch.cat([batch["source"], batch["target"]], 1)), D(torch.cat([batch["source"], fake], 1))
+                )
+            )
 
     before_l1, before_d = l1(), d_loss()
     losses = model.train_step(batch)
@@ -96,7 +107,10 @@ def test_one_cyclegan_step_lowers_its_cycle_loss():
 
     def cycle():
         with torch.no_grad():
-            return float(F.l1_loss(Finv(G(batch["source"])), batch["source"]) + F.l1_loss(G(Finv(batch["target"])), batch["target"]))
+            return float(
+                F.l1_loss(Finv(G(batch["source"])), batch["source"])
+                + F.l1_loss(G(Finv(batch["target"])), batch["target"])
+            )
 
     before = cycle()
     losses = model.train_step(batch)
@@ -112,7 +126,9 @@ def test_residual_denoiser_starts_at_the_identity_and_learns_to_denoise():
     assert cfg.model.residual and cfg.model.full_res
     model = build_model(cfg, 1, torch.device("cpu"), torch.Generator().manual_seed(0))
     g = torch.Generator().manual_seed(2)
-    clean = F.avg_pool2d(torch.rand(2, 1, 40, 40, generator=g), 9, stride=1) * 0.05 - 0.48  # soft-tissue-like, in [-1, 1] units
+    clean = (
+        F.avg_pool2d(torch.rand(2, 1, 40, 40, generator=g), 9, stride=1) * 0.05 - 0.48
+    )  # soft-tissue-like, in [-1, 1] units
     noisy = clean + torch.randn(clean.shape, generator=g) * (40.0 / 2047.5)
     G = model.nets["G"]  # compared in training mode (batch statistics): 30 steps do not settle batch-norm running means
     with torch.no_grad():

@@ -51,10 +51,15 @@ def make_hostile(folder: Path) -> list[str]:
     nib.save(nib.Nifti1Image(nan, aff), str(folder / "h07_nanvoxel.nii.gz"))
     raw_nifti(folder / "h08_zerospacing.nii.gz", values, _zero_spacing)
     raw_nifti(folder / "h09_nanaffine.nii.gz", values, _nan_origin)
-    nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4)), str(folder / "h10_rgb.nii.gz"))
+    nib.save(
+        nib.Nifti1Image(np.zeros((8, 9, 10), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4)),
+        str(folder / "h10_rgb.nii.gz"),
+    )
     nib.save(nib.Nifti1Image(values.astype(np.complex64), np.eye(4)), str(folder / "h11_complex.nii.gz"))
     (folder / "h12_garbage.nrrd").write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 10 10\n\n\x00\x01")
-    (folder / "h13_noraw.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 10 10 10\nElementType = MET_SHORT\nElementDataFile = missing.raw\n")
+    (folder / "h13_noraw.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 10 10 10\nElementType = MET_SHORT\nElementDataFile = missing.raw\n"
+    )
     huge = nib.Nifti1Header()
     huge.set_data_shape((5000, 5000, 5000))
     huge.set_data_dtype(np.int16)
@@ -88,7 +93,13 @@ def _snapshot(folder: Path) -> dict[str, str]:
     for dirpath, dirnames, filenames in os.walk(folder):  # not following links: the tree as stored
         for name in dirnames + filenames:
             p = Path(dirpath) / name
-            out[str(p)] = f"link:{os.readlink(p)}" if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            out[str(p)] = (
+                f"link:{os.readlink(p)}"
+                if p.is_symlink()
+                else hashlib.sha256(p.read_bytes()).hexdigest()
+                if p.is_file()
+                else "dir"
+            )
     return out
 
 
@@ -160,16 +171,31 @@ def test_translate(tmp_path, model):
     _good_mr(folder)
     _good_mr(clean)
     before = _snapshot(folder)
-    result = run_cli("translate", "--model", str(model), "--input", str(folder), "--output", str(tmp_path / "out"), "--no-progress", timeout=TIMEOUT)
+    result = run_cli(
+        "translate",
+        "--model",
+        str(model),
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-progress",
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 1
     _check_cli(result, hostile)
     assert f"2 done, 0 skipped, {len(hostile)} failed" in result.stdout
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open(encoding="utf-8")))
     assert all("\n" not in r["error"] for r in rows)
-    alone = run_cli("translate", "--model", str(model), "--input", str(clean), "--output", str(tmp_path / "alone"), "--no-progress")
+    alone = run_cli(
+        "translate", "--model", str(model), "--input", str(clean), "--output", str(tmp_path / "alone"), "--no-progress"
+    )
     assert alone.returncode == 0
     for i in (1, 2):
-        got, expected = read_volume(tmp_path / "out" / f"good{i}_sct.nii.gz"), read_volume(tmp_path / "alone" / f"good{i}_sct.nii.gz")
+        got, expected = (
+            read_volume(tmp_path / "out" / f"good{i}_sct.nii.gz"),
+            read_volume(tmp_path / "alone" / f"good{i}_sct.nii.gz"),
+        )
         assert np.array_equal(got.array, expected.array) and np.array_equal(got.affine, expected.affine)
     assert _snapshot(folder) == before
     _no_partials(tmp_path / "out", folder)
@@ -182,14 +208,29 @@ def test_simulate_lowdose(tmp_path):
     _good_ct(folder)
     _good_ct(clean)
     before = _snapshot(folder)
-    result = run_cli("simulate-lowdose", "--dose", "0.5", "--input", str(folder), "--output", str(tmp_path / "out"), "--no-progress", timeout=TIMEOUT)
+    result = run_cli(
+        "simulate-lowdose",
+        "--dose",
+        "0.5",
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path / "out"),
+        "--no-progress",
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 1
     _check_cli(result, hostile)
     assert "2 done" in result.stdout
-    alone = run_cli("simulate-lowdose", "--dose", "0.5", "--input", str(clean), "--output", str(tmp_path / "alone"), "--no-progress")
+    alone = run_cli(
+        "simulate-lowdose", "--dose", "0.5", "--input", str(clean), "--output", str(tmp_path / "alone"), "--no-progress"
+    )
     assert alone.returncode == 0
     for name in ("good1_ld", "good1_nd", "good2_ld", "good2_nd"):
-        assert np.array_equal(read_volume(tmp_path / "out" / f"{name}.nii.gz").array, read_volume(tmp_path / "alone" / f"{name}.nii.gz").array)
+        assert np.array_equal(
+            read_volume(tmp_path / "out" / f"{name}.nii.gz").array,
+            read_volume(tmp_path / "alone" / f"{name}.nii.gz").array,
+        )
     assert _snapshot(folder) == before
     _no_partials(tmp_path / "out", folder)
 
@@ -205,7 +246,17 @@ def test_evaluate(tmp_path):
     for cid in hostile:  # every hostile prediction has a valid reference: the prediction is what fails
         shutil.copy(refs / "good1_ct.nii.gz", refs / f"{cid}_ct.nii.gz")
     before = _snapshot(folder)
-    result = run_cli("evaluate", "--pred", str(folder), "--ref", str(refs), "--out", str(tmp_path / "e"), "--no-progress", timeout=TIMEOUT)
+    result = run_cli(
+        "evaluate",
+        "--pred",
+        str(folder),
+        "--ref",
+        str(refs),
+        "--out",
+        str(tmp_path / "e"),
+        "--no-progress",
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     rows = {r["case"]: r for r in csv.DictReader((tmp_path / "e" / "metrics.csv").open(encoding="utf-8"))}
     assert {cid for cid, r in rows.items() if r["status"] == "failed"} == set(hostile)

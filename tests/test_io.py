@@ -168,7 +168,7 @@ def test_duplicate_case_ids_are_an_error_naming_both_files(tmp_path):
 
 
 def raw_nifti(path: Path, array: np.ndarray, edit=lambda header: None) -> Path:
-    """A .nii.gz written byte by byte from a header we edit, so it can hold what nibabel's writer would fix or refuse."""
+    """A .nii.gz written byte by byte from a header we edit: it can hold what nibabel's writer would fix or refuse."""
     import gzip
 
     header = nib.Nifti1Header()

@@ -80,8 +80,12 @@ def test_simulate_lowdose_cli_writes_pairs_on_the_inputs_grid(tmp_path):
     ct = read_volume(SAMPLE / "mr2ct" / "sub-03" / "ct.nii.gz")
     inputs = tmp_path / "in"
     write_nifti(inputs / "c1_ct.nii.gz", ct.array[20:100, 20:100, 30:33], oblique_affine(spacing=(1.75, 1.75, 2.6)))
-    write_nifti(inputs / "c2_ct.nii.gz", read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz").array[:40, :40, :3], np.eye(4))  # MR: fails
-    result = run_cli("simulate-lowdose", "--dose", "0.25", "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress")
+    write_nifti(
+        inputs / "c2_ct.nii.gz", read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz").array[:40, :40, :3], np.eye(4)
+    )  # MR: fails
+    result = run_cli(
+        "simulate-lowdose", "--dose", "0.25", "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress"
+    )
     assert result.returncode == 1, result.stderr
     assert "1 done, 0 skipped, 1 failed" in result.stdout and "do not look like CT" in result.stdout
     ld, nd = read_volume(tmp_path / "out" / "c1_ld.nii.gz"), read_volume(tmp_path / "out" / "c1_nd.nii.gz")
@@ -93,11 +97,26 @@ def test_simulate_lowdose_cli_writes_pairs_on_the_inputs_grid(tmp_path):
     assert bad.returncode == 2 and "must be a finite number > 0 and <= 1" in bad.stderr
 
 
-@pytest.mark.parametrize("option,value", [("--photons", "nan"), ("--photons", "inf"), ("--photons", "1e30"), ("--photons", "0"),
-                                           ("--dose", "nan"), ("--seed", "-3")])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--photons", "nan"),
+        ("--photons", "inf"),
+        ("--photons", "1e30"),
+        ("--photons", "0"),
+        ("--dose", "nan"),
+        ("--seed", "-3"),
+    ],
+)
 def test_every_numeric_option_is_checked_before_any_work(tmp_path, option, value):
     args = {"--dose": "0.25", "--photons": "1e5", "--seed": "0", option: value}
-    result = run_cli("simulate-lowdose", "--input", str(SAMPLE / "mr2ct" / "sub-01" / "ct.nii.gz"), "--output", str(tmp_path / "out"),
-                     *[x for kv in args.items() for x in kv])
+    result = run_cli(
+        "simulate-lowdose",
+        "--input",
+        str(SAMPLE / "mr2ct" / "sub-01" / "ct.nii.gz"),
+        "--output",
+        str(tmp_path / "out"),
+        *[x for kv in args.items() for x in kv],
+    )
     assert result.returncode == 2 and option in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "out").exists()

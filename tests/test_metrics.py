@@ -27,15 +27,29 @@ def ref_prepare(img, mask, lo, hi):
 def ref_ssim_2023(pred, ref, mask, lo=-1024.0, hi=3000.0):
     """SynthRAD 2023 SSIM with scikit-image: full map, masked mean after a 3-voxel crop."""
     x, y = ref_prepare(ref, mask, lo, hi), ref_prepare(pred, mask, lo, hi)
-    _, smap = structural_similarity(x, y, data_range=hi - lo, win_size=7, use_sample_covariance=True,
-                                    gaussian_weights=False, K1=0.01, K2=0.03, full=True)
+    _, smap = structural_similarity(
+        x,
+        y,
+        data_range=hi - lo,
+        win_size=7,
+        use_sample_covariance=True,
+        gaussian_weights=False,
+        K1=0.01,
+        K2=0.03,
+        full=True,
+    )
     c = (slice(3, -3),) * 3
     return float(smap[c][mask[c]].mean())
 
 
 def ref_psnr(pred, ref, mask, lo, hi):
-    return float(peak_signal_noise_ratio(np.clip(ref[mask], lo, hi).astype(np.float64),
-                                         np.clip(pred[mask], lo, hi).astype(np.float64), data_range=hi - lo))
+    return float(
+        peak_signal_noise_ratio(
+            np.clip(ref[mask], lo, hi).astype(np.float64),
+            np.clip(pred[mask], lo, hi).astype(np.float64),
+            data_range=hi - lo,
+        )
+    )
 
 
 def ref_ms_ssim_2025(pred, ref, mask):
@@ -131,20 +145,31 @@ def test_torch_path_matches_numpy_path(phantom_case):
 
     pred, ref, mask = phantom_case
     expected = synthrad_metrics(pred, ref, mask)
-    p, r, m = torch.as_tensor(pred, dtype=torch.float64), torch.as_tensor(ref, dtype=torch.float64), torch.as_tensor(mask)
+    p, r, m = (
+        torch.as_tensor(pred, dtype=torch.float64),
+        torch.as_tensor(ref, dtype=torch.float64),
+        torch.as_tensor(mask),
+    )
     ed = mod.EDITIONS[2023]
     scores = mod._score(p, r, m, ed, want_ms=True)
     ssim_t, ms_t = scores["ssim"], scores["ms_ssim"]
     assert ssim_t == pytest.approx(expected["ssim"], abs=1e-6)
     assert ms_t == pytest.approx(expected["ms_ssim"], abs=1e-6)
     # CPU tensors as inputs go through the same public functions
-    assert synthrad_metrics(torch.as_tensor(pred), torch.as_tensor(ref), torch.as_tensor(mask)) == pytest.approx(expected)
+    assert synthrad_metrics(torch.as_tensor(pred), torch.as_tensor(ref), torch.as_tensor(mask)) == pytest.approx(
+        expected
+    )
 
 
 def test_identical_volumes_score_perfectly(phantom_case):
     _, ref, mask = phantom_case
     m = synthrad_metrics(ref, ref, mask)
-    assert m["mae"] == 0 and math.isinf(m["psnr"]) and m["ssim"] == pytest.approx(1.0) and m["ms_ssim"] == pytest.approx(1.0)
+    assert (
+        m["mae"] == 0
+        and math.isinf(m["psnr"])
+        and m["ssim"] == pytest.approx(1.0)
+        and m["ms_ssim"] == pytest.approx(1.0)
+    )
 
 
 def test_metrics_ignore_voxels_outside_the_mask(phantom_case):

@@ -24,7 +24,9 @@ def test_resnet_output_matches_input_size(hw, upsample):
     assert net(torch.rand(1, 1, *hw)).shape == (1, 1, *hw)
 
 
-@pytest.mark.parametrize("hw,expected", [((64, 64), (6, 6)), ((65, 71), (6, 6)), ((66, 80), (6, 8)), ((37, 45), (2, 3))])
+@pytest.mark.parametrize(
+    "hw,expected", [((64, 64), (6, 6)), ((65, 71), (6, 6)), ((66, 80), (6, 8)), ((37, 45), (2, 3))]
+)
 def test_patchgan_output_grid_for_odd_and_even_sizes(hw, expected):
     d = PatchDiscriminator(2, ndf=4, n_layers=3)
     assert d(torch.rand(1, 2, *hw)).shape == (1, 1, *expected)
@@ -77,4 +79,6 @@ def test_rescaled_runs_the_net_in_its_units_and_adds_the_centre_channel():
     zero = torch.nn.Conv2d(1, 3, 1)
     torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
     one = torch.rand(2, 1, 8, 8)
-    assert torch.equal(Rescaled(zero, 0.0, 5.0, residual=True)(one), one.expand(2, 3, 8, 8))  # one channel in: added to every output
+    assert torch.equal(
+        Rescaled(zero, 0.0, 5.0, residual=True)(one), one.expand(2, 3, 8, 8)
+    )  # one channel in: added to every output

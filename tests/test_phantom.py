@@ -50,7 +50,14 @@ def test_grid_is_int16_non_ras_and_anisotropic(subject):
 
 @pytest.mark.parametrize(
     "tissue,lo,hi",
-    [("air", -1024, -950), ("fat", -130, -60), ("csf", -10, 25), ("white", 10, 45), ("grey", 20, 55), ("cortical", 600, 2100)],
+    [
+        ("air", -1024, -950),
+        ("fat", -130, -60),
+        ("csf", -10, 25),
+        ("white", 10, 45),
+        ("grey", 20, 55),
+        ("cortical", 600, 2100),
+    ],
 )
 def test_ct_tissues_have_plausible_hu(subject, tissue, lo, hi):
     values = subject.ct.array[core(subject, tissue)]
@@ -59,7 +66,10 @@ def test_ct_tissues_have_plausible_hu(subject, tissue, lo, hi):
 
 
 def test_mr_is_t1_like_bone_and_air_both_dark(subject):
-    med = {t: float(np.median(subject.mr.array[core(subject, t)])) for t in ("white", "grey", "csf", "fat", "cortical", "air")}
+    med = {
+        t: float(np.median(subject.mr.array[core(subject, t)]))
+        for t in ("white", "grey", "csf", "fat", "cortical", "air")
+    }
     assert med["fat"] > med["white"] > med["grey"] > med["csf"]
     assert med["cortical"] < 0.25 * med["white"] and med["air"] < 0.25 * med["white"]
     # ... while CT separates them by more than 2000 HU: context is needed to tell them apart

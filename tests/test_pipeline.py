@@ -20,16 +20,35 @@ QUICK = ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=3", "--set",
 @pytest.mark.slow
 def test_run_pipeline_makes_every_output_and_skips_finished_stages(tmp_path):
     out = tmp_path / "run"
-    result = run_cli("run", str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"), "--out", str(out), "--no-progress", *QUICK,
-                     "--set", f"data.root={SAMPLE / 'mr2ct'}")
+    result = run_cli(
+        "run",
+        str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *QUICK,
+        "--set",
+        f"data.root={SAMPLE / 'mr2ct'}",
+    )
     assert result.returncode == 0, result.stderr
     assert "intensity_map (baseline)" in result.stdout
-    for path in ("config.yaml", "split.json", "train/checkpoints/best.pt", "baseline/checkpoints/best.pt", "eval/metrics.csv", "eval/summary.json", "report.html"):
+    for path in (
+        "config.yaml",
+        "split.json",
+        "train/checkpoints/best.pt",
+        "baseline/checkpoints/best.pt",
+        "eval/metrics.csv",
+        "eval/summary.json",
+        "report.html",
+    ):
         assert (out / path).exists(), path
     split = json.loads((out / "split.json").read_text())
     assert split["test"] == ["sub-07", "sub-08"]
     for cid in split["test"]:
-        sct, mr = read_volume(out / "translated" / f"{cid}_sct.nii.gz"), read_volume(SAMPLE / "mr2ct" / cid / "mr.nii.gz")
+        sct, mr = (
+            read_volume(out / "translated" / f"{cid}_sct.nii.gz"),
+            read_volume(SAMPLE / "mr2ct" / cid / "mr.nii.gz"),
+        )
         assert sct.shape == mr.shape and np.allclose(sct.affine, mr.affine, atol=1e-4)
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["baseline"]["kind"] == "intensity_map" and "mae" in summary["baseline"]["metrics"]
@@ -38,7 +57,16 @@ def test_run_pipeline_makes_every_output_and_skips_finished_stages(tmp_path):
     # a second run finds every stage complete and retrains nothing
     stamp = (out / "train" / "checkpoints" / "best.pt").stat().st_mtime_ns
     t0 = time.perf_counter()
-    again = run_cli("run", str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"), "--out", str(out), "--no-progress", *QUICK, "--set", f"data.root={SAMPLE / 'mr2ct'}")
+    again = run_cli(
+        "run",
+        str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"),
+        "--out",
+        str(out),
+        "--no-progress",
+        *QUICK,
+        "--set",
+        f"data.root={SAMPLE / 'mr2ct'}",
+    )
     assert again.returncode == 0, again.stderr
     assert "stage train pix2pix: complete, skipped" in again.stderr
     assert (out / "train" / "checkpoints" / "best.pt").stat().st_mtime_ns == stamp
@@ -66,7 +94,10 @@ def test_quick_demo_writes_reports_with_baselines(tmp_path):
         assert (run / "report.html").exists() and (run / "eval" / "metrics.csv").exists()
         assert json.loads((run / "eval" / "summary.json").read_text())["baseline"]["kind"] == baseline
         suffix = "sct" if name.startswith("mr2ct") else "denoised"
-        assert sorted(p.name for p in (run / "translated").glob(f"*_{suffix}.nii.gz")) == [f"sub-07_{suffix}.nii.gz", f"sub-08_{suffix}.nii.gz"]
+        assert sorted(p.name for p in (run / "translated").glob(f"*_{suffix}.nii.gz")) == [
+            f"sub-07_{suffix}.nii.gz",
+            f"sub-08_{suffix}.nii.gz",
+        ]
     print(f"quick demo took {seconds:.0f} s")
 
 
@@ -76,8 +107,12 @@ def test_pipeline_simulates_low_dose_pairs_in_prepare(tmp_path, tiny_data):
 
     from medtranslate.pipeline import run_pipeline
 
-    spec = {"data": {"root": str(tiny_data), "patch_size": 32}, "model": {"kind": "pix2pix", "task": "ldct", "ngf": 4, "ndf": 4, "num_downs": 3},
-            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False}, "pipeline": {"simulate_dose": 0.25, "baseline": "none"}}
+    spec = {
+        "data": {"root": str(tiny_data), "patch_size": 32},
+        "model": {"kind": "pix2pix", "task": "ldct", "ngf": 4, "ndf": 4, "num_downs": 3},
+        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False},
+        "pipeline": {"simulate_dose": 0.25, "baseline": "none"},
+    }
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(spec))
     summary = run_pipeline(path, tmp_path / "run", progress=False)
@@ -97,15 +132,32 @@ def test_a_run_folder_refuses_other_settings_unless_overwrite(tmp_path, tiny_dat
 
     from medtranslate.checkpoint import load_checkpoint
 
-    spec = {"data": {"root": str(tiny_data), "patch_size": 32}, "model": {"kind": "pix2pix", "ngf": 4, "ndf": 4, "num_downs": 3},
-            "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False}, "pipeline": {"baseline": "none"}}
+    spec = {
+        "data": {"root": str(tiny_data), "patch_size": 32},
+        "model": {"kind": "pix2pix", "ngf": 4, "ndf": 4, "num_downs": 3},
+        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False},
+        "pipeline": {"baseline": "none"},
+    }
     path, out = tmp_path / "p.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(spec))
     assert run_cli("run", str(path), "--out", str(out), "--no-progress").returncode == 0
     saved = (out / "config.yaml").read_text()
-    changed = run_cli("run", str(path), "--out", str(out), "--no-progress", "--set", "model.ngf=8", "--set", "pipeline.baseline=intensity_map")
+    changed = run_cli(
+        "run",
+        str(path),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "model.ngf=8",
+        "--set",
+        "pipeline.baseline=intensity_map",
+    )
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
-    assert "holds a run made with other settings (model.ngf: 4 -> 8; pipeline.baseline: 'none' -> 'intensity_map')" in changed.stderr
+    assert (
+        "holds a run made with other settings (model.ngf: 4 -> 8; pipeline.baseline: 'none' -> 'intensity_map')"
+        in changed.stderr
+    )
     assert "--overwrite" in changed.stderr and (out / "config.yaml").read_text() == saved  # nothing rewritten
     redone = run_cli("run", str(path), "--out", str(out), "--no-progress", "--set", "model.ngf=8", "--overwrite")
     assert redone.returncode == 0, redone.stderr

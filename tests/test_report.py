@@ -24,11 +24,21 @@ def test_report_is_self_contained_and_escapes_what_it_shows(tmp_path):
     ref = Volume(ct_like(shape=(20, 22, 12)).astype(np.float32), np.diag([1.0, 1.2, 2.5, 1.0]))
     pred = Volume(ref.array + 30, ref.affine)
     mask = ref.array > -500
-    summary = {"task": "mr2ct", "edition": 2023, "n_cases": 2, "n_done": 1, "n_failed": 1, "mask_source": "given",
-               "metrics": {"mae": {"mean": 50.0, "std": 0.0, "median": 50.0, "min": 50.0, "max": 50.0, "n": 1}},
-               "definitions": {"mae": "mean |ref - pred| in HU"}, "model": "pix2pix",
-               "baseline": {"kind": "intensity_map", "metrics": {"mae": {"mean": 80.0}}}}
-    figures = write_report(tmp_path, _rows(), summary, ["mae", "psnr"], {"a": {"pred": pred, "ref": ref, "mask": mask, "input": None}})
+    summary = {
+        "task": "mr2ct",
+        "edition": 2023,
+        "n_cases": 2,
+        "n_done": 1,
+        "n_failed": 1,
+        "mask_source": "given",
+        "metrics": {"mae": {"mean": 50.0, "std": 0.0, "median": 50.0, "min": 50.0, "max": 50.0, "n": 1}},
+        "definitions": {"mae": "mean |ref - pred| in HU"},
+        "model": "pix2pix",
+        "baseline": {"kind": "intensity_map", "metrics": {"mae": {"mean": 80.0}}},
+    }
+    figures = write_report(
+        tmp_path, _rows(), summary, ["mae", "psnr"], {"a": {"pred": pred, "ref": ref, "mask": mask, "input": None}}
+    )
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert set(figures) == {"a", "_metrics"} and all(p.is_file() for p in figures.values())
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)

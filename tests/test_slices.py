@@ -16,12 +16,19 @@ def case(cid: str, depth: int = 6, body_slices: tuple[int, ...] = (1, 2, 3, 4)) 
     mask = torch.zeros(1, 20, 24, depth, dtype=torch.bool)
     for z in body_slices:
         mask[0, 2:18, 2:22, z] = True
-    return PreparedCase(cid, source, 0.5 * source, mask, pair=None, source_intensity=None)  # target: a known function of the source
+    return PreparedCase(
+        cid, source, 0.5 * source, mask, pair=None, source_intensity=None
+    )  # target: a known function of the source
 
 
 def config(task: str = "mr2ct", **data) -> RunConfig:
-    # a valid model for 16-pixel patches: a 3-level U-Net and a 2-layer PatchGAN (config.py refuses sizes the nets cannot take)
-    return RunConfig.from_dict({"data": {"root": "x", "patch_size": 16, **data}, "model": {"kind": "pix2pix", "task": task, "num_downs": 3, "d_layers": 2}})
+    # a valid model for 16-pixel patches: a 3-level U-Net, a 2-layer PatchGAN (config.py refuses what nets cannot take)
+    return RunConfig.from_dict(
+        {
+            "data": {"root": "x", "patch_size": 16, **data},
+            "model": {"kind": "pix2pix", "task": task, "num_downs": 3, "d_layers": 2},
+        }
+    )
 
 
 def test_slices_with_too_little_body_are_skipped():
@@ -40,7 +47,9 @@ def test_context_slices_stack_neighbours_and_replicate_at_the_ends():
 
 @pytest.mark.parametrize("context", [0, 2])
 def test_paired_augmentation_moves_source_and_target_alike(context):
-    ds = SliceDataset([case("a")], config(context=context, rotate_deg=20.0, scale=0.2), torch.Generator().manual_seed(0))
+    ds = SliceDataset(
+        [case("a")], config(context=context, rotate_deg=20.0, scale=0.2), torch.Generator().manual_seed(0)
+    )
     for i in range(len(ds)):
         item = ds[i]
         assert item["source"].shape == (2 * context + 1, 16, 16) and item["target"].shape == (1, 16, 16)

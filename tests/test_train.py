@@ -20,6 +20,7 @@ from medtranslate.checkpoint import load_checkpoint
 
 from .conftest import SAMPLE, run_cli, write_config
 
+
 def weights(run_dir):
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     return ckpt["model"]["nets"], ckpt
@@ -44,12 +45,18 @@ def test_resume_continues_exactly(tmp_path, tiny_data, kind, context):
 @pytest.mark.slow
 def test_train_cli_on_sample_data_writes_run_folder(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", SAMPLE / "mr2ct", **{"data.patch_size": 64, "train.epochs": 1})
-    result = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress", "--set", "train.steps_per_epoch=2")
+    result = run_cli(
+        "train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress", "--set", "train.steps_per_epoch=2"
+    )
     assert result.returncode == 0, result.stderr
     run = tmp_path / "run"
     assert {"config.yaml", "split.json", "history.csv", "checkpoints", "tensorboard"} <= {p.name for p in run.iterdir()}
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["train"]["steps_per_epoch"] == 2 and saved["model"]["generator"] == "unet" and saved["model"]["gan_loss"] == "vanilla"
+    assert (
+        saved["train"]["steps_per_epoch"] == 2
+        and saved["model"]["generator"] == "unet"
+        and saved["model"]["gan_loss"] == "vanilla"
+    )
     history = (run / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,step,seconds,lr,loss_d") and "val_mae" in history[0] and len(history) == 2
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
@@ -65,9 +72,13 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
     run = tmp_path / "run"
     # restore the default SIGINT action in the child: a parent started in the background (as CI may be) leaves
     # SIGINT ignored, and Python then never turns it into KeyboardInterrupt
-    proc = subprocess.Popen([sys.executable, "-m", "medtranslate", "train", str(cfg), "--out", str(run), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medtranslate", "train", str(cfg), "--out", str(run), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 240
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -79,7 +90,18 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert 1 <= ckpt["epoch"] < 50
     # the same config resumes; another one is refused with the keys that differ
-    other = run_cli("train", str(cfg), "--out", str(run), "--resume", "--no-progress", "--set", "train.epochs=60", "--set", "model.ngf=8")
+    other = run_cli(
+        "train",
+        str(cfg),
+        "--out",
+        str(run),
+        "--resume",
+        "--no-progress",
+        "--set",
+        "train.epochs=60",
+        "--set",
+        "model.ngf=8",
+    )
     assert other.returncode == 2 and "model.ngf: 4 -> 8" in other.stderr and "train.epochs: 50 -> 60" in other.stderr
     target = ckpt["epoch"] + 2
     Trainer(load_config(cfg), run, resume=True, progress=False).fit(until_epoch=target)
@@ -91,7 +113,9 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
 def test_ctrl_c_in_the_middle_of_a_step_resumes_exactly(tmp_path, tiny_data, kind):
     """A real SIGINT arriving between the discriminator's and the generator's update (the worst moment): the step
     finishes, last.pt is saved mid-epoch, and resuming gives the weights and optimiser states of a run never stopped."""
-    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, kind, **{"train.epochs": 2, "train.steps_per_epoch": 5}))
+    cfg = load_config(
+        write_config(tmp_path / "c.yaml", tiny_data, kind, **{"train.epochs": 2, "train.steps_per_epoch": 5})
+    )
     Trainer(cfg, tmp_path / "straight", progress=False).fit()
     stopped = Trainer(cfg, tmp_path / "stopped", progress=False)
     original, calls = stopped.model._step, []
@@ -131,7 +155,9 @@ def _tensors(tree, prefix=""):
 
 def test_time_budget_starts_no_epoch_that_would_overrun_it(tmp_path, tiny_data):
     budget = tmp_path / "budget.yaml"
-    write_config(budget, tiny_data, **{"train.epochs": 3, "train.max_minutes": 1e-6})  # any epoch takes longer than 60 us
+    write_config(
+        budget, tiny_data, **{"train.epochs": 3, "train.max_minutes": 1e-6}
+    )  # any epoch takes longer than 60 us
     Trainer(load_config(budget), tmp_path / "short", progress=False).fit()
     assert load_checkpoint(tmp_path / "short" / "checkpoints" / "last.pt")["epoch"] == 1
     write_config(budget, tiny_data, **{"train.epochs": 3, "train.max_minutes": 60.0})
@@ -151,10 +177,16 @@ def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
     "extra,match",
     [
         ({"model.kindd": "pix2pix"}, r"unknown key model.kindd; valid keys of 'model': kind, task"),
-        ({"model.kind": "pix2pixx"}, r"unknown model.kind 'pix2pixx'; expected one of: pix2pix, cyclegan, intensity_map"),
+        (
+            {"model.kind": "pix2pixx"},
+            r"unknown model.kind 'pix2pixx'; expected one of: pix2pix, cyclegan, intensity_map",
+        ),
         ({"train.precision": "fp8"}, r"train.precision"),
         ({"data.context": 9}, r"data.context 9 needs 19 slices but the volume has 16"),
-        ({"model.residual": True}, r"model.residual needs the same modality in and out \(task ldct\); task mr2ct translates mr to ct"),
+        (
+            {"model.residual": True},
+            r"model.residual needs the same modality in and out \(task ldct\); task mr2ct translates mr to ct",
+        ),
         ({"model.full_res": "yes"}, r"model.full_res must be true or false, got 'yes'"),
     ],
 )
@@ -170,12 +202,21 @@ def test_bad_configs_are_one_line_errors(tmp_path, tiny_data, extra, match):
 def test_no_pairs_and_wrong_kind_on_resume(tmp_path, tiny_data):
     empty = tmp_path / "empty"
     write_nifti(empty / "a" / "mr.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
-    result = run_cli("train", str(write_config(tmp_path / "c.yaml", empty)), "--out", str(tmp_path / "r"), "--no-progress")
+    result = run_cli(
+        "train", str(write_config(tmp_path / "c.yaml", empty)), "--out", str(tmp_path / "r"), "--no-progress"
+    )
     assert result.returncode == 2 and "no mr/ct pairs found" in result.stderr and "unmatched: a" in result.stderr
     # a run made by the intensity-mapping baseline cannot be resumed as pix2pix
     base = write_config(tmp_path / "b.yaml", tiny_data, "intensity_map")
     assert run_cli("train", str(base), "--out", str(tmp_path / "run"), "--no-progress").returncode == 0
-    wrong = run_cli("train", str(write_config(tmp_path / "p.yaml", tiny_data)), "--out", str(tmp_path / "run"), "--resume", "--no-progress")
+    wrong = run_cli(
+        "train",
+        str(write_config(tmp_path / "p.yaml", tiny_data)),
+        "--out",
+        str(tmp_path / "run"),
+        "--resume",
+        "--no-progress",
+    )
     assert wrong.returncode == 2 and "checkpoint is from a intensity_map run but model.kind is pix2pix" in wrong.stderr
 
 
@@ -189,7 +230,11 @@ def test_every_case_is_checked_at_load_time_naming_the_file(tmp_path, tiny_data)
     for case in ("s0", "s2"):  # a training case, then a validation case
         write_nifti(root / case / "mask.nii.gz", np.ones((48, 48, 15), np.uint8), np.eye(4))
         t0 = time.perf_counter()
-        with pytest.raises(GeometryMismatchError, match=rf"case '{case}': shape differs: mask .*{case}/mask.nii.gz \(48, 48, 15\) vs ct .*{case}/ct.nii.gz \(48, 48, 16\)"):
+        with pytest.raises(
+            GeometryMismatchError,
+            match=rf"case '{case}': shape differs: mask .*{case}/mask.nii.gz \(48, 48, 15\) vs ct .*{case}/ct.nii.gz "
+            r"\(48, 48, 16\)",
+        ):
             Trainer(cfg, tmp_path / f"run_{case}", progress=False)
         assert time.perf_counter() - t0 < 30 and not (tmp_path / f"run_{case}").exists()
         (root / case / "mask.nii.gz").unlink()
