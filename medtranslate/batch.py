@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from .atomic import atomic_write_text, remove_stale_partials
 from .errors import MedTranslateError, OutputError
-from .io import Case
+from .cases import Case
 
 __all__ = ["prepare_output_folder", "run_cases", "read_manifest"]
 

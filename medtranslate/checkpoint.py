@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from .atomic import atomic_output
-from .config import KINDS, show
+from .checks import show
+from .config import KINDS
 from .errors import CheckpointError, ConfigError
 from .tasks import TASKS
 

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from .errors import MedTranslateError
+from .tasks import TASKS
 
 logger = logging.getLogger("medtranslate")
 
@@ -310,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=2023,
         help="SynthRAD edition for PSNR/SSIM clipping (default 2023)",
     )
-    p.add_argument("--task", choices=("mr2ct", "ldct"), default="mr2ct", help="metric set (default mr2ct)")
+    p.add_argument("--task", choices=tuple(TASKS), default="mr2ct", help="metric set (default mr2ct)")
     p.add_argument(
         "--window", choices=("head", "abdomen", "chest"), default="head", help="window for ldct metrics (default head)"
     )

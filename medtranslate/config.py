@@ -13,15 +13,14 @@ the bad value in bounded length. YAML is read with a size limit and refuses alia
 from __future__ import annotations
 
 import dataclasses
-import math
-import reprlib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError, MedTranslateError
+from .checks import require_bool, require_choice, require_int, require_number, require_text, show
+from .errors import ConfigError
 from .tasks import get_task
 
 __all__ = [
@@ -37,10 +36,6 @@ __all__ = [
     "MODEL_DEFAULTS",
     "RESIDUAL_UNIT_HU",
     "KINDS",
-    "show",
-    "require_int",
-    "require_number",
-    "require_choice",
 ]
 
 KINDS = ("pix2pix", "cyclegan", "intensity_map", "classical")
@@ -57,106 +52,6 @@ RESIDUAL_UNIT_HU = 100.0  # a residual generator sees and predicts HU / RESIDUAL
 
 MAX_YAML_BYTES = 1 << 20  # an experiment file is a few hundred bytes
 MAX_YAML_NODES = 100_000  # nodes after expanding aliases
-
-_repr = reprlib.Repr()
-_repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxlevel = 40, 40, 4, 4, 3
-SHOW_MAX = 120
-
-
-def show(value: Any) -> str:
-    """``repr`` of a user-given value, at most SHOW_MAX characters whatever its size or nesting."""
-    text = _repr.repr(value)
-    return text if len(text) <= SHOW_MAX else text[: SHOW_MAX - 3] + "..."
-
-
-# ----------------------------------------------------------------------------------------------------- value checks
-
-
-def _fail(error: type[MedTranslateError], name: str, expected: str, value: Any) -> MedTranslateError:
-    return error(f"{name} must be {expected}, got {show(value)}")
-
-
-def require_int(
-    name: str,
-    value: Any,
-    minimum: int | None = None,
-    maximum: int | None = None,
-    error: type[MedTranslateError] = ConfigError,
-) -> int:
-    """``value`` as a whole number in [minimum, maximum] (booleans and fractions are refused)."""
-    bounds = _bounds_text(minimum, maximum)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(error, name, "a whole number" + bounds, value)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise _fail(error, name, "a whole number" + bounds, value)
-    return value
-
-
-def require_number(
-    name: str,
-    value: Any,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    above: float | None = None,
-    below: float | None = None,
-    error: type[MedTranslateError] = ConfigError,
-) -> float:
-    """``value`` as a finite number; ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive."""
-    parts = []
-    if minimum is not None:
-        parts.append(f">= {minimum:g}")
-    if above is not None:
-        parts.append(f"> {above:g}")
-    if maximum is not None:
-        parts.append(f"<= {maximum:g}")
-    if below is not None:
-        parts.append(f"< {below:g}")
-    expected = "a finite number" + (" " + " and ".join(parts) if parts else "")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(error, name, expected, value)
-    v = float(value)
-    if (
-        not math.isfinite(v)
-        or (minimum is not None and v < minimum)
-        or (maximum is not None and v > maximum)
-        or (above is not None and v <= above)
-        or (below is not None and v >= below)
-    ):
-        raise _fail(error, name, expected, value)
-    return v
-
-
-def require_choice(
-    name: str, value: Any, options: tuple[Any, ...], error: type[MedTranslateError] = ConfigError
-) -> Any:
-    if not isinstance(value, (str, int, type(None))) or isinstance(value, bool) or value not in options:
-        raise error(f"unknown {name} {show(value)}; expected one of: {', '.join(map(str, options))}")
-    return value
-
-
-def _require_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {show(value)}")
-    return value
-
-
-def _require_text(name: str, value: Any, allow_none: bool = False) -> str | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{name} must be " + ("a path or null" if allow_none else "a path") + f", got {show(value)}")
-    return value
-
-
-def _bounds_text(minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f" from {minimum} to {maximum}"
-    if minimum is not None:
-        return f" >= {minimum}"
-    if maximum is not None:
-        return f" <= {maximum}"
-    return ""
-
 
 # ----------------------------------------------------------------------------------------------------- sections
 
@@ -180,13 +75,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not self.root:
             raise ConfigError("data.root is required: the folder with the training cases")
-        _require_text("data.root", self.root)
-        _require_text("data.split", self.split, allow_none=True)
+        require_text("data.root", self.root)
+        require_text("data.split", self.split, allow_none=True)
         require_number("data.val_fraction", self.val_fraction, above=0, below=1)
         require_int("data.context", self.context, 0, 16)
         require_int("data.patch_size", self.patch_size, 16, 4096)
         require_number("data.min_body_fraction", self.min_body_fraction, minimum=0, below=1)
-        _require_bool("data.augment", self.augment)
+        require_bool("data.augment", self.augment)
         if self.rotate_deg is not None:
             require_number("data.rotate_deg", self.rotate_deg, minimum=0, maximum=180)
         if self.scale is not None:
@@ -239,7 +134,7 @@ class ModelConfig:
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         for key in ("full_res", "residual"):
-            _require_bool(f"model.{key}", getattr(self, key))
+            require_bool(f"model.{key}", getattr(self, key))
         if self.residual and task.source_kind != task.target_kind:
             raise ConfigError(
                 f"model.residual needs the same modality in and out (task ldct); task {self.task} translates "
@@ -300,7 +195,7 @@ class TrainConfig:
         require_int("train.seed", self.seed, 0, 2**63 - 1)
         require_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         require_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
-        _require_bool("train.channels_last", self.channels_last)
+        require_bool("train.channels_last", self.channels_last)
         if self.max_minutes is not None:
             require_number("train.max_minutes", self.max_minutes, above=0)
         if self.num_threads is not None:

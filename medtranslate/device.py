@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import require_choice
+from .checks import require_choice
 from .errors import InputError
 
 __all__ = ["resolve_device"]

@@ -24,7 +24,8 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
-from .io import Case, Volume, affine_to_sitk, find_cases, read_case, sitk_to_volume, write_nifti
+from .cases import Case, find_cases
+from .io import Volume, affine_to_sitk, read_case, sitk_to_volume, write_nifti
 from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
 from .tasks import TASKS, get_task
 from .transforms import axial_axis, body_mask, check_same_grid

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import require_int, require_number
+from .checks import require_int, require_number
 from .describe import check_modality
 from .errors import InputError
 from .io import Volume

@@ -258,7 +258,7 @@ def write_sample_data(
 
     Deterministic: the same seed writes the same voxels.
     """
-    from .config import require_int
+    from .checks import require_int
     from .errors import InputError
     from .lowdose import axial_slab, simulate_lowdose, write_ct
 

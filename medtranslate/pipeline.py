@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
-from .config import RunConfig, apply_overrides, config_differences, read_yaml, require_number, show
+from .checks import require_number, show
+from .config import RunConfig, apply_overrides, config_differences, read_yaml
 from .errors import ConfigError, InputError
 from .evaluate import evaluate_folder
 from .slices import default_split_file, discover_pairs, load_split, read_split

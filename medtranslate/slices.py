@@ -19,10 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import RunConfig, show
+from .checks import show
+from .config import RunConfig
 from .describe import check_modality
 from .errors import ConfigError, InputError
-from .io import Pair, Volume, find_cases, pair_cases, read_case
+from .cases import Pair, find_cases, pair_cases
+from .io import Volume, read_case
 from .tasks import get_task
 from .transforms import (
     BACKGROUND,

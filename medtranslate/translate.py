@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
-from .config import require_choice, require_int
+from .checks import require_choice, require_int
 from .describe import check_modality
 from .device import resolve_device
 from .errors import CheckpointError, InputError

@@ -58,7 +58,9 @@ def ct_volume() -> Volume:
     return Volume(ct_like(), oblique_affine())
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600, env=None, preexec_fn=None
+) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess."""
     # explicit UTF-8: a C library (GDCM) can switch this process's locale to ASCII at run time
     return subprocess.run(
@@ -68,6 +70,24 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
         encoding="utf-8",
         cwd=cwd,
         timeout=timeout,
+        env=env,
+        preexec_fn=preexec_fn,
+    )
+
+
+def translate_cli(model, inputs, output, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    """``medtranslate translate --model M --input I --output O --no-progress EXTRA...`` in a subprocess."""
+    return run_cli(
+        "translate",
+        "--model",
+        str(model),
+        "--input",
+        str(inputs),
+        "--output",
+        str(output),
+        "--no-progress",
+        *extra,
+        **kwargs,
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from medtranslate.atomic import atomic_output, atomic_write_text, partial_name, remove_stale_partials
 from medtranslate.errors import OutputError
 
-from .conftest import SAMPLE, TINY
+from .conftest import SAMPLE, TINY, run_cli
 
 
 def test_a_failing_writer_leaves_neither_output_nor_temporary_file(tmp_path):
@@ -67,15 +67,7 @@ def _limited(max_bytes):
 
 
 def _run(args, env, max_bytes=None):
-    return subprocess.run(
-        [sys.executable, "-m", "medtranslate", *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=env,
-        preexec_fn=_limited(max_bytes) if max_bytes else None,
-        timeout=300,
-    )
+    return run_cli(*args, env=env, preexec_fn=_limited(max_bytes) if max_bytes else None, timeout=300)
 
 
 @pytest.mark.slow

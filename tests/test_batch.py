@@ -10,7 +10,7 @@ import pytest
 from medtranslate.atomic import atomic_write_text
 from medtranslate.batch import prepare_output_folder, read_manifest, run_cases, summary_line
 from medtranslate.errors import InputError, OutputError
-from medtranslate.io import Case
+from medtranslate.cases import Case
 
 
 def _cases(tmp_path, n=3):

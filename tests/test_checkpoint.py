@@ -17,7 +17,7 @@ from medtranslate.errors import CheckpointError
 from medtranslate.io import read_volume, write_nifti
 from medtranslate.train import Trainer
 
-from .conftest import run_cli, write_config
+from .conftest import translate_cli, write_config
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +62,7 @@ def test_every_checkpoint_kind_loads_with_weights_only(tmp_path, tiny_data, ldct
     case = sorted(p for p in root.iterdir() if p.is_dir())[0]
     inputs.mkdir()
     shutil.copy(case / ("mr.nii.gz" if task == "mr2ct" else "ld.nii.gz"), inputs / "x.nii.gz")
-    result = run_cli(
-        "translate",
-        "--model",
-        str(tmp_path / "run" / "checkpoints" / "best.pt"),
-        "--input",
-        str(inputs),
-        "--output",
-        str(tmp_path / "out"),
-        "--no-progress",
-    )
+    result = translate_cli(str(tmp_path / "run" / "checkpoints" / "best.pt"), str(inputs), str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
 
 
@@ -121,9 +112,7 @@ def test_a_crafted_checkpoint_with_an_unknown_task_is_refused(tmp_path, field, v
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
     (tmp_path / "in").mkdir()
-    result = run_cli(
-        "translate", "--model", str(path), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")
-    )
+    result = translate_cli(str(path), str(tmp_path / "in"), str(tmp_path / "out"))
     assert result.returncode == 2 and match.split("'")[0] in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
 

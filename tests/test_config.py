@@ -7,7 +7,8 @@ import time
 import pytest
 import yaml
 
-from medtranslate.config import RunConfig, config_differences, load_config, show
+from medtranslate.checks import show
+from medtranslate.config import RunConfig, config_differences, load_config
 from medtranslate.errors import ConfigError
 
 from .conftest import REPO, run_cli

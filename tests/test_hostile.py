@@ -24,7 +24,7 @@ from medtranslate.io import Volume, read_volume, write_dicom_series, write_nifti
 from medtranslate.phantom import make_subject
 from medtranslate.train import Trainer
 
-from .conftest import ct_like, oblique_affine, run_cli, write_config
+from .conftest import ct_like, oblique_affine, run_cli, translate_cli, write_config
 from .test_io import _nan_origin, _zero_spacing, raw_nifti
 
 TIMEOUT = 180  # seconds per command; the symlink loops alone once made info and translate run forever
@@ -171,25 +171,13 @@ def test_translate(tmp_path, model):
     _good_mr(folder)
     _good_mr(clean)
     before = _snapshot(folder)
-    result = run_cli(
-        "translate",
-        "--model",
-        str(model),
-        "--input",
-        str(folder),
-        "--output",
-        str(tmp_path / "out"),
-        "--no-progress",
-        timeout=TIMEOUT,
-    )
+    result = translate_cli(str(model), str(folder), str(tmp_path / "out"), timeout=TIMEOUT)
     assert result.returncode == 1
     _check_cli(result, hostile)
     assert f"2 done, 0 skipped, {len(hostile)} failed" in result.stdout
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open(encoding="utf-8")))
     assert all("\n" not in r["error"] for r in rows)
-    alone = run_cli(
-        "translate", "--model", str(model), "--input", str(clean), "--output", str(tmp_path / "alone"), "--no-progress"
-    )
+    alone = translate_cli(str(model), str(clean), str(tmp_path / "alone"))
     assert alone.returncode == 0
     for i in (1, 2):
         got, expected = (

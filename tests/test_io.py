@@ -1,4 +1,4 @@
-"""Reading every format into one form, writing NIfTI safely, finding and pairing cases, and bad input."""
+"""Reading every format into one form, writing NIfTI safely, finding and pairing cases (cases.py), and bad input."""
 
 from __future__ import annotations
 
@@ -12,16 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from medtranslate.errors import InputError, OutputError
-from medtranslate.io import (
-    Volume,
-    affine_to_sitk,
-    find_cases,
-    pair_cases,
-    read_case,
-    read_volume,
-    write_dicom_series,
-    write_nifti,
-)
+from medtranslate.cases import find_cases, pair_cases
+from medtranslate.io import Volume, affine_to_sitk, read_case, read_volume, write_dicom_series, write_nifti
 
 from .conftest import ct_like, oblique_affine
 

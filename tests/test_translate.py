@@ -21,7 +21,7 @@ from medtranslate.train import Trainer
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 from medtranslate.translate import translate_volume
 
-from .conftest import oblique_affine, run_cli, write_config
+from .conftest import oblique_affine, translate_cli, write_config
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +54,7 @@ def test_output_has_exactly_the_inputs_grid_in_every_format(tmp_path, checkpoint
     else:
         suffix = {"nifti": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha"}[fmt]
         sitk.WriteImage(affine_to_sitk(vol.array, vol.affine), str(inputs / f"case1{suffix}"))
-    result = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["pix2pix"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(tmp_path / "out"),
-        "--no-progress",
-    )
+    result = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     out = read_volume(tmp_path / "out" / "case1_sct.nii.gz")
     source = read_volume(next(inputs.iterdir()))
@@ -116,16 +107,7 @@ def test_killed_batch_resumes_with_every_case_done_and_no_partial_file(tmp_path,
     proc.wait()
     first = list(csv.DictReader((out / "manifest.csv").open())) if (out / "manifest.csv").exists() else []
     assert 1 <= len(first) < 8  # stopped halfway
-    result = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["pix2pix"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(out),
-        "--no-progress",
-    )
+    result = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(out))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     assert [r["case"] for r in rows] == [f"p{i:02d}" for i in range(8)]
@@ -143,35 +125,20 @@ def test_corrupt_case_fails_alone_and_shards_split_the_folder(tmp_path, checkpoi
     _batch(inputs, 3)
     (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     model = str(checkpoints["intensity_map"])
-    result = run_cli(
-        "translate", "--model", model, "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress"
-    )
+    result = translate_cli(model, str(inputs), str(tmp_path / "out"))
     assert result.returncode == 1
     assert "FAILED broken" in result.stdout and "3 done, 0 skipped, 1 failed" in result.stdout
     rows = {r["case"]: r for r in csv.DictReader((tmp_path / "out" / "manifest.csv").open())}
     assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]
     for shard in ("0/2", "1/2"):
-        r = run_cli(
-            "translate",
-            "--model",
-            model,
-            "--input",
-            str(inputs),
-            "--output",
-            str(tmp_path / "sharded"),
-            "--shard",
-            shard,
-            "--no-progress",
-        )
+        r = translate_cli(model, str(inputs), str(tmp_path / "sharded"), "--shard", shard)
         assert r.returncode in (0, 1)
     done = sorted(p.name for p in (tmp_path / "sharded").glob("*_sct.nii.gz"))
     assert done == ["p00_sct.nii.gz", "p01_sct.nii.gz", "p02_sct.nii.gz"]
     assert (tmp_path / "sharded" / "manifest.shard0of2.csv").exists() and (
         tmp_path / "sharded" / "manifest.shard1of2.csv"
     ).exists()
-    again = run_cli(
-        "translate", "--model", model, "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress"
-    )
+    again = translate_cli(model, str(inputs), str(tmp_path / "out"))
     assert "0 done, 3 skipped, 1 failed" in again.stdout
 
 
@@ -180,18 +147,7 @@ def test_dicom_output_for_planning_systems(tmp_path, checkpoints):
 
     inputs = tmp_path / "in"
     _batch(inputs, 1)
-    result = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["intensity_map"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(tmp_path / "out"),
-        "--format",
-        "dicom",
-        "--no-progress",
-    )
+    result = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(tmp_path / "out"), "--format", "dicom")
     assert result.returncode == 0, result.stderr
     series = tmp_path / "out" / "p00_sct_dicom"
     ds = pydicom.dcmread(sorted(series.iterdir())[0])
@@ -218,9 +174,7 @@ def test_foreign_or_unsafe_checkpoint_is_a_one_line_error(tmp_path, content):
     with pytest.raises(CheckpointError, match="checkpoint"):
         load_checkpoint(ckpt)
     (tmp_path / "in").mkdir()
-    result = run_cli(
-        "translate", "--model", str(ckpt), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")
-    )
+    result = translate_cli(str(ckpt), str(tmp_path / "in"), str(tmp_path / "out"))
     assert result.returncode == 2 and "unpickled" not in result.stdout + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
@@ -228,20 +182,10 @@ def test_foreign_or_unsafe_checkpoint_is_a_one_line_error(tmp_path, content):
 def test_output_folder_checks_happen_before_any_work(tmp_path, checkpoints):
     inputs = tmp_path / "in"
     _batch(inputs, 1)
-    same = run_cli(
-        "translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--output", str(inputs)
-    )
+    same = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(inputs))
     assert same.returncode == 2 and "input folder" in same.stderr
     (tmp_path / "afile").write_text("x")
-    blocked = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["intensity_map"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(tmp_path / "afile" / "out"),
-    )
+    blocked = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(tmp_path / "afile" / "out"))
     assert blocked.returncode == 2 and "not writable" in blocked.stderr
     assert sorted(p.name for p in inputs.iterdir()) == ["p00.nii.gz"]
 
@@ -250,17 +194,7 @@ def test_output_folder_checks_happen_before_any_work(tmp_path, checkpoints):
 def test_a_bad_batch_size_is_refused_before_any_work(tmp_path, checkpoints, size):
     inputs = tmp_path / "in"
     _batch(inputs, 1)
-    result = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["pix2pix"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(tmp_path / "out"),
-        "--batch-size",
-        size,
-    )
+    result = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(tmp_path / "out"), "--batch-size", size)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--batch-size" in result.stderr, (
         result.stderr
     )
@@ -282,16 +216,7 @@ def test_inputs_the_model_was_not_made_for_are_refused_per_case(tmp_path, checkp
     _batch(inputs, 1)
     write_nifti(inputs / "zeros.nii.gz", np.zeros((20, 20, 8), np.int16), np.eye(4))
     write_nifti(inputs / "pt9.nii.gz", ct_like(shape=(20, 20, 8)), np.eye(4))  # a CT given to an MR -> CT model
-    result = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["pix2pix"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(tmp_path / "out"),
-        "--no-progress",
-    )
+    result = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(tmp_path / "out"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "1 done, 0 skipped, 2 failed" in result.stdout
     assert "zeros.nii.gz: every voxel is 0.0; the image is empty or constant" in result.stdout
@@ -304,28 +229,10 @@ def test_inputs_the_model_was_not_made_for_are_refused_per_case(tmp_path, checkp
 def test_outputs_of_another_checkpoint_keep_its_hash(tmp_path, checkpoints):
     inputs, out = tmp_path / "in", tmp_path / "out"
     _batch(inputs, 2)
-    first = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["pix2pix"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(out),
-        "--no-progress",
-    )
+    first = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(out))
     assert first.returncode == 0, first.stderr
     made = {r["case"]: r["checkpoint_sha256"] for r in csv.DictReader((out / "manifest.csv").open())}
-    again = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["intensity_map"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(out),
-        "--no-progress",
-    )
+    again = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(out))
     assert again.returncode == 0 and "0 done, 2 skipped" in again.stdout
     assert "made with another checkpoint_sha256" in again.stderr and "--overwrite" in again.stderr
     assert {r["case"]: r["checkpoint_sha256"] for r in csv.DictReader((out / "manifest.csv").open())} == made
@@ -343,18 +250,7 @@ def test_a_shard_leaves_the_temporary_files_of_a_running_shard_alone(tmp_path, c
     try:
         theirs = out / partial_name(out / "p00_sct.nii.gz").name.replace(f"-{os.getpid()}.", f"-{other.pid}.")
         theirs.write_bytes(b"half of shard 0's output")
-        result = run_cli(
-            "translate",
-            "--model",
-            str(checkpoints["intensity_map"]),
-            "--input",
-            str(inputs),
-            "--output",
-            str(out),
-            "--shard",
-            "1/2",
-            "--no-progress",
-        )
+        result = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(out), "--shard", "1/2")
         assert result.returncode == 0, result.stderr
         assert theirs.exists() and (out / "p01_sct.nii.gz").exists()
     finally:
@@ -367,35 +263,14 @@ def test_translate_terminates_on_a_folder_of_symlink_loops(tmp_path, checkpoints
     _batch(inputs, 1)
     os.symlink(".", inputs / "loop1")
     os.symlink(".", inputs / "loop2")
-    result = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["intensity_map"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(tmp_path / "out"),
-        "--no-progress",
-        timeout=120,
-    )
+    result = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(tmp_path / "out"), timeout=120)
     assert result.returncode == 0 and "1 done" in result.stdout, result.stderr
 
 
 def test_dicom_output_into_a_non_ascii_folder(tmp_path, checkpoints):
     inputs, out = tmp_path / "in", tmp_path / "Résultats_Ørsted"
     _batch(inputs, 2)
-    result = run_cli(
-        "translate",
-        "--model",
-        str(checkpoints["intensity_map"]),
-        "--input",
-        str(inputs),
-        "--output",
-        str(out),
-        "--format",
-        "dicom",
-        "--no-progress",
-    )
+    result = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(out), "--format", "dicom")
     assert result.returncode == 0 and "2 done" in result.stdout, result.stderr
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     rows = list(csv.DictReader((out / "manifest.csv").open(encoding="utf-8")))

@@ -1,0 +1,210 @@
+"""Find the cases in a folder and pair them by case id: which file is which subject's MR, CT, low-dose CT or mask.
+
+Names decide (case-insensitively): ``<id>/mr.nii.gz``, ``mr/<id>.nii.gz`` and ``<id>_mr.nii.gz`` are all case
+``<id>`` with role ``mr`` (see ``ROLE_ALIASES``); a folder of DICOM files gives one case per series. Folders are
+searched following symbolic links, each real folder once, so any link structure ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dicom import DICOM_SUFFIXES, is_dicom_file, series_ids
+from .errors import InputError
+
+__all__ = [
+    "ROLE_ALIASES",
+    "NIFTI_SUFFIXES",
+    "SITK_SUFFIXES",
+    "Case",
+    "Pair",
+    "case_id_from_name",
+    "find_cases",
+    "pair_cases",
+]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES + DICOM_SUFFIXES
+
+# Names (case-insensitive) that say which kind of image a file or folder holds.
+ROLE_ALIASES: dict[str, str] = {
+    "mr": "mr",
+    "mri": "mr",
+    "t1": "mr",
+    "t1w": "mr",
+    "ct": "ct",
+    "ld": "ld",
+    "low": "ld",
+    "lowdose": "ld",
+    "low_dose": "ld",
+    "ldct": "ld",
+    "nd": "nd",
+    "full": "nd",
+    "fulldose": "nd",
+    "full_dose": "nd",
+    "normal": "nd",
+    "ndct": "nd",
+    "mask": "mask",
+    "body": "mask",
+    "bodymask": "mask",
+    "body_mask": "mask",
+    "sct": "sct",
+    "denoised": "denoised",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One readable image found in a folder: a file, or one DICOM series in a folder."""
+
+    case_id: str
+    path: Path
+    role: str | None = None
+    series_uid: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.path}" + (f" (series {self.series_uid})" if self.series_uid else "")
+
+
+@dataclass
+class Pair:
+    """Cases of one subject matched by id: a source image, a target image and optionally a mask."""
+
+    case_id: str
+    source: Case
+    target: Case | None = None
+    mask: Case | None = None
+
+
+def _strip_suffix(name: str) -> str:
+    low = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _role_of(name: str) -> str | None:
+    return ROLE_ALIASES.get(name.lower())
+
+
+def case_id_from_name(name: str, parent: str) -> tuple[str, str | None]:
+    """Case id and role from a file (or DICOM folder) name and its parent folder's name.
+
+    ``<id>/mr.nii.gz`` and ``mr/<id>.nii.gz`` both give (``<id>``, ``"mr"``); ``<id>_ct.nii.gz`` gives
+    (``<id>``, ``"ct"``); anything else gives (stem, None).
+    """
+    stem = _strip_suffix(name)
+    if _role_of(stem):
+        return parent, _role_of(stem)
+    if _role_of(parent):
+        return stem, _role_of(parent)
+    match = re.match(r"^(.+?)[_\-.]([A-Za-z0-9]+)$", stem)
+    if match and _role_of(match.group(2)):
+        return match.group(1), _role_of(match.group(2))
+    return stem, None
+
+
+def find_cases(folder: str | os.PathLike) -> list[Case]:
+    """List every image case below ``folder`` (or the single case a file is).
+
+    Image files are recognised by suffix (NIfTI, NRRD, MetaImage); a folder holding DICOM files gives one case per
+    series (SeriesInstanceUID). Case ids and roles come from names, see :func:`case_id_from_name`.
+
+    Raises:
+        InputError: the path does not exist, holds no images, or two images claim the same id and role.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise InputError(f"{root}: no such file or folder; check the path")
+    if root.is_file():
+        cid, role = case_id_from_name(root.name, root.parent.name)
+        return [Case(cid, root, role)]
+    cases: list[Case] = []
+    visited: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        # symbolic links are followed, but each real folder is searched once: a link to a parent (a loop) ends here
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        dicom_here = False
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue  # hidden files, including our own partial outputs
+            path = here / name
+            low = name.lower()
+            if low.endswith(NIFTI_SUFFIXES + SITK_SUFFIXES):
+                cid, role = case_id_from_name(name, here.name)
+                cases.append(Case(cid, path, role))
+            elif low.endswith(DICOM_SUFFIXES) or (not Path(low).suffix and is_dicom_file(path)):
+                dicom_here = True
+        if dicom_here:
+            series = series_ids(here)
+            parent = here.parent.name if here != root else here.name
+            cid, role = case_id_from_name(here.name, parent)
+            for n, uid in enumerate(series):
+                sid = cid if len(series) == 1 else f"{cid}_s{n + 1}"
+                cases.append(Case(sid, here, role, series_uid=uid))
+            if not series:  # DICOM-looking files that form no series: a case that fails when read, so it is reported
+                cases.append(Case(cid, here, role))
+    if not cases:
+        raise InputError(
+            f"{root}: no images found (looked for .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd and DICOM series); check "
+            "the folder"
+        )
+    seen: dict[tuple[str, str | None], Case] = {}
+    for case in cases:
+        key = (case.case_id, case.role)
+        if key in seen:
+            raise InputError(
+                f"{root}: two images have case id '{case.case_id}'"
+                + (f" and role '{case.role}'" if case.role else "")
+                + f": {seen[key].label} and {case.label}; rename one so each case id is unique"
+            )
+        seen[key] = case
+    return cases
+
+
+def pair_cases(
+    cases: list[Case],
+    source_role: str,
+    target_role: str | None,
+) -> tuple[list[Pair], dict[str, str]]:
+    """Match source and target images (and masks) of the same case id.
+
+    Args:
+        cases: from :func:`find_cases`.
+        source_role: e.g. "mr" or "ld".
+        target_role: e.g. "ct" or "nd"; None when only sources are needed.
+
+    Returns:
+        The complete pairs sorted by id, and {case id: reason} for every case that could not be paired.
+    """
+    by_id: dict[str, dict[str, Case]] = {}
+    for case in cases:
+        by_id.setdefault(case.case_id, {})[case.role or "?"] = case
+    pairs, unmatched = [], {}
+    for cid in sorted(by_id):
+        roles = by_id[cid]
+        src = roles.get(source_role)
+        tgt = roles.get(target_role) if target_role else None
+        if src is None:
+            unmatched[cid] = f"no {source_role} image (found: {', '.join(sorted(roles))})"
+            continue
+        if target_role and tgt is None:
+            unmatched[cid] = f"no {target_role} image (found: {', '.join(sorted(roles))})"
+            continue
+        pairs.append(Pair(cid, src, tgt, roles.get("mask")))
+    return pairs, unmatched
