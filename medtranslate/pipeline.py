@@ -72,17 +72,26 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
     return cfg, section
 
 
-def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool) -> None:
-    """Make ``out`` the folder of this config: refuse one made with other settings unless ``overwrite``."""
+def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool, protected: list[Path]) -> None:
+    """Make ``out`` the folder of this config: refuse one made with other settings unless ``overwrite``.
+
+    ``overwrite`` removes only what a pipeline writes (RUN_OUTPUTS), only in a folder whose config.yaml a pipeline
+    wrote, and never a path that holds one of ``protected`` (the data, the pipeline file).
+    """
     saved_path = out / "config.yaml"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: is a file; choose a folder for --out")
     if saved_path.is_file():
         try:
-            saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+            saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError):
-            saved = {"unreadable": True}
-        diffs = config_differences(saved if isinstance(saved, dict) else {}, record)
+            saved = None
+        if not isinstance(saved, dict) or not {"data", "model", "train", "pipeline"} <= set(saved):
+            raise ConfigError(
+                f"{saved_path}: was not written by 'medtranslate run', so {out} is not a run folder; "
+                "choose another --out (nothing was changed)"
+            )
+        diffs = config_differences(saved, record)
         if diffs and not overwrite:
             raise ConfigError(
                 f"{out}: holds a run made with other settings ({'; '.join(diffs[:8])}"
@@ -91,9 +100,16 @@ def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool) -> None:
                 "again, or choose another --out"
             )
         if overwrite:
+            targets = [out / name for name in RUN_OUTPUTS]
+            for target in targets:
+                keep = [p for p in protected if p == target.resolve() or target.resolve() in p.parents]
+                if keep:
+                    raise ConfigError(
+                        f"{target}: holds {keep[0]}, an input of this run; --overwrite removes it, so "
+                        "choose another --out"
+                    )
             logger.warning("--overwrite: discarding the earlier run in %s", out)
-            for name in RUN_OUTPUTS:
-                target = out / name
+            for target in targets:
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)
                 elif target.exists() or target.is_symlink():
@@ -156,7 +172,8 @@ def run_pipeline(
     """
     cfg, section = load_pipeline(path, overrides)
     out = Path(out)
-    _claim_run_dir(out, {**cfg.to_dict(), "pipeline": dict(section)}, overwrite)
+    protected = [Path(cfg.data.root).resolve(), Path(path).resolve()]
+    _claim_run_dir(out, {**cfg.to_dict(), "pipeline": dict(section)}, overwrite, protected)
 
     # prepare: optionally simulate low-dose pairs from the CTs, pair cases and fix the split (kept in RUN_DIR)
     if section.get("simulate_dose") is not None:

@@ -163,3 +163,33 @@ def test_a_run_folder_refuses_other_settings_unless_overwrite(tmp_path, tiny_dat
     assert redone.returncode == 0, redone.stderr
     assert load_checkpoint(out / "train" / "checkpoints" / "best.pt")["config"]["model"]["ngf"] == 8
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["ngf"] == 8
+
+
+def test_overwrite_never_removes_what_the_pipeline_did_not_write(tmp_path, tiny_data):
+    import shutil
+
+    import yaml
+
+    from medtranslate.pipeline import run_pipeline
+
+    # a folder whose config.yaml is the user's own file is not a run folder, --overwrite or not
+    mine = tmp_path / "project"
+    (mine / "eval").mkdir(parents=True)
+    (mine / "eval" / "notes.txt").write_text("my notes")
+    (mine / "config.yaml").write_text("scanner: {kv: 120}\n")
+    spec = {"data": {"root": str(tiny_data)}, "model": {"kind": "intensity_map"}, "pipeline": {"baseline": "none"}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="was not written by 'medtranslate run'"):
+        run_pipeline(path, mine, progress=False, overwrite=True)
+    assert (mine / "eval" / "notes.txt").read_text() == "my notes" and (mine / "config.yaml").read_text().startswith("scanner")
+    # a run folder that holds the run's own data: --overwrite would delete the inputs, so it is refused
+    out = tmp_path / "run"
+    shutil.copytree(tiny_data, out / "data")
+    spec["data"]["root"] = str(out / "data")
+    path.write_text(yaml.safe_dump(spec))
+    cfg, section = load_pipeline(path)
+    (out / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "pipeline": {"baseline": "intensity_map"}}))
+    with pytest.raises(ConfigError, match=r"data: holds .*data, an input of this run"):
+        run_pipeline(path, out, progress=False, overwrite=True)
+    assert sorted(p.name for p in (out / "data").iterdir()) == sorted(p.name for p in tiny_data.iterdir())
