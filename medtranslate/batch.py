@@ -120,7 +120,7 @@ def run_cases(
             except MedTranslateError as exc:
                 row.update(status="failed", error=str(exc))
                 logger.warning("%s", exc)
-            except Exception as exc:  # a defect, not bad input: record it, keep the batch going  # noqa: BLE001
+            except Exception as exc:  # a defect, not bad input: record it, keep the batch going
                 reason = f"{type(exc).__name__} ({str(exc)[:200]})"
                 message = f"{case.label}: unexpected {reason}; please report this with the file"
                 row.update(status="failed", error=message)

@@ -102,7 +102,7 @@ def describe_paths(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
                 row.update(describe_volume(read_case(case)), status="ok", error="")
             except MedTranslateError as exc:
                 row.update(status="failed", error=str(exc))
-            except Exception as exc:  # a defect, not bad input: report it and describe the other files  # noqa: BLE001
+            except Exception as exc:  # a defect, not bad input: report it and describe the other files
                 row.update(
                     status="failed",
                     error=f"{case.label}: unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with "

@@ -237,7 +237,7 @@ def evaluate_folder(
         except MedTranslateError as exc:
             row.update(status="failed", error=str(exc))
             logger.warning("%s", exc)
-        except Exception as exc:  # a defect, not bad input: record it and score the other cases  # noqa: BLE001
+        except Exception as exc:  # a defect, not bad input: record it and score the other cases
             row.update(
                 status="failed",
                 error=f"case '{cid}': unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the "

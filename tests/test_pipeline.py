@@ -182,7 +182,9 @@ def test_overwrite_never_removes_what_the_pipeline_did_not_write(tmp_path, tiny_
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="was not written by 'medtranslate run'"):
         run_pipeline(path, mine, progress=False, overwrite=True)
-    assert (mine / "eval" / "notes.txt").read_text() == "my notes" and (mine / "config.yaml").read_text().startswith("scanner")
+    assert (mine / "eval" / "notes.txt").read_text() == "my notes" and (mine / "config.yaml").read_text().startswith(
+        "scanner"
+    )
     # a run folder that holds the run's own data: --overwrite would delete the inputs, so it is refused
     out = tmp_path / "run"
     shutil.copytree(tiny_data, out / "data")
