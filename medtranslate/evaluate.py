@@ -27,6 +27,7 @@ from .errors import GeometryMismatchError, InputError, MedTranslateError, Output
 from .cases import Case, find_cases
 from .io import Volume, affine_to_sitk, read_case, sitk_to_volume, write_nifti
 from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
+from .qa import BONE_HU, artefact_index, dice, slice_consistency
 from .tasks import TASKS, get_task
 from .transforms import axial_axis, body_mask, check_same_grid
 
@@ -106,14 +107,23 @@ def _score_case(
 def _metrics_of(
     pred: Volume, ref: Volume, mask: np.ndarray, task: str, edition: int, window: str, inp: Volume | None
 ) -> dict[str, float]:
-    if get_task(task).metrics == "synthrad":
-        return synthrad_metrics(pred.array, ref.array, mask, edition=edition)
+    spec = get_task(task)
     axis = axial_axis(ref.affine)
-    scores = ldct_metrics(pred.array, ref.array, axial_axis=axis, window=window, mask=mask)
-    scores["mae"] = float(np.abs(pred.array.astype(np.float64) - ref.array)[mask].mean())
+    if spec.metrics == "synthrad":
+        scores = synthrad_metrics(pred.array, ref.array, mask, edition=edition)
+    else:
+        scores = ldct_metrics(pred.array, ref.array, axial_axis=axis, window=window, mask=mask)
+        scores["mae"] = float(np.abs(pred.array.astype(np.float64) - ref.array)[mask].mean())
+        if inp is not None:
+            for key, value in ldct_metrics(inp.array, ref.array, axial_axis=axis, window=window, mask=mask).items():
+                scores[f"input_{key}"] = value
+    # beyond similarity: grid artefacts, flicker between slices, anatomy kept (qa.py)
+    scores["artefact_index"] = artefact_index(pred.array, axis)
+    scores["slice_consistency"] = slice_consistency(pred.array, ref.array, mask, axis)
+    scores["bone_dice"] = dice(np.asarray(pred.array) > BONE_HU, np.asarray(ref.array) > BONE_HU)
     if inp is not None:
-        for key, value in ldct_metrics(inp.array, ref.array, axial_axis=axis, window=window, mask=mask).items():
-            scores[f"input_{key}"] = value
+        body_in = body_mask(inp.array, spec.source_kind, inp.affine)
+        scores["body_dice"] = dice(body_in, body_mask(pred.array, "ct", pred.affine))
     return scores
 
 
@@ -276,6 +286,7 @@ def _is_file(path: Any) -> bool:
 
 def _metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     preferred = ["mae", "psnr", "ssim", "ms_ssim", "rmse", "input_mae", "input_psnr", "input_ssim", "input_rmse"]
+    preferred += list(QA_DEFINITIONS)
     present = {
         k for r in rows if r["status"] == "done" for k, v in r.items() if isinstance(v, float) and k != "seconds"
     }
@@ -310,7 +321,21 @@ def summarise(rows: list[dict[str, Any]], metric_names: list[str]) -> dict[str, 
     return {"n_cases": len(rows), "n_done": len(done), "n_failed": len(rows) - len(done), "metrics": metrics}
 
 
+QA_DEFINITIONS = {
+    "artefact_index": "power at the period-2 and period-4 grid frequencies of the axial slices over that of their "
+    "neighbouring frequencies (about 1 without a grid artefact)",
+    "slice_consistency": "mean |slice-to-slice change of prediction - that of reference| in HU inside the mask (0: no "
+    "flicker)",
+    "bone_dice": f"Dice of bone (> {BONE_HU:g} HU) in prediction and reference",
+    "body_dice": "Dice of the body masks of input and prediction (anatomy kept in place)",
+}
+
+
 def _definitions(task: str, edition: int, window: str) -> dict[str, str]:
+    return {**_similarity_definitions(task, edition, window), **QA_DEFINITIONS}
+
+
+def _similarity_definitions(task: str, edition: int, window: str) -> dict[str, str]:
     if get_task(task).metrics == "ldct":
         level, width = WINDOWS[window]
         return {

@@ -58,7 +58,21 @@ def test_evaluate_cli_writes_table_summary_and_self_contained_report(tmp_path):
 
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["case"] for r in rows] == CASES
-    assert list(rows[0])[:5] == ["case", "mae", "psnr", "ssim", "ms_ssim"]
+    assert list(rows[0])[:9] == [
+        "case",
+        "mae",
+        "psnr",
+        "ssim",
+        "ms_ssim",
+        "artefact_index",
+        "slice_consistency",
+        "bone_dice",
+        "body_dice",
+    ]
+    # noisy copies of the references: no grid, bone where the reference has it, the body where the input has it
+    assert all(
+        float(r["artefact_index"]) < 1.5 and float(r["bone_dice"]) > 0.9 and float(r["body_dice"]) > 0.95 for r in rows
+    )
     assert all(r["status"] == "done" and r["error"] == "" for r in rows)
     # the numbers are those of the metrics module, inside the saved (computed) mask
     pred = read_volume(tmp_path / "pred" / "sub-07_sct.nii.gz").array
