@@ -178,7 +178,8 @@ def build_inference_net(ckpt: dict[str, Any], device: torch.device, source: str 
             )
         else:
             raise CheckpointError(f"{source}: unknown model kind {show(kind)}; expected one of: {', '.join(KINDS)}")
-        net.load_state_dict(ckpt["model"]["nets"]["G"])
+        average = ckpt["model"].get("average")  # the weight average translates when training kept one
+        net.load_state_dict(average["G"] if average else ckpt["model"]["nets"]["G"])
     except (KeyError, RuntimeError, TypeError, AttributeError, ConfigError) as exc:
         raise CheckpointError(
             f"{source}: the networks cannot be rebuilt "

@@ -48,6 +48,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "intensity_map": {"generator": "lut", "norm": "batch", "gan_loss": "vanilla"},
     "classical": {"generator": "nlmeans", "norm": "batch", "gan_loss": "vanilla"},
 }
+DEFAULT_EPOCHS = 10  # train.epochs without a time budget
 RESIDUAL_UNIT_HU = 100.0  # a residual generator sees and predicts HU / RESIDUAL_UNIT_HU (centred on water)
 
 MAX_YAML_BYTES = 1 << 20  # an experiment file is a few hundred bytes
@@ -167,7 +168,9 @@ class ModelConfig:
 class TrainConfig:
     """How long and how to optimise."""
 
-    epochs: int = 10
+    # epochs: without max_minutes, DEFAULT_EPOCHS when not given; with max_minutes, as many as fit (planned after the
+    # first epoch so the learning-rate decay ends inside the budget), at most this many when given
+    epochs: int | None = None
     steps_per_epoch: int | None = None  # cap on generator updates per epoch
     batch_size: int = 4
     lr: float = 2e-4
@@ -179,13 +182,20 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
     channels_last: bool = True
-    # time budget: no epoch is started that would end past it (judged by the longest so far)
+    # time budget in minutes: the epochs are planned to fit it, and no epoch is started that would end past it
     max_minutes: float | None = None
     val_every: int = 1
     num_threads: int | None = None  # torch CPU threads; default: torch's
+    ema: float = (
+        0.0  # decay of an exponential moving average of the generator's weights (0: off), see gan.WeightAverage
+    )
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "d_steps", "val_every"):
+        if self.epochs is None and self.max_minutes is None:
+            object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
+        if self.epochs is not None:
+            require_int("train.epochs", self.epochs, 1)
+        for key in ("batch_size", "d_steps", "val_every"):
             require_int(f"train.{key}", getattr(self, key), 1)
         if self.steps_per_epoch is not None:
             require_int("train.steps_per_epoch", self.steps_per_epoch, 1)
@@ -202,10 +212,7 @@ class TrainConfig:
             require_int("train.num_threads", self.num_threads, 1, 4096)
         if self.decay_epochs is not None:
             require_int("train.decay_epochs", self.decay_epochs, 0, self.epochs)
-
-    @property
-    def decay(self) -> int:
-        return self.epochs // 2 if self.decay_epochs is None else self.decay_epochs
+        require_number("train.ema", self.ema, minimum=0, below=1)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, 
 from .transforms import ct_intensity
 
 __all__ = [
+    "WeightAverage",
     "GANLoss",
     "gradient_penalty",
     "ImagePool",
@@ -106,6 +107,39 @@ class ImagePool:
         self.images = [img[None].to(device) for img in images] if images.numel() else []
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights (Yazici et al. 2019, "The unusual effectiveness of
+    averaging in GAN training"): a GAN's generator moves from step to step as the discriminator does, and its average
+    is steadier and often better than its last weights. Parameters are averaged; buffers (batch-norm statistics) are
+    copied. The decay grows with the updates, min(decay, (1 + n) / (10 + n)), so a short run is not dominated by its
+    random start (as TensorFlow's ExponentialMovingAverage does with num_updates).
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        import copy
+
+        self.decay, self.updates = float(decay), 0
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for avg, p in zip(self.net.parameters(), net.parameters()):
+            avg.lerp_(p.detach(), 1.0 - d)
+        for avg, b in zip(self.net.buffers(), net.buffers()):
+            avg.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"G": self.net.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["G"])
+        self.updates = int(state["updates"])
+
+
 def build_generator(cfg: RunConfig, in_channels: int, out_channels: int = 1) -> nn.Module:
     """The generator of ``cfg.model``; residual models wrap it in :class:`Rescaled` (HU / RESIDUAL_UNIT_HU units)."""
     m = cfg.model
@@ -166,6 +200,11 @@ class TranslationModel:
     def generator(self) -> nn.Module:
         return self.nets["G"]
 
+    @property
+    def inference_generator(self) -> nn.Module:
+        """What translates after training: the weight average when there is one, else the generator itself."""
+        return self.average.net if self.average is not None else self.nets["G"]
+
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
@@ -180,6 +219,7 @@ class TranslationModel:
         for group in ("G", "D"):
             params = [p for name, net in self.nets.items() if name.startswith(group) for p in net.parameters()]
             self.optimizers[group] = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+        self.average = WeightAverage(self.nets["G"], t.ema) if t.ema > 0 else None
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
         opt = self.optimizers[name]
@@ -187,6 +227,8 @@ class TranslationModel:
         self.scaler.scale(loss).backward()
         self.scaler.step(opt)
         self.scaler.update()
+        if name == "G" and self.average is not None:
+            self.average.update(self.nets["G"])
 
     def _requires_grad(self, prefix: str, flag: bool) -> None:
         for name, net in self.nets.items():
@@ -210,11 +252,14 @@ class TranslationModel:
             net.train(mode)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "nets": {k: v.state_dict() for k, v in self.nets.items()},
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "scaler": self.scaler.state_dict(),
         }
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state["nets"].items():
@@ -223,6 +268,8 @@ class TranslationModel:
             self.optimizers[k].load_state_dict(v)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None and state.get("average"):
+            self.average.load_state_dict(state["average"])
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError

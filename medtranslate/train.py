@@ -33,6 +33,7 @@ from .device import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
 from .gan import TranslationModel, build_model
 from .metrics import ldct_metrics, synthrad_metrics
+from .schedule import Schedule
 from .slices import PreparedCase, SliceDataset, discover_pairs, load_split, prepare_case
 from .tasks import get_task
 from .transforms import axial_axis, ct_intensity
@@ -45,11 +46,6 @@ logger = logging.getLogger(__name__)
 
 # Settings that may change when a run is resumed: where and how fast it runs, and how long it may take.
 RESUMABLE_CHANGES = ("train.device", "train.num_threads", "train.max_minutes")
-
-
-def _lr_factor(epoch: int, epochs: int, decay: int) -> float:
-    """Constant, then linear decay over the last ``decay`` epochs (pix2pix/CycleGAN schedule)."""
-    return 1.0 - max(0, epoch + 1 - (epochs - decay)) / float(decay + 1)
 
 
 class Trainer:
@@ -109,7 +105,7 @@ class Trainer:
             divisor = 1
         else:
             self.model = build_model(cfg, in_channels, self.device, self.gen)
-            self.net = self.model.generator
+            self.net = self.model.inference_generator
             divisor = getattr(self.net, "divisor", 1)
             self.dataset = SliceDataset(self.train_cases, cfg, self.gen, paired=cfg.model.kind == "pix2pix")
             if cfg.train.batch_size > len(self.dataset):
@@ -122,6 +118,7 @@ class Trainer:
             task.name, task.source_kind, ct_intensity().to_dict(), cfg.data.context, divisor, cfg.data.spacing
         )
         self.epoch, self.batch_in_epoch, self.step, self.best_mae = 0, 0, 0, math.inf
+        self.schedule = Schedule.from_train_config(cfg.train)
         self.history: list[dict[str, float]] = []
         self.epoch_losses: dict[str, list[float]] = {}
         self._writer = None
@@ -140,36 +137,40 @@ class Trainer:
         if self.model is None:
             return self._fit_baseline()
         t = self.cfg.train
-        stop = t.epochs if until_epoch is None else min(until_epoch, t.epochs)
         start = time.perf_counter()
         longest = 0.0
         val: dict[str, float] = {}
         try:
             with self._interrupt_after_step():
-                while self.epoch < stop:
+                while self.epoch < self._stop_epoch(until_epoch):
                     epoch_start = time.perf_counter()
                     losses = self._train_epoch()
-                    is_last = self.epoch + 1 == t.epochs
-                    val = self.validate() if ((self.epoch + 1) % t.val_every == 0 or is_last) and self.val_cases else {}
+                    is_last = self.epoch + 1 == self.schedule.epochs
+                    validate = (self.epoch + 1) % t.val_every == 0 or is_last or not self.schedule.planned
+                    val = self.validate() if validate and self.val_cases else {}
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    self._end_epoch(losses, val, time.perf_counter() - epoch_start)
+                    seconds = time.perf_counter() - epoch_start
+                    # with a budget, the first epoch's duration fixes how many fit, so the decay ends inside it
+                    self.schedule.plan(seconds, time.perf_counter() - start, self.epoch)
+                    self._end_epoch(losses, val, seconds)
                     self._stop_if_requested()
                     longest = max(longest, time.perf_counter() - epoch_start)
                     # a budget, not a target: an epoch that would end past it is not started
-                    if (
-                        t.max_minutes
-                        and (time.perf_counter() - start + longest) / 60.0 > t.max_minutes
-                        and self.epoch < stop
-                    ):
-                        logger.info(
-                            "stopping after epoch %d: another epoch would pass train.max_minutes %.1f",
-                            self.epoch,
-                            t.max_minutes,
-                        )
-                        break
+                    if t.max_minutes and (time.perf_counter() - start + longest) / 60.0 > t.max_minutes:
+                        if self.epoch < self._stop_epoch(until_epoch):
+                            logger.info(
+                                "stopping after epoch %d: another epoch would pass train.max_minutes %.1f",
+                                self.epoch,
+                                t.max_minutes,
+                            )
+                            break
         finally:
             self._close_writer()
         return val
+
+    def _stop_epoch(self, until_epoch: int | None) -> int:
+        total = self.schedule.epochs if self.schedule.planned else self.epoch + 1
+        return total if until_epoch is None else min(until_epoch, total)
 
     def _close_writer(self) -> None:
         """Close TensorBoard's writer; a failed flush becomes an OutputError unless another error is on its way."""
@@ -232,7 +233,7 @@ class Trainer:
             torch.set_rng_state(self._saved_rng["torch"])
         else:
             self.epoch_losses = {}
-        factor = _lr_factor(self.epoch, t.epochs, t.decay)
+        factor = self.schedule.factor(self.epoch)
         for opt in self.model.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = t.lr * factor
@@ -242,7 +243,7 @@ class Trainer:
         self.model.train(True)
         bar = tqdm(
             range(self.batch_in_epoch, n_batches),
-            desc=f"epoch {self.epoch + 1}/{t.epochs}",
+            desc=f"epoch {self.epoch + 1}/{self.schedule.epochs or '?'}",
             disable=not self.progress,
             leave=False,
         )
@@ -263,7 +264,7 @@ class Trainer:
         return {k: float(np.mean(v)) for k, v in self.epoch_losses.items()}
 
     def _end_epoch(self, losses: dict[str, float], val: dict[str, float], seconds: float) -> None:
-        lr = self.cfg.train.lr * _lr_factor(self.epoch - 1, self.cfg.train.epochs, self.cfg.train.decay)
+        lr = self.cfg.train.lr * self.schedule.factor(self.epoch - 1)
         row = {"epoch": self.epoch, "step": self.step, "seconds": round(seconds, 2), "lr": lr, **losses, **val}
         self.history.append(row)
         self._write_history()
@@ -276,9 +277,9 @@ class Trainer:
             self._save("best.pt")
         self._save("last.pt")
         logger.info(
-            "epoch %d/%d: %s",
+            "epoch %d/%s: %s",
             self.epoch,
-            self.cfg.train.epochs,
+            self.schedule.epochs or "?",
             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
 
@@ -339,7 +340,7 @@ class Trainer:
                     pairs.append((c.source[0, :, :, z].numpy(), c.target[0, :, :, z].numpy()))
             self.lut.fit([p[0] for p in pairs], [p[1] for p in pairs])
         val = self.validate() if self.val_cases else {}
-        self.epoch = self.cfg.train.epochs
+        self.epoch = self.schedule.epochs = 1
         self.best_mae = val.get("val_mae", math.inf)
         self._end_epoch({}, val, 0.0)
         self._save("best.pt")
@@ -356,7 +357,7 @@ class Trainer:
             "spec": self.spec.to_dict(),
             "in_channels": 2 * self.cfg.data.context + 1,
             "model": model_state,
-            "schedule": {"kind": "linear", "epochs": self.cfg.train.epochs, "decay": self.cfg.train.decay},
+            "schedule": self.schedule.to_dict(),
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
@@ -408,6 +409,7 @@ class Trainer:
         self.best_mae, self.history = float(ckpt["best_mae"]), list(ckpt["history"])
         self.epoch_losses = {k: list(v) for k, v in ckpt.get("epoch_losses", {}).items()}
         self._saved_rng = ckpt["rng"]
+        self.schedule.restore(ckpt.get("schedule", {}))
         self._write_history()
 
     def _write_history(self) -> None:

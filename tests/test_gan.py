@@ -153,3 +153,32 @@ def test_intensity_map_recovers_a_known_mapping():
     # a 3-channel (2.5D) input uses its centre channel
     three = torch.stack([probe * 0, probe, probe * 0]).view(1, 3, 50, 1)
     assert torch.allclose(lut(three)[0, 0, :, 0], out)
+
+
+def test_weight_average_follows_the_weights_with_a_growing_decay():
+    from medtranslate.checkpoint import build_inference_net
+    from medtranslate.gan import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    avg = WeightAverage(net, decay=0.99)
+    start = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].running_mean.fill_(3.0)
+    avg.update(net)  # first update: decay min(0.99, 2/11), so the average moves most of the way
+    assert torch.allclose(avg.net[0].weight, start + 1.0 - 2 / 11, atol=1e-6)
+    assert torch.equal(avg.net[1].running_mean, net[1].running_mean)  # buffers are copied, not averaged
+    for _ in range(2000):
+        avg.update(net)
+    assert torch.allclose(avg.net[0].weight, net[0].weight, atol=1e-4) and avg.updates == 2001
+    assert not any(p.requires_grad for p in avg.net.parameters())
+    # a checkpoint with an average translates with it
+    raw = tiny_config("pix2pix").to_dict()
+    raw["train"]["ema"] = 0.5
+    cfg = RunConfig.from_dict(raw)
+    model = build_model(cfg, 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        next(model.average.net.parameters()).add_(5.0)
+    ckpt = {"kind": "pix2pix", "config": cfg.to_dict(), "in_channels": 1, "model": model.state_dict()}
+    net = build_inference_net(ckpt, torch.device("cpu"))
+    assert torch.equal(next(net.parameters()), next(model.average.net.parameters()))

@@ -27,15 +27,18 @@ def weights(run_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind,context", [("pix2pix", 1), ("cyclegan", 0)])
-def test_resume_continues_exactly(tmp_path, tiny_data, kind, context):
-    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, kind, **{"data.context": context}))
+@pytest.mark.parametrize("kind,context,ema", [("pix2pix", 1, 0.0), ("cyclegan", 0, 0.0), ("pix2pix", 0, 0.9)])
+def test_resume_continues_exactly(tmp_path, tiny_data, kind, context, ema):
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, kind, **{"data.context": context, "train.ema": ema}))
     Trainer(cfg, tmp_path / "straight", progress=False).fit()
     Trainer(cfg, tmp_path / "resumed", progress=False).fit(until_epoch=1)
     assert weights(tmp_path / "resumed")[1]["epoch"] == 1
     Trainer(cfg, tmp_path / "resumed", resume=True, progress=False).fit()
     (a, ckpt_a), (b, ckpt_b) = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert ckpt_a["step"] == ckpt_b["step"] == 6
+    if ema:  # the weight average goes on exactly too, and it is what translates
+        a, b = {**a, "average": ckpt_a["model"]["average"]["G"]}, {**b, "average": ckpt_b["model"]["average"]["G"]}
+        assert ckpt_a["model"]["average"]["updates"] == 6
     for net in a:
         for key in a[net]:
             assert torch.equal(a[net][key], b[net][key]), (net, key)

@@ -1,0 +1,93 @@
+"""The learning-rate schedule of pix2pix and CycleGAN, and how long it runs: a fixed number of epochs, or as many as
+fit in a time budget.
+
+The schedule is the papers' one (Isola et al. 2017; Zhu et al. 2017): the base rate for the first epochs, then a
+linear decay to zero over the last ``decay`` epochs (half of them unless set). With ``train.max_minutes`` the number of
+epochs is planned after the first one from its measured duration (training and validation), so the decay ends
+inside the budget instead of being cut off by it; ``train.epochs``, when given, caps the plan. The plan is stored in
+every checkpoint, so a resumed run follows the same schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Schedule"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Schedule:
+    """Epochs and linear decay of one run.
+
+    Attributes:
+        epochs: total epochs; None until planned from the budget.
+        decay_epochs: length of the decay; None: half the epochs.
+        cap: the most epochs a budget plan may give (``train.epochs`` when set with a budget).
+        max_minutes: the time budget, or None.
+    """
+
+    epochs: int | None
+    decay_epochs: int | None = None
+    cap: int | None = None
+    max_minutes: float | None = None
+
+    @property
+    def decay(self) -> int:
+        if self.epochs is None:
+            return 0
+        return self.epochs // 2 if self.decay_epochs is None else min(self.decay_epochs, self.epochs)
+
+    def factor(self, epoch: int) -> float:
+        """Multiplier of the base learning rate in epoch ``epoch`` (0-based); 1 while the length is not planned yet."""
+        if self.epochs is None:
+            return 1.0
+        decay = self.decay
+        return 1.0 - max(0, epoch + 1 - (self.epochs - decay)) / float(decay + 1)
+
+    @property
+    def planned(self) -> bool:
+        return self.epochs is not None
+
+    def plan(self, epoch_seconds: float, elapsed_seconds: float, epochs_done: int) -> None:
+        """Fix the number of epochs: those done plus as many more of ``epoch_seconds`` as the budget still holds."""
+        if self.planned or self.max_minutes is None:
+            return
+        left = self.max_minutes * 60.0 - elapsed_seconds
+        more = max(0, math.floor(left / max(epoch_seconds, 1e-9)))
+        total = epochs_done + more
+        if self.cap is not None:
+            total = min(total, self.cap)
+        self.epochs = max(total, epochs_done, 1)
+        logger.info(
+            "planned %d epochs (%.1f s each) to fit train.max_minutes %.1f; the learning rate decays over the last %d",
+            self.epochs,
+            epoch_seconds,
+            self.max_minutes,
+            self.decay,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "linear",
+            "epochs": self.epochs,
+            "decay": self.decay,
+            "decay_epochs": self.decay_epochs,
+            "cap": self.cap,
+            "max_minutes": self.max_minutes,
+        }
+
+    @classmethod
+    def from_train_config(cls, train: Any) -> "Schedule":
+        if train.max_minutes is None:
+            return cls(epochs=train.epochs, decay_epochs=train.decay_epochs)
+        return cls(epochs=None, decay_epochs=train.decay_epochs, cap=train.epochs, max_minutes=train.max_minutes)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Take the planned length from a checkpoint's schedule (a resumed run keeps its plan)."""
+        if saved.get("epochs") is not None:
+            self.epochs = int(saved["epochs"])

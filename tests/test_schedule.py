@@ -1,0 +1,46 @@
+"""The learning-rate schedule: constant then linear decay, over epochs fixed up front or planned to fit a budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from medtranslate.checkpoint import load_checkpoint
+from medtranslate.config import load_config
+from medtranslate.schedule import Schedule
+from medtranslate.train import Trainer
+
+from .conftest import write_config
+
+
+def test_constant_then_linear_decay():
+    s = Schedule(epochs=6)
+    assert [round(s.factor(e), 4) for e in range(6)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert Schedule(epochs=4, decay_epochs=0).factor(3) == 1.0
+    assert Schedule(epochs=None).factor(5) == 1.0  # not planned yet: the base rate
+
+
+@pytest.mark.parametrize(
+    "epoch_s,elapsed_s,cap,expected",
+    [(10.0, 10.0, None, 60), (10.0, 10.0, 12, 12), (10.0, 700.0, None, 1), (30.0, 30.0, None, 20)],
+)
+def test_a_budget_plan_fills_it_and_the_decay_ends_inside(epoch_s, elapsed_s, cap, expected):
+    s = Schedule(epochs=None, cap=cap, max_minutes=10.0)
+    s.plan(epoch_s, elapsed_s, epochs_done=1)
+    assert s.epochs == expected and s.decay == expected // 2
+    assert s.factor(expected - 1) == pytest.approx(1.0 / (s.decay + 1))  # the last epoch runs at the end of the decay
+    s.plan(1.0, 1.0, 1)  # a plan is made once
+    assert s.epochs == expected
+
+
+@pytest.mark.slow
+def test_a_budget_run_without_epochs_plans_and_completes_its_decay(tmp_path, tiny_data):
+    extra = {"train.epochs": None, "train.max_minutes": 0.12, "train.steps_per_epoch": 2}
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **extra))
+    assert cfg.train.epochs is None
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    planned = ckpt["schedule"]["epochs"]
+    assert planned >= 2 and ckpt["epoch"] == planned  # every planned epoch ran inside the budget
+    lrs = [row["lr"] for row in ckpt["history"]]
+    assert lrs[0] == pytest.approx(2e-4) and lrs[-1] == pytest.approx(2e-4 / (planned // 2 + 1))
+    assert sum(row["seconds"] for row in ckpt["history"]) < 0.12 * 60 * 1.5
