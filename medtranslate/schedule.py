@@ -3,16 +3,19 @@ fit in a time budget.
 
 The schedule is the papers' one (Isola et al. 2017; Zhu et al. 2017): the base rate for the first epochs, then a
 linear decay to zero over the last ``decay`` epochs (half of them unless set). With ``train.max_minutes`` the number of
-epochs is planned after the first one from its measured duration (training and validation), so the decay ends
-inside the budget instead of being cut off by it; ``train.epochs``, when given, caps the plan. The plan is stored in
-every checkpoint, so a resumed run follows the same schedule.
+epochs is planned after the first one from its measured duration (training, validation and checkpoints), so the decay
+ends inside the budget instead of being cut off by it; ``train.epochs``, when given, caps the plan. After every epoch
+the plan is checked against the mean duration of the recent epochs (the first one carries the warm-up): it shrinks when
+the remaining epochs no longer fit, and grows while the decay has not started, so one slow first epoch does not leave
+the budget unused. No epoch is started that is expected to end past the budget. The plan is stored in every
+checkpoint, so a resumed run follows the same schedule.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Schedule"]
@@ -35,6 +38,7 @@ class Schedule:
     decay_epochs: int | None = None
     cap: int | None = None
     max_minutes: float | None = None
+    _seconds: list[float] = field(default_factory=list, repr=False)  # durations of the epochs seen by plan()
 
     @property
     def decay(self) -> int:
@@ -54,19 +58,38 @@ class Schedule:
         return self.epochs is not None
 
     def plan(self, epoch_seconds: float, elapsed_seconds: float, epochs_done: int) -> None:
-        """Fix the number of epochs: those done plus as many more of ``epoch_seconds`` as the budget still holds."""
-        if self.planned or self.max_minutes is None:
+        """After an epoch of ``epoch_seconds``: fix or correct the number of epochs so the rest fits the budget.
+
+        The first call fixes the plan: the epochs done plus as many more as the budget still holds. Later calls
+        shrink it when the remaining epochs no longer fit at the mean duration of the recent epochs, and grow it
+        (up to the cap) while the decay has not started; the learning rates already used stay valid either way.
+        """
+        if self.max_minutes is None:
             return
+        self._seconds.append(epoch_seconds)
+        recent = self._seconds[1:][-5:] or self._seconds  # the first epoch carries the warm-up
+        estimate = max(sum(recent) / len(recent), 1e-9)
         left = self.max_minutes * 60.0 - elapsed_seconds
-        more = max(0, math.floor(left / max(epoch_seconds, 1e-9)))
-        total = epochs_done + more
+        total = epochs_done + max(0, math.floor(left / estimate))
         if self.cap is not None:
             total = min(total, self.cap)
-        self.epochs = max(total, epochs_done, 1)
+        total = max(total, epochs_done, 1)
+        if not self.planned:
+            self.epochs = total
+            action = "planned"
+        elif total < self.epochs:
+            self.epochs = total
+            action = "re-planned (epochs slower than planned)"
+        elif total > self.epochs and epochs_done < self.epochs - self.decay:
+            self.epochs = total
+            action = "re-planned (epochs faster than planned)"
+        else:
+            return
         logger.info(
-            "planned %d epochs (%.1f s each) to fit train.max_minutes %.1f; the learning rate decays over the last %d",
+            "%s %d epochs (%.1f s each) to fit train.max_minutes %.1f; the learning rate decays over the last %d",
+            action,
             self.epochs,
-            epoch_seconds,
+            estimate,
             self.max_minutes,
             self.decay,
         )

@@ -137,8 +137,7 @@ class Trainer:
         if self.model is None:
             return self._fit_baseline()
         t = self.cfg.train
-        start = time.perf_counter()
-        longest = 0.0
+        start = mark = time.perf_counter()
         val: dict[str, float] = {}
         try:
             with self._interrupt_after_step():
@@ -149,21 +148,14 @@ class Trainer:
                     validate = (self.epoch + 1) % t.val_every == 0 or is_last or not self.schedule.planned
                     val = self.validate() if validate and self.val_cases else {}
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    seconds = time.perf_counter() - epoch_start
-                    # with a budget, the first epoch's duration fixes how many fit, so the decay ends inside it
-                    self.schedule.plan(seconds, time.perf_counter() - start, self.epoch)
-                    self._end_epoch(losses, val, seconds)
+                    # with a budget, the whole time from one plan to the next (checkpoints included) fixes how many
+                    # epochs fit, and the loop ends with the plan: the decay ends inside the budget and no epoch is
+                    # started that is expected to end past it
+                    now = time.perf_counter()
+                    self.schedule.plan(now - mark, now - start, self.epoch)
+                    mark = now
+                    self._end_epoch(losses, val, now - epoch_start)
                     self._stop_if_requested()
-                    longest = max(longest, time.perf_counter() - epoch_start)
-                    # a budget, not a target: an epoch that would end past it is not started
-                    if t.max_minutes and (time.perf_counter() - start + longest) / 60.0 > t.max_minutes:
-                        if self.epoch < self._stop_epoch(until_epoch):
-                            logger.info(
-                                "stopping after epoch %d: another epoch would pass train.max_minutes %.1f",
-                                self.epoch,
-                                t.max_minutes,
-                            )
-                            break
         finally:
             self._close_writer()
         return val
