@@ -120,6 +120,9 @@ class ModelConfig:
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
+    # CycleGAN: a modality-independent structure loss between each generator's input and output (losses.py)
+    structure_loss: str = "none"  # none | mind (Yang et al. 2018) | gc (gradient correlation, Hiasa et al. 2018)
+    lambda_structure: float = 0.0
     pool_size: int = 50
     bins: int = 256  # intensity_map look-up table size
 
@@ -146,6 +149,7 @@ class ModelConfig:
         require_choice("model.norm", self.norm, ("batch", "instance"))
         require_choice("model.upsample", self.upsample, ("transpose", "resize"))
         require_choice("model.gan_loss", self.gan_loss, ("vanilla", "lsgan", "hinge", "wgangp"))
+        require_choice("model.structure_loss", self.structure_loss, ("none", "mind", "gc"))
         require_int("model.ngf", self.ngf, 1, 1024)
         require_int("model.ndf", self.ndf, 1, 1024)
         if self.num_downs is not None:
@@ -155,7 +159,7 @@ class ModelConfig:
         require_int("model.bins", self.bins, 2, 65536)
         require_int("model.pool_size", self.pool_size, 0, 10000)
         require_number("model.dropout", self.dropout, minimum=0, below=1)
-        for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight"):
+        for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight", "lambda_structure"):
             require_number(f"model.{key}", getattr(self, key), minimum=0)
 
     @property
@@ -174,6 +178,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # cap on generator updates per epoch
     batch_size: int = 4
     lr: float = 2e-4
+    lr_d: float | None = None  # the discriminators' learning rate; default: lr
     beta1: float = 0.5
     beta2: float = 0.999
     decay_epochs: int | None = None  # epochs of linear decay to 0 at the end; default: half of epochs
@@ -200,6 +205,8 @@ class TrainConfig:
         if self.steps_per_epoch is not None:
             require_int("train.steps_per_epoch", self.steps_per_epoch, 1)
         require_number("train.lr", self.lr, above=0, maximum=1)
+        if self.lr_d is not None:
+            require_number("train.lr_d", self.lr_d, above=0, maximum=1)
         require_number("train.beta1", self.beta1, minimum=0, below=1)
         require_number("train.beta2", self.beta2, minimum=0, below=1)
         require_int("train.seed", self.seed, 0, 2**63 - 1)

@@ -17,6 +17,7 @@ from torch import nn
 
 from .config import RESIDUAL_UNIT_HU, RunConfig
 from .errors import ConfigError
+from .losses import structure_loss
 from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
 from .transforms import ct_intensity
 
@@ -216,9 +217,10 @@ class TranslationModel:
             net.to(self.device, memory_format=fmt)
         t = self.cfg.train
         # one Adam for all generators ("G", "G_inv") and one for all discriminators ("D", "D_src")
+        self.base_lr = {"G": t.lr, "D": t.lr if t.lr_d is None else t.lr_d}
         for group in ("G", "D"):
             params = [p for name, net in self.nets.items() if name.startswith(group) for p in net.parameters()]
-            self.optimizers[group] = torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))
+            self.optimizers[group] = torch.optim.Adam(params, lr=self.base_lr[group], betas=(t.beta1, t.beta2))
         self.average = WeightAverage(self.nets["G"], t.ema) if t.ema > 0 else None
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
@@ -340,19 +342,22 @@ class CycleGAN(TranslationModel):
         loss_cycle = (
             F.l1_loss(rec_a.float(), real_a.float()) + F.l1_loss(rec_b.float(), real_b.float())
         ) * m.lambda_cycle
-        self._step("G", loss_adv + loss_cycle + loss_idt)
+        loss_struct = torch.zeros((), device=self.device)
+        structured = m.structure_loss != "none" and m.lambda_structure > 0
+        if structured:
+            # the output keeps the input's edges whatever their contrast: anatomy is neither moved nor invented
+            k = m.structure_loss
+            loss_struct = (structure_loss(k, real_a, fake_b) + structure_loss(k, real_b, fake_a)) * m.lambda_structure
+        self._step("G", loss_adv + loss_cycle + loss_idt + loss_struct)
         self._requires_grad("D", True)
         pooled_b, pooled_a = self.pools["target"].query(fake_b), self.pools["source"].query(fake_a)
         for _ in range(self.cfg.train.d_steps):
             loss_d = self._d_update(D_b, real_b, pooled_b, 0.5) + self._d_update(D_a, real_a, pooled_a, 0.5)
             self._step("D", loss_d)
-        return _floats(
-            loss_d=loss_d,
-            loss_g_adv=loss_adv,
-            loss_g_cycle=loss_cycle,
-            loss_g_idt=loss_idt,
-            loss_g=loss_adv + loss_cycle + loss_idt,
-        )
+        losses = dict(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
+        if structured:
+            losses["loss_g_struct"] = loss_struct
+        return _floats(**losses, loss_g=loss_adv + loss_cycle + loss_idt + loss_struct)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -226,9 +226,9 @@ class Trainer:
         else:
             self.epoch_losses = {}
         factor = self.schedule.factor(self.epoch)
-        for opt in self.model.optimizers.values():
+        for name, opt in self.model.optimizers.items():
             for group in opt.param_groups:
-                group["lr"] = t.lr * factor
+                group["lr"] = self.model.base_lr[name] * factor
         n_batches = len(order) // t.batch_size or 1
         if t.steps_per_epoch:
             n_batches = min(n_batches, t.steps_per_epoch)

@@ -182,3 +182,20 @@ def test_weight_average_follows_the_weights_with_a_growing_decay():
     ckpt = {"kind": "pix2pix", "config": cfg.to_dict(), "in_channels": 1, "model": model.state_dict()}
     net = build_inference_net(ckpt, torch.device("cpu"))
     assert torch.equal(next(net.parameters()), next(model.average.net.parameters()))
+
+
+def test_cyclegan_structure_loss_and_discriminator_learning_rate():
+    raw = tiny_config("cyclegan", structure_loss="mind", lambda_structure=5.0, lambda_identity=0.0).to_dict()
+    raw["train"]["lr_d"] = 1e-4
+    model = build_model(RunConfig.from_dict(raw), 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert [g["lr"] for g in model.optimizers["G"].param_groups] == [1e-3]
+    assert [g["lr"] for g in model.optimizers["D"].param_groups] == [1e-4]
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "source": torch.rand(2, 1, 32, 32, generator=g) * 2 - 1,
+        "target": torch.rand(2, 1, 32, 32, generator=g) * 2 - 1,
+    }
+    losses = model.train_step(batch)
+    assert losses["loss_g_struct"] > 0 and losses["loss_g_idt"] == 0.0
+    total = losses["loss_g_adv"] + losses["loss_g_cycle"] + losses["loss_g_struct"]
+    assert losses["loss_g"] == pytest.approx(total, rel=1e-5)
