@@ -108,7 +108,8 @@ class ModelConfig:
     num_downs: int | None = None  # U-Net depth; default log2(patch_size)
     n_blocks: int = 9  # ResNet generator blocks (6 or 9)
     norm: str | None = None  # batch | instance
-    upsample: str = "transpose"  # transpose | resize (resize-convolution avoids checkerboard artefacts)
+    # resize (nearest 2x + 3x3 convolution; no checkerboard, Odena et al. 2016) | transpose (the papers')
+    upsample: str = "resize"
     dropout: float = 0.5
     # U-Net only: 3x3 convolutions at full resolution before and after the U; default per task
     full_res: bool | None = None
@@ -191,9 +192,8 @@ class TrainConfig:
     max_minutes: float | None = None
     val_every: int = 1
     num_threads: int | None = None  # torch CPU threads; default: torch's
-    ema: float = (
-        0.0  # decay of an exponential moving average of the generator's weights (0: off), see gan.WeightAverage
-    )
+    # decay of an exponential moving average of the generator's weights (0: off), see gan.WeightAverage
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_minutes is None:
