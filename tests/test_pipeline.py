@@ -88,8 +88,9 @@ def test_quick_demo_writes_reports_with_baselines(tmp_path):
     result = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
     seconds = time.perf_counter() - t0
     assert result.returncode == 0, result.stderr
-    assert "report:" in result.stdout and "mr2ct_pix2pix" in result.stdout and "ldct_pix2pix" in result.stdout
-    for name, baseline in (("mr2ct_pix2pix", "intensity_map"), ("ldct_pix2pix", "classical")):
+    runs = (("mr2ct_pix2pix", "intensity_map"), ("mr2ct_cyclegan", "intensity_map"), ("ldct_pix2pix", "classical"))
+    assert "report:" in result.stdout and all(name in result.stdout for name, _ in runs)
+    for name, baseline in runs:
         run = tmp_path / "demo" / name
         assert (run / "report.html").exists() and (run / "eval" / "metrics.csv").exists()
         assert json.loads((run / "eval" / "summary.json").read_text())["baseline"]["kind"] == baseline
