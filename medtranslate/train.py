@@ -256,7 +256,8 @@ class Trainer:
         return {k: float(np.mean(v)) for k, v in self.epoch_losses.items()}
 
     def _end_epoch(self, losses: dict[str, float], val: dict[str, float], seconds: float) -> None:
-        lr = self.cfg.train.lr * self.schedule.factor(self.epoch - 1)
+        # the generators' rate as used in this epoch (the plan may have changed since it was set)
+        lr = self.cfg.train.lr if self.model is None else self.model.optimizers["G"].param_groups[0]["lr"]
         row = {"epoch": self.epoch, "step": self.step, "seconds": round(seconds, 2), "lr": lr, **losses, **val}
         self.history.append(row)
         self._write_history()

@@ -34,9 +34,8 @@ def test_mind_ignores_contrast_but_sees_structure():
 def test_gradient_correlation():
     a = _phantom()
     assert float(gradient_correlation_loss(a, 2.0 * a + 1.0)) == pytest.approx(0.0, abs=1e-5)
-    assert float(gradient_correlation_loss(a, -a)) == pytest.approx(
-        2.0, abs=1e-5
-    )  # inverted edges: Hiasa's GC punishes
+    # inverted edges: Hiasa's gradient correlation punishes them
+    assert float(gradient_correlation_loss(a, -a)) == pytest.approx(2.0, abs=1e-5)
     noise = torch.rand(1, 1, 48, 48, generator=torch.Generator().manual_seed(0))
     assert 0.8 < float(gradient_correlation_loss(a, noise)) < 1.2
     with pytest.raises(ValueError, match="unknown structure loss"):
