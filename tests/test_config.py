@@ -49,6 +49,10 @@ def _write(tmp_path, **values):
         ("train__lr", "fast", r"train.lr must be a finite number > 0 and <= 1, got 'fast'"),
         ("train__channels_last", "yes", r"train.channels_last must be true or false, got 'yes'"),
         ("train__decay_epochs", 20, r"train.decay_epochs must be a whole number from 0 to 10, got 20"),
+        ("model__structure_loss", "ssim", r"unknown model.structure_loss 'ssim'; expected one of: none, mind, gc"),
+        ("model__lambda_structure", -1, r"model.lambda_structure must be a finite number >= 0, got -1"),
+        ("train__lr_d", 0, r"train.lr_d must be a finite number > 0 and <= 1, got 0"),
+        ("train__ema", 1.0, r"train.ema must be a finite number >= 0 and < 1, got 1.0"),
     ],
 )
 def test_a_value_of_the_wrong_type_or_range_is_a_one_line_error(tmp_path, key, value, match):
