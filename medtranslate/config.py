@@ -120,6 +120,7 @@ class ModelConfig:
     gp_weight: float = 10.0  # WGAN-GP gradient penalty weight (Gulrajani et al. 2017)
     lambda_l1: float = 100.0
     lambda_cycle: float = 10.0
+    cycle_loss: str = "l1"  # l1 | l1_ssim (ganslate) | lowpass (losses.py)
     lambda_identity: float = 0.5
     # CycleGAN: a modality-independent structure loss between each generator's input and output (losses.py)
     structure_loss: str = "none"  # none | mind (Yang et al. 2018) | gc (gradient correlation, Hiasa et al. 2018)
@@ -151,6 +152,7 @@ class ModelConfig:
         require_choice("model.upsample", self.upsample, ("transpose", "resize"))
         require_choice("model.gan_loss", self.gan_loss, ("vanilla", "lsgan", "hinge", "wgangp"))
         require_choice("model.structure_loss", self.structure_loss, ("none", "mind", "gc"))
+        require_choice("model.cycle_loss", self.cycle_loss, ("l1", "l1_ssim", "lowpass"))
         require_int("model.ngf", self.ngf, 1, 1024)
         require_int("model.ndf", self.ndf, 1, 1024)
         if self.num_downs is not None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import RESIDUAL_UNIT_HU, RunConfig
 from .errors import ConfigError
-from .losses import structure_loss
+from .losses import cycle_loss, structure_loss
 from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
 from .transforms import ct_intensity
 
@@ -340,7 +340,7 @@ class CycleGAN(TranslationModel):
                     * m.lambda_identity
                 )
         loss_cycle = (
-            F.l1_loss(rec_a.float(), real_a.float()) + F.l1_loss(rec_b.float(), real_b.float())
+            cycle_loss(m.cycle_loss, rec_a, real_a) + cycle_loss(m.cycle_loss, rec_b, real_b)
         ) * m.lambda_cycle
         loss_struct = torch.zeros((), device=self.device)
         structured = m.structure_loss != "none" and m.lambda_structure > 0

@@ -50,6 +50,7 @@ def _write(tmp_path, **values):
         ("train__channels_last", "yes", r"train.channels_last must be true or false, got 'yes'"),
         ("train__decay_epochs", 20, r"train.decay_epochs must be a whole number from 0 to 10, got 20"),
         ("model__structure_loss", "ssim", r"unknown model.structure_loss 'ssim'; expected one of: none, mind, gc"),
+        ("model__cycle_loss", "l2", r"unknown model.cycle_loss 'l2'; expected one of: l1, l1_ssim, lowpass"),
         ("model__lambda_structure", -1, r"model.lambda_structure must be a finite number >= 0, got -1"),
         ("train__lr_d", 0, r"train.lr_d must be a finite number > 0 and <= 1, got 0"),
         ("train__ema", 1.0, r"train.ema must be a finite number >= 0 and < 1, got 1.0"),

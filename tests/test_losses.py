@@ -1,4 +1,4 @@
-"""Structure losses across modalities: MIND and gradient correlation."""
+"""Structure losses across modalities (MIND, gradient correlation) and the CycleGAN cycle losses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtranslate.losses import gradient_correlation_loss, mind, mind_loss, structure_loss
+from medtranslate.losses import cycle_loss, gradient_correlation_loss, mind, mind_loss, structure_loss
 
 
 def _phantom(shift: int = 0) -> torch.Tensor:
@@ -40,3 +40,20 @@ def test_gradient_correlation():
     assert 0.8 < float(gradient_correlation_loss(a, noise)) < 1.2
     with pytest.raises(ValueError, match="unknown structure loss"):
         structure_loss("ssim", a, a)
+
+
+def test_cycle_losses():
+    a = _phantom() * 2 - 1
+    noise = 0.1 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0))
+    moved = _phantom(shift=3) * 2 - 1
+    for kind in ("l1", "l1_ssim", "lowpass"):
+        assert float(cycle_loss(kind, a, a)) == pytest.approx(0.0, abs=1e-6)
+        assert float(cycle_loss(kind, moved, a)) > 0.01  # a structure that moved is never a good reconstruction
+    # the low-pass cycle barely sees pixel noise (what a denoiser removes) but sees a change of mean HU fully
+    assert float(cycle_loss("lowpass", a + noise, a)) < 0.2 * float(cycle_loss("l1", a + noise, a))
+    assert float(cycle_loss("lowpass", a + 0.1, a)) == pytest.approx(0.1, rel=1e-3)
+    # L1 + SSIM weighs structure: noise costs more than under L1 alone, a uniform offset less
+    assert float(cycle_loss("l1_ssim", a + noise, a)) > float(cycle_loss("l1", a + noise, a))
+    assert float(cycle_loss("l1_ssim", a + 0.1, a)) < float(cycle_loss("l1", a + 0.1, a))
+    with pytest.raises(ValueError, match="unknown cycle loss"):
+        cycle_loss("l2", a, a)
