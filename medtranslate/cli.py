@@ -46,7 +46,15 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
         written = write_invesalius_pairs(Path(args.out) / "ldct_invesalius", dose=0.25, overwrite=args.overwrite)
         print(f"wrote {len(written)} files to {Path(args.out) / 'ldct_invesalius'}")
         return 0
-    written = write_sample_data(args.out, n_subjects=args.subjects, seed=args.seed, overwrite=args.overwrite)
+    deg, mm = args.misalign or (0.0, 0.0)
+    written = write_sample_data(
+        args.out,
+        n_subjects=args.subjects,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        misalign_deg=deg,
+        misalign_mm=mm,
+    )
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -129,6 +137,29 @@ def cmd_simulate_lowdose(args: argparse.Namespace) -> int:
     return _report_batch(rows, args.output)
 
 
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .preprocess import PreprocessOptions, preprocess_folder
+
+    options = PreprocessOptions(
+        reference_role=args.reference_role,
+        register=args.register,
+        n4=args.n4,
+        n4_shrink=args.n4_shrink,
+        n4_iterations=tuple(args.n4_iterations),
+        orient=args.orient,
+        spacing=tuple(args.spacing) if args.spacing else None,
+        to_reference=args.to_reference,
+        mask=args.mask,
+        crop_margin_mm=args.crop_to_body,
+        slabs=args.slabs,
+        seed=args.seed,
+    )
+    rows = preprocess_folder(
+        args.input, args.output, options, shard=args.shard, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    return _report_batch(rows, args.output)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import run_pipeline
 
@@ -197,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="sample_data", help="output folder (default: sample_data)")
     p.add_argument("--subjects", type=int, default=8, help="number of subjects (default: 8)")
     p.add_argument("--seed", type=int, default=2026, help="random seed (default: 2026, the committed data)")
+    p.add_argument(
+        "--misalign",
+        type=float,
+        nargs=2,
+        metavar=("DEG", "MM"),
+        help="move each MR by a random rigid transform of up to DEG degrees and MM mm per axis (for preprocess)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument(
         "--ldct-from-invesalius",
@@ -256,6 +294,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate_lowdose)
+
+    p = sub.add_parser(
+        "preprocess",
+        help="register, bias-correct, reorient, resample, mask, crop and cut a folder of cases (SimpleITK)",
+        description="Preprocess every case of a folder in a fixed order: orient, N4, register onto the reference, "
+        "resample, mask, crop, slabs. Writes <out>/<case>/<role>.nii.gz (the layout train, run and translate read), "
+        "the transforms (.tfm), a record of every step (preprocess.json), QC images and qc.html. Inputs are never "
+        "modified; finished cases are skipped; a bad case is recorded and the rest go on.",
+    )
+    p.add_argument("--input", required=True, help="folder of cases (or one image)")
+    p.add_argument("--output", required=True, help="output folder (not the input folder)")
+    p.add_argument("--reference-role", default="ct", help="the image others are registered onto (default: ct)")
+    p.add_argument("--register", choices=("rigid", "affine", "deformable"), help="register the other images")
+    p.add_argument("--n4", action="store_true", help="N4 bias-field correction of MR images")
+    p.add_argument("--n4-shrink", type=int, default=4, help="N4 fits on a copy shrunk by this factor (default 4)")
+    p.add_argument(
+        "--n4-iterations", type=int, nargs="+", default=[50, 50, 30, 20], metavar="N", help="per level (50 50 30 20)"
+    )
+    p.add_argument("--orient", choices=("RAS", "keep"), default="RAS", help="reorient to RAS (default) or keep")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="resample to voxels of this size")
+    grid.add_argument("--to-reference", action="store_true", help="resample the other images onto the reference grid")
+    p.add_argument("--mask", action="store_true", help="write a body mask (mask.nii.gz) made from the reference")
+    p.add_argument("--crop-to-body", type=float, metavar="MARGIN_MM", help="crop to the body plus this margin")
+    p.add_argument("--slabs", type=int, default=1, help="cut each case into N axial slabs (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the registration's sampling (default 0)")
+    p.add_argument("--shard", metavar="I/N", help="process only every N-th case, starting at I (0-based)")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_preprocess)
 
     p = sub.add_parser(
         "run",

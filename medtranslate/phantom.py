@@ -25,7 +25,7 @@ from scipy import ndimage
 from .atomic import atomic_write_text
 from .io import Volume, write_nifti
 
-__all__ = ["TISSUES", "PhantomSubject", "make_subject", "write_sample_data", "SAMPLE_SPLIT"]
+__all__ = ["TISSUES", "PhantomSubject", "make_subject", "misalign", "write_sample_data", "SAMPLE_SPLIT"]
 
 logger = logging.getLogger(__name__)
 
@@ -243,16 +243,55 @@ def make_subject(
     return PhantomSubject(mr=mr_vol, ct=ct_vol, labels=lab, mask=mask)
 
 
+def misalign(volume: Volume, seed: int, max_deg: float, max_mm: float) -> tuple[Volume, dict[str, list[float]]]:
+    """``volume`` moved on its own grid by a random rigid transform, as a scan taken on another day would be.
+
+    Rotation: up to ``max_deg`` about each axis, about the centre of the field of view; shift: up to ``max_mm``
+    along each axis. Returns the moved volume (same grid, linear interpolation, 0 outside) and the transform's
+    parameters (ITK convention: it maps points of the grid to the points of the original that land there).
+    """
+    import SimpleITK as sitk
+
+    from .register import resample_onto, to_sitk
+
+    rng = np.random.default_rng(seed)
+    angles = rng.uniform(-max_deg, max_deg, 3)
+    shift = rng.uniform(-max_mm, max_mm, 3)
+    tx = sitk.Euler3DTransform()
+    img = to_sitk(volume)
+    tx.SetCenter(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in volume.shape]))
+    tx.SetRotation(*np.radians(angles))
+    tx.SetTranslation(tuple(float(v) for v in shift))
+    moved = resample_onto(volume, volume, tx, background=float(np.min(volume.array)))
+    array = (
+        np.rint(moved.array).astype(volume.array.dtype)
+        if np.issubdtype(volume.array.dtype, np.integer)
+        else moved.array
+    )
+    return Volume(array, volume.affine.copy()), {
+        "rotation_deg_xyz": [round(float(a), 3) for a in angles],
+        "translation_mm_lps": [round(float(v), 3) for v in shift],
+    }
+
+
 LDCT_DOSE = 0.25  # dose fraction of the low-dose sample pairs
 LDCT_SLICES = slice(16, 48)  # the central 32 axial slices keep sample_data/ under its 30 MB budget
 
 
 def write_sample_data(
-    out: str | Path, n_subjects: int = 8, seed: int = 2026, overwrite: bool = False, ldct: bool = True
+    out: str | Path,
+    n_subjects: int = 8,
+    seed: int = 2026,
+    overwrite: bool = False,
+    ldct: bool = True,
+    misalign_deg: float = 0.0,
+    misalign_mm: float = 0.0,
 ) -> list[Path]:
     """Write the sample data set and ``<out>/split.json``.
 
-    - ``<out>/mr2ct/sub-XX/{mr,ct,mask}.nii.gz``: paired MR/CT phantoms and the CT body mask;
+    - ``<out>/mr2ct/sub-XX/{mr,ct,mask}.nii.gz``: paired MR/CT phantoms and the CT body mask; with ``misalign_deg``
+      or ``misalign_mm`` the MR is moved by a random rigid transform of up to that much per axis (as real MR and CT,
+      taken on different days, are), and ``misalignment.json`` beside it says by how much;
     - ``<out>/ldct/sub-XX/{ld,nd}.nii.gz``: low-dose (25 %) / normal-dose pairs simulated in the projection domain
       from the central 32 slices of each phantom CT (see :mod:`medtranslate.lowdose`).
 
@@ -264,15 +303,22 @@ def write_sample_data(
 
     require_int("--subjects", n_subjects, 1, 999, error=InputError)
     require_int("--seed", seed, 0, 2**31, error=InputError)
+    from .checks import require_number
+
+    require_number("--misalign degrees", misalign_deg, minimum=0, maximum=45, error=InputError)
+    require_number("--misalign mm", misalign_mm, minimum=0, maximum=100, error=InputError)
     out = Path(out)
     written = []
     for n in range(1, n_subjects + 1):
         sid = f"sub-{n:02d}"
         subject = make_subject(seed * 1000 + n)
         folder = out / "mr2ct" / sid
-        written.append(
-            write_nifti(folder / "mr.nii.gz", subject.mr.array, subject.mr.affine, np.int16, overwrite=overwrite)
-        )
+        mr = subject.mr
+        if misalign_deg or misalign_mm:
+            mr, moved_by = misalign(mr, seed * 1000 + n + 500, misalign_deg, misalign_mm)
+            text = json.dumps(moved_by, indent=2) + "\n"
+            written.append(atomic_write_text(folder / "misalignment.json", text))
+        written.append(write_nifti(folder / "mr.nii.gz", mr.array, mr.affine, np.int16, overwrite=overwrite))
         written.append(
             write_nifti(folder / "ct.nii.gz", subject.ct.array, subject.ct.affine, np.int16, overwrite=overwrite)
         )

@@ -36,11 +36,25 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 # What a pipeline writes into RUN_DIR; --overwrite removes exactly these before starting again.
-RUN_OUTPUTS = ("config.yaml", "split.json", "data", "baseline", "train", "translated", "eval", "report.html")
+RUN_OUTPUTS = (
+    "config.yaml",
+    "split.json",
+    "data",
+    "prepared",
+    "baseline",
+    "train",
+    "translated",
+    "eval",
+    "report.html",
+)
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
-    """The experiment config and the ``pipeline`` section (baseline, simulate_dose) of a pipeline file."""
+    """The experiment config and the ``pipeline`` section (baseline, simulate_dose, prepare) of a pipeline file.
+
+    A top-level ``prepare`` section (keys of :class:`~medtranslate.preprocess.PreprocessOptions`, e.g.
+    ``prepare: {register: affine, n4: true}``) is returned as ``section["prepare"]``, already checked.
+    """
     path = Path(path)
     raw = read_yaml(path, "pipeline file") or {}
     if not isinstance(raw, dict):
@@ -52,6 +66,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
             f"{path}: section 'pipeline' must be a mapping (keys baseline, simulate_dose), got {show(section)}"
         )
     section = dict(section)
+    prepare = raw.pop("prepare", None)
     unknown = set(section) - {"baseline", "simulate_dose"}
     if unknown:
         raise ConfigError(
@@ -59,6 +74,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
             "simulate_dose"
         )
     cfg = RunConfig.from_dict(raw, source=str(path))
+    if prepare is not None:
+        section["prepare"] = _prepare_options(path, prepare)
     if section.get("simulate_dose") is not None:
         if get_task(cfg.model.task).source_kind != "ct":
             raise ConfigError(f"{path}: pipeline.simulate_dose makes low-dose pairs from CT; it needs model.task: ldct")
@@ -70,6 +87,45 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
             "intensity_map, none"
         )
     return cfg, section
+
+
+def _prepare_options(path: Path, prepare: Any) -> dict[str, Any]:
+    from dataclasses import asdict, fields
+
+    from .preprocess import PreprocessOptions
+
+    valid = [f.name for f in fields(PreprocessOptions)]
+    if not isinstance(prepare, dict):
+        raise ConfigError(f"{path}: section 'prepare' must be a mapping (keys {', '.join(valid)}), got {show(prepare)}")
+    unknown = sorted(set(map(str, prepare)) - set(valid))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key prepare.{show(unknown[0])}; valid keys: {', '.join(valid)}")
+    try:
+        options = asdict(PreprocessOptions(**_tuples(prepare)))
+    except InputError as exc:
+        raise ConfigError(f"{path}: prepare: {exc}") from None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}  # YAML-safe for config.yaml
+
+
+def _tuples(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+
+
+def _prepare(cfg: RunConfig, options: dict[str, Any], folder: Path) -> RunConfig:
+    """Run ``preprocess`` on data.root into ``folder`` and train on that (finished cases are kept)."""
+    from .preprocess import PreprocessOptions, preprocess_folder
+
+    root = Path(cfg.data.root)
+    found = default_split_file(root)
+    split = cfg.data.split or (str(found) if found else None)
+    logger.info("stage prepare: preprocessing %s into %s (%s)", root, folder, options)
+    rows = preprocess_folder(root, folder, PreprocessOptions(**_tuples(options)), progress=False)
+    failed = [r for r in rows if r["status"] == "failed"]
+    for row in failed:
+        logger.warning("prepare: case %s left out: %s", row["case"], row["error"])
+    if rows and len(failed) == len(rows):
+        raise InputError(f"{root}: no case could be preprocessed; first error: {rows[0]['error']}")
+    return replace(cfg, data=replace(cfg.data, root=str(folder), split=split))
 
 
 def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool, protected: list[Path]) -> None:
@@ -175,9 +231,12 @@ def run_pipeline(
     protected = [Path(cfg.data.root).resolve(), Path(path).resolve()]
     _claim_run_dir(out, {**cfg.to_dict(), "pipeline": dict(section)}, overwrite, protected)
 
-    # prepare: optionally simulate low-dose pairs from the CTs, pair cases and fix the split (kept in RUN_DIR)
+    # prepare: optionally simulate low-dose pairs from the CTs and/or preprocess the cases, pair cases and fix the
+    # split (all kept in RUN_DIR)
     if section.get("simulate_dose") is not None:
         cfg = _simulate(cfg, float(section["simulate_dose"]), out / "data")
+    if section.get("prepare") is not None:
+        cfg = _prepare(cfg, section["prepare"], out / "prepared")
     pairs = discover_pairs(cfg)
     split_path = out / "split.json"
     if _stage("prepare", split_path.exists()):

@@ -100,3 +100,20 @@ def test_sample_data_command_regenerates_committed_files_exactly(tmp_path):
         np.testing.assert_allclose(new.affine, old.affine, atol=1e-6)
     again = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_misaligned_sample_data_moves_only_the_mr_and_says_by_how_much(tmp_path):
+    result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--misalign", "4", "3")
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "mr2ct" / "sub-01"
+    moved_by = json.loads((folder / "misalignment.json").read_text())
+    assert all(abs(a) <= 4 for a in moved_by["rotation_deg_xyz"]) and max(map(abs, moved_by["rotation_deg_xyz"])) > 0.5
+    assert all(abs(t) <= 3 for t in moved_by["translation_mm_lps"])
+    for name in ("ct", "mask"):  # the CT and its mask are the committed ones, voxel for voxel
+        new, old = read_volume(folder / f"{name}.nii.gz"), read_volume(SAMPLE / "mr2ct" / "sub-01" / f"{name}.nii.gz")
+        np.testing.assert_array_equal(new.array, old.array)
+    mr, committed = read_volume(folder / "mr.nii.gz"), read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz")
+    np.testing.assert_allclose(mr.affine, committed.affine, atol=1e-6)  # same grid, moved content
+    assert mr.array.dtype == np.int16 and np.abs(mr.array.astype(float) - committed.array).mean() > 10
+    bad = run_cli("sample-data", "--out", str(tmp_path / "x"), "--misalign", "90", "3")
+    assert bad.returncode == 2 and "--misalign degrees" in bad.stderr

@@ -128,6 +128,41 @@ def test_pipeline_simulates_low_dose_pairs_in_prepare(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
+def test_pipeline_preprocesses_the_cases_in_prepare(tmp_path, tiny_data):
+    import yaml
+
+    from medtranslate.pipeline import run_pipeline
+
+    spec = {
+        "data": {"root": str(tiny_data), "patch_size": 32},
+        "model": {"kind": "pix2pix", "task": "mr2ct", "ngf": 4, "ndf": 4, "num_downs": 3},
+        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False},
+        "pipeline": {"baseline": "none"},
+        "prepare": {"register": "rigid", "mask": True, "spacing": [5, 5, 10]},
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = run_pipeline(path, tmp_path / "run", progress=False)
+    assert summary["n_done"] == 1
+    prepared = tmp_path / "run" / "prepared"
+    for case in ("s0", "s1", "s2", "s3"):
+        assert json.loads((prepared / case / "preprocess.json").read_text())["options"]["register"] == "rigid"
+        assert read_volume(prepared / case / "ct.nii.gz").spacing == pytest.approx((5.0, 5.0, 10.0))
+    # trained and tested on the prepared cases, with the data set's own split
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["test"] == ["s3"]
+    sct = read_volume(tmp_path / "run" / "translated" / "s3_sct.nii.gz")
+    assert sct.shape == read_volume(prepared / "s3" / "mr.nii.gz").shape
+    spec["prepare"] = {"register": "elastic"}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="prepare: unknown --register 'elastic'"):
+        load_pipeline(path)
+    spec["prepare"] = {"n5": True}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="unknown key prepare.'n5'"):
+        load_pipeline(path)
+
+
+@pytest.mark.slow
 def test_a_run_folder_refuses_other_settings_unless_overwrite(tmp_path, tiny_data):
     import yaml
 
