@@ -188,7 +188,9 @@ class TrainConfig:
     d_steps: int = 1  # discriminator updates per generator update
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    # auto (bf16 where the hardware runs it faster, measured where unsure; see precision.py) | fp32 | bf16 | fp16
+    precision: str = "auto"
+    precision_used: str | None = None  # written by train into config.yaml: what was computed in (read back: ignored)
     channels_last: bool = True
     # time budget in minutes: the epochs are planned to fit it, and no epoch is started that would end past it
     max_minutes: float | None = None
@@ -213,7 +215,9 @@ class TrainConfig:
         require_number("train.beta2", self.beta2, minimum=0, below=1)
         require_int("train.seed", self.seed, 0, 2**63 - 1)
         require_choice("train.device", self.device, ("auto", "cpu", "cuda"))
-        require_choice("train.precision", self.precision, ("fp32", "bf16", "fp16"))
+        require_choice("train.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        if self.precision_used is not None:
+            require_choice("train.precision_used", self.precision_used, ("fp32", "bf16", "fp16"))
         require_bool("train.channels_last", self.channels_last)
         if self.max_minutes is not None:
             require_number("train.max_minutes", self.max_minutes, above=0)

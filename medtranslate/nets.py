@@ -46,6 +46,13 @@ def _up(in_ch: int, out_ch: int, mode: str, kernel: int = 4, bias: bool = True) 
     raise ConfigError(f"unknown upsample '{mode}'; expected one of: resize, transpose")
 
 
+def _in_fp32(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run the output layers in float32 even under bf16/fp16 autocast: bf16 keeps 8 bits of mantissa, which at the
+    output would round a synthetic CT to steps of 4-8 HU."""
+    with torch.autocast(x.device.type, enabled=False):
+        return layers(x.float())
+
+
 class UNetGenerator(nn.Module):
     """The pix2pix U-Net.
 
@@ -138,11 +145,12 @@ class UNetGenerator(nn.Module):
             x = down(x)
             skips.append(x)
         y = self.ups[-1](skips[-1])
-        for i in range(self.num_downs - 2, -1, -1):
+        for i in range(self.num_downs - 2, 0, -1):
             y = self.ups[i](torch.cat([y, skips[i]], dim=1))
-        if self.head is not None:
-            y = self.head(torch.cat([y, full], dim=1))
-        return y
+        if self.head is None:
+            return _in_fp32(self.ups[0], torch.cat([y, skips[0]], dim=1))
+        y = self.ups[0](torch.cat([y, skips[0]], dim=1))
+        return _in_fp32(self.head, torch.cat([y, full], dim=1))
 
 
 class _ResBlock(nn.Module):
@@ -198,13 +206,14 @@ class ResnetGenerator(nn.Module):
                 norm_layer(norm, c // 2),
                 nn.ReLU(inplace=True),
             ]
+        self.n_head = 3 if tanh else 2  # the output layers, run in float32
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7)] + ([nn.Tanh()] if tanh else [])
         self.model = nn.Sequential(*layers)
 
     divisor = 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return _in_fp32(self.model[-self.n_head :], self.model[: -self.n_head](x))
 
 
 class PatchDiscriminator(nn.Module):

@@ -52,6 +52,8 @@ BSPLINE_SPACING_MM = 60.0  # control-point spacing: smooth deformations (several
 BSPLINE_SHRINK = (2, 1)
 BSPLINE_SAMPLING = 0.1
 LINEAR_ITERATIONS = 500
+MIN_LEVEL_VOXELS = 8  # a pyramid level keeps at least this many voxels along every axis
+MIN_SAMPLES = 20000  # the metric samples at least this many voxels (all of them in smaller images)
 BSPLINE_ITERATIONS = 50
 
 
@@ -120,9 +122,16 @@ def _method(
     shrink: tuple[int, ...] | None = None,
     sampling: float | None = None,
     random: bool = False,
+    size: tuple[int, ...] | None = None,
 ) -> sitk.ImageRegistrationMethod:
     shrink = SHRINK if shrink is None else shrink
     sampling = SAMPLING if sampling is None else sampling
+    if size is not None:
+        # small images: no level that leaves fewer than MIN_LEVEL_VOXELS along an axis, and at least MIN_SAMPLES
+        # samples (on a 48 x 48 x 16 grid, 10 % at shrink 4 is 58 voxels: the optimiser then wandered off a perfect
+        # start; measured)
+        shrink = tuple(f for f in shrink if f == 1 or min(size) / f >= MIN_LEVEL_VOXELS)
+        sampling = min(1.0, max(sampling, MIN_SAMPLES / float(np.prod(size))))
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=MI_BINS)
     reg.SetMetricSamplingStrategy(reg.RANDOM if random else reg.REGULAR)
@@ -157,7 +166,7 @@ def _run_stage(
     if name == "deformable":
         # a coarser pyramid and a random 10 % sample: a B-spline has thousands of parameters, and this measured as
         # accurate as the full setting on CT phantoms (0.5 mm) at a quarter of the time
-        reg = _method(seed=seed, shrink=BSPLINE_SHRINK, sampling=BSPLINE_SAMPLING, random=True)
+        reg = _method(seed=seed, shrink=BSPLINE_SHRINK, sampling=BSPLINE_SAMPLING, random=True, size=fixed.GetSize())
         reg.SetOptimizerAsGradientDescentLineSearch(
             learningRate=5.0,
             numberOfIterations=BSPLINE_ITERATIONS,
@@ -167,7 +176,7 @@ def _run_stage(
         reg.SetOptimizerScalesFromPhysicalShift()
         reg.SetMovingInitialTransform(moving_initial)
     else:
-        reg = _method(seed=seed)
+        reg = _method(seed=seed, size=fixed.GetSize())
         # regular steps shrinking by 0.8 at each turn of the gradient: measured on MR/CT phantoms to end within
         # 0.3-0.5 mm where a plain gradient descent stopped early at 5-8 mm (its convergence test sees the MI noise)
         reg.SetOptimizerAsRegularStepGradientDescent(

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,8 +32,9 @@ from .checkpoint import CHECKPOINT_FORMAT, TranslatorSpec, load_checkpoint, save
 from .config import RunConfig, config_differences
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
-from .gan import TranslationModel, build_model
+from .gan import TranslationModel, build_generator, build_model
 from .metrics import ldct_metrics, synthrad_metrics
+from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
 from .schedule import Schedule
 from .slices import PreparedCase, SliceDataset, discover_pairs, load_split, prepare_case
 from .tasks import get_task
@@ -45,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 # Settings that may change when a run is resumed: where and how fast it runs, and how long it may take.
-RESUMABLE_CHANGES = ("train.device", "train.num_threads", "train.max_minutes")
+RESUMABLE_CHANGES = ("train.device", "train.num_threads", "train.max_minutes", "train.precision_used")
 
 
 class Trainer:
@@ -78,7 +80,6 @@ class Trainer:
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = resolve_device(t.device)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
         self.gen = torch.Generator().manual_seed(t.seed)
         torch.manual_seed(t.seed)
 
@@ -97,6 +98,11 @@ class Trainer:
         in_channels = 2 * cfg.data.context + 1
         task = get_task(cfg.model.task)
 
+        # precision: as configured, or for auto what this hardware runs fastest (the resumed run's own choice)
+        self.precision = self._choose_precision(ckpt, in_channels)
+        self.amp_dtype = self.precision.amp_dtype
+        model_cfg = replace(cfg, train=replace(t, precision=self.precision.precision))
+
         # model
         if cfg.model.kind in ("intensity_map", "classical"):
             self.model: TranslationModel | None = None
@@ -104,7 +110,7 @@ class Trainer:
             self.net = self.lut
             divisor = 1
         else:
-            self.model = build_model(cfg, in_channels, self.device, self.gen)
+            self.model = build_model(model_cfg, in_channels, self.device, self.gen)
             self.net = self.model.inference_generator
             divisor = getattr(self.net, "divisor", 1)
             self.dataset = SliceDataset(self.train_cases, cfg, self.gen, paired=cfg.model.kind == "pix2pix")
@@ -125,8 +131,15 @@ class Trainer:
         self._stop_requested = False
         if ckpt is not None:
             self._load(ckpt, last)
-        cfg.save(self.run_dir / "config.yaml")
+        replace(cfg, train=replace(t, precision_used=self.precision.precision)).save(self.run_dir / "config.yaml")
         atomic_write_text(self.run_dir / "split.json", json.dumps(self.split, indent=2) + "\n")
+        logger.log(
+            logging.INFO if self.model is not None else logging.DEBUG,
+            "precision %s (%s); %s",
+            self.precision.precision,
+            self.precision.reason,
+            describe_machine(self.device),
+        )
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self, until_epoch: int | None = None) -> dict[str, float]:
@@ -359,7 +372,26 @@ class Trainer:
             "history": self.history,
             "epoch_losses": self.epoch_losses,
             "split": self.split,
+            "precision": self.precision.precision,
+            "precision_reason": self.precision.reason,
         }
+
+    def _choose_precision(self, ckpt: dict[str, Any] | None, in_channels: int) -> PrecisionChoice:
+        t = self.cfg.train
+        if self.cfg.model.kind not in ("pix2pix", "cyclegan"):
+            return PrecisionChoice("fp32", "no network to speed up")
+        if ckpt is not None and ckpt.get("precision") and t.precision == "auto":
+            return PrecisionChoice(str(ckpt["precision"]), "as the run being resumed")
+        if t.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or auto on the CPU")
+        if t.precision != "auto":
+            return choose_precision(t.precision, self.device)
+        with torch.random.fork_rng(devices=[]):  # the probe's network must not move the run's random streams
+            net = build_generator(self.cfg, in_channels)
+        size = self.cfg.data.patch_size
+        shape = (t.batch_size, in_channels, size, size)
+        probe = probe_network(net, shape, self.device, backward=True, channels_last=t.channels_last)
+        return choose_precision(t.precision, self.device, probe)
 
     def _save(self, name: str) -> Path:
         return save_checkpoint(self._state(), self.ckpt_dir / name)

@@ -23,6 +23,7 @@ from .describe import check_modality
 from .device import resolve_device
 from .errors import CheckpointError, InputError
 from .io import Volume
+from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
 from .tasks import get_task
 from .transforms import IntensityParams, Preprocessor, intensity_for
 
@@ -131,6 +132,7 @@ def translate_folder(
     tta: bool = False,
     shard: str | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """Translate every case of a file or folder into ``output``; resumable, shardable, never touching inputs.
 
@@ -149,6 +151,7 @@ def translate_folder(
     model, inp, out = Path(model), Path(input), Path(output)
     require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
     require_int("--batch-size", batch_size, 1, 4096, error=InputError)
+    require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
     index, count = parse_shard(shard)
     dev = resolve_device(device)
     ckpt = load_checkpoint(model)
@@ -159,6 +162,13 @@ def translate_folder(
     prepare_output_folder(inp, out)
     net = build_inference_net(ckpt, dev, source=str(model))
     digest = _sha256(model)
+    if ckpt["kind"] in ("pix2pix", "cyclegan"):
+        channels = 2 * int(spec.context) + 1
+        probe = probe_network(net, (batch_size, channels, 256, 256), dev, backward=False, repeats=2)
+        chosen = choose_precision(precision, dev, probe)
+    else:
+        chosen = PrecisionChoice("fp32", "no network to speed up")
+    logger.info("precision %s (%s); %s", chosen.precision, chosen.reason, describe_machine(dev))
     cases = sorted(select_cases(inp, task.input_roles, "input").values(), key=lambda c: c.case_id)[index::count]
     suffix = task.output_suffix
 
@@ -167,7 +177,9 @@ def translate_folder(
         return targets + ([out / f"{case.case_id}_{suffix}_dicom"] if fmt == "dicom" else [])
 
     def work(case: Any, targets: list[Path]) -> None:
-        result = translate_volume(net, read_case(case), spec, dev, batch_size=batch_size, tta=tta)
+        result = translate_volume(
+            net, read_case(case), spec, dev, batch_size=batch_size, tta=tta, amp_dtype=chosen.amp_dtype
+        )
         hu = np.clip(result.array, -1024, 3071)
         if fmt == "dicom":
             write_dicom_series(
@@ -189,6 +201,6 @@ def translate_folder(
         work,
         overwrite=overwrite,
         progress=progress,
-        extra={"checkpoint_sha256": digest},
+        extra={"checkpoint_sha256": digest, "precision": chosen.precision},
         desc="translate",
     )

@@ -63,6 +63,11 @@ def test_output_has_exactly_the_inputs_grid_in_every_format(tmp_path, checkpoint
     assert out.array.dtype == np.int16 and out.array.min() >= -1024 and out.array.max() <= 3071
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert rows[0]["status"] == "done" and len(rows[0]["checkpoint_sha256"]) == 64
+    assert rows[0]["precision"] in ("fp32", "bf16")  # --precision auto: what this machine runs faster
+    if fmt == "nifti":  # asked for explicitly, a precision is used and recorded
+        forced = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(tmp_path / "fp32"), "--precision", "fp32")
+        assert forced.returncode == 0, forced.stderr
+        assert list(csv.DictReader((tmp_path / "fp32" / "manifest.csv").open()))[0]["precision"] == "fp32"
 
 
 def test_translate_volume_api_odd_shapes_and_tta(checkpoints):

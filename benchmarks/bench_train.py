@@ -1,0 +1,83 @@
+"""Time one training step of pix2pix and CycleGAN: float32 eager against bf16 autocast with channels_last.
+
+- pix2pix: U-Net 256 (8 downsamplings), ngf/ndf 64, 256 x 256 patches, batch 4 (the paper's set-up);
+- CycleGAN: ResNet with 9 blocks, ngf/ndf 64, 128 x 128 patches, batch 1.
+
+Both variants run in this process on this machine, alternating, after warm-up steps; the median step time is printed
+with the ratio. The machine's CPU (and its bf16 / AMX capability) or GPU is named first.
+Run: python benchmarks/bench_train.py [--steps 5] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from medtranslate.config import RunConfig
+from medtranslate.device import resolve_device
+from medtranslate.gan import build_model
+from medtranslate.precision import describe_machine
+
+SETUPS = {
+    "pix2pix": dict(
+        model={"kind": "pix2pix", "task": "mr2ct", "ngf": 64, "ndf": 64, "num_downs": 8},
+        data={"patch_size": 256},
+        batch=4,
+        size=256,
+    ),
+    "cyclegan": dict(
+        model={"kind": "cyclegan", "task": "mr2ct", "ngf": 64, "ndf": 64, "n_blocks": 9},
+        data={"patch_size": 128},
+        batch=1,
+        size=128,
+    ),
+}
+
+
+def step_time(name: str, precision: str, channels_last: bool, steps: int, device: torch.device) -> float:
+    setup = SETUPS[name]
+    cfg = RunConfig.from_dict(
+        {
+            "data": {"root": ".", **setup["data"]},
+            "model": setup["model"],
+            "train": {"precision": precision, "channels_last": channels_last, "batch_size": setup["batch"]},
+        }
+    )
+    gen = torch.Generator().manual_seed(0)
+    model = build_model(cfg, 1, device, gen)
+    shape = (setup["batch"], 1, setup["size"], setup["size"])
+    batch = {"source": torch.rand(shape, generator=gen) * 2 - 1, "target": torch.rand(shape, generator=gen) * 2 - 1}
+    for _ in range(2):  # warm-up: allocator, kernels
+        model.train_step(batch)
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.train_step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    print(describe_machine(device))
+    for name in SETUPS:
+        base = step_time(name, "fp32", False, args.steps, device)
+        fast = step_time(name, "bf16", True, args.steps, device)
+        print(
+            f"{name:9s} float32 eager {base:6.3f} s/step   bf16 + channels_last {fast:6.3f} s/step   {base / fast:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
