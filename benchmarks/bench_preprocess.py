@@ -14,33 +14,18 @@ Run: python benchmarks/bench_preprocess.py
 
 from __future__ import annotations
 
-import platform
 import time
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from medtranslate import register as reg
 from medtranslate.io import Volume
 from medtranslate.phantom import LABELS, make_subject, misalign
+from medtranslate.precision import describe_machine
 from medtranslate.register import n4, register, to_sitk
 from medtranslate.transforms import body_mask
-
-
-def cpu() -> str:
-    name, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    extras = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    return f"{name} ({', '.join(extras) or 'no AVX-512'}), SimpleITK threads {threads}"
 
 
 def residual_mm(moved_by: sitk.Transform, found: sitk.Transform, points: list) -> float:
@@ -80,7 +65,8 @@ def real_ct_check() -> None:
 
 
 def main() -> None:
-    print(cpu())
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    print(f"{describe_machine(torch.device('cpu'))}; SimpleITK threads {threads}")
     subject = make_subject(5, shape=(256, 256, 100), spacing=(0.9, 0.9, 1.7))
     moved, params = misalign(subject.mr, 3, 6.0, 6.0)
     print(f"volume {subject.ct.shape}, spacing {subject.ct.spacing}; MR moved by {params}")

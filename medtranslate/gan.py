@@ -19,6 +19,7 @@ from .config import RESIDUAL_UNIT_HU, RunConfig
 from .errors import ConfigError
 from .losses import cycle_loss, structure_loss
 from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
+from .precision import AMP_DTYPES
 from .transforms import ct_intensity
 
 __all__ = [
@@ -192,7 +193,7 @@ class TranslationModel:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.gan = GANLoss(cfg.model.gan_loss)
         precision = cfg.train.precision
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.amp_dtype = AMP_DTYPES.get(precision)
         if precision == "fp16" and device.type != "cuda":
             raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 on the CPU")
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -37,6 +37,7 @@ __all__ = [
     "check_affine",
     "sitk_to_volume",
     "convert_to_nifti",
+    "sha256",
 ]
 
 logger = logging.getLogger(__name__)
@@ -248,6 +249,22 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
         f"{path}: unrecognised image format; medtranslate reads NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), "
         "MetaImage (.mha, .mhd) and DICOM (a folder of slices)"
     )
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, or of a folder's files (names and contents, in name order; e.g. a DICOM series)."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def read_case(case: Case) -> Volume:

@@ -14,7 +14,8 @@ Both take (B, C, H, W) tensors (the centre channel of a 2.5D input is used) and 
 Cycle losses compare a CycleGAN's reconstruction with its input (``cycle_loss``):
 - ``l1``: the paper's (Zhu et al. 2017).
 - ``l1_ssim``: 0.16 L1 + 0.84 (1 - SSIM), the mix of Zhao et al. 2017 (IEEE TCI 3(1)) that ganslate uses for CT
-  (its ``proportion_ssim`` 0.84); SSIM is MONAI's (11 x 11 Gaussian window, sigma 1.5) on images in [-1, 1].
+  (its ``proportion_ssim`` 0.84); SSIM is MONAI's (11 x 11 Gaussian window, sigma 1.5) on the images shifted from
+  [-1, 1] to [0, 2] (data range 2).
 - ``lowpass``: L1 of the two images blurred by a Gaussian (sigma ``LOWPASS_SIGMA`` pixels). For denoising: the
   noise of a low-dose input cannot be predicted from a denoised image, so an L1 cycle on full images rewards keeping
   it (or hiding a code of it, Chu et al. 2017); compared below the noise's frequencies the cycle asks only that

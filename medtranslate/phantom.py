@@ -247,7 +247,8 @@ def misalign(volume: Volume, seed: int, max_deg: float, max_mm: float) -> tuple[
     """``volume`` moved on its own grid by a random rigid transform, as a scan taken on another day would be.
 
     Rotation: up to ``max_deg`` about each axis, about the centre of the field of view; shift: up to ``max_mm``
-    along each axis. Returns the moved volume (same grid, linear interpolation, 0 outside) and the transform's
+    along each axis. Returns the moved volume (same grid, linear interpolation, the volume's minimum where nothing
+    moved in) and the transform's
     parameters (ITK convention: it maps points of the grid to the points of the original that land there).
     """
     import SimpleITK as sitk
@@ -313,12 +314,12 @@ def write_sample_data(
         sid = f"sub-{n:02d}"
         subject = make_subject(seed * 1000 + n)
         folder = out / "mr2ct" / sid
-        mr = subject.mr
+        mr, moved_by = subject.mr, None
         if misalign_deg or misalign_mm:
             mr, moved_by = misalign(mr, seed * 1000 + n + 500, misalign_deg, misalign_mm)
-            text = json.dumps(moved_by, indent=2) + "\n"
-            written.append(atomic_write_text(folder / "misalignment.json", text))
         written.append(write_nifti(folder / "mr.nii.gz", mr.array, mr.affine, np.int16, overwrite=overwrite))
+        if moved_by is not None:  # after the MR, whose write refuses an existing file without overwrite
+            written.append(atomic_write_text(folder / "misalignment.json", json.dumps(moved_by, indent=2) + "\n"))
         written.append(
             write_nifti(folder / "ct.nii.gz", subject.ct.array, subject.ct.affine, np.int16, overwrite=overwrite)
         )

@@ -116,8 +116,6 @@ def _prepare(cfg: RunConfig, options: dict[str, Any], folder: Path) -> RunConfig
     from .preprocess import PreprocessOptions, preprocess_folder
 
     root = Path(cfg.data.root)
-    found = default_split_file(root)
-    split = cfg.data.split or (str(found) if found else None)
     logger.info("stage prepare: preprocessing %s into %s (%s)", root, folder, options)
     rows = preprocess_folder(root, folder, PreprocessOptions(**_tuples(options)), progress=False)
     failed = [r for r in rows if r["status"] == "failed"]
@@ -125,7 +123,7 @@ def _prepare(cfg: RunConfig, options: dict[str, Any], folder: Path) -> RunConfig
         logger.warning("prepare: case %s left out: %s", row["case"], row["error"])
     if rows and len(failed) == len(rows):
         raise InputError(f"{root}: no case could be preprocessed; first error: {rows[0]['error']}")
-    return replace(cfg, data=replace(cfg.data, root=str(folder), split=split))
+    return _data_from(cfg, folder)
 
 
 def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool, protected: list[Path]) -> None:
@@ -205,12 +203,17 @@ def _simulate(cfg: RunConfig, dose: float, folder: Path) -> RunConfig:
     from .lowdose import simulate_lowdose_folder
 
     root = Path(cfg.data.root)
-    found = default_split_file(root)
-    split = cfg.data.split or (str(found) if found else None)
     logger.info("stage prepare: simulating %.0f %% dose pairs from %s", 100 * dose, root)
     rows = simulate_lowdose_folder(root, folder, dose, seed=cfg.train.seed, progress=False)
     if rows and all(r["status"] == "failed" for r in rows):
         raise InputError(f"{root}: no CT could be turned into low-dose pairs; first error: {rows[0]['error']}")
+    return _data_from(cfg, folder)
+
+
+def _data_from(cfg: RunConfig, folder: Path) -> RunConfig:
+    """``cfg`` reading its cases from ``folder`` (made from data.root), keeping the split data.root had."""
+    found = default_split_file(cfg.data.root)
+    split = cfg.data.split or (str(found) if found else None)
     return replace(cfg, data=replace(cfg.data, root=str(folder), split=split))
 
 

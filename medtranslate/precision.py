@@ -13,7 +13,6 @@ supports it, else fp16 (with gradient scaling in training).
 from __future__ import annotations
 
 import copy
-import logging
 import platform
 import time
 from dataclasses import dataclass
@@ -22,11 +21,18 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "PrecisionChoice", "cpu_info", "describe_machine", "choose_precision", "probe_network"]
-
-logger = logging.getLogger(__name__)
+__all__ = [
+    "PRECISIONS",
+    "AMP_DTYPES",
+    "PrecisionChoice",
+    "cpu_info",
+    "describe_machine",
+    "choose_precision",
+    "probe_network",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype of each precision (fp32: none)
 MAX_LOSS = 1.1  # on AVX512-BF16 without AMX, bf16 is kept unless measured more than this much slower than fp32
 
 
@@ -37,7 +43,7 @@ class PrecisionChoice:
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return AMP_DTYPES.get(self.precision)
 
 
 def cpu_info() -> tuple[str, set[str]]:
@@ -119,7 +125,7 @@ def probe_network(
         probe.train(backward)
         gen = torch.Generator().manual_seed(0)
         x = (torch.rand(shape, generator=gen) * 2 - 1).to(device).contiguous(memory_format=fmt)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        dtype = AMP_DTYPES.get(precision)
         times = []
         for i in range(repeats + 1):
             t0 = time.perf_counter()

@@ -25,11 +25,11 @@ skipped unless ``overwrite``; a bad case is recorded with its reason and the res
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ import numpy as np
 from .cases import Case, find_cases
 from .checks import require_choice, require_int, require_number
 from .errors import InputError
-from .io import Volume, read_case, write_nifti
+from .io import Volume, read_case, sha256, write_nifti
 
 __all__ = ["PreprocessOptions", "preprocess_case", "preprocess_folder", "write_qc_page"]
 
@@ -108,19 +108,6 @@ def _kind(role: str, volume: Volume) -> str:
     return "ct" if looks_like(volume) == "CT" else "mr"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.iterdir() if p.is_file()):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-        return h.hexdigest()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _versions() -> dict[str, str]:
     import nibabel
     import SimpleITK as sitk
@@ -136,24 +123,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 0.0
-
-
 def _slab_bounds(n_slices: int, slabs: int) -> list[tuple[int, int]]:
     edges = np.linspace(0, n_slices, slabs + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def _slab(volume: Volume, axis: int, start: int, stop: int) -> Volume:
-    index = [slice(None)] * 3
-    index[axis] = slice(start, stop)
-    affine = volume.affine.copy()
-    offset = np.zeros(3)
-    offset[axis] = start
-    affine[:3, 3] = volume.affine[:3, :3] @ offset + volume.affine[:3, 3]
-    return Volume(np.ascontiguousarray(np.asarray(volume.array)[tuple(index)]), affine, volume.source, volume.format)
 
 
 def output_ids(case_id: str, options: PreprocessOptions) -> list[str]:
@@ -167,6 +139,8 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
         InputError: a missing partner, an unreadable image, a registration that made the alignment worse, or
             images that do not show the same body part.
     """
+    from .lowdose import axial_slab
+    from .qa import dice as qa_dice
     from .register import crop_to_mask, n4, register, reorient, resample_onto, resample_spacing
     from .transforms import axial_axis, body_mask
 
@@ -175,8 +149,8 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
     steps: list[dict[str, Any]] = []
     record: dict[str, Any] = {
         "case": case_id,
-        "options": {k: v for k, v in asdict(options).items()},
-        "inputs": {role: {"path": c.label, "sha256": _sha256(c.path)} for role, c in sorted(images.items())},
+        "options": asdict(options),
+        "inputs": {role: {"path": c.label, "sha256": sha256(c.path)} for role, c in sorted(images.items())},
         "versions": _versions(),
         "steps": steps,
     }
@@ -236,7 +210,7 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
                 ).array
                 > 0.5
             )
-            dice = _dice(moved_mask, ref_mask)
+            dice = qa_dice(moved_mask, ref_mask) if ref_mask.any() else 0.0  # no reference body: no match
             step = {
                 "step": "register",
                 "role": role,
@@ -326,18 +300,9 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
         for role, v in vols.items():
             if role not in masks:
                 masks[role] = body_mask(v.array, kinds[role], v.affine)
-
-    if options.crop_margin_mm is not None:
-        cropped = {}
-        for role, v in vols.items():
-            cropped[role] = crop_to_mask([v], masks[role], options.crop_margin_mm)[0]
-            masks[role] = (
-                crop_to_mask([Volume(masks[role].astype(np.uint8), v.affine)], masks[role], options.crop_margin_mm)[
-                    0
-                ].array
-                > 0
-            )
-        vols = cropped
+            mask_image = Volume(masks[role].astype(np.uint8), v.affine)
+            vols[role], cropped_mask = crop_to_mask([v, mask_image], masks[role], options.crop_margin_mm)
+            masks[role] = cropped_mask.array > 0
         steps.append({"step": "crop", "margin_mm": options.crop_margin_mm})
 
     # write: one folder per output case (slabs give several), each complete or not at all
@@ -352,11 +317,10 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
             for role, v in vols.items():
                 part, part_mask = v, masks.get(role)
                 if options.slabs > 1:
-                    axis = axial_axis(v.affine)
-                    start, stop = _slab_bounds(v.shape[axis], options.slabs)[k]
-                    part = _slab(v, axis, start, stop)
+                    start, stop = _slab_bounds(v.shape[axial_axis(v.affine)], options.slabs)[k]
+                    part = axial_slab(v, start, stop)
                     if part_mask is not None:
-                        part_mask = _slab(Volume(part_mask.astype(np.uint8), v.affine), axis, start, stop).array > 0
+                        part_mask = axial_slab(Volume(part_mask.astype(np.uint8), v.affine), start, stop).array > 0
                 dtype = np.int16 if kinds[role] == "ct" else np.float32
                 write_nifti(folder / f"{role}.nii.gz", part.array, part.affine, dtype, overwrite=True)
                 files.append(f"{role}.nii.gz")
@@ -370,8 +334,12 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
                 if options.register != "deformable":  # a B-spline has no closed-form inverse
                     _write_transform(folder / f"{ref_role}_to_{role}.tfm", tx.GetInverse())
                     files.append(f"{ref_role}_to_{role}.tfm")
-            if before_views:
-                _qc_figure(folder / "qc.png", case_id, before_views, qc_after, ref_role, kinds)
+            if before_views:  # one figure of the whole case, drawn once and copied into every slab's folder
+                if k == 0:
+                    _qc_figure(folder / "qc.png", case_id, before_views, qc_after, ref_role, kinds)
+                    first_qc = final / "qc.png"  # where it lands once this folder is renamed into place
+                else:
+                    shutil.copyfile(first_qc, folder / "qc.png")
                 files.append("qc.png")
             record["outputs"][out_id] = files
             record["seconds"] = round(time.perf_counter() - t_case, 2)

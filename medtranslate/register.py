@@ -189,6 +189,8 @@ def _run_stage(
         reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetInitialTransform(initial, inPlace=False)
     result = reg.Execute(fixed, moving)
+    if result.GetName() == "CompositeTransform":  # Execute may wrap the optimised transform
+        result = result.GetNthTransform(0)
     stage = {
         "stage": name,
         "iterations": int(reg.GetOptimizerIteration()),
@@ -224,15 +226,15 @@ def register(
     if kind not in KINDS:
         raise InputError(f"--register {kind!r}: expected one of {', '.join(KINDS)}")
     f_img, m_img = to_sitk(fixed), to_sitk(moving)
-    shift = _mask_centre(m_img, moving_mask) - _mask_centre(f_img, fixed_mask)
+    centre = _mask_centre(f_img, fixed_mask)
     rigid = sitk.Euler3DTransform()
-    rigid.SetCenter(tuple(float(v) for v in _mask_centre(f_img, fixed_mask)))
-    rigid.SetTranslation(tuple(float(v) for v in shift))
+    rigid.SetCenter(tuple(float(v) for v in centre))
+    rigid.SetTranslation(tuple(float(v) for v in _mask_centre(m_img, moving_mask) - centre))
     before = similarity(f_img, m_img, sitk.Euler3DTransform())
     stages = []
     tx, stage = _run_stage("rigid", f_img, m_img, rigid, seed)
     stages.append(stage)
-    final: sitk.Transform = sitk.Euler3DTransform(tx.GetNthTransform(0) if tx.GetName() == "CompositeTransform" else tx)
+    final: sitk.Transform = sitk.Euler3DTransform(tx)
     if kind in ("affine", "deformable"):
         affine = sitk.AffineTransform(3)
         affine.SetMatrix(final.GetMatrix())
@@ -240,16 +242,15 @@ def register(
         affine.SetCenter(final.GetCenter())
         tx, stage = _run_stage("affine", f_img, m_img, affine, seed)
         stages.append(stage)
-        final = sitk.AffineTransform(tx.GetNthTransform(0) if tx.GetName() == "CompositeTransform" else tx)
+        final = sitk.AffineTransform(tx)
     if kind == "deformable":
         extent = np.array(f_img.GetSize()) * np.array(f_img.GetSpacing())
         mesh = [max(int(round(e / BSPLINE_SPACING_MM)), 1) for e in extent]
         bspline = sitk.BSplineTransformInitializer(f_img, mesh, order=3)
         tx, stage = _run_stage("deformable", f_img, m_img, bspline, seed, moving_initial=final)
         stages.append(stage)
-        inner = tx.GetNthTransform(0) if tx.GetName() == "CompositeTransform" else tx
         # points of the fixed image go through the B-spline first, then through the affine
-        final = sitk.CompositeTransform([final, sitk.BSplineTransform(inner)])
+        final = sitk.CompositeTransform([final, sitk.BSplineTransform(tx)])
     after = similarity(f_img, m_img, final)
     return Registration(final, kind, before, after, stages)
 

@@ -22,7 +22,7 @@ from .checks import require_choice, require_int
 from .describe import check_modality
 from .device import resolve_device
 from .errors import CheckpointError, InputError
-from .io import Volume
+from .io import Volume, sha256
 from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
 from .tasks import get_task
 from .transforms import IntensityParams, Preprocessor, intensity_for
@@ -98,16 +98,6 @@ def _forward(net: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None,
         return net(batch).float()
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def parse_shard(text: str | None) -> tuple[int, int]:
     """'I/N' -> (I, N) with 0 <= I < N; None -> (0, 1)."""
     if text is None:
@@ -161,7 +151,7 @@ def translate_folder(
         raise InputError(f"{inp}: no such file or folder; check --input")
     prepare_output_folder(inp, out)
     net = build_inference_net(ckpt, dev, source=str(model))
-    digest = _sha256(model)
+    digest = sha256(model)
     if ckpt["kind"] in ("pix2pix", "cyclegan"):
         channels = 2 * int(spec.context) + 1
         probe = probe_network(net, (batch_size, channels, 256, 256), dev, backward=False, repeats=2)

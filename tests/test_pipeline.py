@@ -102,18 +102,23 @@ def test_quick_demo_writes_reports_with_baselines(tmp_path):
     print(f"quick demo took {seconds:.0f} s")
 
 
+def _tiny_pipeline(root, task: str, **sections) -> dict:
+    """A pipeline file's contents for a tiny pix2pix on ``root``, with extra top-level ``sections``."""
+    return {
+        "data": {"root": str(root), "patch_size": 32},
+        "model": {"kind": "pix2pix", "task": task, "ngf": 4, "ndf": 4, "num_downs": 3},
+        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False},
+        **sections,
+    }
+
+
 @pytest.mark.slow
 def test_pipeline_simulates_low_dose_pairs_in_prepare(tmp_path, tiny_data):
     import yaml
 
     from medtranslate.pipeline import run_pipeline
 
-    spec = {
-        "data": {"root": str(tiny_data), "patch_size": 32},
-        "model": {"kind": "pix2pix", "task": "ldct", "ngf": 4, "ndf": 4, "num_downs": 3},
-        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False},
-        "pipeline": {"simulate_dose": 0.25, "baseline": "none"},
-    }
+    spec = _tiny_pipeline(tiny_data, "ldct", pipeline={"simulate_dose": 0.25, "baseline": "none"})
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(spec))
     summary = run_pipeline(path, tmp_path / "run", progress=False)
@@ -133,13 +138,12 @@ def test_pipeline_preprocesses_the_cases_in_prepare(tmp_path, tiny_data):
 
     from medtranslate.pipeline import run_pipeline
 
-    spec = {
-        "data": {"root": str(tiny_data), "patch_size": 32},
-        "model": {"kind": "pix2pix", "task": "mr2ct", "ngf": 4, "ndf": 4, "num_downs": 3},
-        "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "channels_last": False},
-        "pipeline": {"baseline": "none"},
-        "prepare": {"register": "rigid", "mask": True, "spacing": [5, 5, 10]},
-    }
+    spec = _tiny_pipeline(
+        tiny_data,
+        "mr2ct",
+        pipeline={"baseline": "none"},
+        prepare={"register": "rigid", "mask": True, "spacing": [5, 5, 10]},
+    )
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(spec))
     summary = run_pipeline(path, tmp_path / "run", progress=False)
