@@ -134,6 +134,8 @@ def cmd_simulate_lowdose(args: argparse.Namespace) -> int:
         photons=args.photons,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        geometry=args.geometry,
+        device=args.device,
     )
     return _report_batch(rows, args.output)
 
@@ -290,14 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate-lowdose",
         help="simulate low-dose / normal-dose CT pairs in the projection domain (Poisson + electronic noise, FBP)",
         description="For every CT case write <case>_ld.nii.gz (simulated low dose) and <case>_nd.nii.gz (same "
-        "projection and "
-        "reconstruction without the added noise), int16 HU on the input's grid.",
+        "projection and reconstruction without the added noise), int16 HU on the input's grid.",
     )
     p.add_argument("--dose", type=float, required=True, help="fraction of the full dose, in (0, 1], e.g. 0.25")
     p.add_argument("--input", required=True, help="CT file or folder (HU)")
     p.add_argument("--output", required=True, help="output folder (not the input folder)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--photons", type=float, default=1e5, help="incident photons per ray at full dose (default 1e5)")
+    p.add_argument(
+        "--geometry",
+        default="fan",
+        help="fan (default: the Mayo/AAPM scanner's fan beam, 1152 views per turn) or parallel (2 x size views)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate_lowdose)
