@@ -76,6 +76,9 @@ def translate_volume(
             zs = torch.arange(z0, min(z0 + batch_size, depth))
             idx = torch.clamp(zs[:, None] + offsets[None, :], 0, depth - 1)  # (b, 2k+1)
             batch = image[0][:, :, idx].permute(2, 3, 0, 1).to(device)  # (b, 2k+1, X, Y)
+            # channels-last input (the network's own weights are left as they are: the convolutions follow the
+            # input's layout): 1.5-1.9x faster for the demo's U-Net on the EPYC in float32 and bf16 (bench_translate)
+            batch = batch.contiguous(memory_format=torch.channels_last)
             out = _forward(net, batch, amp_dtype, device)
             if tta:
                 out = 0.5 * (out + torch.flip(_forward(net, torch.flip(batch, dims=[2]), amp_dtype, device), dims=[2]))
