@@ -72,6 +72,18 @@ def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) 
     atomic_write_text(path, buf.getvalue())
 
 
+def merge_manifests(parts: list[Path], merged: Path) -> Path:
+    """One manifest from the per-shard ones (rows in case order, columns in first-seen order); the parts stay."""
+    rows: list[dict[str, Any]] = []
+    columns: list[str] = []
+    for part in parts:
+        for row in read_manifest(part):
+            rows.append(row)
+            columns += [c for c in row if c not in columns]
+    _write_manifest(merged, sorted(rows, key=lambda r: r.get("case", "")), columns)
+    return merged
+
+
 def run_cases(
     cases: Iterable[Case],
     manifest: Path,

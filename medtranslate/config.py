@@ -196,6 +196,9 @@ class TrainConfig:
     max_minutes: float | None = None
     val_every: int = 1
     num_threads: int | None = None  # torch CPU threads; default: torch's
+    # data-loader worker processes that make the training batches (0: in the training process); any number gives
+    # the same batches, since every item's random draws come from (seed, epoch, index)
+    workers: int = 0
     # decay of an exponential moving average of the generator's weights (0: off), see gan.WeightAverage
     ema: float = 0.0
 
@@ -223,6 +226,7 @@ class TrainConfig:
             require_number("train.max_minutes", self.max_minutes, above=0)
         if self.num_threads is not None:
             require_int("train.num_threads", self.num_threads, 1, 4096)
+        require_int("train.workers", self.workers, 0, 256)
         if self.decay_epochs is not None:
             require_int("train.decay_epochs", self.decay_epochs, 0, self.epochs)
         require_number("train.ema", self.ema, minimum=0, below=1)

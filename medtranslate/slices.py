@@ -199,11 +199,15 @@ def context_slices(volume: torch.Tensor, z: int | torch.Tensor, context: int) ->
 class SliceDataset(torch.utils.data.Dataset):
     """Training slices. Paired: source and target of the same slice. Unpaired: the target slice comes from another case.
 
-    Randomness (crop, flips, affine, unpaired partner) is drawn from ``generator`` so a seed fixes a run.
+    Every random draw of an item (crop, flips, affine, unpaired partner) comes from a generator seeded by
+    (seed, epoch, index) alone, so an item is the same whichever process or data-loader worker makes it, in whatever
+    order: a run gives the same batches with 0 or N workers, and a resumed run the same as an uninterrupted one.
+    ``set_epoch`` tells the dataset which epoch it serves.
     """
 
-    def __init__(self, cases: list[PreparedCase], cfg: RunConfig, generator: torch.Generator, paired: bool = True):
-        self.cases, self.cfg, self.rng, self.paired = cases, cfg, generator, paired
+    def __init__(self, cases: list[PreparedCase], cfg: RunConfig, seed: int, paired: bool = True):
+        self.cases, self.cfg, self.seed, self.paired = cases, cfg, int(seed), paired
+        self.epoch = 0
         self.index: list[tuple[int, int]] = []
         for ci, case in enumerate(cases):
             fraction = case.mask[0].float().mean(dim=(0, 1))
@@ -222,31 +226,37 @@ class SliceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _draw(self, n: int) -> torch.Tensor:
-        return torch.rand(n, generator=self.rng)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def item_generator(self, i: int) -> torch.Generator:
+        """The generator of item i in this epoch: seeded from (seed, epoch, i) through numpy's SeedSequence."""
+        state = np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(2, dtype=np.uint32)
+        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        rng = self.item_generator(i)
         ci, z = self.index[i]
         case = self.cases[ci]
         source = context_slices(case.source, z, self.cfg.data.context)
         if self.paired:
             target = case.target[0, :, :, z][None]
-            return dict(zip(("source", "target"), self._augment([source, target])))
+            return dict(zip(("source", "target"), self._augment([source, target], rng)))
         while True:  # a target slice from another case
-            tj, tz = self.index[int(self._draw(1).item() * len(self.index)) % len(self.index)]
+            tj, tz = self.index[int(torch.rand(1, generator=rng).item() * len(self.index)) % len(self.index)]
             if tj != ci:
                 break
         target = self.cases[tj].target[0, :, :, tz][None]
-        return {"source": self._augment([source])[0], "target": self._augment([target])[0]}
+        return {"source": self._augment([source], rng)[0], "target": self._augment([target], rng)[0]}
 
-    def _augment(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _augment(self, images: list[torch.Tensor], rng: torch.Generator) -> list[torch.Tensor]:
         """Crop to the patch size and, if enabled, flip/rotate/scale: one draw for all images given."""
         sizes = [im.shape[0] for im in images]
         x = torch.cat(images, 0)
         d = self.cfg.data
         p = d.patch_size
         x = _pad_to(x, p)
-        u = self._draw(5)
+        u = torch.rand(5, generator=rng)
         top = int(u[0].item() * (x.shape[1] - p + 1))
         left = int(u[1].item() * (x.shape[2] - p + 1))
         x = x[:, top : top + p, left : left + p]

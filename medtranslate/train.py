@@ -47,7 +47,20 @@ logger = logging.getLogger(__name__)
 
 
 # Settings that may change when a run is resumed: where and how fast it runs, and how long it may take.
-RESUMABLE_CHANGES = ("train.device", "train.num_threads", "train.max_minutes", "train.precision_used")
+RESUMABLE_CHANGES = (
+    "train.device",
+    "train.num_threads",
+    "train.max_minutes",
+    "train.precision_used",
+    "train.workers",
+)
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """Data-loader workers leave Ctrl-C to the training process, which finishes its step and saves last.pt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Trainer:
@@ -113,7 +126,7 @@ class Trainer:
             self.model = build_model(model_cfg, in_channels, self.device, self.gen)
             self.net = self.model.inference_generator
             divisor = getattr(self.net, "divisor", 1)
-            self.dataset = SliceDataset(self.train_cases, cfg, self.gen, paired=cfg.model.kind == "pix2pix")
+            self.dataset = SliceDataset(self.train_cases, cfg, t.seed, paired=cfg.model.kind == "pix2pix")
             if cfg.train.batch_size > len(self.dataset):
                 raise ConfigError(
                     f"train.batch_size {cfg.train.batch_size} is more than the {len(self.dataset)} training slices "
@@ -228,6 +241,17 @@ class Trainer:
         torch.manual_seed(seed)
         return torch.randperm(len(self.dataset), generator=self.gen)
 
+    def _loader(self, indices: torch.Tensor) -> torch.utils.data.DataLoader:
+        """Batches of the dataset's items in this order, made by ``train.workers`` processes (0: this one)."""
+        t = self.cfg.train
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=t.batch_size,
+            sampler=indices.tolist(),
+            num_workers=t.workers,
+            worker_init_fn=_ignore_sigint if t.workers else None,
+        )
+
     def _train_epoch(self) -> dict[str, float]:
         from tqdm import tqdm
 
@@ -252,10 +276,10 @@ class Trainer:
             disable=not self.progress,
             leave=False,
         )
+        self.dataset.set_epoch(self.epoch)
+        batches = iter(self._loader(order[self.batch_in_epoch * t.batch_size : n_batches * t.batch_size]))
         for b in bar:
-            items = [self.dataset[int(i)] for i in order[b * t.batch_size : (b + 1) * t.batch_size]]
-            batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
-            losses = self.model.train_step(batch)
+            losses = self.model.train_step(next(batches))
             self.batch_in_epoch, self.step = b + 1, self.step + 1
             for k, v in losses.items():
                 self.epoch_losses.setdefault(k, []).append(v)

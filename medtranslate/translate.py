@@ -137,7 +137,8 @@ def translate_folder(
     Returns:
         The manifest rows.
     """
-    from .batch import prepare_output_folder, run_cases
+    from .batch import merge_manifests, prepare_output_folder, run_cases
+    from .distributed import barrier, from_rank0, is_distributed, world
     from .evaluate import select_cases
     from .io import read_case, write_dicom_series, write_nifti
 
@@ -146,6 +147,10 @@ def translate_folder(
     require_int("--batch-size", batch_size, 1, 4096, error=InputError)
     require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
     index, count = parse_shard(shard)
+    if is_distributed():
+        if shard is not None:
+            raise InputError("--shard under torchrun: torchrun's ranks split the cases themselves; leave out --shard")
+        index, count = world()
     dev = resolve_device(device)
     ckpt = load_checkpoint(model)
     spec = TranslatorSpec.from_dict(ckpt["spec"])
@@ -161,6 +166,7 @@ def translate_folder(
         chosen = choose_precision(precision, dev, probe)
     else:
         chosen = PrecisionChoice("fp32", "no network to speed up")
+    chosen = from_rank0(chosen)  # under torchrun every rank computes as rank 0 measured: the same outputs everywhere
     logger.info("precision %s (%s); %s", chosen.precision, chosen.reason, describe_machine(dev))
     cases = sorted(select_cases(inp, task.input_roles, "input").values(), key=lambda c: c.case_id)[index::count]
     suffix = task.output_suffix
@@ -187,7 +193,7 @@ def translate_folder(
         write_nifti(targets[0], hu, result.affine, np.int16, overwrite=True)
 
     manifest = out / ("manifest.csv" if count == 1 else f"manifest.shard{index}of{count}.csv")
-    return run_cases(
+    rows = run_cases(
         cases,
         manifest,
         outputs,
@@ -197,3 +203,8 @@ def translate_folder(
         extra={"checkpoint_sha256": digest, "precision": chosen.precision},
         desc="translate",
     )
+    if is_distributed():  # when every rank is done, rank 0 merges their manifests into manifest.csv
+        barrier()
+        if index == 0:
+            merge_manifests([out / f"manifest.shard{i}of{count}.csv" for i in range(count)], out / "manifest.csv")
+    return rows

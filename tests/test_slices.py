@@ -32,10 +32,10 @@ def config(task: str = "mr2ct", **data) -> RunConfig:
 
 
 def test_slices_with_too_little_body_are_skipped():
-    ds = SliceDataset([case("a")], config(min_body_fraction=0.3), torch.Generator())
+    ds = SliceDataset([case("a")], config(min_body_fraction=0.3), seed=0)
     assert sorted(z for _, z in ds.index) == [1, 2, 3, 4]
     with pytest.raises(InputError, match="min_body_fraction"):
-        SliceDataset([case("a", body_slices=())], config(), torch.Generator())
+        SliceDataset([case("a", body_slices=())], config(), seed=0)
 
 
 def test_context_slices_stack_neighbours_and_replicate_at_the_ends():
@@ -47,9 +47,7 @@ def test_context_slices_stack_neighbours_and_replicate_at_the_ends():
 
 @pytest.mark.parametrize("context", [0, 2])
 def test_paired_augmentation_moves_source_and_target_alike(context):
-    ds = SliceDataset(
-        [case("a")], config(context=context, rotate_deg=20.0, scale=0.2), torch.Generator().manual_seed(0)
-    )
+    ds = SliceDataset([case("a")], config(context=context, rotate_deg=20.0, scale=0.2), seed=0)
     for i in range(len(ds)):
         item = ds[i]
         assert item["source"].shape == (2 * context + 1, 16, 16) and item["target"].shape == (1, 16, 16)
@@ -62,23 +60,49 @@ def test_paired_augmentation_moves_source_and_target_alike(context):
 
 def test_unpaired_targets_come_from_another_case():
     a, b = case("a"), case("bb")
-    ds = SliceDataset([a, b], config(augment=False, patch_size=24), torch.Generator().manual_seed(1), paired=False)
+    ds = SliceDataset([a, b], config(augment=False, patch_size=24), seed=1, paired=False)
     for i in range(len(ds)):
         ci, z = ds.index[i]
         own = ds.cases[ci].target[0, :, :, z]
         target = ds[i]["target"][0, 2:22, :]  # undo the 2-pixel padding of the 20-pixel axis to 24
         assert not torch.allclose(target, own)
     with pytest.raises(InputError, match="at least 2 training cases"):
-        SliceDataset([a], config(), torch.Generator(), paired=False)
+        SliceDataset([a], config(), seed=0, paired=False)
 
 
 def test_denoising_augmentation_does_not_interpolate_the_noise_away():
     # bilinear rotation or scaling averages neighbouring pixels, which smooths noise; for ldct only flips are drawn
     c = case("a")
     for task, exact in (("ldct", True), ("mr2ct", False)):
-        ds = SliceDataset([c], config(task), torch.Generator().manual_seed(0))
+        ds = SliceDataset([c], config(task), seed=0)
         found = []
         for i in range(len(ds)):
             _, z = ds.index[i]
             found.append(bool(torch.isin(ds[i]["source"], c.source[0, :, :, z]).all()))
         assert all(found) if exact else not any(found), task
+
+
+def test_an_item_depends_only_on_seed_epoch_and_index():
+    a, b = case("a"), case("bb")
+    ds = SliceDataset([a, b], config(rotate_deg=20.0, scale=0.2), seed=3, paired=False)
+    first = [ds[i] for i in range(len(ds))]
+    again = [ds[i] for i in reversed(range(len(ds)))][::-1]  # another order: the same items
+    for x, y in zip(first, again):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    ds.set_epoch(1)  # the next epoch draws anew
+    assert not all(torch.equal(first[i]["source"], ds[i]["source"]) for i in range(len(ds)))
+    other = SliceDataset([a, b], config(rotate_deg=20.0, scale=0.2), seed=4, paired=False)
+    assert not all(torch.equal(first[i]["source"], other[i]["source"]) for i in range(len(ds)))
+
+
+def test_data_loader_workers_give_the_same_batches_as_the_main_process():
+    ds = SliceDataset([case("a"), case("bb")], config(rotate_deg=20.0, scale=0.2), seed=5)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def batches(workers: int) -> list[dict[str, torch.Tensor]]:
+        return list(torch.utils.data.DataLoader(ds, batch_size=3, sampler=order, num_workers=workers))
+
+    main, two = batches(0), batches(2)
+    assert len(main) == len(two) == -(-len(ds) // 3)
+    for x, y in zip(main, two):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

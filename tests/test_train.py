@@ -45,6 +45,20 @@ def test_resume_continues_exactly(tmp_path, tiny_data, kind, context, ema):
     assert [r["loss_g"] for r in ckpt_a["history"]] == [r["loss_g"] for r in ckpt_b["history"]]
 
 
+def test_data_loader_workers_and_a_resume_with_another_count_change_nothing(tmp_path, tiny_data):
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "cyclegan"))  # unpaired: partners drawn too
+    with_workers = load_config(write_config(tmp_path / "w.yaml", tiny_data, "cyclegan", **{"train.workers": 2}))
+    Trainer(cfg, tmp_path / "main", progress=False).fit()
+    Trainer(with_workers, tmp_path / "workers", progress=False).fit(until_epoch=1)
+    Trainer(cfg, tmp_path / "workers", resume=True, progress=False).fit()  # resumed in the main process
+    (a, ckpt_a), (b, ckpt_b) = weights(tmp_path / "main"), weights(tmp_path / "workers")
+    assert ckpt_a["step"] == ckpt_b["step"] == 6
+    for net in a:
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), (net, key)
+    assert [r["loss_g"] for r in ckpt_a["history"]] == [r["loss_g"] for r in ckpt_b["history"]]
+
+
 @pytest.mark.slow
 def test_train_cli_on_sample_data_writes_run_folder(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", SAMPLE / "mr2ct", **{"data.patch_size": 64, "train.epochs": 1})

@@ -147,6 +147,46 @@ def test_corrupt_case_fails_alone_and_shards_split_the_folder(tmp_path, checkpoi
     assert "0 done, 3 skipped, 1 failed" in again.stdout
 
 
+@pytest.mark.slow
+def test_torchrun_ranks_split_the_folder_and_write_what_one_process_writes(tmp_path, checkpoints):
+    inputs = tmp_path / "in"
+    _batch(inputs, 4)
+    model = str(checkpoints["pix2pix"])
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # torchrun gives each rank one thread: the same arithmetic here
+    one = translate_cli(model, str(inputs), str(tmp_path / "one"), "--precision", "fp32", env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "medtranslate"]
+        + ["translate", "--model", model, "--input", str(inputs), "--output", str(tmp_path / "two"), "--no-progress"]
+        + ["--precision", "fp32"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert two.returncode == 0, two.stderr
+    names = sorted(p.name for p in (tmp_path / "one").glob("*_sct.nii.gz"))
+    assert names == [f"p{i:02d}_sct.nii.gz" for i in range(4)]
+    for name in names:  # byte for byte
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    shards = [list(csv.DictReader((tmp_path / "two" / f"manifest.shard{i}of2.csv").open())) for i in range(2)]
+    assert sorted(r["case"] for r in shards[0]) == ["p00", "p02"] and sorted(r["case"] for r in shards[1]) == [
+        "p01",
+        "p03",
+    ]
+    merged = list(csv.DictReader((tmp_path / "two" / "manifest.csv").open()))
+    assert [r["case"] for r in merged] == ["p00", "p01", "p02", "p03"] and {r["status"] for r in merged} == {"done"}
+    both = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "medtranslate"]
+        + ["translate", "--model", model, "--input", str(inputs), "--output", str(tmp_path / "x"), "--shard", "0/2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert both.returncode != 0 and "leave out --shard" in both.stderr + both.stdout
+
+
 def test_dicom_output_for_planning_systems(tmp_path, checkpoints):
     import pydicom
 
