@@ -136,6 +136,7 @@ def cmd_simulate_lowdose(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         geometry=args.geometry,
         device=args.device,
+        shard=args.shard,
     )
     return _report_batch(rows, args.output)
 
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fan (default: the Mayo/AAPM scanner's fan beam, 1152 views per turn) or parallel (2 x size views)",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--shard", metavar="I/N", help="simulate only every N-th case, starting at I (0-based)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate_lowdose)

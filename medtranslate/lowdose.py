@@ -251,11 +251,13 @@ def simulate_lowdose_folder(
     progress: bool = True,
     geometry: str = "fan",
     device: str = "cpu",
+    shard: str | None = None,
 ) -> list[dict]:
     """Write ``<case>_ld.nii.gz`` and ``<case>_nd.nii.gz`` (int16 HU, the input's grid) for every CT case of a folder.
 
     Same batch safety as ``translate``: existing outputs are skipped, a bad case is recorded and the rest go on,
-    ``manifest.csv`` is rewritten after every case. Each case's noise is seeded from ``seed`` and its id.
+    ``manifest.csv`` is rewritten after every case. Each case's noise is seeded from ``seed`` and its id, so a case
+    gets the same noise whichever process (``--shard I/N``, or a torchrun rank) simulates it.
     """
     import zlib
 
@@ -266,15 +268,17 @@ def simulate_lowdose_folder(
     inp, out = Path(input), Path(output)
     from .checks import require_choice
     from .device import resolve_device
+    from .distributed import merge_shards, shard_manifest, shard_of
 
     check_simulation_settings(dose, photons, electronic_noise, seed)
+    index, count = shard_of(shard)
     require_choice("--geometry", geometry, GEOMETRIES, error=InputError)
     require_choice("--device", device, ("auto", "cpu", "cuda"), error=InputError)
     resolve_device(device)
     if not inp.exists():
         raise InputError(f"{inp}: no such file or folder; check --input")
     prepare_output_folder(inp, out)
-    cases = sorted(select_cases(inp, ("ct", "nd", None), "CT").values(), key=lambda c: c.case_id)
+    cases = sorted(select_cases(inp, ("ct", "nd", None), "CT").values(), key=lambda c: c.case_id)[index::count]
 
     def outputs(case) -> list[Path]:
         return [out / f"{case.case_id}_ld.nii.gz", out / f"{case.case_id}_nd.nii.gz"]
@@ -288,9 +292,9 @@ def simulate_lowdose_folder(
         for vol, target in zip((ld, nd), targets):
             write_ct(target, vol, overwrite=True)
 
-    return run_cases(
+    rows = run_cases(
         cases,
-        out / "manifest.csv",
+        shard_manifest(out, index, count),
         outputs,
         work,
         overwrite=overwrite,
@@ -298,6 +302,8 @@ def simulate_lowdose_folder(
         extra={"dose": dose, "seed": seed, "photons": photons, "geometry": geometry},
         desc="simulate",
     )
+    merge_shards(out, index, count)
+    return rows
 
 
 INVESALIUS_GLOBS = (

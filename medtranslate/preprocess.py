@@ -441,12 +441,12 @@ def preprocess_folder(
         The manifest rows of this run.
     """
     from .batch import prepare_output_folder, run_cases
-    from .translate import parse_shard
+    from .distributed import merge_shards, shard_manifest, shard_of
 
     inp, out = Path(input), Path(output)
     if not inp.exists():
         raise InputError(f"{inp}: no such file or folder; check --input")
-    index, count = parse_shard(shard)
+    index, count = shard_of(shard)
     prepare_output_folder(inp, out)
     by_id = _gather(inp)
     ids = sorted(by_id)[index::count]
@@ -462,8 +462,9 @@ def preprocess_folder(
     def work(case: Case, targets: list[Path]) -> None:
         preprocess_case(case.case_id, dict(by_id[case.case_id]), out, options)
 
-    manifest = out / ("manifest.csv" if count == 1 else f"manifest.shard{index}of{count}.csv")
+    manifest = shard_manifest(out, index, count)
     rows = run_cases(cases, manifest, outputs, work, overwrite=overwrite, progress=progress, desc="preprocess")
+    merge_shards(out, index, count)
     write_qc_page(out)  # every shard rewrites it with all the cases finished so far (atomically)
     return rows
 

@@ -27,7 +27,7 @@ from .precision import PrecisionChoice, choose_precision, describe_machine, prob
 from .tasks import get_task
 from .transforms import IntensityParams, Preprocessor, intensity_for
 
-__all__ = ["translate_volume", "translate_folder", "parse_shard"]
+__all__ = ["translate_volume", "translate_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,19 +101,6 @@ def _forward(net: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None,
         return net(batch).float()
 
 
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """'I/N' -> (I, N) with 0 <= I < N; None -> (0, 1)."""
-    if text is None:
-        return 0, 1
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise InputError(f"--shard {text!r}: expected I/N with whole numbers, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise InputError(f"--shard {text!r}: I must be in 0..N-1")
-    return i, n
-
-
 def translate_folder(
     model: str | Path,
     input: str | Path,
@@ -137,8 +124,8 @@ def translate_folder(
     Returns:
         The manifest rows.
     """
-    from .batch import merge_manifests, prepare_output_folder, run_cases
-    from .distributed import barrier, from_rank0, is_distributed, world
+    from .batch import prepare_output_folder, run_cases
+    from .distributed import from_rank0, merge_shards, shard_manifest, shard_of
     from .evaluate import select_cases
     from .io import read_case, write_dicom_series, write_nifti
 
@@ -146,11 +133,7 @@ def translate_folder(
     require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
     require_int("--batch-size", batch_size, 1, 4096, error=InputError)
     require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
-    index, count = parse_shard(shard)
-    if is_distributed():
-        if shard is not None:
-            raise InputError("--shard under torchrun: torchrun's ranks split the cases themselves; leave out --shard")
-        index, count = world()
+    index, count = shard_of(shard)
     dev = resolve_device(device)
     ckpt = load_checkpoint(model)
     spec = TranslatorSpec.from_dict(ckpt["spec"])
@@ -192,10 +175,9 @@ def translate_folder(
             )
         write_nifti(targets[0], hu, result.affine, np.int16, overwrite=True)
 
-    manifest = out / ("manifest.csv" if count == 1 else f"manifest.shard{index}of{count}.csv")
     rows = run_cases(
         cases,
-        manifest,
+        shard_manifest(out, index, count),
         outputs,
         work,
         overwrite=overwrite,
@@ -203,8 +185,5 @@ def translate_folder(
         extra={"checkpoint_sha256": digest, "precision": chosen.precision},
         desc="translate",
     )
-    if is_distributed():  # when every rank is done, rank 0 merges their manifests into manifest.csv
-        barrier()
-        if index == 0:
-            merge_manifests([out / f"manifest.shard{i}of{count}.csv" for i in range(count)], out / "manifest.csv")
+    merge_shards(out, index, count)
     return rows

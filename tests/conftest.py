@@ -75,6 +75,19 @@ def run_cli(
     )
 
 
+def torchrun_cli(*args: str, nproc: int = 2, env=None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node NPROC -m medtranslate ARGS`` (PyTorch's launcher) in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+        + ["-m", "medtranslate", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=600,
+        env=env,
+    )
+
+
 def translate_cli(model, inputs, output, *extra: str, **kwargs) -> subprocess.CompletedProcess:
     """``medtranslate translate --model M --input I --output O --no-progress EXTRA...`` in a subprocess."""
     return run_cli(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from medtranslate.errors import InputError
 from medtranslate.io import Volume, read_volume, write_nifti
 from medtranslate.lowdose import axial_slab, simulate_lowdose
 
-from .conftest import SAMPLE, oblique_affine, run_cli
+from .conftest import SAMPLE, oblique_affine, run_cli, torchrun_cli
 
 
 def water_cylinder(n: int = 96, slices: int = 3) -> Volume:
@@ -118,6 +119,27 @@ def test_simulate_lowdose_cli_writes_pairs_on_the_inputs_grid(tmp_path):
     assert rows[0]["geometry"] == "fan"
     bad = run_cli("simulate-lowdose", "--dose", "2", "--input", str(inputs), "--output", str(tmp_path / "o2"))
     assert bad.returncode == 2 and "must be a finite number > 0 and <= 1" in bad.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_simulate_what_one_process_simulates(tmp_path):
+    ct = read_volume(SAMPLE / "mr2ct" / "sub-03" / "ct.nii.gz")
+    inputs = tmp_path / "in"
+    for i in range(3):
+        write_nifti(inputs / f"c{i}_ct.nii.gz", ct.array[20:100, 20:100, 30 + i : 32 + i], ct.affine)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # torchrun gives each rank one thread: the same arithmetic here
+    args = ["simulate-lowdose", "--dose", "0.25", "--input", str(inputs), "--no-progress"]
+    one = run_cli(*args, "--output", str(tmp_path / "one"), env=env)
+    assert one.returncode == 0, one.stderr
+    two = torchrun_cli(*args, "--output", str(tmp_path / "two"), env=env)
+    assert two.returncode == 0, two.stderr
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.nii.gz"))
+    assert len(names) == 6
+    for name in names:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    merged = list(csv.DictReader((tmp_path / "two" / "manifest.csv").open()))
+    assert [r["case"] for r in merged] == ["c0", "c1", "c2"] and {r["status"] for r in merged} == {"done"}
+    assert (tmp_path / "two" / "manifest.shard1of2.csv").exists()
 
 
 @pytest.mark.parametrize(
