@@ -186,8 +186,11 @@ def evaluate_folder(
         ) from exc
     mask_dir = out / "masks"
 
+    from .report import case_figure, display_range, write_report
+
     rows: list[dict[str, Any]] = []
-    views: dict[str, dict[str, Any]] = {}
+    case_figures: dict[str, Path] = {}  # drawn as each case is scored: volumes are not kept for the report
+    ct_range = display_range(window if spec.metrics == "ldct" else None)
     ids = sorted(set(preds) | set(refs))
     for cid in tqdm(ids, desc="evaluate", unit="case", disable=not progress):
         row: dict[str, Any] = {
@@ -242,8 +245,6 @@ def evaluate_folder(
                 check_same_grid(inp, r, names=(f"input {inputs[cid].label}", f"reference {refs[cid].label}"), case=cid)
             row.update(_score_case(cid, p, r, m, task, edition, window, inp))
             row.update(status="done", error="")
-            if figures:
-                views[cid] = {"pred": p, "ref": r, "mask": m, "input": inp}
         except MedTranslateError as exc:
             row.update(status="failed", error=str(exc))
             logger.warning("%s", exc)
@@ -257,6 +258,8 @@ def evaluate_folder(
             logger.debug("traceback of case %s", cid, exc_info=True)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
+        if figures and row["status"] == "done":
+            case_figures[cid] = case_figure(out / "figures" / f"{cid}.png", cid, p, r, m, inp, ct_range)
 
     metric_names = _metric_columns(rows)
     summary = summarise(rows, metric_names)
@@ -274,9 +277,7 @@ def evaluate_folder(
     _write_csv(out / "metrics.csv", rows, metric_names)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     result = EvaluationResult(rows=rows, summary=summary, out=out)
-    from .report import write_report
-
-    result.figures = write_report(out, rows, summary, metric_names, views if figures else {})
+    result.figures = write_report(out, rows, summary, metric_names, case_figures)
     return result
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from .atomic import atomic_output, atomic_write_text
 from .io import Volume
 
-__all__ = ["case_figure", "metrics_figure", "write_report"]
+__all__ = ["case_figure", "display_range", "metrics_figure", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,25 +151,30 @@ def _baseline_html(summary: dict[str, Any]) -> str:
     )
 
 
+def display_range(window: str | None) -> tuple[float, float]:
+    """HU shown in the case figures: the CT display range, or for windowed (low-dose) metrics twice the scoring window
+    (so structure just outside it stays visible)."""
+    if not window:
+        return CT_DISPLAY
+    from .metrics import WINDOWS
+
+    level, width = WINDOWS[window]
+    return (level - width, level + width)
+
+
 def write_report(
     out: Path,
     rows: list[dict[str, Any]],
     summary: dict[str, Any],
     metric_names: list[str],
-    views: dict[str, dict[str, Any]],
+    case_figures: dict[str, Path],
 ) -> dict[str, Path]:
-    """Write figures to ``out/figures`` and ``out/report.html`` with the figures embedded."""
-    figures: dict[str, Path] = {}
-    ct_range = CT_DISPLAY
-    if summary.get("window"):  # windowed (low-dose) metrics: show the images in that window
-        from .metrics import WINDOWS
+    """Write the metrics figure and ``out/report.html`` with every figure embedded.
 
-        level, width = WINDOWS[summary["window"]]
-        ct_range = (level - width, level + width)  # twice the scoring window, so structure outside it stays visible
-    for case, v in views.items():
-        figures[case] = case_figure(
-            out / "figures" / f"{case}.png", case, v["pred"], v["ref"], v["mask"], v.get("input"), ct_range
-        )
+    ``case_figures``: each case's figure, drawn with :func:`case_figure` when the case was scored, so that no volume
+    has to be kept until the report is written.
+    """
+    figures: dict[str, Path] = dict(case_figures)
     if any(r["status"] == "done" for r in rows):
         figures["_metrics"] = metrics_figure(out / "figures" / "metrics.png", rows, metric_names)
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from medtranslate.io import Volume
-from medtranslate.report import write_report
+from medtranslate.report import case_figure, write_report
 
 from .conftest import ct_like
 
@@ -36,9 +36,8 @@ def test_report_is_self_contained_and_escapes_what_it_shows(tmp_path):
         "model": "pix2pix",
         "baseline": {"kind": "intensity_map", "metrics": {"mae": {"mean": 80.0}}},
     }
-    figures = write_report(
-        tmp_path, _rows(), summary, ["mae", "psnr"], {"a": {"pred": pred, "ref": ref, "mask": mask, "input": None}}
-    )
+    drawn = case_figure(tmp_path / "figures" / "a.png", "a", pred, ref, mask)
+    figures = write_report(tmp_path, _rows(), summary, ["mae", "psnr"], {"a": drawn})
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert set(figures) == {"a", "_metrics"} and all(p.is_file() for p in figures.values())
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
