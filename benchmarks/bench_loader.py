@@ -1,0 +1,54 @@
+"""Training-batch throughput of the data loader with 0, 1 and 2 worker processes, and that they give the same batches.
+
+The training cases of a pipeline (default ``pipelines/mr2ct_pix2pix.yaml``: the sample data, 2.5D input, rotation and
+scaling) are prepared once as training does; then one epoch's worth of batches in a fixed order is drawn through
+``torch.utils.data.DataLoader`` (as ``train.workers`` does) and timed, workers measured in this run, on this machine.
+Batches are compared with the main process's: every item's random draws come from (seed, epoch, index).
+Run: python benchmarks/bench_loader.py [PIPELINE] [--batches 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from medtranslate.config import load_config
+from medtranslate.precision import describe_machine
+from medtranslate.slices import SliceDataset, discover_pairs, load_split, prepare_case
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", nargs="?", default="pipelines/mr2ct_pix2pix.yaml")
+    parser.add_argument("--batches", type=int, default=100)
+    args = parser.parse_args()
+    print(describe_machine(torch.device("cpu")))
+    cfg = load_config(args.pipeline)
+    pairs = discover_pairs(cfg)
+    split = load_split(cfg, sorted(pairs))
+    cases = [prepare_case(pairs[cid], cfg)[0] for cid in split["train"]]
+    dataset = SliceDataset(cases, cfg, cfg.train.seed, paired=cfg.model.kind == "pix2pix")
+    bs = cfg.train.batch_size
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    order = (order * (1 + args.batches * bs // len(order)))[: args.batches * bs]
+    print(f"{args.pipeline}: {len(cases)} training cases, {len(dataset)} slices, {args.batches} batches of {bs}")
+    reference = None
+    for workers in (0, 1, 2):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=order, num_workers=workers)
+        t0 = time.perf_counter()
+        batches = list(loader)
+        seconds = time.perf_counter() - t0
+        same = reference is None or all(
+            torch.equal(a[k], b[k]) for a, b in zip(reference, batches) for k in ("source", "target")
+        )
+        reference = reference or batches
+        print(
+            f"workers {workers}: {seconds:6.2f} s, {args.batches * bs / seconds:7.1f} items/s "
+            f"({seconds / args.batches * 1000:6.1f} ms per batch, start-up included); same batches: {same}"
+        )
+
+
+if __name__ == "__main__":
+    main()
