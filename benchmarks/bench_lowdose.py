@@ -19,7 +19,6 @@ Run: python benchmarks/bench_lowdose.py [--slices 8] [--figure runs/bench_lowdos
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from medtranslate.lowdose import (
 )
 from medtranslate.phantom import make_subject
 from medtranslate.precision import describe_machine
+from timing import best_time
 
 
 def previous_simulator(hu: np.ndarray, pixel_mm: float, dose: float, rng: np.random.Generator):
@@ -77,28 +77,19 @@ def head_slices(n: int, size: int | None) -> tuple[np.ndarray, float, str]:
     return slab, pixel, what
 
 
-def timed(fn, repeats: int = 1):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def operators(slices: np.ndarray) -> None:
     from skimage.transform import iradon, radon
 
     n, size = slices.shape[0], slices.shape[1]
     mu = np.clip(MU_WATER_PER_MM * (1.0 + slices / 1000.0), 0.0, None).astype(np.float64)
     theta = np.linspace(0.0, 180.0, 2 * size, endpoint=False)
-    t_radon, ref = timed(lambda: radon(mu[0], theta=theta, circle=False))
-    t_iradon, _ = timed(lambda: iradon(ref, theta=theta, filter_name="ramp", circle=False, output_size=size))
+    t_radon, ref = best_time(lambda: radon(mu[0], theta=theta, circle=False))
+    t_iradon, _ = best_time(lambda: iradon(ref, theta=theta, filter_name="ramp", circle=False, output_size=size))
     projector = Projector(size, ParallelBeam(2 * size, ref.shape[0]), batch=n)
     x = torch.from_numpy(mu)
     projector.forward(x[:1])  # warm-up (plans, threads)
-    t_fwd, sino = timed(lambda: projector.forward(x), 2)
-    t_fbp, _ = timed(lambda: projector.fbp(sino), 2)
+    t_fwd, sino = best_time(lambda: projector.forward(x), 2)
+    t_fbp, _ = best_time(lambda: projector.fbp(sino), 2)
     agree = np.linalg.norm(sino[0].numpy() - ref.T) / np.linalg.norm(ref)
     print(f"\n1. operators, {size}^2, {2 * size} views over 180 deg, {ref.shape[0]} detectors (per slice)")
     print(f"   scikit-image radon {t_radon:.3f} s + iradon {t_iradon:.3f} s = {t_radon + t_iradon:.3f} s")
@@ -108,8 +99,8 @@ def operators(slices: np.ndarray) -> None:
     if torch.cuda.is_available():
         gpu = Projector(size, ParallelBeam(2 * size, ref.shape[0]), device="cuda")
         gpu.forward(x[:1])
-        t_g, s_g = timed(lambda: gpu.forward(x), 2)
-        t_gb, _ = timed(lambda: gpu.fbp(s_g), 2)
+        t_g, s_g = best_time(lambda: gpu.forward(x), 2)
+        t_gb, _ = best_time(lambda: gpu.fbp(s_g), 2)
         print(f"   CUDA (torchkbnufft) forward {t_g / n:.3f} s + FBP {t_gb / n:.3f} s per slice")
 
 
@@ -119,11 +110,11 @@ def as_volume(slices: np.ndarray, pixel_mm: float) -> Volume:
 
 def simulators(slices: np.ndarray, pixel_mm: float) -> None:
     n, size = slices.shape[0], slices.shape[1]
-    t_old, _ = timed(lambda: previous_simulator(slices[0].astype(np.float64), pixel_mm, 0.25, rng()))
+    t_old, _ = best_time(lambda: previous_simulator(slices[0].astype(np.float64), pixel_mm, 0.25, rng()))
     print(f"\n2. whole simulator per {size}^2 slice (25 % dose; ours on {n} slices)")
     print(f"   previous (scikit-image, parallel, {2 * size} views): {t_old:.2f} s")
     for geometry in ("fan", "parallel"):
-        t, _ = timed(lambda: simulate_lowdose(as_volume(slices, pixel_mm), 0.25, geometry=geometry))
+        t, _ = best_time(lambda: simulate_lowdose(as_volume(slices, pixel_mm), 0.25, geometry=geometry))
         print(f"   simulate_lowdose {geometry:8s}: {t / n:.3f} s  ({t_old / (t / n):.1f}x)")
 
 

@@ -18,6 +18,7 @@ from skimage.metrics import structural_similarity
 from medtranslate.metrics import synthrad_metrics
 from medtranslate.phantom import make_subject
 from medtranslate.precision import describe_machine
+from timing import median_time
 
 
 def skimage_ssim_2023(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
@@ -27,15 +28,6 @@ def skimage_ssim_2023(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> fl
     _, smap = structural_similarity(x, y, data_range=4024, win_size=7, use_sample_covariance=True, full=True)
     c = (slice(3, -3),) * 3
     return float(smap[c][mask[c]].mean())
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -59,9 +51,9 @@ def main() -> None:
     # alternate the two, so that a change in the machine's speed during the run (shared hosts) hits both alike
     base_times, our_times = [], []
     for _ in range(args.repeats):
-        t, base = timed(lambda: skimage_ssim_2023(pred, ref, mask), 1)
+        t, base = median_time(lambda: skimage_ssim_2023(pred, ref, mask), 1)
         base_times.append(t)
-        t, ours = timed(lambda: synthrad_metrics(pred, ref, mask), 1)
+        t, ours = median_time(lambda: synthrad_metrics(pred, ref, mask), 1)
         our_times.append(t)
     t_base, t_ours = min(base_times), min(our_times)
     print(f"scikit-image SSIM alone:            {t_base:.3f} s  (ssim {base:.6f})")

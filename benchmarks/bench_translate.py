@@ -13,7 +13,6 @@ Run: python benchmarks/bench_translate.py CHECKPOINT [--repeats 3] [--compile]
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from medtranslate.phantom import make_subject
 from medtranslate.precision import describe_machine
 from medtranslate.transforms import IntensityParams, Preprocessor, intensity_for
 from medtranslate.translate import translate_volume
+from timing import median_time
 
 VARIANTS = {
     "float32 eager": dict(amp_dtype=None, channels_last=False),
@@ -34,15 +34,6 @@ VARIANTS = {
     "bf16 autocast": dict(amp_dtype=torch.bfloat16, channels_last=False),
     "bf16 + channels-last": dict(amp_dtype=torch.bfloat16, channels_last=True),
 }
-
-
-def median_time(fn, repeats: int):
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def network_only(

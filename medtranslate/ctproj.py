@@ -168,7 +168,8 @@ class Projector:
         g = geometry
         # zero-pad the detector to 2x (at least 2 D - 1 avoids wrap-around in the ramp filter; Kak & Slaney 3.3)
         self.m = 2 * g.detectors
-        self.offset = g.detectors // 2  # detector index of t = 0
+        # FFT index of each detector: t = 0 (detector D // 2) at index 0, negative t wrapped to the end
+        self.fft_index = (torch.arange(g.detectors) - g.detectors // 2) % self.m
         freq = np.fft.fftfreq(self.m, d=g.detector_px)  # cycles per pixel
         ang = g.angles
         kx = freq[None, :] * np.cos(ang)[:, None]
@@ -197,10 +198,9 @@ class Projector:
 
     def _pad(self, sino: torch.Tensor) -> torch.Tensor:
         """(B, V, D) -> (B, V, M) with detector t at FFT index t mod M."""
-        b, v, d = sino.shape
+        b, v, _ = sino.shape
         out = torch.zeros(b, v, self.m, dtype=sino.dtype, device=sino.device)
-        idx = (torch.arange(d, device=sino.device) - self.offset) % self.m
-        out[..., idx] = sino
+        out[..., self.fft_index.to(sino.device)] = sino
         return out
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -210,8 +210,7 @@ class Projector:
             coeffs = self.nufft.forward(chunk).reshape(len(chunk), g.views, self.m).cpu()
             coeffs = coeffs * self.keep
             full = torch.fft.ifft(coeffs.to(torch.complex128), dim=-1).real / g.detector_px
-            idx = (torch.arange(g.detectors) - self.offset) % self.m
-            out.append(full[..., idx])
+            out.append(full[..., self.fft_index])
         return torch.cat(out)
 
     def fbp(self, sino: torch.Tensor) -> torch.Tensor:

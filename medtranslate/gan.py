@@ -195,7 +195,7 @@ class TranslationModel:
         precision = cfg.train.precision
         self.amp_dtype = AMP_DTYPES.get(precision)
         if precision == "fp16" and device.type != "cuda":
-            raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 on the CPU")
+            raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or auto on the CPU")
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     @property

@@ -58,8 +58,6 @@ RESUMABLE_CHANGES = (
 
 def _ignore_sigint(_worker_id: int) -> None:
     """Data-loader workers leave Ctrl-C to the training process, which finishes its step and saves last.pt."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -406,9 +404,7 @@ class Trainer:
             return PrecisionChoice("fp32", "no network to speed up")
         if ckpt is not None and ckpt.get("precision") and t.precision == "auto":
             return PrecisionChoice(str(ckpt["precision"]), "as the run being resumed")
-        if t.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or auto on the CPU")
-        if t.precision != "auto":
+        if t.precision != "auto":  # as set (fp16 off CUDA is refused by the model it is built for)
             return choose_precision(t.precision, self.device)
         with torch.random.fork_rng(devices=[]):  # the probe's network must not move the run's random streams
             net = build_generator(self.cfg, in_channels)

@@ -125,7 +125,7 @@ def translate_folder(
         The manifest rows.
     """
     from .batch import prepare_output_folder, run_cases
-    from .distributed import from_rank0, merge_shards, shard_manifest, shard_of
+    from .distributed import from_rank0, is_distributed, merge_shards, shard_manifest, shard_of
     from .evaluate import select_cases
     from .io import read_case, write_dicom_series, write_nifti
 
@@ -143,13 +143,15 @@ def translate_folder(
     prepare_output_folder(inp, out)
     net = build_inference_net(ckpt, dev, source=str(model))
     digest = sha256(model)
-    if ckpt["kind"] in ("pix2pix", "cyclegan"):
-        channels = 2 * int(spec.context) + 1
-        probe = probe_network(net, (batch_size, channels, 256, 256), dev, backward=False, repeats=2)
-        chosen = choose_precision(precision, dev, probe)
-    else:
-        chosen = PrecisionChoice("fp32", "no network to speed up")
-    chosen = from_rank0(chosen)  # under torchrun every rank computes as rank 0 measured: the same outputs everywhere
+    chosen = None
+    if index == 0 or not is_distributed():  # under torchrun rank 0 alone measures, and every rank computes alike
+        if ckpt["kind"] in ("pix2pix", "cyclegan"):
+            channels = 2 * int(spec.context) + 1
+            probe = probe_network(net, (batch_size, channels, 256, 256), dev, backward=False, repeats=2)
+            chosen = choose_precision(precision, dev, probe)
+        else:
+            chosen = PrecisionChoice("fp32", "no network to speed up")
+    chosen = from_rank0(chosen)
     logger.info("precision %s (%s); %s", chosen.precision, chosen.reason, describe_machine(dev))
     cases = sorted(select_cases(inp, task.input_roles, "input").values(), key=lambda c: c.case_id)[index::count]
     suffix = task.output_suffix

@@ -199,6 +199,7 @@ def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
             r"unknown model.kind 'pix2pixx'; expected one of: pix2pix, cyclegan, intensity_map",
         ),
         ({"train.precision": "fp8"}, r"train.precision"),
+        ({"train.precision": "fp16", "train.device": "cpu"}, r"fp16 needs a CUDA device; use bf16 or auto on the CPU"),
         ({"data.context": 9}, r"data.context 9 needs 19 slices but the volume has 16"),
         (
             {"model.residual": True},
