@@ -1,7 +1,8 @@
 """Training-batch throughput of the data loader with 0, 1 and 2 worker processes, and that they give the same batches.
 
 The training cases of a pipeline (default ``pipelines/mr2ct_pix2pix.yaml``: the sample data, 2.5D input, rotation and
-scaling) are prepared once as training does; then one epoch's worth of batches in a fixed order is drawn through
+scaling) are prepared once into a slice cache in a temporary folder, as training does (items read their slices from
+disk); then one epoch's worth of batches in a fixed order is drawn through
 ``torch.utils.data.DataLoader`` (as ``train.workers`` does) and timed, workers measured in this run, on this machine.
 Batches are compared with the main process's: every item's random draws come from (seed, epoch, index).
 Run: python benchmarks/bench_loader.py [PIPELINE] [--batches 100]
@@ -10,13 +11,16 @@ Run: python benchmarks/bench_loader.py [PIPELINE] [--batches 100]
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from medtranslate.config import load_config
 from medtranslate.precision import describe_machine
-from medtranslate.slices import SliceDataset, discover_pairs, load_split, prepare_case
+from medtranslate.slices import SliceDataset, cached_case, discover_pairs, load_split
 
 
 def main() -> None:
@@ -28,7 +32,8 @@ def main() -> None:
     cfg = load_config(args.pipeline)
     pairs = discover_pairs(cfg)
     split = load_split(cfg, sorted(pairs))
-    cases = [prepare_case(pairs[cid], cfg)[0] for cid in split["train"]]
+    cache = Path(tempfile.mkdtemp(prefix="bench-loader-"))
+    cases = [cached_case(pairs[cid], cfg, cache) for cid in split["train"]]
     dataset = SliceDataset(cases, cfg, cfg.train.seed, paired=cfg.model.kind == "pix2pix")
     bs = cfg.train.batch_size
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
@@ -48,6 +53,7 @@ def main() -> None:
             f"workers {workers}: {seconds:6.2f} s, {args.batches * bs / seconds:7.1f} items/s "
             f"({seconds / args.batches * 1000:6.1f} ms per batch, start-up included); same batches: {same}"
         )
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 if __name__ == "__main__":

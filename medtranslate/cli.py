@@ -60,6 +60,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import distributed
     from .evaluate import evaluate_folder, format_summary
 
     result = evaluate_folder(
@@ -74,19 +75,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         resample_to_ref=args.resample_to_ref,
         progress=not args.no_progress,
     )
-    print(format_summary(result))
-    print(f"report: {result.out / 'report.html'}")
+    if distributed.world()[0] == 0:  # under torchrun rank 0 speaks for all: every rank has every case's row
+        print(format_summary(result))
+        print(f"report: {result.out / 'report.html'}")
     if result.summary["n_done"] == 0:
         return 2
     return 1 if result.failed else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
     from .config import load_config
     from .train import train
 
     cfg = load_config(args.config, args.set)
     val = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if distributed.world()[0] != 0:  # under torchrun rank 0 validates and reports
+        return 0
     summary = ", ".join(f"{k} {v:.4g}" for k, v in val.items())
     print(f"trained {cfg.model.kind} into {args.out}" + (f"; validation: {summary}" if summary else ""))
     print(f"checkpoints: {Path(args.out) / 'checkpoints' / 'best.pt'} (lowest validation MAE), last.pt")

@@ -72,12 +72,16 @@ class DataConfig:
     augment: bool = True  # random flips and small affine, identical for both images of a pair
     rotate_deg: float | None = None  # default per task (tasks.py)
     scale: float | None = None  # default per task (tasks.py)
+    # the on-disk slice cache (cache.py): each training case preprocessed once, keyed by its files and settings, so
+    # runs that share this folder share their cases; default: <run>/cache
+    cache: str | None = None
 
     def __post_init__(self) -> None:
         if not self.root:
             raise ConfigError("data.root is required: the folder with the training cases")
         require_text("data.root", self.root)
         require_text("data.split", self.split, allow_none=True)
+        require_text("data.cache", self.cache, allow_none=True)
         require_number("data.val_fraction", self.val_fraction, above=0, below=1)
         require_int("data.context", self.context, 0, 16)
         require_int("data.patch_size", self.patch_size, 16, 4096)
@@ -201,6 +205,8 @@ class TrainConfig:
     workers: int = 0
     # decay of an exponential moving average of the generator's weights (0: off), see gan.WeightAverage
     ema: float = 0.0
+    # under torchrun: batch-norm statistics over the whole batch of all processes (PyTorch's SyncBatchNorm, CUDA only)
+    sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs is None and self.max_minutes is None:
@@ -222,6 +228,7 @@ class TrainConfig:
         if self.precision_used is not None:
             require_choice("train.precision_used", self.precision_used, ("fp32", "bf16", "fp16"))
         require_bool("train.channels_last", self.channels_last)
+        require_bool("train.sync_batchnorm", self.sync_batchnorm)
         if self.max_minutes is not None:
             require_number("train.max_minutes", self.max_minutes, above=0)
         if self.num_threads is not None:

@@ -3,21 +3,40 @@
 ``torchrun --nproc-per-node N -m medtranslate translate ...`` starts N processes with ``RANK`` and ``WORLD_SIZE`` in
 their environment (PyTorch's own launcher, which users already run under SLURM or Kubernetes). Each rank takes the
 cases of the ``--shard RANK/WORLD_SIZE`` rule; the ranks agree on what must be the same everywhere (rank 0 decides
-and tells the others, e.g. the precision), and rank 0 merges the per-rank manifests when all are done. The process
-group uses gloo: only small objects travel, so the CPU backend serves GPU runs too.
+and tells the others, e.g. the precision), and rank 0 merges the per-rank manifests when all are done. Training
+averages gradients over the ranks with PyTorch's DistributedDataParallel: gradients of CUDA tensors go through NCCL,
+of CPU tensors through gloo (the process group is "cpu:gloo,cuda:nccl" when CUDA is used, plain gloo otherwise); the
+small agreements (precision, plan, losses, a stop request) are CPU tensors and objects and go through gloo.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from .errors import InputError
 
-__all__ = ["world", "is_distributed", "setup", "barrier", "from_rank0", "shard_of", "shard_manifest", "merge_shards"]
+__all__ = [
+    "world",
+    "is_distributed",
+    "setup",
+    "barrier",
+    "from_rank0",
+    "mean_and_any",
+    "all_gather",
+    "shard_of",
+    "shard_manifest",
+    "merge_shards",
+]
+
+# Ranks wait for each other while rank 0 validates and saves checkpoints, which can take long on a big validation set;
+# a crashed rank is noticed by torchrun (it stops the others), not by this timeout.
+TIMEOUT = timedelta(hours=4)
 
 
 def world() -> tuple[int, int]:
@@ -32,10 +51,13 @@ def is_distributed() -> bool:
     return world()[1] > 1
 
 
-def setup() -> None:
-    """Join the process group of torchrun's processes (once; nothing to do for a single process)."""
+def setup(cuda: bool = False) -> None:
+    """Join the process group of torchrun's processes (once; nothing to do for a single process).
+
+    ``cuda``: the ranks exchange CUDA tensors too (training on GPUs), so NCCL carries those.
+    """
     if is_distributed() and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=TIMEOUT)
 
 
 def barrier() -> None:
@@ -52,6 +74,27 @@ def from_rank0(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def mean_and_any(values: dict[str, float], flag: bool) -> tuple[dict[str, float], bool]:
+    """The mean of each value over the ranks, and whether any rank raised ``flag`` (one small all-reduce)."""
+    if not is_distributed():
+        return values, flag
+    setup()
+    t = torch.tensor([*values.values(), float(flag)], dtype=torch.float64)
+    dist.all_reduce(t)
+    n = world()[1]
+    return dict(zip(values, (t[:-1] / n).tolist())), bool(t[-1] > 0)
+
+
+def all_gather(value: Any) -> list[Any]:
+    """Every rank's value (picklable), in rank order, on every rank; ``[value]`` for a single process."""
+    if not is_distributed():
+        return [value]
+    setup()
+    box: list[Any] = [None] * world()[1]
+    dist.all_gather_object(box, value)
+    return box
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import distributed
 from .atomic import atomic_write_text
 from .errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
 from .cases import Case, find_cases
@@ -192,7 +193,8 @@ def evaluate_folder(
     case_figures: dict[str, Path] = {}  # drawn as each case is scored: volumes are not kept for the report
     ct_range = display_range(window if spec.metrics == "ldct" else None)
     ids = sorted(set(preds) | set(refs))
-    for cid in tqdm(ids, desc="evaluate", unit="case", disable=not progress):
+    rank, ranks = distributed.shard_of(None)  # under torchrun each rank scores every N-th case (the --shard rule)
+    for cid in tqdm(ids[rank::ranks], desc="evaluate", unit="case", disable=not progress or rank != 0):
         row: dict[str, Any] = {
             "case": cid,
             "pred": str(preds[cid].label) if cid in preds else "",
@@ -261,6 +263,10 @@ def evaluate_folder(
         if figures and row["status"] == "done":
             case_figures[cid] = case_figure(out / "figures" / f"{cid}.png", cid, p, r, m, inp, ct_range)
 
+    if ranks > 1:  # every rank gets every rank's rows (and figures); rank 0 alone writes the tables and the report
+        gathered = distributed.all_gather((rows, case_figures))
+        rows = sorted((r for part, _ in gathered for r in part), key=lambda r: r["case"])
+        case_figures = {cid: path for _, part in gathered for cid, path in part.items()}
     metric_names = _metric_columns(rows)
     summary = summarise(rows, metric_names)
     summary.update(
@@ -274,10 +280,12 @@ def evaluate_folder(
         definitions=_definitions(task, edition, window),
         **(extra_summary or {}),
     )
-    _write_csv(out / "metrics.csv", rows, metric_names)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     result = EvaluationResult(rows=rows, summary=summary, out=out)
-    result.figures = write_report(out, rows, summary, metric_names, case_figures)
+    if rank == 0:
+        _write_csv(out / "metrics.csv", rows, metric_names)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+        result.figures = write_report(out, rows, summary, metric_names, case_figures)
+    distributed.barrier()  # the others return when the report is written
     return result
 
 

@@ -190,6 +190,7 @@ class TranslationModel:
         self.cfg, self.device, self.rng = cfg, device, generator
         self.in_channels = in_channels
         self.nets: dict[str, nn.Module] = {}
+        self.parallel: dict[str, nn.Module] = {}  # DistributedDataParallel wrappers under torchrun (distribute)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.gan = GANLoss(cfg.model.gan_loss)
         precision = cfg.train.precision
@@ -226,6 +227,32 @@ class TranslationModel:
                 params, lr=self.base_lr[group], betas=(t.beta1, t.beta2), fused=True
             )
         self.average = WeightAverage(self.nets["G"], t.ema) if t.ema > 0 else None
+
+    def distribute(self, sync_batchnorm: bool = False) -> None:
+        """Under torchrun: wrap every network in DistributedDataParallel, so each backward averages its gradients
+        over the ranks (each rank holds its share of the batch; the result is one step on the whole batch).
+
+        The update steps call a wrapper where its network's gradients are computed and the bare network where they
+        are not (a discriminator judging the generator's output), so every wrapped forward is followed by its
+        backward. ``sync_batchnorm``: batch-norm statistics over all ranks' images (PyTorch's SyncBatchNorm, which
+        runs on CUDA only); without it each rank normalises by its own share of the batch.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        if sync_batchnorm:
+            if self.device.type != "cuda":
+                raise ConfigError(
+                    "train.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); turn it off, or "
+                    "use model.norm: instance, which has no batch statistics"
+                )
+            # the converted layers keep the same parameters, so the optimisers need not change
+            self.nets = {k: nn.SyncBatchNorm.convert_sync_batchnorm(v) for k, v in self.nets.items()}
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.parallel = {k: DistributedDataParallel(v, device_ids=ids) for k, v in self.nets.items()}
+
+    def _trained(self, name: str) -> nn.Module:
+        """The network as called where its own gradients are computed: its DDP wrapper under torchrun."""
+        return self.parallel.get(name, self.nets[name])
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
         opt = self.optimizers[name]
@@ -294,14 +321,14 @@ class Pix2Pix(TranslationModel):
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
-        G, D = self.nets["G"], self.nets["D"]
+        G, D = self._trained("G"), self.nets["D"]
         with self.autocast():
             fake_b = G(real_a)
         # discriminator: real pairs vs generated pairs, conditioned on the input
         self._requires_grad("D", True)
         real_ab, fake_ab = torch.cat([real_a, real_b], 1), torch.cat([real_a, fake_b.detach()], 1)
         for _ in range(self.cfg.train.d_steps):
-            loss_d = self._d_update(D, real_ab, fake_ab)
+            loss_d = self._d_update(self._trained("D"), real_ab, fake_ab)
             self._step("D", loss_d)
         # generator: fool D and stay close to the target in L1
         self._requires_grad("D", False)
@@ -330,7 +357,7 @@ class CycleGAN(TranslationModel):
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         m = self.cfg.model
         real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
-        G, Finv, D_b, D_a = self.nets["G"], self.nets["G_inv"], self.nets["D"], self.nets["D_src"]
+        G, Finv, D_b, D_a = self._trained("G"), self._trained("G_inv"), self.nets["D"], self.nets["D_src"]
         self._requires_grad("D", False)
         with self.autocast():
             fake_b, fake_a = G(real_a), Finv(real_b)
@@ -356,7 +383,9 @@ class CycleGAN(TranslationModel):
         self._requires_grad("D", True)
         pooled_b, pooled_a = self.pools["target"].query(fake_b), self.pools["source"].query(fake_a)
         for _ in range(self.cfg.train.d_steps):
-            loss_d = self._d_update(D_b, real_b, pooled_b, 0.5) + self._d_update(D_a, real_a, pooled_a, 0.5)
+            loss_d = self._d_update(self._trained("D"), real_b, pooled_b, 0.5) + self._d_update(
+                self._trained("D_src"), real_a, pooled_a, 0.5
+            )
             self._step("D", loss_d)
         losses = dict(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
         if structured:

@@ -1,8 +1,9 @@
 """3D volumes -> 2D (or 2.5D) slice datasets for training, paired (pix2pix) and unpaired (CycleGAN).
 
-Volumes are read and preprocessed once per run (:func:`prepare_case`) and kept in memory as RAS tensors in
-[-1, 1]; slices are cut along the axial axis (spatial dim 2 after RAS orientation). 2.5D input stacks the k slices
-on each side as channels (replicated at the ends) and predicts the centre slice. Slices with less body than
+Volumes are read and preprocessed once (:func:`prepare_case`: RAS grid, [-1, 1]) into the on-disk slice cache
+(:func:`cached_case`, cache.py), and training items read their slices from there, so memory does not grow with the
+number of cases; slices are cut along the axial axis (spatial dim 2 after RAS orientation). 2.5D input stacks the k
+slices on each side as channels (replicated at the ends) and predicts the centre slice. Slices with less body than
 ``min_body_fraction`` are skipped. Training patches are random crops (padded with the background value when a
 slice is smaller); augmentation (flip, small rotation and scaling) draws once per pair and moves both images alike.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cache import CachedCase, cache_key, open_cached, write_cached
 from .checks import show
 from .config import RunConfig
 from .describe import check_modality
@@ -44,7 +46,9 @@ __all__ = [
     "discover_pairs",
     "prepare_case",
     "SliceDataset",
-    "context_slices",
+    "context_indices",
+    "cached_case",
+    "load_pair",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,8 +135,8 @@ def discover_pairs(cfg: RunConfig) -> dict[str, Pair]:
     return {p.case_id: p for p in pairs}
 
 
-def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volume, np.ndarray]:
-    """Read, check and preprocess one pair: the prepared tensors, the original volumes, the body mask on their grid.
+def load_pair(pair: Pair, cfg: RunConfig) -> tuple[Volume, Volume, np.ndarray]:
+    """Read and check one pair: source and target volumes and the body mask on their grid (the mask file's or the CT's).
 
     Raises:
         InputError, GeometryMismatchError: a file that cannot be read, is not the modality its role says, or whose
@@ -169,6 +173,13 @@ def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volu
                 f"{pair.target.label}: no body found in the CT of case '{pair.case_id}' (nothing above -500 HU); "
                 "check the file"
             )
+    return src, tgt, mask
+
+
+def prepare_case(pair: Pair, cfg: RunConfig) -> PreparedCase:
+    """Read, check and preprocess one pair (see :func:`load_pair`) into tensors on the RAS grid in [-1, 1]."""
+    task = get_task(cfg.model.task)
+    src, tgt, mask = load_pair(pair, cfg)
     src_int = intensity_for(task.source_kind, src.array, src.affine, source=pair.source.label)
     pre = Preprocessor(spacing=cfg.data.spacing)
     a = pre(src, src_int, mask)
@@ -187,13 +198,21 @@ def prepare_case(pair: Pair, cfg: RunConfig) -> tuple[PreparedCase, Volume, Volu
         pair,
         src_int,
     )
-    return prepared, src, tgt, mask
+    return prepared
 
 
-def context_slices(volume: torch.Tensor, z: int | torch.Tensor, context: int) -> torch.Tensor:
-    """Slices z-k..z+k of a (1, X, Y, Z) volume as channels (C, X, Y), replicated beyond the ends."""
-    zs = torch.clamp(torch.arange(-context, context + 1) + int(z), 0, volume.shape[-1] - 1)
-    return volume[0, :, :, zs].permute(2, 0, 1)
+def cached_case(pair: Pair, cfg: RunConfig, cache_dir: str | Path) -> CachedCase:
+    """The pair in the slice cache (see cache.py): read from ``cache_dir`` when there, else prepared and written."""
+    folder = Path(cache_dir) / cache_key(pair, cfg)
+    found = open_cached(folder)
+    if found is not None:
+        return found
+    return write_cached(prepare_case(pair, cfg), folder)
+
+
+def context_indices(z: int, context: int, depth: int) -> list[int]:
+    """Slices z-k..z+k of a volume of ``depth`` axial slices, replicated beyond the ends (2.5D input channels)."""
+    return [min(max(z + d, 0), depth - 1) for d in range(-context, context + 1)]
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -205,13 +224,13 @@ class SliceDataset(torch.utils.data.Dataset):
     ``set_epoch`` tells the dataset which epoch it serves.
     """
 
-    def __init__(self, cases: list[PreparedCase], cfg: RunConfig, seed: int, paired: bool = True):
+    def __init__(self, cases: list[CachedCase], cfg: RunConfig, seed: int, paired: bool = True):
         self.cases, self.cfg, self.seed, self.paired = cases, cfg, int(seed), paired
         self.epoch = 0
         self.index: list[tuple[int, int]] = []
         for ci, case in enumerate(cases):
-            fraction = case.mask[0].float().mean(dim=(0, 1))
-            self.index += [(ci, int(z)) for z in torch.nonzero(fraction >= cfg.data.min_body_fraction).flatten()]
+            body = np.flatnonzero(case.body_fraction >= cfg.data.min_body_fraction)
+            self.index += [(ci, int(z)) for z in body]
         if not self.index:
             raise InputError(
                 f"no training slice has at least {cfg.data.min_body_fraction:.0%} body; lower data.min_body_fraction "
@@ -238,15 +257,15 @@ class SliceDataset(torch.utils.data.Dataset):
         rng = self.item_generator(i)
         ci, z = self.index[i]
         case = self.cases[ci]
-        source = context_slices(case.source, z, self.cfg.data.context)
+        source = case.slices("source", context_indices(z, self.cfg.data.context, case.shape[0]))
         if self.paired:
-            target = case.target[0, :, :, z][None]
+            target = case.slices("target", [z])
             return dict(zip(("source", "target"), self._augment([source, target], rng)))
         while True:  # a target slice from another case
             tj, tz = self.index[int(torch.rand(1, generator=rng).item() * len(self.index)) % len(self.index)]
             if tj != ci:
                 break
-        target = self.cases[tj].target[0, :, :, tz][None]
+        target = self.cases[tj].slices("target", [tz])
         return {"source": self._augment([source], rng)[0], "target": self._augment([target], rng)[0]}
 
     def _augment(self, images: list[torch.Tensor], rng: torch.Generator) -> list[torch.Tensor]:

@@ -5,6 +5,12 @@ batches, augmentations and dropout masks as one that never stopped. Ctrl-C does 
 one lets the current step finish, then ``last.pt`` is saved with the position in the epoch and the random states,
 so ``--resume`` continues exactly as if nothing had happened; a second Ctrl-C stops at once and keeps the
 ``last.pt`` of the last epoch end.
+
+Training cases are read once into the on-disk slice cache (cache.py) and items read their slices from there; the
+validation cases are read one at a time when validated. Under ``torchrun`` every process trains on its share of each
+batch and DistributedDataParallel averages the gradients, so N processes take the steps one process would take on the
+whole batch; rank 0 alone validates and writes checkpoints, history and TensorBoard, and every agreement that must
+hold across ranks (precision, the epoch plan, a stop request) is rank 0's or all ranks'.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import io as _io
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -26,6 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from . import distributed
 from .atomic import atomic_write_text, output_error
 from .baselines import ClassicalDenoiser, IntensityMap
 from .checkpoint import CHECKPOINT_FORMAT, TranslatorSpec, load_checkpoint, save_checkpoint
@@ -36,7 +44,8 @@ from .gan import TranslationModel, build_generator, build_model
 from .metrics import ldct_metrics, synthrad_metrics
 from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
 from .schedule import Schedule
-from .slices import PreparedCase, SliceDataset, discover_pairs, load_split, prepare_case
+from .cache import CachedCase
+from .slices import SliceDataset, cached_case, discover_pairs, load_pair, load_split
 from .tasks import get_task
 from .transforms import axial_axis, ct_intensity
 from .translate import translate_volume
@@ -53,6 +62,7 @@ RESUMABLE_CHANGES = (
     "train.max_minutes",
     "train.precision_used",
     "train.workers",
+    "data.cache",
 )
 
 
@@ -66,7 +76,8 @@ class Trainer:
 
     Args:
         cfg: the experiment.
-        run_dir: output folder: config.yaml, split.json, checkpoints/, history.csv, tensorboard/.
+        run_dir: output folder: config.yaml, split.json, checkpoints/, history.csv, tensorboard/, and cache/ (the
+            slice cache, unless data.cache names another folder).
         resume: continue from ``run_dir/checkpoints/last.pt``.
         progress: show a tqdm bar.
     """
@@ -88,29 +99,40 @@ class Trainer:
         if ckpt is not None:
             self._check_same_run(ckpt, last)
         t = cfg.train
+        self.rank, self.world = distributed.world()
+        if self.world > 1:
+            self._check_distributable()
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = resolve_device(t.device)
+        if self.world > 1 and self.device.type == "cuda":  # one GPU per process, as torchrun numbers them
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        distributed.setup(cuda=self.device.type == "cuda")
         self.gen = torch.Generator().manual_seed(t.seed)
         torch.manual_seed(t.seed)
 
-        # data: read and preprocess every volume once
+        # data: every training case read and preprocessed once into the slice cache (each rank makes its share)
         pairs = discover_pairs(cfg)
         self.split = load_split(cfg, sorted(pairs))
         if not self.split["train"]:
             raise InputError(f"{cfg.data.root}: no training cases in the split; add cases or fix data.split")
-        self.train_cases: list[PreparedCase] = []
-        for cid in self.split["train"]:
-            self.train_cases.append(prepare_case(pairs[cid], cfg)[0])
-        self.val_cases = []
-        for cid in self.split["val"]:
-            _, src, tgt, mask = prepare_case(pairs[cid], cfg)  # the mask file (or CT body mask) on the original grid
-            self.val_cases.append((cid, src, tgt, mask))
+        # validation cases are read when validated, one at a time; checked now so a bad file stops the run at once
+        self.val_pairs = [pairs[cid] for cid in self.split["val"]] if self.rank == 0 else []
+        for pair in self.val_pairs:
+            load_pair(pair, cfg)
+        cache = Path(cfg.data.cache) if cfg.data.cache else self.run_dir / "cache"
+        for cid in self.split["train"][self.rank :: self.world]:
+            cached_case(pairs[cid], cfg, cache)
+        distributed.barrier()
+        self.train_cases: list[CachedCase] = [cached_case(pairs[cid], cfg, cache) for cid in self.split["train"]]
         in_channels = 2 * cfg.data.context + 1
         task = get_task(cfg.model.task)
 
-        # precision: as configured, or for auto what this hardware runs fastest (the resumed run's own choice)
-        self.precision = self._choose_precision(ckpt, in_channels)
+        # precision: as configured, or for auto what this hardware runs fastest (the resumed run's own choice);
+        # under torchrun rank 0 decides for all
+        choice = self._choose_precision(ckpt, in_channels) if self.rank == 0 else None
+        self.precision = distributed.from_rank0(choice)
         self.amp_dtype = self.precision.amp_dtype
         model_cfg = replace(cfg, train=replace(t, precision=self.precision.precision))
 
@@ -122,6 +144,8 @@ class Trainer:
             divisor = 1
         else:
             self.model = build_model(model_cfg, in_channels, self.device, self.gen)
+            if self.world > 1:
+                self.model.distribute(sync_batchnorm=t.sync_batchnorm)
             self.net = self.model.inference_generator
             divisor = getattr(self.net, "divisor", 1)
             self.dataset = SliceDataset(self.train_cases, cfg, t.seed, paired=cfg.model.kind == "pix2pix")
@@ -142,15 +166,30 @@ class Trainer:
         self._stop_requested = False
         if ckpt is not None:
             self._load(ckpt, last)
-        replace(cfg, train=replace(t, precision_used=self.precision.precision)).save(self.run_dir / "config.yaml")
-        atomic_write_text(self.run_dir / "split.json", json.dumps(self.split, indent=2) + "\n")
-        logger.log(
-            logging.INFO if self.model is not None else logging.DEBUG,
-            "precision %s (%s); %s",
-            self.precision.precision,
-            self.precision.reason,
-            describe_machine(self.device),
-        )
+        if self.rank == 0:
+            replace(cfg, train=replace(t, precision_used=self.precision.precision)).save(self.run_dir / "config.yaml")
+            atomic_write_text(self.run_dir / "split.json", json.dumps(self.split, indent=2) + "\n")
+            logger.log(
+                logging.INFO if self.model is not None else logging.DEBUG,
+                "precision %s (%s); %s%s",
+                self.precision.precision,
+                self.precision.reason,
+                describe_machine(self.device),
+                f"; {self.world} processes" if self.world > 1 else "",
+            )
+
+    def _check_distributable(self) -> None:
+        """What torchrun cannot split: a model without a network, and a batch that does not divide by the ranks."""
+        t = self.cfg.train
+        if self.cfg.model.kind not in ("pix2pix", "cyclegan"):
+            raise ConfigError(
+                f"model.kind {self.cfg.model.kind} has no network to train in parallel; run it without torchrun"
+            )
+        if t.batch_size % self.world:
+            raise ConfigError(
+                f"train.batch_size {t.batch_size} does not split over {self.world} processes (each takes an equal "
+                f"share of every batch); use a multiple of {self.world}"
+            )
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self, until_epoch: int | None = None) -> dict[str, float]:
@@ -170,15 +209,18 @@ class Trainer:
                     losses = self._train_epoch()
                     is_last = self.epoch + 1 == self.schedule.epochs
                     validate = (self.epoch + 1) % t.val_every == 0 or is_last or not self.schedule.planned
-                    val = self.validate() if validate and self.val_cases else {}
+                    val = self.validate() if validate and self.val_pairs else {}
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     # with a budget, the whole time from one plan to the next (checkpoints included) fixes how many
                     # epochs fit, and the loop ends with the plan: the decay ends inside the budget and no epoch is
-                    # started that is expected to end past it
+                    # started that is expected to end past it (under torchrun, rank 0's plan holds for all)
                     now = time.perf_counter()
                     self.schedule.plan(now - mark, now - start, self.epoch)
+                    if self.world > 1:
+                        self.schedule.restore(distributed.from_rank0(self.schedule.to_dict()))
                     mark = now
-                    self._end_epoch(losses, val, now - epoch_start)
+                    if self.rank == 0:
+                        self._end_epoch(losses, val, now - epoch_start)
                     self._stop_if_requested()
         finally:
             self._close_writer()
@@ -225,6 +267,8 @@ class Trainer:
     def _stop_if_requested(self) -> None:
         if self._stop_requested:
             self._save("last.pt")
+            if self.rank:
+                raise KeyboardInterrupt
             logger.warning(
                 "interrupted: saved %s at epoch %d, batch %d; continue with --resume",
                 self.ckpt_dir / "last.pt",
@@ -235,17 +279,25 @@ class Trainer:
 
     def _seed_epoch(self) -> torch.Tensor:
         seed = self.cfg.train.seed * 1_000_003 + self.epoch
-        self.gen.manual_seed(seed)
-        torch.manual_seed(seed)
+        self.gen.manual_seed(seed)  # the same on every rank: the batch order and the image pools' draws
+        torch.manual_seed(seed + 7_919 * self.rank)  # dropout: each rank its own masks for its own images
         return torch.randperm(len(self.dataset), generator=self.gen)
 
     def _loader(self, indices: torch.Tensor) -> torch.utils.data.DataLoader:
-        """Batches of the dataset's items in this order, made by ``train.workers`` processes (0: this one)."""
+        """This rank's batches of the dataset's items in this order, made by ``train.workers`` processes (0: this one).
+
+        The order is cut into whole batches of train.batch_size; under torchrun rank r takes the r-th equal part of
+        each, so the ranks together see every batch that one process would (the sampling rule of PyTorch's
+        DistributedSampler, applied batch by batch so an interrupted epoch resumes on any number of processes).
+        """
         t = self.cfg.train
+        share = t.batch_size // self.world
+        batches = indices.view(-1, t.batch_size)
+        mine = batches[:, self.rank * share : (self.rank + 1) * share].reshape(-1)
         return torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=t.batch_size,
-            sampler=indices.tolist(),
+            batch_size=share,
+            sampler=mine.tolist(),
             num_workers=t.workers,
             worker_init_fn=_ignore_sigint if t.workers else None,
         )
@@ -271,20 +323,22 @@ class Trainer:
         bar = tqdm(
             range(self.batch_in_epoch, n_batches),
             desc=f"epoch {self.epoch + 1}/{self.schedule.epochs or '?'}",
-            disable=not self.progress,
+            disable=not self.progress or self.rank != 0,
             leave=False,
         )
         self.dataset.set_epoch(self.epoch)
         batches = iter(self._loader(order[self.batch_in_epoch * t.batch_size : n_batches * t.batch_size]))
         for b in bar:
             losses = self.model.train_step(next(batches))
+            # the losses of the whole batch (the mean of the ranks' shares), and a stop request of any rank
+            losses, self._stop_requested = distributed.mean_and_any(losses, self._stop_requested)
             self.batch_in_epoch, self.step = b + 1, self.step + 1
             for k, v in losses.items():
                 self.epoch_losses.setdefault(k, []).append(v)
             bar.set_postfix(
                 {k: f"{np.mean(v[-20:]):.3f}" for k, v in self.epoch_losses.items() if k in ("loss_d", "loss_g")}
             )
-            if self.step % 10 == 0:
+            if self.step % 10 == 0 and self.rank == 0:
                 for k, v in losses.items():
                     self.writer.add_scalar(f"train/{k}", v, self.step)
             self._stop_if_requested()
@@ -315,7 +369,8 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Translate each validation volume whole, back in HU on its own grid, and score it inside the body mask."""
         scores: list[dict[str, float]] = []
-        for i, (_, src, tgt, mask) in enumerate(self.val_cases):
+        for i, pair in enumerate(self.val_pairs):
+            src, tgt, mask = load_pair(pair, self.cfg)  # the mask file (or CT body mask) on the original grid
             pred = translate_volume(self.net, src, self.spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
             if get_task(self.cfg.model.task).metrics == "synthrad":
                 s = synthrad_metrics(pred.array, tgt.array, mask)
@@ -355,19 +410,18 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ baseline
     def _fit_baseline(self) -> dict[str, float]:
         if isinstance(self.lut, IntensityMap):
-            sources = np.concatenate([c.source[0][c.mask[0]].numpy() for c in self.train_cases])
-            targets = np.concatenate([c.target[0][c.mask[0]].numpy() for c in self.train_cases])
+            body = [c.array("mask") > 0 for c in self.train_cases]
+            sources = np.concatenate([c.array("source")[m] for c, m in zip(self.train_cases, body)])
+            targets = np.concatenate([c.array("target")[m] for c, m in zip(self.train_cases, body)])
             self.lut.fit(sources, targets)
         else:  # tune the denoiser on a few body slices of every training case
             pairs = []
             for c in self.train_cases:
-                body = torch.nonzero(
-                    c.mask[0].float().mean(dim=(0, 1)) >= max(self.cfg.data.min_body_fraction, 0.2)
-                ).flatten()
-                for z in body[:: max(len(body) // 4, 1)][:4].tolist():
-                    pairs.append((c.source[0, :, :, z].numpy(), c.target[0, :, :, z].numpy()))
+                body = np.flatnonzero(c.body_fraction >= max(self.cfg.data.min_body_fraction, 0.2))
+                zs = body[:: max(len(body) // 4, 1)][:4].tolist()
+                pairs += zip(c.slices("source", zs).numpy(), c.slices("target", zs).numpy())
             self.lut.fit([p[0] for p in pairs], [p[1] for p in pairs])
-        val = self.validate() if self.val_cases else {}
+        val = self.validate() if self.val_pairs else {}
         self.epoch = self.schedule.epochs = 1
         self.best_mae = val.get("val_mae", math.inf)
         self._end_epoch({}, val, 0.0)
@@ -396,6 +450,7 @@ class Trainer:
             "split": self.split,
             "precision": self.precision.precision,
             "precision_reason": self.precision.reason,
+            "processes": self.world,
         }
 
     def _choose_precision(self, ckpt: dict[str, Any] | None, in_channels: int) -> PrecisionChoice:
@@ -413,8 +468,9 @@ class Trainer:
         probe = probe_network(net, shape, self.device, backward=True, channels_last=t.channels_last)
         return choose_precision(t.precision, self.device, probe)
 
-    def _save(self, name: str) -> Path:
-        return save_checkpoint(self._state(), self.ckpt_dir / name)
+    def _save(self, name: str) -> Path | None:
+        """Write a checkpoint (rank 0 only: the ranks hold the same weights)."""
+        return save_checkpoint(self._state(), self.ckpt_dir / name) if self.rank == 0 else None
 
     def _check_same_run(self, ckpt: dict[str, Any], path: Path) -> None:
         """Refuse to resume a run with a config other than the one it was made with (bar RESUMABLE_CHANGES)."""

@@ -102,6 +102,15 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, tiny_data)
         section, key = dotted.split(".")
         config[section][key] = value
     cfg.write_text(yaml.safe_dump(config))
+    # the slice cache: its first case fails to write, and no half-written case is left to be read by the next run
+    fresh = tmp_path / "fresh"
+    result = _run(["train", str(cfg), "--out", str(fresh), "--no-progress"], env, 30_000)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and f"{fresh / 'cache'}/s0-" in result.stderr
+    assert "cannot write" in result.stderr and list((fresh / "cache").iterdir()) == []
+    # a checkpoint (the cache shared with a first run that made it, so the checkpoint is the first write)
+    config["data"]["cache"] = str(tmp_path / "shared-cache")
+    cfg.write_text(yaml.safe_dump(config))
     assert _run(["train", str(cfg), "--out", str(tmp_path / "warm_run"), "--no-progress"], env).returncode == 0
     run = tmp_path / "run"
     result = _run(["train", str(cfg), "--out", str(run), "--no-progress"], env, 30_000)

@@ -14,7 +14,7 @@ from medtranslate.evaluate import evaluate_folder
 from medtranslate.io import read_volume, write_nifti
 from medtranslate.metrics import synthrad_metrics
 
-from .conftest import SAMPLE, run_cli
+from .conftest import SAMPLE, run_cli, torchrun_cli
 
 CASES = ["sub-07", "sub-08"]
 
@@ -247,3 +247,27 @@ def test_out_that_is_a_file_is_a_one_line_error(tmp_path):
         and "Traceback" not in result.stderr
     )
     assert (tmp_path / "taken").read_text() == "my notes"
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_split_the_cases_and_rank_0_writes_what_one_process_writes(tmp_path):
+    fake_predictions(tmp_path / "pred")
+    ref = refs(tmp_path)
+    (tmp_path / "pred" / "sub-99_sct.nii.gz").write_bytes(b"not a volume")  # a failed case is gathered too
+    args = ("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(ref), "--input", str(ref), "--no-progress")
+    one = run_cli(*args, "--out", str(tmp_path / "one"))
+    two = torchrun_cli(*args, "--out", str(tmp_path / "two"))
+    assert one.returncode == two.returncode == 1, two.stderr[-2000:]
+    assert two.stdout.count("report.html") == 1  # rank 0 speaks for all
+
+    def table(run: str) -> list[dict]:
+        rows = csv.DictReader((tmp_path / run / "metrics.csv").open())
+        return [{k: v.replace(str(tmp_path / run), "OUT") for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert [r["case"] for r in table("two")] == [*CASES, "sub-99"]
+    assert table("two") == table("one")
+    assert all((tmp_path / "two" / "masks" / f"{cid}_mask.nii.gz").is_file() for cid in CASES)  # from both ranks
+    summaries = [json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two")]
+    assert summaries[1]["metrics"] == summaries[0]["metrics"] and summaries[1]["n_failed"] == 1
+    page = (tmp_path / "two" / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 3  # both ranks' case figures + the metric plot

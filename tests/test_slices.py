@@ -1,24 +1,37 @@
-"""Slice datasets: body-fraction filter, 2.5D channels, paired augmentation drawn once, unpaired partners."""
+"""Slice datasets: body-fraction filter, 2.5D channels, paired augmentation drawn once, unpaired partners; all read
+from the real on-disk slice cache."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from medtranslate.config import RunConfig
 from medtranslate.errors import InputError
-from medtranslate.slices import PreparedCase, SliceDataset, context_slices
+from medtranslate.cache import CachedCase, open_cached, write_cached
+from medtranslate.slices import PreparedCase, SliceDataset, context_indices
 
 
-def case(cid: str, depth: int = 6, body_slices: tuple[int, ...] = (1, 2, 3, 4)) -> PreparedCase:
-    g = torch.Generator().manual_seed(len(cid))
-    source = torch.rand(1, 20, 24, depth, generator=g) * 2 - 1
-    mask = torch.zeros(1, 20, 24, depth, dtype=torch.bool)
-    for z in body_slices:
-        mask[0, 2:18, 2:22, z] = True
-    return PreparedCase(
-        cid, source, 0.5 * source, mask, pair=None, source_intensity=None
-    )  # target: a known function of the source
+@pytest.fixture
+def case(tmp_path):
+    """Make a case in a slice cache below tmp_path: random source, target = 0.5 * source, body on some slices."""
+
+    def make(cid: str, depth: int = 6, body_slices: tuple[int, ...] = (1, 2, 3, 4)) -> CachedCase:
+        g = torch.Generator().manual_seed(len(cid))
+        source = torch.rand(1, 20, 24, depth, generator=g) * 2 - 1
+        mask = torch.zeros(1, 20, 24, depth, dtype=torch.bool)
+        for z in body_slices:
+            mask[0, 2:18, 2:22, z] = True
+        prepared = PreparedCase(cid, source, 0.5 * source, mask, pair=None, source_intensity=None)
+        return write_cached(prepared, tmp_path / "cache" / f"{cid}-{depth}-{len(body_slices)}")
+
+    return make
+
+
+def volume(c: CachedCase, name: str = "source") -> torch.Tensor:
+    """The cached (Z, X, Y) array back as the (X, Y, Z) volume it was made from."""
+    return torch.from_numpy(np.array(c.array(name))).permute(1, 2, 0)
 
 
 def config(task: str = "mr2ct", **data) -> RunConfig:
@@ -31,22 +44,39 @@ def config(task: str = "mr2ct", **data) -> RunConfig:
     )
 
 
-def test_slices_with_too_little_body_are_skipped():
+def test_slices_with_too_little_body_are_skipped(case):
     ds = SliceDataset([case("a")], config(min_body_fraction=0.3), seed=0)
     assert sorted(z for _, z in ds.index) == [1, 2, 3, 4]
     with pytest.raises(InputError, match="min_body_fraction"):
         SliceDataset([case("a", body_slices=())], config(), seed=0)
 
 
-def test_context_slices_stack_neighbours_and_replicate_at_the_ends():
-    vol = torch.arange(4.0).view(1, 1, 1, 4).expand(1, 2, 3, 4)
-    first = context_slices(vol, 0, 1)
-    assert first.shape == (3, 2, 3) and first[:, 0, 0].tolist() == [0.0, 0.0, 1.0]
-    assert context_slices(vol, 3, 2)[:, 0, 0].tolist() == [1.0, 2.0, 3.0, 3.0, 3.0]
+def test_context_slices_stack_neighbours_and_replicate_at_the_ends(case):
+    assert context_indices(0, 1, 4) == [0, 0, 1]
+    assert context_indices(3, 2, 4) == [1, 2, 3, 3, 3]
+    c = case("a")
+    stack = c.slices("source", context_indices(0, 1, c.shape[0]))
+    vol = volume(c)
+    assert stack.shape == (3, 20, 24)
+    assert torch.equal(stack[0], vol[:, :, 0]) and torch.equal(stack[1], vol[:, :, 0])
+    assert torch.equal(stack[2], vol[:, :, 1])
+
+
+def test_the_cache_gives_back_what_was_written_and_its_body_index(case):
+    c = case("a", depth=7, body_slices=(2, 5))
+    assert c.shape == (7, 20, 24)
+    assert (
+        np.allclose(c.body_fraction[[2, 5]], 16 * 20 / (20 * 24), atol=1e-6) and c.body_fraction[[0, 1, 3]].sum() == 0
+    )
+    assert torch.equal(volume(c, "target"), 0.5 * volume(c))
+    again = open_cached(c.folder)  # what a second run (or another rank) finds
+    assert again.case_id == "a" and again.shape == c.shape and np.array_equal(again.body_fraction, c.body_fraction)
+    assert open_cached(c.folder.parent / "not-there") is None
+    assert not [p for p in c.folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 
 @pytest.mark.parametrize("context", [0, 2])
-def test_paired_augmentation_moves_source_and_target_alike(context):
+def test_paired_augmentation_moves_source_and_target_alike(case, context):
     ds = SliceDataset([case("a")], config(context=context, rotate_deg=20.0, scale=0.2), seed=0)
     for i in range(len(ds)):
         item = ds[i]
@@ -58,19 +88,19 @@ def test_paired_augmentation_moves_source_and_target_alike(context):
         assert torch.allclose(item["target"][inner], 0.5 * centre[inner], atol=1e-5)
 
 
-def test_unpaired_targets_come_from_another_case():
+def test_unpaired_targets_come_from_another_case(case):
     a, b = case("a"), case("bb")
     ds = SliceDataset([a, b], config(augment=False, patch_size=24), seed=1, paired=False)
     for i in range(len(ds)):
         ci, z = ds.index[i]
-        own = ds.cases[ci].target[0, :, :, z]
+        own = ds.cases[ci].slices("target", [z])[0]
         target = ds[i]["target"][0, 2:22, :]  # undo the 2-pixel padding of the 20-pixel axis to 24
         assert not torch.allclose(target, own)
     with pytest.raises(InputError, match="at least 2 training cases"):
         SliceDataset([a], config(), seed=0, paired=False)
 
 
-def test_denoising_augmentation_does_not_interpolate_the_noise_away():
+def test_denoising_augmentation_does_not_interpolate_the_noise_away(case):
     # bilinear rotation or scaling averages neighbouring pixels, which smooths noise; for ldct only flips are drawn
     c = case("a")
     for task, exact in (("ldct", True), ("mr2ct", False)):
@@ -78,11 +108,11 @@ def test_denoising_augmentation_does_not_interpolate_the_noise_away():
         found = []
         for i in range(len(ds)):
             _, z = ds.index[i]
-            found.append(bool(torch.isin(ds[i]["source"], c.source[0, :, :, z]).all()))
+            found.append(bool(torch.isin(ds[i]["source"], c.slices("source", [z])).all()))
         assert all(found) if exact else not any(found), task
 
 
-def test_an_item_depends_only_on_seed_epoch_and_index():
+def test_an_item_depends_only_on_seed_epoch_and_index(case):
     a, b = case("a"), case("bb")
     ds = SliceDataset([a, b], config(rotate_deg=20.0, scale=0.2), seed=3, paired=False)
     first = [ds[i] for i in range(len(ds))]
@@ -95,7 +125,7 @@ def test_an_item_depends_only_on_seed_epoch_and_index():
     assert not all(torch.equal(first[i]["source"], other[i]["source"]) for i in range(len(ds)))
 
 
-def test_data_loader_workers_give_the_same_batches_as_the_main_process():
+def test_data_loader_workers_give_the_same_batches_as_the_main_process(case):
     ds = SliceDataset([case("a"), case("bb")], config(rotate_deg=20.0, scale=0.2), seed=5)
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0)).tolist()
 

@@ -266,3 +266,36 @@ def test_batch_size_beyond_the_training_slices_is_refused(tmp_path, tiny_data):
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **{"train.batch_size": 500}))
     with pytest.raises(ConfigError, match=r"train.batch_size 500 is more than the \d+ training slices"):
         Trainer(cfg, tmp_path / "run", progress=False)
+
+
+def test_the_slice_cache_is_reused_and_rebuilt_when_a_file_or_setting_changes(tmp_path, tiny_data):
+    import shutil
+
+    root = tmp_path / "cases"
+    shutil.copytree(tiny_data, root)
+    cache = tmp_path / "cache"
+    cfg = load_config(write_config(tmp_path / "c.yaml", root, **{"data.cache": str(cache)}))
+
+    def folders() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+
+    first = Trainer(cfg, tmp_path / "a", progress=False)
+    made = folders()
+    assert sorted(n.split("-")[0] for n in made) == ["s0", "s1"]  # the training cases; validation reads its own
+    assert [c.folder.name for c in first.train_cases] == sorted(made)
+    Trainer(cfg, tmp_path / "b", progress=False)  # another run, the same data and settings: nothing is rebuilt
+    assert folders() == made
+    Trainer(
+        load_config(
+            write_config(tmp_path / "d.yaml", root, **{"data.cache": str(cache), "data.spacing": [5.0, 5.0, 10.0]})
+        ),
+        tmp_path / "d",
+        progress=False,
+    )
+    assert len(folders()) == 4  # another spacing, other slices
+    ct = read_volume(root / "s0" / "ct.nii.gz")
+    write_nifti(root / "s0" / "ct.nii.gz", ct.array + 1, ct.affine, overwrite=True)
+    again = Trainer(cfg, tmp_path / "e", progress=False)
+    assert len(folders()) == 5 and again.train_cases[0].folder.name not in made  # s0 changed: made anew
+    assert again.train_cases[1].folder.name in made
+    assert not (tmp_path / "a" / "cache").exists()  # data.cache, not the run folder

@@ -1,0 +1,132 @@
+"""Training under torchrun: 2 gloo processes on the CPU take the steps one process takes on the whole batch, and a
+2-process run killed mid-epoch resumes on 1 process to the same result. Real torchrun, real checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from medtranslate.checkpoint import load_checkpoint
+from medtranslate.config import load_config
+from medtranslate.errors import ConfigError
+from medtranslate.gan import build_discriminator, build_generator, build_model
+
+from .conftest import run_cli, torchrun_cli, write_config
+
+# one thread per process (torchrun's default), so the single-process run does the same arithmetic per image
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+# no batch statistics and no dropout: then each rank's share of the batch is computed exactly as in one process (with
+# batch norm each rank normalises by its own share unless SyncBatchNorm, CUDA only, is on; dropout masks are per rank)
+EQUIVALENT = {"train.batch_size": 4, "model.norm": "instance", "model.dropout": 0.0}
+
+
+def _cancelled_biases(net: nn.Module, prefix: str) -> set[str]:
+    """Biases of convolutions that an instance norm follows: it subtracts them again, so they change no output, their
+    gradient is rounding noise, and Adam (which divides by the gradient's own size) turns that noise into full-size
+    steps in either direction. Such a bias is free to differ between runs; nothing else is."""
+    leaves = [(name, m) for name, m in net.named_modules() if not list(m.children())]  # in the order they run
+    return {
+        f"{prefix}.{name}.bias"
+        for (name, m), (_, after) in zip(leaves, leaves[1:])
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(after, nn.InstanceNorm2d)
+    }
+
+
+def _assert_same_run(cfg, a: dict, b: dict) -> None:
+    """Same loss trajectory, validation MAE and weights (cancelled biases aside), to the rounding of another order of
+    summation: each rank sums its share of the batch and DDP averages the shares, where one process sums the batch at
+    once. The losses of the first epoch agree to 1e-8 (a wrong split or scaling of the gradients would show at 1e-2
+    or more); then GAN training amplifies the rounding, as it does any: measured on the EPYC, 2 processes differ from
+    1 exactly as much as 1 thread from 2 threads in one process (after 14 steps: losses 3e-6, validation MAE 4e-4,
+    weights 2e-5; after 15-30 steps validation MAE up to 1e-3, weights 2e-4)."""
+    assert [r["epoch"] for r in a["history"]] == [r["epoch"] for r in b["history"]]
+    for ra, rb in zip(a["history"], b["history"]):
+        first = ra["epoch"] == 1
+        for key in ("loss_d", "loss_g", "loss_g_l1", "val_mae"):
+            tol = 1e-2 if key == "val_mae" else 1e-6 if first else 1e-3
+            assert rb[key] == pytest.approx(ra[key], rel=tol), (ra["epoch"], key, ra[key], rb[key])
+    free = _cancelled_biases(build_generator(cfg, 1), "G") | _cancelled_biases(build_discriminator(cfg, 2), "D")
+    assert free  # the rule names real layers (a U-Net with instance norm has biased convolutions before its norms)
+    nets_a, nets_b = a["model"]["nets"], b["model"]["nets"]
+    checked = 0
+    for net in nets_a:
+        for key, wa in nets_a[net].items():
+            if f"{net}.{key}" not in free and wa.is_floating_point():
+                diff = float((wa - nets_b[net][key]).abs().max())
+                assert diff < 2e-3, f"{net}.{key} differs by {diff}"
+                checked += 1
+    assert checked > 2 * len(free)
+
+
+def _history_rows(path) -> int:
+    try:
+        with open(path, newline="") as f:
+            return len(list(csv.DictReader(f)))
+    except OSError:
+        return 0
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run_resumes_on_one(tmp_path, tiny_data):
+    root = tmp_path / "cases"  # four training cases (twice the two of tiny_data): epochs long enough to be cut
+    shutil.copytree(tiny_data, root)
+    for n in (0, 1):
+        shutil.copytree(root / f"s{n}", root / f"t{n}")
+    (root / "split.json").write_text(json.dumps({"train": ["s0", "s1", "t0", "t1"], "val": ["s2"], "test": ["s3"]}))
+    extra = {"train.epochs": 2, "train.steps_per_epoch": None, "model.ngf": 16, "data.patch_size": 48}
+    config = write_config(tmp_path / "c.yaml", root, **EQUIVALENT, **extra)
+    cfg = load_config(config)
+    one = run_cli("train", str(config), "--out", str(tmp_path / "one"), "--no-progress", env=ENV)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = torchrun_cli("train", str(config), "--out", str(tmp_path / "two"), "--no-progress", env=ENV)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("one", "two"))
+    assert (a["processes"], b["processes"], a["step"], b["step"]) == (1, 2, 30, 30)
+    _assert_same_run(cfg, a, b)
+    # rank 0 alone writes the run folder: one history row per epoch, one TensorBoard file
+    assert _history_rows(tmp_path / "two" / "history.csv") == 2
+    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1
+
+    # a 2-process run killed in its second (last) epoch, as a scheduler pre-empts a job: SIGTERM to the whole group
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        + ["-m", "medtranslate", "train", str(config), "--out", str(killed), "--no-progress"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "last.pt").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # last.pt appears (whole) at the end of the first epoch
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    stopped = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert stopped["epoch"] < 2 and stopped["processes"] == 2  # it was stopped before the end
+    resumed = run_cli("train", str(config), "--out", str(killed), "--resume", "--no-progress", env=ENV)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    c = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert (c["step"], c["processes"]) == (30, 1)
+    _assert_same_run(cfg, a, c)
+
+
+def test_what_cannot_be_split_over_processes_is_refused(tmp_path, tiny_data):
+    odd = write_config(tmp_path / "odd.yaml", tiny_data, **{"train.batch_size": 3})
+    run = torchrun_cli("train", str(odd), "--out", str(tmp_path / "odd"), "--no-progress", env=ENV)
+    assert run.returncode != 0
+    assert "train.batch_size 3 does not split over 2 processes" in run.stderr and "multiple of 2" in run.stderr
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data))
+    model = build_model(cfg, 1, torch.device("cpu"), torch.Generator())
+    with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):
+        model.distribute(sync_batchnorm=True)
