@@ -67,8 +67,10 @@ RESUMABLE_CHANGES = (
 
 
 def _ignore_sigint(_worker_id: int) -> None:
-    """Data-loader workers leave Ctrl-C to the training process, which finishes its step and saves last.pt."""
+    """Data-loader workers leave Ctrl-C and SIGTERM to the training process, which finishes its step and saves
+    last.pt (a worker exits when its parent does)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class Trainer:
@@ -221,6 +223,8 @@ class Trainer:
                     mark = now
                     if self.rank == 0:
                         self._end_epoch(losses, val, now - epoch_start)
+                    # a request that came after the epoch's last step: all ranks stop, or none
+                    self._stop_requested = distributed.mean_and_any({}, self._stop_requested)[1]
                     self._stop_if_requested()
         finally:
             self._close_writer()
@@ -243,26 +247,40 @@ class Trainer:
 
     @contextlib.contextmanager
     def _interrupt_after_step(self) -> Iterator[None]:
-        """First Ctrl-C: a request honoured between steps (so ``last.pt`` is exact). Second Ctrl-C: stop at once."""
+        """First Ctrl-C: a request honoured between steps (so ``last.pt`` is exact). Second Ctrl-C: stop at once.
+
+        SIGTERM (a scheduler pre-empting the job, ``kill``) makes the same request, however often it comes: the hard
+        stop is the scheduler's SIGKILL after its grace time. Under torchrun Ctrl-C does too, since torchrun passes
+        the terminal's Ctrl-C on to processes that have already had it (and stops them with SIGKILL 30 s later).
+        """
         if (
             threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         ):
             yield  # not ours to change (another thread, or a caller with its own handler)
             return
+        previous_term = signal.getsignal(signal.SIGTERM)
 
         def request_stop(signum: int, frame: Any) -> None:
+            first = not self._stop_requested
             self._stop_requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            logger.warning(
-                "interrupt: finishing the current step, then saving last.pt (Ctrl-C again to stop now, without saving)"
-            )
+            if signum == signal.SIGINT and self.world == 1:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                again = "Ctrl-C again to stop now, without saving"
+            else:
+                again = "SIGKILL to stop now, without saving"
+            if first:
+                logger.warning(
+                    "%s: finishing the current step, then saving last.pt (%s)", signal.Signals(signum).name, again
+                )
 
         signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous_term)
 
     def _stop_if_requested(self) -> None:
         if self._stop_requested:

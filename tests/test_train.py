@@ -84,7 +84,9 @@ def test_train_cli_on_sample_data_writes_run_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, tiny_data):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, tiny_data, sig):
+    """Ctrl-C, or SIGTERM as a scheduler (SLURM) sends before it kills a job: the step finishes and last.pt is saved."""
     cfg = write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 50, "train.steps_per_epoch": 4})
     run = tmp_path / "run"
     # restore the default SIGINT action in the child: a parent started in the background (as CI may be) leaves
@@ -100,7 +102,7 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(0.5)  # inside a later epoch
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "continue with --resume" in err
