@@ -229,6 +229,13 @@ def run_pipeline(
     Raises:
         ConfigError: the file is invalid, or ``out`` holds a run made with other settings (without ``overwrite``).
     """
+    from .distributed import is_distributed
+
+    if is_distributed():
+        raise ConfigError(
+            "run (and demo) are not split over processes; under torchrun run their stages one by one: "
+            "train, translate, evaluate"
+        )
     cfg, section = load_pipeline(path, overrides)
     out = Path(out)
     protected = [Path(cfg.data.root).resolve(), Path(path).resolve()]

@@ -129,6 +129,9 @@ def test_what_cannot_be_split_over_processes_is_refused(tmp_path, tiny_data):
     run = torchrun_cli("train", str(odd), "--out", str(tmp_path / "odd"), "--no-progress", env=ENV)
     assert run.returncode != 0
     assert "train.batch_size 3 does not split over 2 processes" in run.stderr and "multiple of 2" in run.stderr
+    pipeline = torchrun_cli("run", str(odd), "--out", str(tmp_path / "pipeline"), "--no-progress", env=ENV)
+    assert pipeline.returncode != 0 and "run their stages one by one: train, translate, evaluate" in pipeline.stderr
+    assert not (tmp_path / "pipeline").exists()
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data))
     model = build_model(cfg, 1, torch.device("cpu"), torch.Generator())
     with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):
