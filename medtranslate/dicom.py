@@ -15,6 +15,7 @@ set UTF-8; the folder appears whole or not at all (:func:`medtranslate.atomic.at
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import __version__
 from .atomic import atomic_output
 from .errors import InputError
 
@@ -245,6 +247,45 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None):
     return volume
 
 
+# What a derived series keeps of the series it was made from (DICOM PS3.3 modules): the patient, the study, the frame
+# of reference (the same geometry, so structures drawn on one belong to the other), how the patient lay, and for a CT
+# source its tube voltage. ITK keys (group|element) and pydicom keywords.
+CONTEXT_TAGS = {
+    "0010|0010": "PatientName",
+    "0010|0020": "PatientID",
+    "0010|0030": "PatientBirthDate",
+    "0010|0040": "PatientSex",
+    "0020|000d": "StudyInstanceUID",
+    "0008|0020": "StudyDate",
+    "0008|0030": "StudyTime",
+    "0008|0090": "ReferringPhysicianName",
+    "0020|0010": "StudyID",
+    "0008|0050": "AccessionNumber",
+    "0008|1030": "StudyDescription",
+    "0020|0052": "FrameOfReferenceUID",
+    "0020|1040": "PositionReferenceIndicator",
+    "0018|5100": "PatientPosition",
+    "0018|0015": "BodyPartExamined",
+    "0018|0060": "KVP",
+}
+
+
+def source_context(folder: str | os.PathLike, series_uid: str | None = None) -> dict[str, str]:
+    """The :data:`CONTEXT_TAGS` of a DICOM series (from its first file), plus its SeriesNumber, as strings."""
+    import pydicom
+
+    folder = Path(folder)
+    uid = series_uid or (series_ids(folder) or [None])[0]
+    for path in _candidate_files(folder):
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        if uid is not None and str(ds.get("SeriesInstanceUID", "")) != uid:
+            continue
+        context = {key: str(ds.get(word, "") or "") for key, word in CONTEXT_TAGS.items()}
+        context["0020|0011"] = str(ds.get("SeriesNumber", "") or "")
+        return context
+    raise InputError(f"{folder}: no DICOM file of series {uid}; check the folder")
+
+
 def new_uid() -> str:
     """A new, globally unique DICOM UID."""
     from pydicom.uid import generate_uid
@@ -260,12 +301,21 @@ def write_series(
     rescale_intercept: float = 0.0,
     comments: str | None = None,
     overwrite: bool = False,
+    context: dict[str, str] | None = None,
+    patient_id: str = "",
+    derived: bool = True,
 ) -> list[Path]:
     """Write a volume as a DICOM series (one file per slice along k), keeping its geometry.
 
     Values are stored as int16 (or uint16 when ``rescale_intercept`` makes them non-negative) with RescaleSlope 1 and
     the given RescaleIntercept, so readers recover the values (HU for CT) exactly. The folder is written under a
     temporary name and renamed into place; without ``overwrite`` an existing folder is an error.
+
+    ``context`` (from :func:`source_context`): the series joins its source's patient, study and frame of reference,
+    with a new Series Instance UID; without one it gets a new study and frame of reference, and ``patient_id`` as
+    patient name and ID. ``derived``: ImageType DERIVED\\SECONDARY (a computed image), else ORIGINAL\\PRIMARY.
+    The series is a complete CT (or MR) Image IOD: every module's type 1 and 2 attributes are present, as
+    ``dciodvfy`` checks in the tests.
     """
     from .io import affine_to_sitk, check_affine
 
@@ -275,7 +325,57 @@ def write_series(
     # hand it the values in output units, as int16 (HU fit), and it stores them as unsigned when intercept allows.
     values = np.clip(np.rint(np.asarray(volume.array, dtype=np.float64)), -32768, 32767).astype(np.int16)
     img = affine_to_sitk(values, volume.affine)
-    study_uid, series_uid, frame_uid = (new_uid() for _ in range(3))
+    series_uid = new_uid()
+    now = datetime.now()
+    date, time_ = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    source = dict(context or {})
+    base = {key: "" for key in CONTEXT_TAGS}  # type 2 attributes: present, empty when unknown
+    base.update(
+        {
+            "0010|0010": patient_id,
+            "0010|0020": patient_id,
+            "0020|000d": new_uid(),
+            "0008|0020": date,
+            "0008|0030": time_,
+            "0020|0052": new_uid(),
+        }
+    )
+    base.update({k: v for k, v in source.items() if k in CONTEXT_TAGS and (v or k not in ("0020|000d", "0020|0052"))})
+    number = source.get("0020|0011", "")
+    series_number = str(int(number) + 1000) if number.strip().lstrip("-").isdigit() else "1"
+    shared = {
+        **base,
+        "0008|0005": "ISO_IR 192",  # UTF-8: names, descriptions and comments may hold any script
+        "0008|0008": "DERIVED\\SECONDARY\\AXIAL" if derived else "ORIGINAL\\PRIMARY\\AXIAL",
+        "0008|0060": modality,
+        "0008|0016": "1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.4",
+        "0008|0012": date,
+        "0008|0013": time_,
+        "0008|0021": date,
+        "0008|0031": time_,
+        "0008|0023": date,
+        "0008|0033": time_,
+        "0008|0070": "medtranslate",  # the equipment that made this series is the software
+        "0008|1090": "medtranslate",
+        "0018|1020": f"medtranslate {__version__}",
+        "0008|103e": series_description[:64],
+        "0020|000e": series_uid,
+        "0020|0011": series_number,
+        "0020|0012": "1",
+        "0020|0060": "",
+        "0028|1052": f"{rescale_intercept:g}",
+        "0028|1053": "1",
+        "0028|1054": "HU" if modality == "CT" else "US",
+    }
+    if modality == "MR":  # the MR Image module's type 1/2 attributes (an MR series is written in the tests)
+        for key in ("0018|0060", "0028|1052", "0028|1053", "0028|1054"):  # CT's, not MR's (values stored as is)
+            shared.pop(key)
+        shared.update(
+            {"0018|0020": "RM", "0018|0021": "NONE", "0018|0022": "", "0018|0023": "3D", "0018|0080": "",
+             "0018|0081": "", "0018|0091": ""}
+        )  # fmt: skip
+    if comments:
+        shared["0020|4000"] = comments[:10240]
     direction = img.GetDirection()
     iop = "\\".join(
         f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
@@ -289,26 +389,14 @@ def write_series(
             slc = img[:, :, k]
             pos = img.TransformIndexToPhysicalPoint((0, 0, k))
             tags = {
-                "0008|0005": "ISO_IR 192",  # UTF-8: descriptions and comments may name non-ASCII paths
-                "0008|0060": modality,
-                "0008|0016": "1.2.840.10008.5.1.4.1.1.2" if modality == "CT" else "1.2.840.10008.5.1.4.1.1.4",
+                **shared,
                 "0008|0018": new_uid(),
-                "0008|103e": series_description[:64],
-                "0020|000d": study_uid,
-                "0020|000e": series_uid,
-                "0020|0052": frame_uid,
-                "0020|0011": "1",
                 "0020|0013": str(k + 1),
                 "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
                 "0020|0037": iop,
                 "0028|0030": f"{sy:.6f}\\{sx:.6f}",
                 "0018|0050": f"{sz:.6f}",
-                "0028|1052": f"{rescale_intercept:g}",
-                "0028|1053": "1",
-                "0028|1054": "HU" if modality == "CT" else "US",
             }
-            if comments:
-                tags["0020|4000"] = comments[:10240]
             for key, value in tags.items():
                 slc.SetMetaData(key, value)
             out = tmp / f"slice_{k:04d}.dcm"

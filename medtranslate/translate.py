@@ -127,6 +127,8 @@ def translate_folder(
     from .batch import prepare_output_folder, run_cases
     from .distributed import from_rank0, is_distributed, merge_shards, shard_manifest, shard_of
     from .evaluate import select_cases
+    from . import __version__
+    from .dicom import source_context
     from .io import read_case, write_dicom_series, write_nifti
 
     model, inp, out = Path(model), Path(input), Path(output)
@@ -166,14 +168,21 @@ def translate_folder(
         )
         hu = np.clip(result.array, -1024, 3071)
         if fmt == "dicom":
+            what = "Synthetic CT" if task.name == "mr2ct" else "Denoised CT"
+            if case.series_uid:  # a DICOM series in: the output joins its patient, study and frame of reference
+                context = source_context(case.path, case.series_uid)
+            else:
+                context = {"0008|1030": f"{what} of {case.case_id} from a non-DICOM file (no patient context)"[:64]}
             write_dicom_series(
                 targets[1],
                 Volume(hu, result.affine),
                 modality="CT",
-                series_description=f"medtranslate {suffix}",
+                series_description=f"{what} (medtranslate)",
                 overwrite=True,
-                comments=f"Synthetic image made by medtranslate ({ckpt['kind']}, checkpoint sha256 {digest[:16]}) "
-                f"from {case.label}; not an acquired scan",
+                context=context,
+                patient_id=case.case_id,
+                comments=f"{what}: computed by medtranslate {__version__} ({ckpt['kind']}, checkpoint sha256 "
+                f"{digest[:16]}) from {case.label}; not an acquired scan",
             )
         write_nifti(targets[0], hu, result.affine, np.int16, overwrite=True)
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,19 +189,104 @@ def test_torchrun_ranks_split_the_folder_and_write_what_one_process_writes(tmp_p
     assert both.returncode != 0 and "leave out --shard" in both.stderr + both.stdout
 
 
-def test_dicom_output_for_planning_systems(tmp_path, checkpoints):
+def dciodvfy_errors(path) -> list[str]:
+    """The errors David Clunie's DICOM validator (dicom3tools' dciodvfy, a test dependency) finds in one file."""
+    tool = Path(sys.executable).parent / "dciodvfy"
+    run = subprocess.run([str(tool if tool.exists() else "dciodvfy"), str(path)], capture_output=True, text=True)
+    lines = (run.stdout + run.stderr).splitlines()
+    assert any(line.endswith("Image") for line in lines), lines  # it recognised the IOD (CTImage, MRImage)
+    return [line for line in lines if line.startswith("Error")]
+
+
+# an MR series as a scanner would send it: a patient (with a name outside ASCII), a study, a frame of reference
+MR_CONTEXT = {
+    "0010|0010": "Müller^Jürgen",
+    "0010|0020": "PID-0042",
+    "0010|0030": "19600131",
+    "0010|0040": "M",
+    "0020|000d": "1.2.826.0.1.3680043.8.498.11",
+    "0008|0020": "20260115",
+    "0008|0030": "093000",
+    "0008|0050": "ACC123",
+    "0020|0010": "S42",
+    "0020|0052": "1.2.826.0.1.3680043.8.498.12",
+    "0018|5100": "HFS",
+    "0020|0011": "3",
+}
+
+
+def test_dicom_in_dicom_out_keeps_the_patient_study_and_frame_of_reference(tmp_path, checkpoints):
     import pydicom
 
+    vol = mr_volume(3)
     inputs = tmp_path / "in"
-    _batch(inputs, 1)
+    mr_files = write_dicom_series(inputs / "pt42" / "mr", vol, modality="MR", context=MR_CONTEXT, derived=False)
+    _batch(inputs, 1)  # and a NIfTI case beside it
     result = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(tmp_path / "out"), "--format", "dicom")
     assert result.returncode == 0, result.stderr
-    series = tmp_path / "out" / "p00_sct_dicom"
-    ds = pydicom.dcmread(sorted(series.iterdir())[0])
-    assert ds.Modality == "CT" and "medtranslate" in ds.ImageComments and "RescaleIntercept" in ds
-    from_dicom, from_nifti = read_volume(series), read_volume(tmp_path / "out" / "p00_sct.nii.gz")
+    mr = [pydicom.dcmread(f) for f in mr_files]
+    files = sorted((tmp_path / "out" / "pt42_sct_dicom").iterdir())
+    sct = [pydicom.dcmread(f) for f in files]
+    assert len(sct) == len(mr) == vol.shape[2]
+    for f in (files[0], files[-1]):
+        assert dciodvfy_errors(f) == []
+    first = sct[0]
+    for word in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate"):
+        assert first.get(word) == mr[0].get(word), word
+    for word in ("AccessionNumber", "StudyID", "FrameOfReferenceUID", "PatientPosition"):
+        assert first.get(word) == mr[0].get(word), word
+    assert str(first.PatientName) == "Müller^Jürgen"
+    assert first.SeriesInstanceUID != mr[0].SeriesInstanceUID and first.SeriesNumber == mr[0].SeriesNumber + 1000
+    assert len({d.SeriesInstanceUID for d in sct}) == 1 and len({d.SOPInstanceUID for d in sct}) == len(sct)
+    assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" and first.Modality == "CT"
+    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"] and first.SeriesDescription.startswith("Synthetic CT")
+    assert "medtranslate" in first.ImageComments and "not an acquired scan" in first.ImageComments
+    assert load_checkpoint(checkpoints["intensity_map"]) and "checkpoint sha256" in first.ImageComments
+    # the MR's geometry, slice by slice
+    by_number = {int(d.InstanceNumber): d for d in sct}
+    for m in mr:
+        s = by_number[int(m.InstanceNumber)]
+        np.testing.assert_allclose(
+            [float(v) for v in s.ImagePositionPatient], [float(v) for v in m.ImagePositionPatient], atol=1e-4
+        )
+        np.testing.assert_allclose(
+            [float(v) for v in s.ImageOrientationPatient], [float(v) for v in m.ImageOrientationPatient], atol=1e-6
+        )
+        assert [float(v) for v in s.PixelSpacing] == pytest.approx([float(v) for v in m.PixelSpacing])
+        assert (s.Rows, s.Columns) == (m.Rows, m.Columns)
+    # HU through the rescale, the same voxels as the NIfTI output
+    np.testing.assert_array_equal(
+        read_volume(tmp_path / "out" / "pt42_sct_dicom").array, read_volume(tmp_path / "out" / "pt42_sct.nii.gz").array
+    )
+
+    # a NIfTI case: a new, clearly labelled context of its own, still a valid CT series
+    nifti = sorted((tmp_path / "out" / "p00_sct_dicom").iterdir())
+    assert dciodvfy_errors(nifti[0]) == []
+    ds = pydicom.dcmread(nifti[0])
+    assert ds.PatientID == "p00" and "non-DICOM" in ds.StudyDescription
+    assert ds.StudyInstanceUID != first.StudyInstanceUID and ds.FrameOfReferenceUID != first.FrameOfReferenceUID
+    from_dicom, from_nifti = (
+        read_volume(tmp_path / "out" / "p00_sct_dicom"),
+        read_volume(tmp_path / "out" / "p00_sct.nii.gz"),
+    )
     np.testing.assert_array_equal(from_dicom.array, from_nifti.array)
     np.testing.assert_allclose(from_dicom.affine, from_nifti.affine, atol=1e-3)
+
+
+def test_a_ct_series_context_carries_its_tube_voltage_to_the_derived_series(tmp_path, ct_volume):
+    """A denoised low-dose CT keeps the CT's series context, its kVp included (the same code as translate's)."""
+    import pydicom
+
+    from medtranslate.dicom import source_context
+
+    ldct = write_dicom_series(tmp_path / "ld", ct_volume, context={**MR_CONTEXT, "0018|0060": "120"}, derived=False)
+    context = source_context(tmp_path / "ld")
+    assert context["0018|0060"] == "120" and context["0010|0020"] == "PID-0042" and context["0020|0011"] == "3"
+    out = write_dicom_series(tmp_path / "nd", ct_volume, context=context, series_description="Denoised CT")
+    ds, src = pydicom.dcmread(out[0]), pydicom.dcmread(ldct[0])
+    assert dciodvfy_errors(out[0]) == []
+    assert float(ds.KVP) == 120 and ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
 
 
 class Evil:
