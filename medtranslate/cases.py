@@ -56,6 +56,7 @@ ROLE_ALIASES: dict[str, str] = {
     "bodymask": "mask",
     "body_mask": "mask",
     "sct": "sct",
+    "std": "std",  # <case>_sct_std.nii.gz: translate --uncertainty's standard deviation map
     "denoised": "denoised",
 }
 

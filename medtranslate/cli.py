@@ -110,6 +110,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         fmt=args.format,
         tta=args.tta,
+        uncertainty=args.uncertainty,
+        samples=args.samples,
         shard=args.shard,
         progress=not args.no_progress,
         precision=args.precision,
@@ -290,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("nifti", "dicom"), default="nifti", help="dicom: also write a DICOM CT series per case"
     )
     p.add_argument("--tta", action="store_true", help="average over a left-right flip (test-time augmentation)")
+    p.add_argument(
+        "--uncertainty",
+        choices=("tta", "mc"),
+        help="also write <case>_sct_std.nii.gz, the voxel-wise standard deviation in HU over flipped and shifted "
+        "views (tta) or Monte Carlo dropout samples (mc); the output is then their mean",
+    )
+    p.add_argument("--samples", type=int, default=8, help="predictions for --uncertainty (default 8; tta: at most 8)")
     p.add_argument("--shard", metavar="I/N", help="take every N-th case starting at I (0-based)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_translate)

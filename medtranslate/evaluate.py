@@ -26,9 +26,9 @@ from . import distributed
 from .atomic import atomic_write_text
 from .errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
 from .cases import Case, find_cases
-from .io import Volume, affine_to_sitk, read_case, sitk_to_volume, write_nifti
+from .io import Volume, affine_to_sitk, read_case, read_volume, sitk_to_volume, write_nifti
 from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
-from .qa import BONE_HU, artefact_index, dice, slice_consistency
+from .qa import BIG_ERROR_HU, BONE_HU, artefact_index, dice, slice_consistency, uncertainty_scores
 from .tasks import TASKS, get_task
 from .transforms import axial_axis, body_mask, check_same_grid
 
@@ -187,7 +187,7 @@ def evaluate_folder(
         ) from exc
     mask_dir = out / "masks"
 
-    from .report import case_figure, display_range, write_report
+    from .report import case_figure, display_range, uncertainty_figure, write_report
 
     rows: list[dict[str, Any]] = []
     case_figures: dict[str, Path] = {}  # drawn as each case is scored: volumes are not kept for the report
@@ -201,6 +201,7 @@ def evaluate_folder(
             "ref": str(refs[cid].label) if cid in refs else "",
         }
         t0 = time.perf_counter()
+        std = None
         try:
             if cid not in preds:
                 raise InputError(f"case '{cid}': no prediction in {pred}")
@@ -246,6 +247,10 @@ def evaluate_folder(
                 inp = read_case(inputs[cid])
                 check_same_grid(inp, r, names=(f"input {inputs[cid].label}", f"reference {refs[cid].label}"), case=cid)
             row.update(_score_case(cid, p, r, m, task, edition, window, inp))
+            std = _uncertainty_of(preds[cid], p, cid)
+            if std is not None:
+                row.update(uncertainty_scores(std.array, p.array.astype(np.float64) - r.array, m))
+                row["uncertainty"] = str(std.source)
             row.update(status="done", error="")
         except MedTranslateError as exc:
             row.update(status="failed", error=str(exc))
@@ -262,6 +267,10 @@ def evaluate_folder(
         rows.append(row)
         if figures and row["status"] == "done":
             case_figures[cid] = case_figure(out / "figures" / f"{cid}.png", cid, p, r, m, inp, ct_range)
+            if std is not None:
+                case_figures[f"{cid}: error against uncertainty"] = uncertainty_figure(
+                    out / "figures" / f"{cid}_uncertainty.png", cid, std.array, p.array.astype(np.float64) - r.array, m
+                )
 
     if ranks > 1:  # every rank gets every rank's rows (and figures); rank 0 alone writes the tables and the report
         gathered = distributed.all_gather((rows, case_figures))
@@ -287,6 +296,19 @@ def evaluate_folder(
         result.figures = write_report(out, rows, summary, metric_names, case_figures)
     distributed.barrier()  # the others return when the report is written
     return result
+
+
+def _uncertainty_of(pred: Case, p: Volume, cid: str) -> Volume | None:
+    """The standard deviation map ``translate --uncertainty`` wrote beside a prediction (``<name>_std.nii.gz``)."""
+    name = Path(pred.path).name
+    if not name.endswith(".nii.gz"):
+        return None
+    path = Path(pred.path).with_name(name[: -len(".nii.gz")] + "_std.nii.gz")
+    if not path.is_file():
+        return None
+    std = read_volume(path)
+    check_same_grid(std, p, names=(f"uncertainty {path}", f"prediction {pred.label}"), case=cid)
+    return std
 
 
 def _is_file(path: Any) -> bool:
@@ -337,6 +359,10 @@ QA_DEFINITIONS = {
     "flicker)",
     "bone_dice": f"Dice of bone (> {BONE_HU:g} HU) in prediction and reference",
     "body_dice": "Dice of the body masks of input and prediction (anatomy kept in place)",
+    "unc_mean_std": "with translate --uncertainty: mean voxel standard deviation (HU) inside the mask",
+    "unc_spearman": "Spearman rank correlation of voxel uncertainty and |error| inside the mask",
+    "unc_top5_enrichment": f"share of the errors > {BIG_ERROR_HU:g} HU among the 5 % most uncertain mask voxels, "
+    "divided by 5 % (1: chance)",
 }
 
 
@@ -366,7 +392,7 @@ def _similarity_definitions(task: str, edition: int, window: str) -> dict[str, s
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], metric_names: list[str]) -> None:
-    columns = ["case", *metric_names, "status", "error", "pred", "ref", "mask", "seconds"]
+    columns = ["case", *metric_names, "status", "error", "pred", "ref", "mask", "uncertainty", "seconds"]
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

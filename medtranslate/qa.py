@@ -12,6 +12,10 @@
   decides each slice on its own flickers between slices, which raises it; 0 when the changes match.
 - ``dice``: 2 |A and B| / (|A| + |B|) of two binary masks; used for the body mask of input and output (anatomy moved
   or invented) and for bone (> 250 HU) of prediction and reference.
+- ``uncertainty_scores``: whether a voxel-wise uncertainty map (``translate --uncertainty``) points at the errors:
+  Spearman's rank correlation of uncertainty and |error| over mask voxels, and how many times their share of the
+  errors above 100 HU the 5 % most uncertain voxels hold (1: no better than chance; at most 1 / the fraction of
+  voxels with such errors).
 
 Every function takes numpy arrays indexed as stored and the axis of the axial slices; none knows about files.
 """
@@ -22,12 +26,14 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["BONE_HU", "artefact_index", "slice_consistency", "dice"]
+__all__ = ["BONE_HU", "BIG_ERROR_HU", "artefact_index", "slice_consistency", "dice", "uncertainty_scores"]
 
 # Bone for Dice: above 250 HU (SynthRAD 2025 scores segmentations from TotalSegmentator, which needs downloaded weights;
 # a threshold needs none).
 BONE_HU = 250.0
 _NEIGHBOURS = 2  # half-width of the neighbourhood (5 x 5 bins)
+BIG_ERROR_HU = 100.0  # an error that matters for the uncertainty scores
+TOP_FRACTION = 0.05  # the most uncertain voxels, for the enrichment
 
 
 def _axial_first(volume: np.ndarray, axial_axis: int) -> np.ndarray:
@@ -92,3 +98,25 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
         raise InputError(f"masks differ in shape: {a.shape} vs {b.shape}")
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def uncertainty_scores(std: np.ndarray, error: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """How well an uncertainty map ranks the errors, over mask voxels (see the module's docstring).
+
+    Returns ``unc_mean_std`` (HU), ``unc_spearman`` and, when some error exceeds BIG_ERROR_HU,
+    ``unc_top5_enrichment``: (share of those errors among the 5 % most uncertain voxels) / (share of voxels there).
+    """
+    from scipy.stats import spearmanr
+
+    m = np.asarray(mask, dtype=bool)
+    u = np.asarray(std, dtype=np.float64)[m]
+    e = np.abs(np.asarray(error, dtype=np.float64))[m]
+    if u.size < 2:
+        raise InputError("uncertainty scores need at least 2 mask voxels")
+    out = {"unc_mean_std": float(u.mean())}
+    out["unc_spearman"] = float(spearmanr(u, e).statistic) if np.ptp(u) > 0 and np.ptp(e) > 0 else 0.0
+    big = e > BIG_ERROR_HU
+    if big.any():
+        top = u >= np.quantile(u, 1.0 - TOP_FRACTION)
+        out["unc_top5_enrichment"] = float((big & top).sum() / big.sum() / top.mean())
+    return out

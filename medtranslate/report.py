@@ -89,6 +89,27 @@ def case_figure(
     return path
 
 
+def uncertainty_figure(path: Path, case: str, std: np.ndarray, error: np.ndarray, mask: np.ndarray) -> Path:
+    """Mean |error| against uncertainty: the mask voxels in ten bins of equal count by their standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(mask, dtype=bool)
+    u, e = np.asarray(std, dtype=np.float64)[m], np.abs(np.asarray(error, dtype=np.float64))[m]
+    order = np.argsort(u, kind="stable")
+    bins = np.array_split(order, 10)
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    ax.plot([u[b].mean() for b in bins], [e[b].mean() for b in bins], "o-", color="#4c72b0")
+    ax.set_xlabel("uncertainty: standard deviation (HU)")
+    ax.set_ylabel("mean |error| (HU)")
+    ax.set_title(f"{case}: error against uncertainty (deciles)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
 def metrics_figure(path: Path, rows: list[dict[str, Any]], metric_names: list[str]) -> Path:
     """One panel per metric: its value for every scored case, with the mean as a line."""
     import matplotlib

@@ -27,9 +27,17 @@ from .precision import PrecisionChoice, choose_precision, describe_machine, prob
 from .tasks import get_task
 from .transforms import IntensityParams, Preprocessor, intensity_for
 
-__all__ = ["translate_volume", "translate_folder"]
+__all__ = ["translate_volume", "translate_with_uncertainty", "translate_folder"]
 
 logger = logging.getLogger(__name__)
+
+
+# Test-time views for --uncertainty tta: (left-right flip, shift along the first and second in-plane axes, pixels).
+# Small shifts move the image against the network's pooling grid, flips against its learned asymmetries; both are
+# changes the prediction should not depend on, so where it does the model is unsure.
+TTA_VIEWS = ((False, 0, 0), (True, 0, 0), (False, 2, 0), (True, 0, 2), (False, -2, -2), (True, 2, 2), (False, 0, -2),
+             (True, -2, 0))  # fmt: skip
+UNCERTAINTY_METHODS = ("tta", "mc")
 
 
 @torch.no_grad()
@@ -58,6 +66,66 @@ def translate_volume(
     """
     device = torch.device(device)
     require_int("batch size", batch_size, 1)
+    pre, data, image = _preprocess(volume, spec)
+    views = TTA_VIEWS[:2] if tta else TTA_VIEWS[:1]
+    pred = sum(_predict(net, image, spec, device, batch_size, amp_dtype, view) for view in views) / len(views)
+    _check_finite(pred, volume)
+    return pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume)
+
+
+@torch.no_grad()
+def translate_with_uncertainty(
+    net: nn.Module,
+    volume: Volume,
+    spec: TranslatorSpec,
+    method: str,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    amp_dtype: torch.dtype | None = None,
+    samples: int = 8,
+) -> tuple[Volume, Volume]:
+    """The mean prediction and its voxel-wise standard deviation in HU over ``samples`` predictions.
+
+    ``method``: ``tta``, the views of :data:`TTA_VIEWS` (flips and shifts of 2 pixels, undone on the output); ``mc``,
+    Monte Carlo dropout (Gal and Ghahramani 2016): the network's dropout layers stay on, each sample draws its own
+    masks (seeded by the sample's number, so a case gives the same maps every time). Each sample is brought back to
+    the input's grid and units before the statistics, so the standard deviation is in HU on that grid.
+
+    Raises:
+        InputError: as :func:`translate_volume`; ``mc`` for a network without dropout layers.
+    """
+    device = torch.device(device)
+    require_choice("--uncertainty", method, UNCERTAINTY_METHODS, error=InputError)
+    require_int("--samples", samples, 2, len(TTA_VIEWS) if method == "tta" else 256, error=InputError)
+    dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if method == "mc" and not dropouts:
+        raise InputError(
+            "--uncertainty mc needs a network with dropout layers (the pix2pix U-Net has them unless model.dropout is "
+            "0; CycleGAN's ResNet has none); use --uncertainty tta"
+        )
+    pre, data, image = _preprocess(volume, spec)
+    target = IntensityParams.from_dict(spec.target_intensity)
+    total = total_sq = None
+    for k in range(samples):
+        if method == "tta":
+            pred = _predict(net, image, spec, device, batch_size, amp_dtype, TTA_VIEWS[k])
+        else:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(k)
+                pred = _predict(net, image, spec, device, batch_size, amp_dtype, TTA_VIEWS[0], dropouts)
+        _check_finite(pred, volume)
+        hu = pre.invert(pred, data["image"], target, volume)
+        x = np.asarray(hu.array, dtype=np.float64)
+        total = x if total is None else total + x
+        total_sq = x * x if total_sq is None else total_sq + x * x
+    mean = total / samples
+    std = np.sqrt(np.maximum(total_sq / samples - mean * mean, 0.0))
+    return Volume(mean.astype(np.float32), hu.affine, source=hu.source), Volume(
+        std.astype(np.float32), hu.affine, source=hu.source
+    )
+
+
+def _preprocess(volume: Volume, spec: TranslatorSpec) -> tuple[Preprocessor, dict[str, Any], torch.Tensor]:
     name = volume.source or "input volume"
     check_modality(
         volume, spec.source_kind, name, f"this model translates {get_task(spec.task).source_role} images ({spec.task})"
@@ -65,33 +133,58 @@ def translate_volume(
     intensity = intensity_for(spec.source_kind, volume.array, volume.affine, source=name)
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
     data = pre(volume, intensity, keep_mask=False)  # no crop to the body: no mask needed
-    image = data["image"].as_tensor().float()
+    return pre, data, data["image"].as_tensor().float()
+
+
+def _predict(
+    net: nn.Module,
+    image: torch.Tensor,
+    spec: TranslatorSpec,
+    device: torch.device,
+    batch_size: int,
+    amp_dtype: torch.dtype | None,
+    view: tuple[bool, int, int],
+    active: list[nn.Module] | None = None,
+) -> torch.Tensor:
+    """The network's prediction for every slice of ``image`` (1, X, Y, Z), seen through ``view`` and brought back;
+    the layers in ``active`` (dropout, for MC sampling) stay in training mode."""
     depth = image.shape[-1]
     pred = torch.full_like(image, float("nan"))  # a slice the loop missed could never pass as a result
     was_training = net.training
     net.eval()
+    for m in active or []:
+        m.train(True)
     offsets = torch.arange(-spec.context, spec.context + 1)
+    flip, dx, dy = view
     try:
         for z0 in range(0, depth, batch_size):
             zs = torch.arange(z0, min(z0 + batch_size, depth))
             idx = torch.clamp(zs[:, None] + offsets[None, :], 0, depth - 1)  # (b, 2k+1)
             batch = image[0][:, :, idx].permute(2, 3, 0, 1).to(device)  # (b, 2k+1, X, Y)
+            if dx or dy:  # the volume is padded with background, so what rolls over the edge is air
+                batch = torch.roll(batch, shifts=(dx, dy), dims=(2, 3))
+            if flip:
+                batch = torch.flip(batch, dims=[2])
             # channels-last input (the network's own weights are left as they are: the convolutions follow the
             # input's layout): 1.5-1.9x faster for the demo's U-Net on the EPYC in float32 and bf16 (bench_translate)
-            batch = batch.contiguous(memory_format=torch.channels_last)
-            out = _forward(net, batch, amp_dtype, device)
-            if tta:
-                out = 0.5 * (out + torch.flip(_forward(net, torch.flip(batch, dims=[2]), amp_dtype, device), dims=[2]))
+            out = _forward(net, batch.contiguous(memory_format=torch.channels_last), amp_dtype, device)
+            if flip:
+                out = torch.flip(out, dims=[2])
+            if dx or dy:
+                out = torch.roll(out, shifts=(-dx, -dy), dims=(2, 3))
             pred[0, :, :, z0 : z0 + len(zs)] = out[:, 0].permute(1, 2, 0).float().cpu()
     finally:
         net.train(was_training)
+    return pred
+
+
+def _check_finite(pred: torch.Tensor, volume: Volume) -> None:
     if not torch.isfinite(pred).all():
         bad = int((~torch.isfinite(pred)).sum())
         raise CheckpointError(
-            f"{name}: the model produced {bad} NaN or infinite values; the checkpoint is broken (training diverged?), "
-            "train it again"
+            f"{volume.source or 'input volume'}: the model produced {bad} NaN or infinite values; the checkpoint is "
+            "broken (training diverged?), train it again"
         )
-    return pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume)
 
 
 def _forward(net: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
@@ -113,13 +206,17 @@ def translate_folder(
     shard: str | None = None,
     progress: bool = True,
     precision: str = "auto",
+    uncertainty: str | None = None,
+    samples: int = 8,
 ) -> list[dict[str, Any]]:
     """Translate every case of a file or folder into ``output``; resumable, shardable, never touching inputs.
 
     Writes ``<case>_sct.nii.gz`` (MR -> CT) or ``<case>_denoised.nii.gz`` (low-dose CT) as int16 HU clipped to
-    [-1024, 3071] on the input's exact grid, and ``manifest.csv`` (``manifest.shardIofN.csv`` when sharded), rewritten
-    after every case. Cases whose output exists are skipped unless ``overwrite``; they keep the checkpoint hash of
-    the model that made them. Every option is checked before any work.
+    [-1024, 3071] on the input's exact grid (with ``uncertainty``, the mean of ``samples`` predictions, and their
+    standard deviation in HU as ``<case>_sct_std.nii.gz``, see :func:`translate_with_uncertainty`), and
+    ``manifest.csv`` (``manifest.shardIofN.csv`` when sharded), rewritten after every case. Cases whose output
+    exists are skipped unless ``overwrite``; they keep the checkpoint hash of the model that made them. Every option
+    is checked before any work.
 
     Returns:
         The manifest rows.
@@ -135,6 +232,11 @@ def translate_folder(
     require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
     require_int("--batch-size", batch_size, 1, 4096, error=InputError)
     require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
+    if uncertainty is not None:
+        require_choice("--uncertainty", uncertainty, UNCERTAINTY_METHODS, error=InputError)
+        require_int("--samples", samples, 2, len(TTA_VIEWS) if uncertainty == "tta" else 256, error=InputError)
+        if tta:
+            raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
     index, count = shard_of(shard)
     dev = resolve_device(device)
     ckpt = load_checkpoint(model)
@@ -144,6 +246,11 @@ def translate_folder(
         raise InputError(f"{inp}: no such file or folder; check --input")
     prepare_output_folder(inp, out)
     net = build_inference_net(ckpt, dev, source=str(model))
+    if uncertainty == "mc" and not any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in net.modules()):
+        raise InputError(
+            f"{model}: --uncertainty mc needs a network with dropout layers (the pix2pix U-Net has them unless "
+            "model.dropout is 0; CycleGAN's ResNet and the baselines have none); use --uncertainty tta"
+        )
     digest = sha256(model)
     chosen = None
     if index == 0 or not is_distributed():  # under torchrun rank 0 alone measures, and every rank computes alike
@@ -160,12 +267,20 @@ def translate_folder(
 
     def outputs(case: Any) -> list[Path]:
         targets = [out / f"{case.case_id}_{suffix}.nii.gz"]
+        if uncertainty is not None:
+            targets.append(out / f"{case.case_id}_{suffix}_std.nii.gz")
         return targets + ([out / f"{case.case_id}_{suffix}_dicom"] if fmt == "dicom" else [])
 
     def work(case: Any, targets: list[Path]) -> None:
-        result = translate_volume(
-            net, read_case(case), spec, dev, batch_size=batch_size, tta=tta, amp_dtype=chosen.amp_dtype
-        )
+        if uncertainty is None:
+            result = translate_volume(
+                net, read_case(case), spec, dev, batch_size=batch_size, tta=tta, amp_dtype=chosen.amp_dtype
+            )
+        else:
+            result, std = translate_with_uncertainty(
+                net, read_case(case), spec, uncertainty, dev, batch_size, chosen.amp_dtype, samples
+            )
+            write_nifti(targets[1], std.array, std.affine, np.float32, overwrite=True)
         hu = np.clip(result.array, -1024, 3071)
         if fmt == "dicom":
             what = "Synthetic CT" if task.name == "mr2ct" else "Denoised CT"
@@ -174,7 +289,7 @@ def translate_folder(
             else:
                 context = {"0008|1030": f"{what} of {case.case_id} from a non-DICOM file (no patient context)"[:64]}
             write_dicom_series(
-                targets[1],
+                targets[-1],
                 Volume(hu, result.affine),
                 modality="CT",
                 series_description=f"{what} (medtranslate)",

@@ -60,3 +60,20 @@ def test_dice():
     assert dice(a, b) == pytest.approx(0.5) and dice(a, a) == 1.0 and dice(a & False, b & False) == 1.0
     with pytest.raises(InputError, match="differ in shape"):
         dice(a, b[:5])
+
+
+def test_uncertainty_scores_reward_a_map_that_ranks_the_errors():
+    from medtranslate.qa import uncertainty_scores
+
+    rng = np.random.default_rng(0)
+    error = rng.normal(0, 80, (30, 30, 20))  # about 21 % of voxels beyond 100 HU
+    mask = np.ones(error.shape, bool)
+    mask[:2] = False
+    knows = uncertainty_scores(np.abs(error) + rng.normal(0, 5, error.shape), error, mask)
+    blind = uncertainty_scores(rng.random(error.shape), error, mask)
+    share = (np.abs(error[mask]) > 100).mean()
+    assert knows["unc_spearman"] > 0.9 and knows["unc_top5_enrichment"] == pytest.approx(1 / share, rel=0.02)
+    assert abs(blind["unc_spearman"]) < 0.05 and 0.8 < blind["unc_top5_enrichment"] < 1.2
+    assert knows["unc_mean_std"] == pytest.approx(np.abs(error[mask]).mean(), rel=0.02)
+    small = uncertainty_scores(np.abs(error) / 10, error / 10, mask)  # no error beyond 100 HU: no enrichment to score
+    assert "unc_top5_enrichment" not in small and small["unc_spearman"] > 0.99

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from medtranslate.config import load_config
-from medtranslate.errors import CheckpointError
+from medtranslate.errors import CheckpointError, InputError
 from medtranslate.io import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
 from medtranslate.phantom import make_subject
 from medtranslate.train import Trainer
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 from medtranslate.translate import translate_volume
 
-from .conftest import oblique_affine, torchrun_cli, translate_cli, write_config
+from .conftest import oblique_affine, run_cli, torchrun_cli, translate_cli, write_config
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,61 @@ def test_translate_volume_api_odd_shapes_and_tta(checkpoints):
     assert out.shape == vol.shape and np.array_equal(out.affine, vol.affine)
     tta = translate_volume(net, vol, spec, tta=True)
     assert tta.shape == vol.shape and not np.allclose(tta.array, out.array)
+
+
+def test_uncertainty_maps_from_views_and_from_dropout(tmp_path, checkpoints):
+    from medtranslate.config import RunConfig
+    from medtranslate.gan import build_generator
+    from medtranslate.translate import translate_with_uncertainty
+
+    ckpt = load_checkpoint(checkpoints["pix2pix"])
+    net, spec = build_inference_net(ckpt, torch.device("cpu")), TranslatorSpec.from_dict(ckpt["spec"])
+    vol = mr_volume(2, shape=(27, 33, 9))
+    mean, std = translate_with_uncertainty(net, vol, spec, "tta", samples=4)
+    assert mean.shape == std.shape == vol.shape and np.array_equal(std.affine, vol.affine)
+    assert std.array.min() >= 0 and std.array.max() > 0
+    # the mean of the first two views is what --tta gives; the spread is that of the views, in HU
+    two_mean, two_std = translate_with_uncertainty(net, vol, spec, "tta", samples=2)
+    flip = translate_volume(net, vol, spec, tta=True)
+    plain = translate_volume(net, vol, spec)
+    np.testing.assert_allclose(two_mean.array, flip.array, atol=1e-3)
+    np.testing.assert_allclose(two_std.array, np.abs(2 * (flip.array - plain.array)) / 2, atol=0.05)
+    with pytest.raises(InputError, match="needs a network with dropout layers"):  # the tiny U-Net is too shallow
+        translate_with_uncertainty(net, vol, spec, "mc")
+    # Monte Carlo dropout: a U-Net deep enough to have dropout (untrained: only the mechanics are tested)
+    cfg = RunConfig.from_dict(
+        {"data": {"root": "x", "patch_size": 64}, "model": {"kind": "pix2pix", "ngf": 4, "num_downs": 6}}
+    )
+    deep = build_generator(cfg, 1).eval()
+    deep_spec = TranslatorSpec.from_dict({**ckpt["spec"], "context": 0, "divisor": 64})
+    a = translate_with_uncertainty(deep, vol, deep_spec, "mc", samples=3)
+    b = translate_with_uncertainty(deep, vol, deep_spec, "mc", samples=3)
+    assert a[1].array.max() > 0 and np.array_equal(a[1].array, b[1].array)  # seeded per sample: repeatable
+    assert not any(m.training for m in deep.modules())  # and the network is left as it was, dropout off
+
+
+def test_translate_writes_the_uncertainty_map_and_evaluate_scores_it(tmp_path, checkpoints, tiny_data):
+    model = str(checkpoints["pix2pix"])
+    out = tmp_path / "out"
+    run = translate_cli(model, str(tiny_data / "s3" / "mr.nii.gz"), str(out), "--uncertainty", "tta")
+    assert run.returncode == 0, run.stderr
+    std = read_volume(out / "s3_sct_std.nii.gz")
+    sct = read_volume(out / "s3_sct.nii.gz")
+    assert std.shape == sct.shape and std.array.dtype == np.float32 and std.array.max() > 0
+    np.testing.assert_allclose(std.affine, sct.affine, atol=1e-4)
+    ev = run_cli(
+        *("evaluate", "--pred", str(out), "--ref", str(tiny_data / "s3" / "ct.nii.gz"), "--out", str(tmp_path / "ev")),
+        "--no-progress",
+    )
+    assert ev.returncode == 0, ev.stderr  # the map is not taken for a prediction of its own
+    row = next(csv.DictReader((tmp_path / "ev" / "metrics.csv").open()))
+    assert row["case"] == "s3" and -1 <= float(row["unc_spearman"]) <= 1 and float(row["unc_mean_std"]) > 0
+    assert row["uncertainty"].endswith("s3_sct_std.nii.gz")
+    assert "error against uncertainty" in (tmp_path / "ev" / "report.html").read_text()
+    for bad, match in ((("--uncertainty", "mc"), "needs a network with dropout"), (("--uncertainty", "tta", "--tta"),
+                       "already averages"), (("--uncertainty", "tta", "--samples", "9"), "--samples")):  # fmt: skip
+        refused = translate_cli(model, str(tiny_data / "s3" / "mr.nii.gz"), str(tmp_path / "x"), *bad)
+        assert refused.returncode == 2 and match in refused.stderr, refused.stderr
 
 
 def _batch(folder, n=6):
@@ -281,7 +336,7 @@ def test_a_ct_series_context_carries_its_tube_voltage_to_the_derived_series(tmp_
 
     ldct = write_dicom_series(tmp_path / "ld", ct_volume, context={**MR_CONTEXT, "0018|0060": "120"}, derived=False)
     context = source_context(tmp_path / "ld")
-    assert context["0018|0060"] == "120" and context["0010|0020"] == "PID-0042" and context["0020|0011"] == "3"
+    assert context["0018|0060"] == "120" and context["0010|0020"] == "PID-0042" and context["0020|0011"] == "1003"
     out = write_dicom_series(tmp_path / "nd", ct_volume, context=context, series_description="Denoised CT")
     ds, src = pydicom.dcmread(out[0]), pydicom.dcmread(ldct[0])
     assert dciodvfy_errors(out[0]) == []
