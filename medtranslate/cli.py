@@ -37,6 +37,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_bundle
+
+    out = export_bundle(args.model, args.out, overwrite=args.overwrite)
+    print(f"wrote the MONAI bundle {out}; run it with:")
+    print(
+        f"  python -m monai.bundle run --config_file {out / 'configs' / 'inference.json'} --bundle_root {out} "
+        "--dataset_dir INPUT --output_dir OUTPUT"
+    )
+    return 0
+
+
 def cmd_sample_data(args: argparse.Namespace) -> int:
     from .phantom import write_sample_data
 
@@ -420,6 +432,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint as a MONAI bundle (python -m monai.bundle run)",
+        description="Write a MONAI bundle (configs/metadata.json, configs/inference.json, models/model.pt, "
+        "docs/README.md) that translates a folder as `medtranslate translate` does.",
+    )
+    p.add_argument("--model", required=True, help="checkpoint (.pt) from train")
+    p.add_argument("--out", required=True, help="bundle folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

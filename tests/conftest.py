@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
+from medtranslate.config import load_config
 from medtranslate.io import Volume, write_nifti
 from medtranslate.phantom import make_subject
+from medtranslate.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -137,3 +139,15 @@ def write_config(path, root, kind="pix2pix", **extra):
         cfg[section][key] = value
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tiny_data, tmp_path_factory):
+    """A tiny pix2pix (2.5D) and an intensity-map checkpoint trained on the tiny phantoms."""
+    out = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for kind, extra in (("pix2pix", {"data.context": 1, "train.epochs": 1}), ("intensity_map", {})):
+        cfg = load_config(write_config(out / f"{kind}.yaml", tiny_data, kind, **extra))
+        Trainer(cfg, out / kind, progress=False).fit()
+        paths[kind] = out / kind / "checkpoints" / "best.pt"
+    return paths

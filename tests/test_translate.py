@@ -14,27 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from medtranslate.config import load_config
 from medtranslate.errors import CheckpointError, InputError
 from medtranslate.io import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
 from medtranslate.phantom import make_subject
-from medtranslate.train import Trainer
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 from medtranslate.translate import translate_volume
 
-from .conftest import oblique_affine, run_cli, torchrun_cli, translate_cli, write_config
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tiny_data, tmp_path_factory):
-    """A tiny pix2pix (2.5D) and an intensity-map checkpoint trained on the tiny phantoms."""
-    out = tmp_path_factory.mktemp("ckpt")
-    paths = {}
-    for kind, extra in (("pix2pix", {"data.context": 1, "train.epochs": 1}), ("intensity_map", {})):
-        cfg = load_config(write_config(out / f"{kind}.yaml", tiny_data, kind, **extra))
-        Trainer(cfg, out / kind, progress=False).fit()
-        paths[kind] = out / kind / "checkpoints" / "best.pt"
-    return paths
+from .conftest import oblique_affine, run_cli, torchrun_cli, translate_cli
 
 
 def mr_volume(seed: int, shape=(40, 36, 14)) -> Volume:
