@@ -57,6 +57,14 @@ def network_only(
     return out
 
 
+def network_only_example(image: torch.Tensor, spec: TranslatorSpec, batch_size: int) -> torch.Tensor:
+    """A batch as network_only feeds it (the first slices), for tracing."""
+    depth = image.shape[-1]
+    zs = torch.arange(0, min(batch_size, depth))
+    idx = torch.clamp(zs[:, None] + torch.arange(-spec.context, spec.context + 1)[None, :], 0, depth - 1)
+    return image[0][:, :, idx].permute(2, 3, 0, 1).contiguous(memory_format=torch.channels_last)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -108,6 +116,24 @@ def main() -> None:
             lambda: network_only(best, image, spec, torch.bfloat16, args.batch_size, True, False), args.repeats
         )
         print(f"network alone, bf16 + channels-last, no_grad instead of inference_mode: {t_ng:6.3f} s")
+        # TorchScript, as an exported model could ship it (the issue's "if it measures faster"): traced on a batch of
+        # this shape, frozen and optimised for inference (which folds batch norm into the convolutions)
+        for name, amp in (("float32", None), ("bf16", torch.bfloat16)):
+            eager = build_inference_net(ckpt, torch.device("cpu")).to(memory_format=torch.channels_last)
+            example = network_only_example(image, spec, args.batch_size)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None):
+                traced = torch.jit.trace(
+                    eager.eval(), example, check_trace=amp is None
+                )  # bf16 is not bitwise repeatable
+                scripted = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            run = lambda im: network_only(scripted, im, spec, amp, args.batch_size, True)  # noqa: E731
+            run(image[..., : args.batch_size])  # warm-up (TorchScript's profiling runs)
+            run(image[..., : args.batch_size])
+            t_ts, _ = median_time(lambda: run(image), args.repeats)
+            print(
+                f"network alone, TorchScript {name:8s} + channels-last: {t_ts:6.3f} s "
+                f"({base / t_ts:4.2f}x float32 eager)"
+            )
         if args.compile:
             t0 = time.perf_counter()
             compiled = torch.compile(best)
