@@ -423,7 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--task", choices=tuple(TASKS), default="mr2ct", help="metric set (default mr2ct)")
     p.add_argument(
-        "--window", choices=("head", "abdomen", "chest"), default="head", help="window for ldct metrics (default head)"
+        "--window",
+        choices=("auto", "head", "abdomen", "chest"),
+        default="auto",
+        help="window for ldct metrics (default auto: chest where lung is in the field, else head or abdomen by the "
+        "body's width; a case where that is unclear fails, asking for the window)",
     )
     p.add_argument(
         "--resample-to-ref",

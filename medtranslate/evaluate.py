@@ -28,7 +28,7 @@ from .errors import GeometryMismatchError, InputError, MedTranslateError, Output
 from .cases import Case, find_cases
 from .io import Volume, affine_to_sitk, read_case, read_volume, sitk_to_volume, write_nifti
 from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
-from .qa import BIG_ERROR_HU, BONE_HU, artefact_index, dice, slice_consistency, uncertainty_scores
+from .qa import BIG_ERROR_HU, BONE_HU, anatomy_window, artefact_index, dice, slice_consistency, uncertainty_scores
 from .tasks import TASKS, get_task
 from .transforms import axial_axis, body_mask, check_same_grid
 
@@ -122,6 +122,7 @@ def _metrics_of(
     scores["artefact_index"] = artefact_index(pred.array, axis)
     scores["slice_consistency"] = slice_consistency(pred.array, ref.array, mask, axis)
     scores["bone_dice"] = dice(np.asarray(pred.array) > BONE_HU, np.asarray(ref.array) > BONE_HU)
+    scores["body_dice_ref"] = dice(body_mask(pred.array, "ct", pred.affine), body_mask(ref.array, "ct", ref.affine))
     if inp is not None:
         body_in = body_mask(inp.array, spec.source_kind, inp.affine)
         scores["body_dice"] = dice(body_in, body_mask(pred.array, "ct", pred.affine))
@@ -136,7 +137,7 @@ def evaluate_folder(
     input: str | os.PathLike | None = None,
     edition: int = 2023,
     task: str = "mr2ct",
-    window: str = "head",
+    window: str = "auto",
     resample_to_ref: bool = False,
     figures: bool = True,
     progress: bool = True,
@@ -149,7 +150,9 @@ def evaluate_folder(
         out: output folder (created).
         edition: SynthRAD edition for PSNR/SSIM clipping (2023 or 2025); MS-SSIM always follows 2025.
         task: mr2ct (SynthRAD metrics) or ldct (windowed slice SSIM/PSNR and RMSE in HU).
-        window: display window for ldct metrics (head, abdomen, chest).
+        window: display window for ldct metrics (head, abdomen, chest), or auto: per case from its anatomy (lung in
+            the field: chest; else by the body's width, see :func:`~medtranslate.qa.anatomy_window`), and a case
+            whose anatomy is not clear fails, asking for the window.
         resample_to_ref: resample a prediction on another grid onto the reference's instead of failing the case.
         figures: draw per-case figures and metric plots into the report.
         extra_summary: merged into summary.json (e.g. a baseline's summary, which the report then shows beside).
@@ -164,8 +167,8 @@ def evaluate_folder(
     spec = get_task(task)
     if edition not in EDITIONS:
         raise InputError(f"unknown SynthRAD edition {edition}; expected one of: {', '.join(map(str, EDITIONS))}")
-    if window not in WINDOWS:
-        raise InputError(f"unknown window '{window}'; expected one of: {', '.join(WINDOWS)}")
+    if window != "auto" and window not in WINDOWS:
+        raise InputError(f"unknown window '{window}'; expected one of: auto, {', '.join(WINDOWS)}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file; choose a folder for --out")
@@ -187,11 +190,10 @@ def evaluate_folder(
         ) from exc
     mask_dir = out / "masks"
 
-    from .report import case_figure, display_range, uncertainty_figure, write_report
+    from .report import ERROR_MAX, ERROR_MAX_LDCT, case_figure, display_range, uncertainty_figure, write_report
 
     rows: list[dict[str, Any]] = []
     case_figures: dict[str, Path] = {}  # drawn as each case is scored: volumes are not kept for the report
-    ct_range = display_range(window if spec.metrics == "ldct" else None)
     ids = sorted(set(preds) | set(refs))
     rank, ranks = distributed.shard_of(None)  # under torchrun each rank scores every N-th case (the --shard rule)
     for cid in tqdm(ids[rank::ranks], desc="evaluate", unit="case", disable=not progress or rank != 0):
@@ -246,7 +248,18 @@ def evaluate_folder(
             if cid in inputs:
                 inp = read_case(inputs[cid])
                 check_same_grid(inp, r, names=(f"input {inputs[cid].label}", f"reference {refs[cid].label}"), case=cid)
-            row.update(_score_case(cid, p, r, m, task, edition, window, inp))
+            case_window = window
+            if spec.metrics == "ldct" and window == "auto":
+                case_window, why = anatomy_window(r.array, m, r.affine, axial_axis(r.affine))
+                if case_window is None:
+                    raise InputError(
+                        f"case '{cid}': cannot tell which window to score it in ({why}); pass --window head, abdomen "
+                        "or chest"
+                    )
+                logger.info("case %s: %s window (%s)", cid, case_window, why)
+            if spec.metrics == "ldct":
+                row["window"] = case_window
+            row.update(_score_case(cid, p, r, m, task, edition, case_window, inp))
             std = _uncertainty_of(preds[cid], p, cid)
             if std is not None:
                 row.update(uncertainty_scores(std.array, p.array.astype(np.float64) - r.array, m))
@@ -266,7 +279,9 @@ def evaluate_folder(
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
         if figures and row["status"] == "done":
-            case_figures[cid] = case_figure(out / "figures" / f"{cid}.png", cid, p, r, m, inp, ct_range)
+            ct_range = display_range(row.get("window"))
+            error_max = ERROR_MAX_LDCT if spec.metrics == "ldct" else ERROR_MAX
+            case_figures[cid] = case_figure(out / "figures" / f"{cid}.png", cid, p, r, m, inp, ct_range, error_max)
             if std is not None:
                 case_figures[f"{cid}: error against uncertainty"] = uncertainty_figure(
                     out / "figures" / f"{cid}_uncertainty.png", cid, std.array, p.array.astype(np.float64) - r.array, m
@@ -281,12 +296,12 @@ def evaluate_folder(
     summary.update(
         task=task,
         edition=edition if spec.metrics == "synthrad" else None,
-        window=window if spec.metrics == "ldct" else None,
+        window=_windows_used(rows) if spec.metrics == "ldct" else None,
         mask_source="given (--mask)"
         if masks
         else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in "
         "masks/",
-        definitions=_definitions(task, edition, window),
+        definitions=_definitions(task, edition, _windows_used(rows) or "head"),
         **(extra_summary or {}),
     )
     result = EvaluationResult(rows=rows, summary=summary, out=out)
@@ -359,11 +374,20 @@ QA_DEFINITIONS = {
     "flicker)",
     "bone_dice": f"Dice of bone (> {BONE_HU:g} HU) in prediction and reference",
     "body_dice": "Dice of the body masks of input and prediction (anatomy kept in place)",
+    "body_dice_ref": "Dice of the body masks of prediction and reference (both thresholded at -500 HU)",
     "unc_mean_std": "with translate --uncertainty: mean voxel standard deviation (HU) inside the mask",
     "unc_spearman": "Spearman rank correlation of voxel uncertainty and |error| inside the mask",
     "unc_top5_enrichment": f"share of the errors > {BIG_ERROR_HU:g} HU among the 5 % most uncertain mask voxels, "
     "divided by 5 % (1: chance)",
 }
+
+
+def _windows_used(rows: list[dict[str, Any]]) -> str | None:
+    """The ldct window of the scored cases: one name, or "mixed (...)" when the anatomy differed between cases."""
+    used = sorted({r["window"] for r in rows if r.get("window")})
+    if not used:
+        return None
+    return used[0] if len(used) == 1 else f"mixed ({', '.join(used)}; see each case's window)"
 
 
 def _definitions(task: str, edition: int, window: str) -> dict[str, str]:
@@ -372,6 +396,14 @@ def _definitions(task: str, edition: int, window: str) -> dict[str, str]:
 
 def _similarity_definitions(task: str, edition: int, window: str) -> dict[str, str]:
     if get_task(task).metrics == "ldct":
+        if window not in WINDOWS:
+            return {
+                "ssim": "per axial slice, each case in its own window (the window column), scaled to [0, 1], 7x7 "
+                "uniform window, mean over slices",
+                "psnr": "per axial slice on its case's window scaled to [0, 1], data range 1, mean over slices",
+                "rmse": "root mean squared difference in HU inside the mask",
+                "mae": "mean absolute difference in HU inside the mask",
+            }
         level, width = WINDOWS[window]
         return {
             "ssim": f"per axial slice, {window} window L{level:g}/W{width:g} scaled to [0, 1], 7x7 uniform window, "
@@ -392,7 +424,7 @@ def _similarity_definitions(task: str, edition: int, window: str) -> dict[str, s
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], metric_names: list[str]) -> None:
-    columns = ["case", *metric_names, "status", "error", "pred", "ref", "mask", "uncertainty", "seconds"]
+    columns = ["case", *metric_names, "window", "status", "error", "pred", "ref", "mask", "uncertainty", "seconds"]
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

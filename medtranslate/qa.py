@@ -26,7 +26,15 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["BONE_HU", "BIG_ERROR_HU", "artefact_index", "slice_consistency", "dice", "uncertainty_scores"]
+__all__ = [
+    "BONE_HU",
+    "BIG_ERROR_HU",
+    "artefact_index",
+    "slice_consistency",
+    "dice",
+    "uncertainty_scores",
+    "anatomy_window",
+]
 
 # Bone for Dice: above 250 HU (SynthRAD 2025 scores segmentations from TotalSegmentator, which needs downloaded weights;
 # a threshold needs none).
@@ -120,3 +128,36 @@ def uncertainty_scores(std: np.ndarray, error: np.ndarray, mask: np.ndarray) -> 
         top = u >= np.quantile(u, 1.0 - TOP_FRACTION)
         out["unc_top5_enrichment"] = float((big & top).sum() / big.sum() / top.mean())
     return out
+
+
+# Which display window a low-dose CT is scored in, from what is in the field: lung (air-filled parenchyma, -950 to
+# -400 HU; Hounsfield-unit ranges of lung tissue as radiology texts give them) in more than 3 % of the body -> chest;
+# otherwise a body at most 240 mm across in the axial plane -> head (an adult skull is about 140-200 mm wide), at least
+# 260 mm -> abdomen; in between the anatomy is not clear and the caller must say.
+LUNG_HU = (-950.0, -400.0)
+LUNG_FRACTION = 0.03
+HEAD_MAX_MM, ABDOMEN_MIN_MM = 240.0, 260.0
+
+
+def anatomy_window(
+    ref: np.ndarray, body: np.ndarray, affine: np.ndarray, axial_axis: int = 2
+) -> tuple[str | None, str]:
+    """The window (head, chest, abdomen) the anatomy of a reference CT calls for, or None, and the reason in words."""
+    body = np.asarray(body, dtype=bool)
+    if not body.any():
+        return None, "no body in the mask"
+    values = np.asarray(ref)[body]
+    lung = float(((values > LUNG_HU[0]) & (values < LUNG_HU[1])).mean())
+    if lung > LUNG_FRACTION:
+        return "chest", f"lung ({LUNG_HU[0]:g} to {LUNG_HU[1]:g} HU) in {lung:.0%} of the body"
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    width = 0.0
+    for axis in (a for a in range(3) if a != axial_axis):
+        others = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(body.any(axis=others))
+        width = max(width, (idx[-1] - idx[0] + 1) * float(spacing[axis]))
+    if width <= HEAD_MAX_MM:
+        return "head", f"no lung, body {width:.0f} mm across"
+    if width >= ABDOMEN_MIN_MM:
+        return "abdomen", f"no lung, body {width:.0f} mm across"
+    return None, f"no lung, body {width:.0f} mm across (between a head and an abdomen)"

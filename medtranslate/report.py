@@ -20,7 +20,8 @@ __all__ = ["case_figure", "display_range", "metrics_figure", "write_report"]
 logger = logging.getLogger(__name__)
 
 CT_DISPLAY = (-1000.0, 1600.0)  # HU range shown for CT: air to dense bone
-ERROR_MAX = 300.0  # HU at the top of the error colour bar
+ERROR_MAX = 300.0  # HU at the top of the error colour bar (MR -> CT: errors of tens to hundreds of HU)
+ERROR_MAX_LDCT = 100.0  # the same for denoising, whose errors are noise of a few tens of HU
 
 
 def _canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -46,8 +47,13 @@ def case_figure(
     mask: np.ndarray,
     inp: Volume | None = None,
     ct_range: tuple[float, float] = CT_DISPLAY,
+    error_max: float = ERROR_MAX,
 ) -> Path:
-    """Axial, coronal and sagittal views through the body's centre: input, prediction, reference, |error| (HU)."""
+    """Axial, coronal and sagittal views through the body's centre: input, prediction, reference, |error| (HU).
+
+    The CT images are shown from ``ct_range[0]`` to ``ct_range[1]`` HU (named in the title), the error from 0 to
+    ``error_max`` HU.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +74,7 @@ def case_figure(
     columns += [
         ("prediction", p, dict(cmap="gray", vmin=ct_range[0], vmax=ct_range[1])),
         ("reference", r, dict(cmap="gray", vmin=ct_range[0], vmax=ct_range[1])),
-        ("|error| (HU)", err, dict(cmap="magma", vmin=0, vmax=ERROR_MAX)),
+        ("|error| (HU)", err, dict(cmap="magma", vmin=0, vmax=error_max)),
     ]
     aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
     fig, axes = plt.subplots(3, len(columns), figsize=(3.0 * len(columns), 8.4), squeeze=False)
@@ -84,7 +90,7 @@ def case_figure(
                 ax.set_ylabel(["axial", "coronal", "sagittal"][row], fontsize=10)
         if title.startswith("|error|"):
             fig.colorbar(im, ax=axes[:, col].tolist(), shrink=0.6, label="HU")
-    fig.suptitle(case, fontsize=11)
+    fig.suptitle(f"{case}: CT shown from {ct_range[0]:g} to {ct_range[1]:g} HU", fontsize=11)
     _save(fig, path)
     return path
 

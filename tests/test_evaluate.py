@@ -188,7 +188,27 @@ def test_ldct_task_scores_prediction_and_input(tmp_path):
     row = result.rows[0]
     assert row["status"] == "done"
     assert row["psnr"] > row["input_psnr"] + 5 and row["ssim"] > row["input_ssim"] and row["rmse"] < row["input_rmse"]
-    assert result.summary["window"] == "head" and result.summary["edition"] is None
+    assert result.summary["window"] == "head" and result.summary["edition"] is None  # chosen from the anatomy
+    assert row["window"] == "head" and "head window" in result.summary["definitions"]["ssim"]
+
+
+def test_ldct_window_comes_from_the_anatomy_or_is_asked_for(tmp_path):
+    from .test_qa import _body
+
+    rng = np.random.default_rng(3)
+    for cid, width, lungs in (("chest", 340, True), ("neck", 250, False)):
+        hu, _, affine = _body(width, lungs, depth=12)
+        write_nifti(tmp_path / "nd" / f"{cid}.nii.gz", hu, affine, np.int16)
+        write_nifti(tmp_path / "pred" / f"{cid}_denoised.nii.gz", hu + rng.normal(0, 10, hu.shape), affine, np.int16)
+    result = evaluate_folder(tmp_path / "pred", tmp_path / "nd", tmp_path / "e", task="ldct", progress=False)
+    rows = {r["case"]: r for r in result.rows}
+    assert rows["chest"]["status"] == "done" and rows["chest"]["window"] == "chest"
+    assert rows["neck"]["status"] == "failed" and "pass --window head, abdomen or chest" in rows["neck"]["error"]
+    assert result.summary["window"] == "chest"
+    told = evaluate_folder(tmp_path / "pred", tmp_path / "nd", tmp_path / "e2", task="ldct", window="abdomen")
+    assert all(r["status"] == "done" and r["window"] == "abdomen" for r in told.rows)
+    page = (tmp_path / "e" / "report.html").read_text()
+    assert "chest" in page
 
 
 def test_a_volume_too_thin_for_ssim_fails_with_the_reason_never_done(tmp_path):

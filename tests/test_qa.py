@@ -77,3 +77,31 @@ def test_uncertainty_scores_reward_a_map_that_ranks_the_errors():
     assert knows["unc_mean_std"] == pytest.approx(np.abs(error[mask]).mean(), rel=0.02)
     small = uncertainty_scores(np.abs(error) / 10, error / 10, mask)  # no error beyond 100 HU: no enrichment to score
     assert "unc_top5_enrichment" not in small and small["unc_spearman"] > 0.99
+
+
+def _body(width_mm: float, lungs: bool, spacing: float = 2.0, size: int = 200, depth: int = 8):
+    """An axial ellipse of soft tissue `width_mm` across (LR), two lung lobes inside when `lungs`."""
+    yy, xx = np.mgrid[:size, :size] * spacing
+    c = size * spacing / 2
+    inside = ((xx - c) / (width_mm / 2)) ** 2 + ((yy - c) / (0.7 * width_mm / 2)) ** 2 < 1
+    hu = np.where(inside, 40.0, -1000.0)
+    if lungs:
+        for side in (-1, 1):
+            lobe = ((xx - c - side * width_mm / 5) / (width_mm / 8)) ** 2 + ((yy - c) / (width_mm / 6)) ** 2 < 1
+            hu[lobe] = -800.0
+    volume = np.repeat(hu.T[:, :, None], depth, axis=2)
+    return volume, np.repeat(inside.T[:, :, None], depth, axis=2), np.diag([spacing, spacing, 5.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    "width,lungs,expected",
+    [(180, False, "head"), (340, True, "chest"), (340, False, "abdomen"), (250, False, None), (230, True, "chest")],
+)
+def test_the_window_follows_the_anatomy(width, lungs, expected):
+    from medtranslate.qa import anatomy_window
+
+    hu, body, affine = _body(width, lungs)
+    window, why = anatomy_window(hu, body, affine)
+    assert window == expected, why
+    if not lungs:  # the width it measured, to the pixel
+        assert abs(float(why.split("body ")[1].split(" mm")[0]) - width) <= 4, why
