@@ -86,6 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         window=args.window,
         resample_to_ref=args.resample_to_ref,
         progress=not args.no_progress,
+        hu_to_rsp=args.hu_to_rsp,
     )
     if distributed.world()[0] == 0:  # under torchrun rank 0 speaks for all: every rank has every case's row
         print(format_summary(result))
@@ -422,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SynthRAD edition for PSNR/SSIM clipping (default 2023)",
     )
     p.add_argument("--task", choices=tuple(TASKS), default="mr2ct", help="metric set (default mr2ct)")
+    p.add_argument(
+        "--hu-to-rsp",
+        metavar="CSV",
+        help="HU-to-relative-stopping-power calibration (lines 'HU,RSP', HU increasing): adds the proton range "
+        "difference (water-equivalent path length along parallel beams at 4 gantry angles) per case",
+    )
     p.add_argument(
         "--window",
         choices=("auto", "head", "abdomen", "chest"),

@@ -30,6 +30,7 @@ from .io import Volume, affine_to_sitk, read_case, read_volume, sitk_to_volume, 
 from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
 from .qa import BIG_ERROR_HU, BONE_HU, anatomy_window, artefact_index, dice, slice_consistency, uncertainty_scores
 from .tasks import TASKS, get_task
+from .wepl import ANGLES, MIN_WEPL_MM, read_calibration, wepl_scores
 from .transforms import axial_axis, body_mask, check_same_grid
 
 __all__ = ["EvaluationResult", "evaluate_folder", "select_cases", "summarise", "format_summary"]
@@ -142,6 +143,7 @@ def evaluate_folder(
     figures: bool = True,
     progress: bool = True,
     extra_summary: dict[str, Any] | None = None,
+    hu_to_rsp: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Score every prediction against its reference and write metrics.csv, summary.json and report.html.
 
@@ -156,6 +158,8 @@ def evaluate_folder(
         resample_to_ref: resample a prediction on another grid onto the reference's instead of failing the case.
         figures: draw per-case figures and metric plots into the report.
         extra_summary: merged into summary.json (e.g. a baseline's summary, which the report then shows beside).
+        hu_to_rsp: a HU-to-relative-stopping-power calibration (CSV); adds the proton range scores of
+            :mod:`medtranslate.wepl` and a map of the range difference per gantry angle.
 
     Raises:
         InputError: a folder cannot be searched or holds no usable images; an unknown task, edition or window.
@@ -172,6 +176,7 @@ def evaluate_folder(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file; choose a folder for --out")
+    table = read_calibration(hu_to_rsp) if hu_to_rsp is not None else None
     preds = select_cases(pred, PRED_ROLES, "prediction")
     refs = select_cases(ref, spec.reference_roles, "reference")
     masks = select_cases(mask, MASK_ROLES, "mask")
@@ -190,7 +195,15 @@ def evaluate_folder(
         ) from exc
     mask_dir = out / "masks"
 
-    from .report import ERROR_MAX, ERROR_MAX_LDCT, case_figure, display_range, uncertainty_figure, write_report
+    from .report import (
+        ERROR_MAX,
+        ERROR_MAX_LDCT,
+        case_figure,
+        display_range,
+        uncertainty_figure,
+        wepl_figure,
+        write_report,
+    )
 
     rows: list[dict[str, Any]] = []
     case_figures: dict[str, Path] = {}  # drawn as each case is scored: volumes are not kept for the report
@@ -260,6 +273,9 @@ def evaluate_folder(
             if spec.metrics == "ldct":
                 row["window"] = case_window
             row.update(_score_case(cid, p, r, m, task, edition, case_window, inp))
+            if table is not None:
+                ranges, wepl_diff = wepl_scores(p.array, r.array, m, r.affine, table)
+                row.update(ranges)
             std = _uncertainty_of(preds[cid], p, cid)
             if std is not None:
                 row.update(uncertainty_scores(std.array, p.array.astype(np.float64) - r.array, m))
@@ -282,6 +298,8 @@ def evaluate_folder(
             ct_range = display_range(row.get("window"))
             error_max = ERROR_MAX_LDCT if spec.metrics == "ldct" else ERROR_MAX
             case_figures[cid] = case_figure(out / "figures" / f"{cid}.png", cid, p, r, m, inp, ct_range, error_max)
+            if table is not None:
+                case_figures[f"{cid}: proton range"] = wepl_figure(out / "figures" / f"{cid}_wepl.png", cid, wepl_diff)
             if std is not None:
                 case_figures[f"{cid}: error against uncertainty"] = uncertainty_figure(
                     out / "figures" / f"{cid}_uncertainty.png", cid, std.array, p.array.astype(np.float64) - r.array, m
@@ -301,7 +319,10 @@ def evaluate_folder(
         if masks
         else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in "
         "masks/",
-        definitions=_definitions(task, edition, _windows_used(rows) or "head"),
+        definitions={
+            **_definitions(task, edition, _windows_used(rows) or "head"),
+            **(_wepl_definitions(Path(hu_to_rsp)) if table is not None else {}),
+        },
         **(extra_summary or {}),
     )
     result = EvaluationResult(rows=rows, summary=summary, out=out)
@@ -380,6 +401,18 @@ QA_DEFINITIONS = {
     "unc_top5_enrichment": f"share of the errors > {BIG_ERROR_HU:g} HU among the 5 % most uncertain mask voxels, "
     "divided by 5 % (1: chance)",
 }
+
+
+def _wepl_definitions(calibration: Path) -> dict[str, str]:
+    beams = f"parallel beams through the body at gantry {', '.join(f'{a:g}' for a in ANGLES)} deg"
+    return {
+        "wepl_mean_mm": f"mean WEPL(sCT) - WEPL(CT) in mm over {beams} crossing >= {MIN_WEPL_MM:g} mm; RSP from "
+        f"{calibration.name}, piecewise linear",
+        "wepl_mae_mm": "mean |WEPL(sCT) - WEPL(CT)| in mm over the same rays",
+        "wepl_p95_mm": "95th percentile of |WEPL(sCT) - WEPL(CT)| in mm",
+        "wepl_mae_pct": "mean |WEPL(sCT) - WEPL(CT)| / WEPL(CT) in %",
+        "wepl_p95_pct": "95th percentile of |WEPL(sCT) - WEPL(CT)| / WEPL(CT) in %",
+    }
 
 
 def _windows_used(rows: list[dict[str, Any]]) -> str | None:

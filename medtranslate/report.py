@@ -116,6 +116,26 @@ def uncertainty_figure(path: Path, case: str, std: np.ndarray, error: np.ndarray
     return path
 
 
+def wepl_figure(path: Path, case: str, maps: dict[float, np.ndarray], limit_mm: float = 10.0) -> Path:
+    """Per gantry angle, WEPL(sCT) - WEPL(CT) of every ray (across) in every axial slice (up), in mm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.0 * len(maps), 3.6), squeeze=False)
+    fig.subplots_adjust(bottom=0.18, top=0.82, right=0.85)
+    for ax, (angle, diff) in zip(axes[0], maps.items()):
+        im = ax.imshow(diff.T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-limit_mm, vmax=limit_mm)
+        ax.set_title(f"gantry {angle:g} deg", fontsize=9)
+        ax.set_xlabel("ray")
+        ax.set_ylabel("axial slice")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="WEPL sCT - CT (mm)")
+    fig.suptitle(f"{case}: proton range difference along parallel beams", fontsize=10)
+    _save(fig, path)
+    return path
+
+
 def metrics_figure(path: Path, rows: list[dict[str, Any]], metric_names: list[str]) -> Path:
     """One panel per metric: its value for every scored case, with the mean as a line."""
     import matplotlib
