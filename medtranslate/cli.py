@@ -87,6 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         resample_to_ref=args.resample_to_ref,
         progress=not args.no_progress,
         hu_to_rsp=args.hu_to_rsp,
+        hu_to_red=args.hu_to_red,
     )
     if distributed.world()[0] == 0:  # under torchrun rank 0 speaks for all: every rank has every case's row
         print(format_summary(result))
@@ -428,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="HU-to-relative-stopping-power calibration (lines 'HU,RSP', HU increasing): adds the proton range "
         "difference (water-equivalent path length along parallel beams at 4 gantry angles) per case",
+    )
+    p.add_argument(
+        "--hu-to-red",
+        metavar="CSV",
+        help="HU-to-relative-electron-density calibration (same format): adds the radiological path length "
+        "difference along the same beams, a proxy for photon dose errors",
     )
     p.add_argument(
         "--window",

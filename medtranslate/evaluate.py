@@ -144,6 +144,7 @@ def evaluate_folder(
     progress: bool = True,
     extra_summary: dict[str, Any] | None = None,
     hu_to_rsp: str | os.PathLike | None = None,
+    hu_to_red: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Score every prediction against its reference and write metrics.csv, summary.json and report.html.
 
@@ -160,6 +161,8 @@ def evaluate_folder(
         extra_summary: merged into summary.json (e.g. a baseline's summary, which the report then shows beside).
         hu_to_rsp: a HU-to-relative-stopping-power calibration (CSV); adds the proton range scores of
             :mod:`medtranslate.wepl` and a map of the range difference per gantry angle.
+        hu_to_red: a HU-to-relative-electron-density calibration (CSV): the same path integral (radiological path
+            length, ``rpl_*``), a proxy for photon dose errors.
 
     Raises:
         InputError: a folder cannot be searched or holds no usable images; an unknown task, edition or window.
@@ -177,6 +180,7 @@ def evaluate_folder(
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file; choose a folder for --out")
     table = read_calibration(hu_to_rsp) if hu_to_rsp is not None else None
+    table_red = read_calibration(hu_to_red, "RED") if hu_to_red is not None else None
     preds = select_cases(pred, PRED_ROLES, "prediction")
     refs = select_cases(ref, spec.reference_roles, "reference")
     masks = select_cases(mask, MASK_ROLES, "mask")
@@ -276,6 +280,8 @@ def evaluate_folder(
             if table is not None:
                 ranges, wepl_diff = wepl_scores(p.array, r.array, m, r.affine, table)
                 row.update(ranges)
+            if table_red is not None:
+                row.update(wepl_scores(p.array, r.array, m, r.affine, table_red, prefix="rpl")[0])
             std = _uncertainty_of(preds[cid], p, cid)
             if std is not None:
                 row.update(uncertainty_scores(std.array, p.array.astype(np.float64) - r.array, m))
@@ -322,6 +328,14 @@ def evaluate_folder(
         definitions={
             **_definitions(task, edition, _windows_used(rows) or "head"),
             **(_wepl_definitions(Path(hu_to_rsp)) if table is not None else {}),
+            **(
+                {
+                    "rpl_*": "the same for the radiological path length (relative electron density from "
+                    f"{Path(hu_to_red).name}), a proxy for photon dose errors"
+                }
+                if table_red is not None
+                else {}
+            ),
         },
         **(extra_summary or {}),
     )

@@ -15,6 +15,8 @@ gantry angles, and compares the integrals ray by ray.
   does not depend on which way it is travelled, so angles 180 deg apart give the same integrals.
 - Scores over the rays that cross at least ``MIN_WEPL_MM`` of water-equivalent body in the reference: mean and 95th
   percentile of |WEPL(sCT) - WEPL(CT)| in mm and in % of WEPL(CT), and the mean signed difference (range shift).
+- The same integral of the relative electron density (a HU-to-RED calibration in the same format) is the radiological
+  path length that photon dose calculation scales depth with: a proxy for photon dose errors (prefix ``rpl``).
 """
 
 from __future__ import annotations
@@ -32,14 +34,18 @@ ANGLES = (0.0, 45.0, 90.0, 135.0)  # four distinct beam lines (their opposites g
 MIN_WEPL_MM = 10.0  # rays that graze the skin (a few mm of tissue) would dominate relative errors
 
 
-def read_calibration(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The (HU, RSP) points of a calibration CSV (a header line is allowed); errors name the file and the line."""
+def read_calibration(path: str | Path, quantity: str = "RSP") -> tuple[np.ndarray, np.ndarray]:
+    """The (HU, value) points of a calibration CSV (a header line is allowed); errors name the file and the line.
+
+    ``quantity``: what the second column is (RSP, or RED for electron density), for the messages.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(
-            f"{path}: cannot read the HU-to-RSP calibration ({type(exc).__name__}); check --hu-to-rsp"
+            f"{path}: cannot read the HU-to-{quantity} calibration ({type(exc).__name__}); check "
+            f"--hu-to-{quantity.lower()}"
         ) from exc
     points = []
     for n, row in enumerate(csv.reader(text.splitlines()), start=1):
@@ -50,12 +56,16 @@ def read_calibration(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         except ValueError:
             if not points and n == 1:  # a header
                 continue
-            raise InputError(f"{path}, line {n}: expected two numbers, HU and RSP, got {','.join(row)!r}") from None
+            raise InputError(
+                f"{path}, line {n}: expected two numbers, HU and {quantity}, got {','.join(row)!r}"
+            ) from None
         if not (np.isfinite(hu) and np.isfinite(rsp)) or rsp < 0:
-            raise InputError(f"{path}, line {n}: HU and RSP must be finite and RSP not negative, got {hu:g}, {rsp:g}")
+            raise InputError(
+                f"{path}, line {n}: HU and {quantity} must be finite and {quantity} not negative, got {hu:g}, {rsp:g}"
+            )
         points.append((hu, rsp))
     if len(points) < 2:
-        raise InputError(f"{path}: a calibration needs at least two (HU, RSP) points, found {len(points)}")
+        raise InputError(f"{path}: a calibration needs at least two (HU, {quantity}) points, found {len(points)}")
     hu_values = np.array([p[0] for p in points])
     if np.any(np.diff(hu_values) <= 0):
         raise InputError(f"{path}: the HU column must increase from line to line")
@@ -111,6 +121,7 @@ def wepl_scores(
     affine: np.ndarray,
     table: tuple[np.ndarray, np.ndarray],
     angles: tuple[float, ...] = ANGLES,
+    prefix: str = "wepl",
 ) -> tuple[dict[str, float], dict[float, np.ndarray]]:
     """Range scores of a synthetic CT against its reference (see the module's docstring) and the per-angle maps of
     WEPL(sCT) - WEPL(CT) in mm (NaN where a ray crosses less than MIN_WEPL_MM of body)."""
@@ -127,10 +138,10 @@ def wepl_scores(
     if d.size == 0:
         raise InputError(f"no beam crosses {MIN_WEPL_MM:g} mm of water-equivalent body; check the mask")
     scores = {
-        "wepl_mean_mm": float(d.mean()),
-        "wepl_mae_mm": float(np.abs(d).mean()),
-        "wepl_p95_mm": float(np.percentile(np.abs(d), 95)),
-        "wepl_mae_pct": float(np.abs(r).mean()),
-        "wepl_p95_pct": float(np.percentile(np.abs(r), 95)),
+        f"{prefix}_mean_mm": float(d.mean()),
+        f"{prefix}_mae_mm": float(np.abs(d).mean()),
+        f"{prefix}_p95_mm": float(np.percentile(np.abs(d), 95)),
+        f"{prefix}_mae_pct": float(np.abs(r).mean()),
+        f"{prefix}_p95_pct": float(np.percentile(np.abs(r), 95)),
     }
     return scores, maps

@@ -75,12 +75,15 @@ def test_evaluate_reports_the_range_difference_with_a_calibration(tmp_path):
     table = tmp_path / "hu_rsp.csv"
     table.write_text("HU,RSP\n-1000,0\n0,1\n1000,1.5\n3000,2.5\n")
     args = ("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(ref), "--no-progress")
-    run = run_cli(*args, "--out", str(tmp_path / "e"), "--hu-to-rsp", str(table))
+    red = tmp_path / "hu_red.csv"
+    red.write_text("-1000,0\n0,1\n1500,1.8\n")
+    run = run_cli(*args, "--out", str(tmp_path / "e"), "--hu-to-rsp", str(table), "--hu-to-red", str(red))
     assert run.returncode == 0, run.stderr
     row = next(csv.DictReader((tmp_path / "e" / "metrics.csv").open()))
     # +40 HU: RSP +0.04 below water, +0.02 above, so every ray lengthens by 2-4 % of its WEPL
     assert 1.5 < float(row["wepl_mae_pct"]) < 4.5 and float(row["wepl_mean_mm"]) > 0
     assert float(row["wepl_p95_mm"]) >= float(row["wepl_mae_mm"]) > 0
+    assert 1.5 < float(row["rpl_mae_pct"]) < 4.5 and float(row["rpl_mean_mm"]) > 0  # the same beams in RED
     page = (tmp_path / "e" / "report.html").read_text()
     assert "proton range" in page and "hu_rsp.csv" in page
     bad = tmp_path / "bad.csv"
