@@ -126,6 +126,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         tta=args.tta,
         uncertainty=args.uncertainty,
         samples=args.samples,
+        ensemble=args.ensemble,
         shard=args.shard,
         progress=not args.no_progress,
         precision=args.precision,
@@ -308,9 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average over a left-right flip (test-time augmentation)")
     p.add_argument(
         "--uncertainty",
-        choices=("tta", "mc"),
+        choices=("tta", "mc", "ensemble"),
         help="also write <case>_sct_std.nii.gz, the voxel-wise standard deviation in HU over flipped and shifted "
-        "views (tta) or Monte Carlo dropout samples (mc); the output is then their mean",
+        "views (tta), Monte Carlo dropout samples (mc) or the models of --ensemble; the output is then their mean",
+    )
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="CKPT",
+        help="for --uncertainty ensemble: more checkpoints of the same task and data settings as --model",
     )
     p.add_argument("--samples", type=int, default=8, help="predictions for --uncertainty (default 8; tta: at most 8)")
     p.add_argument("--shard", metavar="I/N", help="take every N-th case starting at I (0-based)")

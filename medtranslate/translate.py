@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 # changes the prediction should not depend on, so where it does the model is unsure.
 TTA_VIEWS = ((False, 0, 0), (True, 0, 0), (False, 2, 0), (True, 0, 2), (False, -2, -2), (True, 2, 2), (False, 0, -2),
              (True, -2, 0))  # fmt: skip
-UNCERTAINTY_METHODS = ("tta", "mc")
+UNCERTAINTY_METHODS = ("tta", "mc", "ensemble")
 
 
 @torch.no_grad()
@@ -83,19 +83,27 @@ def translate_with_uncertainty(
     batch_size: int = 8,
     amp_dtype: torch.dtype | None = None,
     samples: int = 8,
+    ensemble: list[nn.Module] | None = None,
 ) -> tuple[Volume, Volume]:
     """The mean prediction and its voxel-wise standard deviation in HU over ``samples`` predictions.
 
     ``method``: ``tta``, the views of :data:`TTA_VIEWS` (flips and shifts of 2 pixels, undone on the output); ``mc``,
     Monte Carlo dropout (Gal and Ghahramani 2016): the network's dropout layers stay on, each sample draws its own
-    masks (seeded by the sample's number, so a case gives the same maps every time). Each sample is brought back to
-    the input's grid and units before the statistics, so the standard deviation is in HU on that grid.
+    masks (seeded by the sample's number, so a case gives the same maps every time); ``ensemble``, one prediction by
+    ``net`` and one by each network of ``ensemble`` (models trained apart with the same preprocessing, Lakshminarayanan
+    et al. 2017; ``samples`` is then their number). Each sample is brought back to the input's grid and units before
+    the statistics, so the standard deviation is in HU on that grid.
 
     Raises:
         InputError: as :func:`translate_volume`; ``mc`` for a network without dropout layers.
     """
     device = torch.device(device)
     require_choice("--uncertainty", method, UNCERTAINTY_METHODS, error=InputError)
+    nets = [net, *(ensemble or [])]
+    if method == "ensemble":
+        if len(nets) < 2:
+            raise InputError("--uncertainty ensemble needs other checkpoints beside --model: pass them with --ensemble")
+        samples = len(nets)
     require_int("--samples", samples, 2, len(TTA_VIEWS) if method == "tta" else 256, error=InputError)
     dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     if method == "mc" and not dropouts:
@@ -109,6 +117,8 @@ def translate_with_uncertainty(
     for k in range(samples):
         if method == "tta":
             pred = _predict(net, image, spec, device, batch_size, amp_dtype, TTA_VIEWS[k])
+        elif method == "ensemble":
+            pred = _predict(nets[k], image, spec, device, batch_size, amp_dtype, TTA_VIEWS[0])
         else:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(k)
@@ -208,6 +218,7 @@ def translate_folder(
     precision: str = "auto",
     uncertainty: str | None = None,
     samples: int = 8,
+    ensemble: list[str | Path] | None = None,
 ) -> list[dict[str, Any]]:
     """Translate every case of a file or folder into ``output``; resumable, shardable, never touching inputs.
 
@@ -232,9 +243,12 @@ def translate_folder(
     require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
     require_int("--batch-size", batch_size, 1, 4096, error=InputError)
     require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
+    if bool(ensemble) != (uncertainty == "ensemble"):
+        raise InputError("--ensemble CKPT... and --uncertainty ensemble go together: give both or neither")
     if uncertainty is not None:
         require_choice("--uncertainty", uncertainty, UNCERTAINTY_METHODS, error=InputError)
-        require_int("--samples", samples, 2, len(TTA_VIEWS) if uncertainty == "tta" else 256, error=InputError)
+        if uncertainty != "ensemble":
+            require_int("--samples", samples, 2, len(TTA_VIEWS) if uncertainty == "tta" else 256, error=InputError)
         if tta:
             raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
     index, count = shard_of(shard)
@@ -252,6 +266,15 @@ def translate_folder(
             "model.dropout is 0; CycleGAN's ResNet and the baselines have none); use --uncertainty tta"
         )
     digest = sha256(model)
+    members = []
+    for other in ensemble or []:
+        other_ckpt = load_checkpoint(other)
+        if other_ckpt["spec"] != ckpt["spec"]:
+            raise InputError(
+                f"{other}: not the task and preprocessing of {model} (its translator spec differs); an ensemble needs "
+                "models trained with the same data settings"
+            )
+        members.append(build_inference_net(other_ckpt, dev, source=str(other)))
     chosen = None
     if index == 0 or not is_distributed():  # under torchrun rank 0 alone measures, and every rank computes alike
         if ckpt["kind"] in ("pix2pix", "cyclegan"):
@@ -278,7 +301,7 @@ def translate_folder(
             )
         else:
             result, std = translate_with_uncertainty(
-                net, read_case(case), spec, uncertainty, dev, batch_size, chosen.amp_dtype, samples
+                net, read_case(case), spec, uncertainty, dev, batch_size, chosen.amp_dtype, samples, members
             )
             write_nifti(targets[1], std.array, std.affine, np.float32, overwrite=True)
         hu = np.clip(result.array, -1024, 3071)
@@ -308,7 +331,11 @@ def translate_folder(
         work,
         overwrite=overwrite,
         progress=progress,
-        extra={"checkpoint_sha256": digest, "precision": chosen.precision},
+        extra={
+            "checkpoint_sha256": digest,
+            "precision": chosen.precision,
+            **({"ensemble_sha256": ";".join(sha256(p) for p in ensemble)} if ensemble else {}),
+        },
         desc="translate",
     )
     merge_shards(out, index, count)

@@ -122,6 +122,45 @@ def test_translate_writes_the_uncertainty_map_and_evaluate_scores_it(tmp_path, c
         assert refused.returncode == 2 and match in refused.stderr, refused.stderr
 
 
+def test_an_ensemble_of_checkpoints_gives_their_spread(tmp_path, checkpoints, tiny_data):
+    from medtranslate.config import load_config
+    from medtranslate.train import Trainer
+
+    from .conftest import write_config
+
+    cfg = load_config(
+        write_config(tmp_path / "c.yaml", tiny_data, **{"data.context": 1, "train.epochs": 1, "train.seed": 11})
+    )
+    Trainer(cfg, tmp_path / "other", progress=False).fit()  # the same settings, another seed
+    other = tmp_path / "other" / "checkpoints" / "best.pt"
+    model, mr = str(checkpoints["pix2pix"]), str(tiny_data / "s3" / "mr.nii.gz")
+    run = translate_cli(
+        model, mr, str(tmp_path / "out"), "--uncertainty", "ensemble", "--ensemble", str(other), "--precision", "fp32"
+    )
+    assert run.returncode == 0, run.stderr
+    std = read_volume(tmp_path / "out" / "s3_sct_std.nii.gz").array
+    mean = read_volume(tmp_path / "out" / "s3_sct.nii.gz").array
+    a = read_volume(translate_cli_out(tmp_path / "a", model, mr)).array.astype(np.float64)
+    b = read_volume(translate_cli_out(tmp_path / "b", str(other), mr)).array.astype(np.float64)
+    # two members: the mean is their average and the spread half their difference (int16 rounding aside)
+    assert np.abs(mean - (a + b) / 2).max() <= 1.0 and np.abs(std - np.abs(a - b) / 2).max() <= 1.0
+    row = next(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
+    assert len(row["ensemble_sha256"]) == 64
+    for bad, match in (
+        (("--ensemble", str(other)), "go together"),
+        (("--uncertainty", "ensemble", "--ensemble", str(checkpoints["intensity_map"])), "translator spec differs"),
+    ):
+        refused = translate_cli(model, mr, str(tmp_path / "x"), *bad)
+        assert refused.returncode == 2 and match in refused.stderr, refused.stderr
+
+
+def translate_cli_out(out, model, inputs):
+    """Translate with one model in fp32, as the ensemble above (auto may pick bf16 on one machine and not another)."""
+    run = translate_cli(model, inputs, str(out), "--precision", "fp32")
+    assert run.returncode == 0, run.stderr
+    return next(out.glob("*_sct.nii.gz"))
+
+
 def _batch(folder, n=6):
     for i in range(n):
         v = mr_volume(10 + i)
