@@ -77,7 +77,17 @@ def case_figure(
         ("|error| (HU)", err, dict(cmap="magma", vmin=0, vmax=error_max)),
     ]
     aspects = [spacing[1] / spacing[0], spacing[2] / spacing[0], spacing[2] / spacing[1]]
-    fig, axes = plt.subplots(3, len(columns), figsize=(3.0 * len(columns), 8.4), squeeze=False)
+    # each row as tall as its view is in mm for the width it is shown at, so a thin volume's coronal and sagittal
+    # views keep their true aspect without leaving the rows between them empty
+    nx, ny, nz = p.shape
+    heights = [max(h, 0.15) for h in (ny * aspects[0] / nx, nz * aspects[1] / nx, nz * aspects[2] / ny)]
+    fig, axes = plt.subplots(
+        3,
+        len(columns),
+        figsize=(3.0 * len(columns), 3.0 * sum(heights) + 1.4),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
     for col, (title, vol, style) in enumerate(columns):
         for row, (view, aspect) in enumerate(zip(_views(vol, centre), aspects)):
             ax = axes[row, col]
