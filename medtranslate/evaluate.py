@@ -123,10 +123,10 @@ def _metrics_of(
     scores["artefact_index"] = artefact_index(pred.array, axis)
     scores["slice_consistency"] = slice_consistency(pred.array, ref.array, mask, axis)
     scores["bone_dice"] = dice(np.asarray(pred.array) > BONE_HU, np.asarray(ref.array) > BONE_HU)
-    scores["body_dice_ref"] = dice(body_mask(pred.array, "ct", pred.affine), body_mask(ref.array, "ct", ref.affine))
+    body_pred = body_mask(pred.array, "ct", pred.affine)
+    scores["body_dice_ref"] = dice(body_pred, body_mask(ref.array, "ct", ref.affine))
     if inp is not None:
-        body_in = body_mask(inp.array, spec.source_kind, inp.affine)
-        scores["body_dice"] = dice(body_in, body_mask(pred.array, "ct", pred.affine))
+        scores["body_dice"] = dice(body_mask(inp.array, spec.source_kind, inp.affine), body_pred)
     return scores
 
 
@@ -284,7 +284,8 @@ def evaluate_folder(
                 row.update(wepl_scores(p.array, r.array, m, r.affine, table_red, prefix="rpl")[0])
             std = _uncertainty_of(preds[cid], p, cid)
             if std is not None:
-                row.update(uncertainty_scores(std.array, p.array.astype(np.float64) - r.array, m))
+                error = p.array.astype(np.float64) - r.array
+                row.update(uncertainty_scores(std.array, error, m))
                 row["uncertainty"] = str(std.source)
             row.update(status="done", error="")
         except MedTranslateError as exc:
@@ -308,7 +309,7 @@ def evaluate_folder(
                 case_figures[f"{cid}: proton range"] = wepl_figure(out / "figures" / f"{cid}_wepl.png", cid, wepl_diff)
             if std is not None:
                 case_figures[f"{cid}: error against uncertainty"] = uncertainty_figure(
-                    out / "figures" / f"{cid}_uncertainty.png", cid, std.array, p.array.astype(np.float64) - r.array, m
+                    out / "figures" / f"{cid}_uncertainty.png", cid, std.array, error, m
                 )
 
     if ranks > 1:  # every rank gets every rank's rows (and figures); rank 0 alone writes the tables and the report

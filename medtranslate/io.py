@@ -38,6 +38,7 @@ __all__ = [
     "sitk_to_volume",
     "convert_to_nifti",
     "sha256",
+    "to_ras",
 ]
 
 logger = logging.getLogger(__name__)
@@ -265,6 +266,15 @@ def sha256(path: str | os.PathLike) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The array reordered to RAS+ voxel axes (R, A, S; flips and transposes only, no resampling) and its voxel
+    sizes (mm) in that order: for views and beams that must know which way is up, whatever the file's orientation."""
+    ornt = nib.orientations.io_orientation(affine)
+    data = nib.orientations.apply_orientation(np.asarray(array), ornt)
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return data, tuple(float(spacing[int(i)]) for i in ornt[:, 0].argsort())  # type: ignore[return-value]
 
 
 def read_case(case: Case) -> Volume:

@@ -383,17 +383,18 @@ def _qc_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _canonical, _save, _views
+    from .io import to_ras
+    from .report import _save, _views
 
     ref = after[ref_role]
-    r, sp = _canonical(ref.array, ref.affine)
+    r, sp = to_ras(ref.array, ref.affine)
     aspects = (sp[1] / sp[0], sp[2] / sp[0], sp[2] / sp[1])  # rows / columns of the axial, coronal, sagittal views
     centre = tuple(s // 2 for s in r.shape)
     rows = [(role, when, vol) for role in before for when, vol in (("before", before[role]), ("after", after[role]))]
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     ref_views = [_display(v, kinds[ref_role]) for v in _views(r, centre)]
     for row, (role, when, vol) in enumerate(rows):
-        m, _ = _canonical(vol.array, vol.affine)
+        m, _ = to_ras(vol.array, vol.affine)
         for col, (rv, mv) in enumerate(zip(ref_views, _views(m, centre))):
             ax = axes[row, col]
             board = _checkerboard(rv, _display(mv, kinds[role]))

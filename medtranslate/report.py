@@ -9,11 +9,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from .atomic import atomic_output, atomic_write_text
-from .io import Volume
+from .io import Volume, to_ras
 
 __all__ = ["case_figure", "display_range", "metrics_figure", "write_report"]
 
@@ -22,15 +21,6 @@ logger = logging.getLogger(__name__)
 CT_DISPLAY = (-1000.0, 1600.0)  # HU range shown for CT: air to dense bone
 ERROR_MAX = 300.0  # HU at the top of the error colour bar (MR -> CT: errors of tens to hundreds of HU)
 ERROR_MAX_LDCT = 100.0  # the same for denoising, whose errors are noise of a few tens of HU
-
-
-def _canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Array reoriented to RAS for display, and its voxel spacing."""
-    ornt = nib.orientations.io_orientation(affine)
-    data = nib.orientations.apply_orientation(np.asarray(array), ornt)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    spacing = tuple(float(spacing[int(i)]) for i in ornt[:, 0].argsort())
-    return data, spacing  # type: ignore[return-value]
 
 
 def _views(vol: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
@@ -59,16 +49,16 @@ def case_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    p, spacing = _canonical(pred.array, pred.affine)
-    r, _ = _canonical(ref.array, ref.affine)
-    m, _ = _canonical(mask.astype(np.uint8), ref.affine)
+    p, spacing = to_ras(pred.array, pred.affine)
+    r, _ = to_ras(ref.array, ref.affine)
+    m, _ = to_ras(mask.astype(np.uint8), ref.affine)
     centre = (
         tuple(int(round(c)) for c in np.argwhere(m > 0).mean(axis=0)) if m.any() else tuple(s // 2 for s in m.shape)
     )
     err = np.abs(p.astype(np.float32) - r.astype(np.float32)) * (m > 0)
     columns = []
     if inp is not None:
-        i, _ = _canonical(inp.array, inp.affine)
+        i, _ = to_ras(inp.array, inp.affine)
         lo, hi = np.percentile(i, (0.5, 99.5)) if i.min() >= 0 else ct_range
         columns.append(("input", i, dict(cmap="gray", vmin=lo, vmax=hi)))
     columns += [

@@ -98,19 +98,8 @@ def translate_with_uncertainty(
         InputError: as :func:`translate_volume`; ``mc`` for a network without dropout layers.
     """
     device = torch.device(device)
-    require_choice("--uncertainty", method, UNCERTAINTY_METHODS, error=InputError)
     nets = [net, *(ensemble or [])]
-    if method == "ensemble":
-        if len(nets) < 2:
-            raise InputError("--uncertainty ensemble needs other checkpoints beside --model: pass them with --ensemble")
-        samples = len(nets)
-    require_int("--samples", samples, 2, len(TTA_VIEWS) if method == "tta" else 256, error=InputError)
-    dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    if method == "mc" and not dropouts:
-        raise InputError(
-            "--uncertainty mc needs a network with dropout layers (the pix2pix U-Net has them unless model.dropout is "
-            "0; CycleGAN's ResNet has none); use --uncertainty tta"
-        )
+    samples, dropouts = _uncertainty_plan(net, method, samples, nets[1:])
     pre, data, image = _preprocess(volume, spec)
     target = IntensityParams.from_dict(spec.target_intensity)
     total = total_sq = None
@@ -133,6 +122,26 @@ def translate_with_uncertainty(
     return Volume(mean.astype(np.float32), hu.affine, source=hu.source), Volume(
         std.astype(np.float32), hu.affine, source=hu.source
     )
+
+
+def _uncertainty_plan(
+    net: nn.Module, method: str, samples: int, members: list[nn.Module], source: str = "the model"
+) -> tuple[int, list[nn.Module]]:
+    """Check an uncertainty request against its networks: the number of predictions it takes (for ``ensemble``, one
+    per network) and the dropout layers that Monte Carlo sampling keeps on."""
+    require_choice("--uncertainty", method, UNCERTAINTY_METHODS, error=InputError)
+    if method == "ensemble":
+        if not members:
+            raise InputError("--uncertainty ensemble needs other checkpoints beside --model: pass them with --ensemble")
+        samples = 1 + len(members)
+    require_int("--samples", samples, 2, len(TTA_VIEWS) if method == "tta" else 256, error=InputError)
+    dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if method == "mc" and not dropouts:
+        raise InputError(
+            f"{source}: --uncertainty mc needs a network with dropout layers (the pix2pix U-Net has them unless "
+            "model.dropout is 0; CycleGAN's ResNet and the baselines have none); use --uncertainty tta"
+        )
+    return samples, dropouts
 
 
 def _preprocess(volume: Volume, spec: TranslatorSpec) -> tuple[Preprocessor, dict[str, Any], torch.Tensor]:
@@ -245,12 +254,8 @@ def translate_folder(
     require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
     if bool(ensemble) != (uncertainty == "ensemble"):
         raise InputError("--ensemble CKPT... and --uncertainty ensemble go together: give both or neither")
-    if uncertainty is not None:
-        require_choice("--uncertainty", uncertainty, UNCERTAINTY_METHODS, error=InputError)
-        if uncertainty != "ensemble":
-            require_int("--samples", samples, 2, len(TTA_VIEWS) if uncertainty == "tta" else 256, error=InputError)
-        if tta:
-            raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
+    if uncertainty is not None and tta:
+        raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
     index, count = shard_of(shard)
     dev = resolve_device(device)
     ckpt = load_checkpoint(model)
@@ -258,13 +263,7 @@ def translate_folder(
     task = get_task(spec.task)
     if not inp.exists():
         raise InputError(f"{inp}: no such file or folder; check --input")
-    prepare_output_folder(inp, out)
     net = build_inference_net(ckpt, dev, source=str(model))
-    if uncertainty == "mc" and not any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in net.modules()):
-        raise InputError(
-            f"{model}: --uncertainty mc needs a network with dropout layers (the pix2pix U-Net has them unless "
-            "model.dropout is 0; CycleGAN's ResNet and the baselines have none); use --uncertainty tta"
-        )
     digest = sha256(model)
     members = []
     for other in ensemble or []:
@@ -275,6 +274,9 @@ def translate_folder(
                 "models trained with the same data settings"
             )
         members.append(build_inference_net(other_ckpt, dev, source=str(other)))
+    if uncertainty is not None:
+        samples = _uncertainty_plan(net, uncertainty, samples, members, str(model))[0]
+    prepare_output_folder(inp, out)
     chosen = None
     if index == 0 or not is_distributed():  # under torchrun rank 0 alone measures, and every rank computes alike
         if ckpt["kind"] in ("pix2pix", "cyclegan"):

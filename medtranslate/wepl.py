@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .io import to_ras
 
 __all__ = ["ANGLES", "MIN_WEPL_MM", "read_calibration", "hu_to_rsp", "wepl_maps", "wepl_scores"]
 
@@ -77,16 +78,6 @@ def hu_to_rsp(hu: np.ndarray, table: tuple[np.ndarray, np.ndarray]) -> np.ndarra
     return np.interp(np.asarray(hu, dtype=np.float32), table[0], table[1]).astype(np.float32)
 
 
-def _canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The array in RAS+ voxel order (axes R, A, S) and its voxel sizes (mm)."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    out = nib.orientations.apply_orientation(np.asarray(array), ornt)
-    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    return out, spacing[np.argsort(ornt[:, 0])]
-
-
 def wepl_maps(
     hu: np.ndarray,
     mask: np.ndarray,
@@ -102,7 +93,7 @@ def wepl_maps(
     from scipy import ndimage
 
     rsp = hu_to_rsp(hu, table) * (np.asarray(mask) > 0)
-    rsp, spacing = _canonical(rsp, affine)
+    rsp, spacing = to_ras(rsp, affine)
     step = float(min(spacing[0], spacing[1]))
     zoom = (spacing[0] / step, spacing[1] / step, 1.0)
     if not np.allclose(zoom, 1.0):
