@@ -93,7 +93,12 @@ def _as_inputs(pred: Any, ref: Any, mask: Any) -> tuple[Any, Any, Any]:
 
 @dataclass
 class _Prepared:
-    """SynthRAD-prepared volumes of one edition's range plus the statistics gathered on the way."""
+    """SynthRAD-prepared volumes of one edition's range plus the statistics gathered on the way.
+
+    On the CPU x and y are the prediction and reference as given and ``clip`` holds (lo, hi): the kernels prepare
+    each voxel as they read it (writing prepared copies cost more than the SSIM itself). Tensors are prepared here
+    (clip None).
+    """
 
     x: Any
     y: Any
@@ -102,6 +107,7 @@ class _Prepared:
     count: float
     p_max: float
     r_max: float
+    clip: tuple[float, float] | None = None
 
 
 def _prepare(p: Any, r: Any, m: Any, ed: Edition) -> _Prepared:
@@ -123,10 +129,10 @@ def _prepare(p: Any, r: Any, m: Any, ed: Edition) -> _Prepared:
         )
     from . import _ssim_kernels as kern
 
-    x, y, abs_sum, sq_sum, count, p_max, r_max, bad = kern.prepare(p, r, m.view(np.uint8), ed.lo, ed.hi)
+    abs_sum, sq_sum, count, p_max, r_max, bad = kern.stats(p, r, m.view(np.uint8), ed.lo, ed.hi)
     if bad:
         raise InputError(f"the prediction or reference holds {int(bad)} NaN or infinite voxels")
-    return _Prepared(x, y, abs_sum, sq_sum, count, p_max, r_max)
+    return _Prepared(p, r, abs_sum, sq_sum, count, p_max, r_max, (float(ed.lo), float(ed.hi)))
 
 
 def _psnr_of(prep: _Prepared, ed: Edition) -> float:
@@ -204,9 +210,18 @@ def _sums_torch(
 
 
 def _masked_sums(
-    x: Any, y: Any, m: Any, ca: tuple[float, float], cb: tuple[float, float], weight: float, want_a: bool
+    x: Any,
+    y: Any,
+    m: Any,
+    clip: tuple[float, float] | None,
+    ca: tuple[float, float],
+    cb: tuple[float, float],
+    weight: float,
+    want_a: bool,
 ) -> tuple[float, float, float]:
-    """Sums of SSIM (constants ca) and of the SynthRAD 2025 level term (constants cb, weight) over scored voxels."""
+    """Sums of SSIM (constants ca) and of the SynthRAD 2025 level term (constants cb, weight) over scored voxels.
+
+    clip: (lo, hi) when x and y are raw (see ``_Prepared``); m is then also their preparation mask."""
     x, y, m = _crop_to_mask(x, y, m)
     if min(x.shape) < WIN:
         return 0.0, 0.0, 0.0
@@ -217,19 +232,24 @@ def _masked_sums(
     import numba
 
     chunks = 2 * numba.get_num_threads()  # a few slabs per thread balance the load; each slab recomputes 6 slices
-    return kern.masked_ssim_sums(x, y, m.view(np.uint8), ca[0], ca[1], cb[0], cb[1], weight, want_a, chunks)
+    lo, hi = clip if clip is not None else (0.0, 0.0)
+    mu = m.view(np.uint8)
+    return kern.masked_ssim_sums(x, y, mu, lo, hi, clip is not None, ca[0], ca[1], cb[0], cb[1], weight, chunks)
 
 
 def _constants(data_range: float) -> tuple[float, float]:
     return (K1 * data_range) ** 2, (K2 * data_range) ** 2
 
 
-def _down2(a: Any) -> Any:
-    """SynthRAD 2025's downsampling: 2x2x2 box filter with zeros before the first voxel, then every second voxel."""
+def _down2(a: Any, m: Any, clip: tuple[float, float] | None) -> Any:
+    """SynthRAD 2025's downsampling: 2x2x2 box filter with zeros before the first voxel, then every second voxel.
+
+    clip: (lo, hi) when a is raw (see ``_Prepared``), prepared with mask m as it is read."""
     if not isinstance(a, torch.Tensor):
         from . import _ssim_kernels as kern
 
-        return kern.down2(np.ascontiguousarray(a, dtype=np.float32))
+        lo, hi = clip if clip is not None else (0.0, 0.0)
+        return kern.down2(np.ascontiguousarray(a, dtype=np.float32), m.view(np.uint8), lo, hi, clip is not None)
     p = torch.nn.functional.pad(a[None, None], (1, 0, 1, 0, 1, 0))[0, 0]
     for axis in range(3):
         n = p.shape[axis] // 2
@@ -263,7 +283,7 @@ def _score(p: Any, r: Any, m: Any, ed: Edition, want_ms: bool) -> dict[str, floa
     # Same prepared volumes for both recipes unless the edition clips lower than 2025 and a voxel is above that.
     same_prep = ed == ed25 or (prep.p_max <= ed.hi and prep.r_max <= ed.hi)
     share = want_ms and same_prep and min(p.shape) >= MS_SSIM_MIN_SIZE
-    sum_a, sum_b, count = _masked_sums(prep.x, prep.y, m, ca, cb, MS_SSIM_WEIGHTS[0], True)
+    sum_a, sum_b, count = _masked_sums(prep.x, prep.y, m, prep.clip, ca, cb, MS_SSIM_WEIGHTS[0], True)
     if not count:
         raise InputError(
             f"no mask voxel lies {HALF} or more voxels inside the volume's border, where SSIM is defined; check the "
@@ -274,18 +294,20 @@ def _score(p: Any, r: Any, m: Any, ed: Edition, want_ms: bool) -> dict[str, floa
         return out
     if share:
         levels = [sum_b / count if count else math.nan]
-        xs, ys, ms = prep.x, prep.y, m
+        xs, ys, ms, clip = prep.x, prep.y, m, prep.clip
     else:
         prep25 = prep if same_prep else _prepare(p, r, m, ed25)
+        # edge padding commutes with the voxel-wise preparation, so raw volumes may be padded before it
         xs, ys, ms = (_pad_to_min(a, MS_SSIM_MIN_SIZE) for a in (prep25.x, prep25.y, m))
+        clip = prep25.clip
         levels = []
     while len(levels) < len(MS_SSIM_WEIGHTS):
-        if levels:  # next scale
-            xs, ys, ms = _down2(xs), _down2(ys), ms[::2, ::2, ::2]
+        if levels:  # next scale; from here on the volumes are prepared
+            xs, ys, ms, clip = _down2(xs, ms, clip), _down2(ys, ms, clip), ms[::2, ::2, ::2], None
         if not bool(ms.any()):
             levels.append(math.nan)
             continue
-        _, sb, cnt = _masked_sums(xs, ys, ms, ca, cb, MS_SSIM_WEIGHTS[len(levels)], False)
+        _, sb, cnt = _masked_sums(xs, ys, ms, clip, ca, cb, MS_SSIM_WEIGHTS[len(levels)], False)
         levels.append(sb / cnt if cnt else math.nan)
     out["ms_ssim"] = float(np.prod([v if math.isnan(v) else min(max(v, 0.0), 1.0) for v in levels]))
     return out

@@ -221,3 +221,31 @@ def test_ldct_metrics_against_skimage_per_slice():
     assert m["rmse"] == pytest.approx(np.sqrt(np.mean((pred - ref) ** 2)), abs=1e-9)
     with pytest.raises(InputError, match="window"):
         ldct_metrics(pred, ref, window="brain")
+
+
+def test_kernel_power_series_matches_libm_on_both_sides_of_its_floor():
+    """The SIMD kernel's series for term ** weight (terms >= 0.5) and its libm fallback (below) against numpy."""
+    from medtranslate import _ssim_kernels as kern
+
+    pred, ref, mask = random_case((30, 34, 26), 5)
+    pred[:15] = np.random.default_rng(6).normal(0, 300, pred[:15].shape)  # unrelated there: low terms
+    x32, y32 = ((a + 1024.0).astype(np.float32) for a in (pred, ref))  # what the kernel reads
+    x, y = x32.astype(np.float64), y32.astype(np.float64)
+    c1, c2 = (0.01 * 4095) ** 2, (0.03 * 4095) ** 2
+    ux, uy = uniform_filter(x, 7), uniform_filter(y, 7)
+    vx, vy, vxy = (
+        (uniform_filter(a * b, 7) - ua * ub) * 343 / 342
+        for a, b, ua, ub in ((x, x, ux, ux), (y, y, uy, uy), (x, y, ux, uy))
+    )
+    sx, sy = np.sqrt(np.clip(vx, 0, None)), np.sqrt(np.clip(vy, 0, None))
+    terms = (
+        np.clip((2 * ux * uy + c1) / (ux * ux + uy * uy + c1), 0, None)
+        * np.clip((2 * sx * sy + c2) / (vx + vy + c2), 0, None)
+        * np.clip((vxy + c2 / 2) / (sx * sy + c2 / 2), 0, None)
+    )
+    inner = (slice(3, -3),) * 3
+    t = terms[inner][mask[inner]]
+    assert (t < kern.POW_SERIES_FLOOR).mean() > 0.05 and (t >= kern.POW_SERIES_FLOOR).mean() > 0.05
+    for w in (0.0448, 0.2856, 0.3001, 0.2363, 0.1333):
+        _, sb, cnt = kern.masked_ssim_sums(x32, y32, mask.view(np.uint8), 0.0, 0.0, False, c1, c2, c1, c2, w, 2)
+        assert cnt == t.size and sb == pytest.approx(float((t**w).sum()), rel=1e-12)
