@@ -129,6 +129,8 @@ class ModelConfig:
     # CycleGAN: a modality-independent structure loss between each generator's input and output (losses.py)
     structure_loss: str = "none"  # none | mind (Yang et al. 2018) | gc (gradient correlation, Hiasa et al. 2018)
     lambda_structure: float = 0.0
+    # CycleGAN: the CT output's body outline (-500 HU) must match the input's body mask (losses.body_loss)
+    lambda_body: float = 0.0
     pool_size: int = 50
     bins: int = 256  # intensity_map look-up table size
 
@@ -166,7 +168,7 @@ class ModelConfig:
         require_int("model.bins", self.bins, 2, 65536)
         require_int("model.pool_size", self.pool_size, 0, 10000)
         require_number("model.dropout", self.dropout, minimum=0, below=1)
-        for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight", "lambda_structure"):
+        for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight", "lambda_structure", "lambda_body"):
             require_number(f"model.{key}", getattr(self, key), minimum=0)
 
     @property

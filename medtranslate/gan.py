@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import RESIDUAL_UNIT_HU, RunConfig
 from .errors import ConfigError
-from .losses import cycle_loss, structure_loss
+from .losses import body_loss, cycle_loss, structure_loss
 from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
 from .precision import AMP_DTYPES
 from .transforms import ct_intensity
@@ -379,7 +379,10 @@ class CycleGAN(TranslationModel):
             # the output keeps the input's edges whatever their contrast: anatomy is neither moved nor invented
             k = m.structure_loss
             loss_struct = (structure_loss(k, real_a, fake_b) + structure_loss(k, real_b, fake_a)) * m.lambda_structure
-        self._step("G", loss_adv + loss_cycle + loss_idt + loss_struct)
+        loss_body = torch.zeros((), device=self.device)
+        if m.lambda_body > 0:  # the CT output keeps the input's outline (config allows it only for a CT target)
+            loss_body = body_loss(fake_b, batch["mask"].to(self.device)) * m.lambda_body
+        self._step("G", loss_adv + loss_cycle + loss_idt + loss_struct + loss_body)
         self._requires_grad("D", True)
         pooled_b, pooled_a = self.pools["target"].query(fake_b), self.pools["source"].query(fake_a)
         for _ in range(self.cfg.train.d_steps):
@@ -390,7 +393,9 @@ class CycleGAN(TranslationModel):
         losses = dict(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
         if structured:
             losses["loss_g_struct"] = loss_struct
-        return _floats(**losses, loss_g=loss_adv + loss_cycle + loss_idt + loss_struct)
+        if m.lambda_body > 0:
+            losses["loss_g_body"] = loss_body
+        return _floats(**losses, loss_g=loss_adv + loss_cycle + loss_idt + loss_struct + loss_body)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -11,6 +11,12 @@ anatomy while the adversarial loss decides the intensities.
 
 Both take (B, C, H, W) tensors (the centre channel of a 2.5D input is used) and return a scalar tensor.
 
+Body-outline loss (``body_loss``), for a generator whose output is a CT: the output must stay below the SynthRAD
+body-mask threshold (-500 HU) outside the input's body mask and above it in a band just inside the mask's edge (air
+cavities deeper inside are left alone). A shape-consistency term in the spirit of Zhang et al. 2018 (CVPR,
+"Translating and segmenting multimodal medical volumes with cycle- and shape-consistency GAN"), with the body mask
+as the segmentation, so it needs no segmentation network.
+
 Cycle losses compare a CycleGAN's reconstruction with its input (``cycle_loss``):
 - ``l1``: the paper's (Zhu et al. 2017).
 - ``l1_ssim``: 0.16 L1 + 0.84 (1 - SSIM), the mix of Zhao et al. 2017 (IEEE TCI 3(1)) that ganslate uses for CT
@@ -30,13 +36,24 @@ import torch
 import torch.nn.functional as F
 from monai.losses import SSIMLoss
 
-__all__ = ["mind", "mind_loss", "gradient_correlation_loss", "structure_loss", "cycle_loss", "CYCLE_LOSSES"]
+__all__ = [
+    "mind",
+    "mind_loss",
+    "gradient_correlation_loss",
+    "structure_loss",
+    "body_loss",
+    "cycle_loss",
+    "CYCLE_LOSSES",
+]
 
 _SHIFTS = ((0, 2), (2, 0), (0, -2), (-2, 0))  # 4 directions, 2 pixels away
 _PATCH = 3  # patch of the squared differences (3 x 3 box)
 CYCLE_LOSSES = ("l1", "l1_ssim", "lowpass")
 SSIM_PROPORTION = 0.84  # Zhao et al. 2017; ganslate's default proportion_ssim
 LOWPASS_SIGMA = 2.0  # pixels
+BODY_THRESHOLD = (-500.0 + 1024.0) / 4095.0 * 2.0 - 1.0  # -500 HU on the [-1024, 3071] -> [-1, 1] CT scale
+BODY_MARGIN = 50.0 / 2047.5  # 50 HU in the same units
+BODY_BAND = 5  # pixels inside the mask's edge where the output must be body too
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
@@ -100,6 +117,25 @@ def structure_loss(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if kind == "gc":
         return gradient_correlation_loss(a, b)
     raise ValueError(f"unknown structure loss {kind!r}")
+
+
+def body_loss(fake_ct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hinge on the body threshold: outside ``mask`` the output must lie below -550 HU, within BODY_BAND pixels
+    inside its edge above -450 HU; the mean over those pixels of how far it misses, on the [-1, 1] CT scale.
+
+    A hinge rather than a soft threshold: a sigmoid saturates, so tissue painted far outside the body (hundreds of HU
+    above the threshold) would get no gradient at all.
+
+    Args:
+        fake_ct: (B, 1, H, W) generated CT on the [-1, 1] scale of ``transforms.ct_intensity``.
+        mask: (B, 1, H, W) body mask of the input in [0, 1] (soft after interpolating augmentation).
+    """
+    fake = fake_ct.float()
+    eroded = -F.max_pool2d(-mask, 2 * BODY_BAND + 1, stride=1, padding=BODY_BAND)  # 1 deeper than the band
+    band = mask - eroded
+    outside = 1.0 - mask
+    miss = outside * F.relu(fake - (BODY_THRESHOLD - BODY_MARGIN)) + band * F.relu(BODY_THRESHOLD + BODY_MARGIN - fake)
+    return miss.sum() / (outside + band).sum().clamp_min(1.0)
 
 
 @functools.cache

@@ -266,7 +266,9 @@ class SliceDataset(torch.utils.data.Dataset):
             if tj != ci:
                 break
         target = self.cases[tj].slices("target", [tz])
-        return {"source": self._augment([source], rng)[0], "target": self._augment([target], rng)[0]}
+        # the source's body mask rides along on the [-1, 1] scale, so augmentation pads it with background
+        source, mask = self._augment([source, case.slices("mask", [z]) * 2 - 1], rng)
+        return {"source": source, "target": self._augment([target], rng)[0], "mask": (mask + 1) / 2}
 
     def _augment(self, images: list[torch.Tensor], rng: torch.Generator) -> list[torch.Tensor]:
         """Crop to the patch size and, if enabled, flip/rotate/scale: one draw for all images given."""

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from medtranslate.baselines import IntensityMap
 from medtranslate.config import RunConfig
+from medtranslate.losses import body_loss
 from medtranslate.gan import GANLoss, ImagePool, build_model, gradient_penalty
 
 
@@ -199,3 +200,29 @@ def test_cyclegan_structure_loss_and_discriminator_learning_rate():
     assert losses["loss_g_struct"] > 0 and losses["loss_g_idt"] == 0.0
     total = losses["loss_g_adv"] + losses["loss_g_cycle"] + losses["loss_g_struct"]
     assert losses["loss_g"] == pytest.approx(total, rel=1e-5)
+
+
+def test_cyclegan_body_loss_is_reported_and_trains_the_outline():
+    g = torch.Generator().manual_seed(1)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    mask = (((yy - 16) ** 2 + (xx - 16) ** 2) < 100).float().expand(2, 1, 32, 32)
+    batch = {
+        "source": mask * 2 - 1 + 0.05 * torch.randn(2, 1, 32, 32, generator=g),
+        "target": torch.rand(2, 1, 32, 32, generator=g) * 2 - 1,
+        "mask": mask,
+    }
+    outline = {}
+    for weight in (0.0, 10.0):  # the same seeds and batches, with and without the term
+        cfg = tiny_config("cyclegan", task="mr2ct", lambda_body=weight, lambda_identity=0.0)
+        model = build_model(cfg, 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+        for _ in range(10):
+            losses = model.train_step(batch)
+        with torch.no_grad():
+            outline[weight] = float(body_loss(model.nets["G"](batch["source"]), mask))
+        if weight:
+            total = losses["loss_g_adv"] + losses["loss_g_cycle"] + losses["loss_g_idt"] + losses["loss_g_body"]
+            assert losses["loss_g"] == pytest.approx(total, rel=1e-5)
+            assert losses["loss_g_body"] == pytest.approx(weight * outline[weight], rel=0.5)
+        else:
+            assert "loss_g_body" not in losses
+    assert outline[10.0] < 0.5 * outline[0.0]

@@ -1,4 +1,4 @@
-"""Structure losses across modalities (MIND, gradient correlation) and the CycleGAN cycle losses."""
+"""Structure losses across modalities (MIND, gradient correlation), the body-outline loss and the cycle losses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtranslate.losses import cycle_loss, gradient_correlation_loss, mind, mind_loss, structure_loss
+from medtranslate.losses import body_loss, cycle_loss, gradient_correlation_loss, mind, mind_loss, structure_loss
 
 
 def _phantom(shift: int = 0) -> torch.Tensor:
@@ -57,3 +57,29 @@ def test_cycle_losses():
     assert float(cycle_loss("l1_ssim", a + 0.1, a)) < float(cycle_loss("l1", a + 0.1, a))
     with pytest.raises(ValueError, match="unknown cycle loss"):
         cycle_loss("l2", a, a)
+
+
+def _hu(h: torch.Tensor) -> torch.Tensor:
+    return (h + 1024.0) / 4095.0 * 2.0 - 1.0  # transforms.ct_intensity's scale
+
+
+def test_body_loss_sees_the_outline_not_the_cavities():
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    r = ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt()
+    mask = (r < 20).float()[None, None]
+    ct = torch.where(r < 20, 40.0, -1000.0)  # soft tissue inside the outline, air outside
+    assert float(body_loss(_hu(ct)[None, None], mask)) == 0.0
+    # an air cavity 10 pixels inside the edge (a sinus) costs nothing: only a band of 5 pixels must be body
+    sinus = torch.where(r < 6, -1000.0, ct)
+    assert float(body_loss(_hu(sinus)[None, None], mask)) == pytest.approx(float(body_loss(_hu(ct)[None, None], mask)))
+    # a body grown by 3 pixels, shrunk by 3 pixels, or shifted: all cost
+    grown = torch.where(r < 23, 40.0, -1000.0)
+    shrunk = torch.where(r < 17, 40.0, -1000.0)
+    shifted = torch.where(((yy - 32) ** 2 + (xx - 36) ** 2).sqrt() < 20, 40.0, -1000.0)
+    for wrong in (grown, shrunk, shifted):
+        assert float(body_loss(_hu(wrong)[None, None], mask)) > 0.01
+    # the gradient pulls a grown outline back: lowering HU outside the mask lowers the loss
+    x = _hu(grown)[None, None].clone().requires_grad_(True)
+    body_loss(x, mask).backward()
+    ring = (r >= 20) & (r < 23)
+    assert bool((x.grad[0, 0][ring] > 0).all()) and bool((x.grad[0, 0][r < 20] == 0).all())

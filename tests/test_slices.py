@@ -96,6 +96,13 @@ def test_unpaired_targets_come_from_another_case(case):
         own = ds.cases[ci].slices("target", [z])[0]
         target = ds[i]["target"][0, 2:22, :]  # undo the 2-pixel padding of the 20-pixel axis to 24
         assert not torch.allclose(target, own)
+        # the source's own body mask comes along (for CycleGAN's body-outline loss), cropped like the source
+        assert torch.equal(ds[i]["mask"][0, 2:22, :], ds.cases[ci].slices("mask", [z])[0])
+    rotated = SliceDataset([a, b], config(rotate_deg=30.0, scale=0.0, patch_size=24), seed=1, paired=False)
+    for i in range(len(ds)):
+        m = rotated[i]["mask"]
+        assert m.shape == (1, 24, 24) and float(m.min()) >= 0 and float(m.max()) <= 1  # background padded as 0
+        assert float(m.sum()) == pytest.approx(float(ds[i]["mask"].sum()), rel=0.1)  # turned, not lost
     with pytest.raises(InputError, match="at least 2 training cases"):
         SliceDataset([a], config(), seed=0, paired=False)
 
