@@ -170,6 +170,9 @@ class ModelConfig:
         require_number("model.dropout", self.dropout, minimum=0, below=1)
         for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight", "lambda_structure", "lambda_body"):
             require_number(f"model.{key}", getattr(self, key), minimum=0)
+        for key in ("lambda_structure", "lambda_body"):  # CycleGAN-only terms: refused elsewhere, not ignored
+            if getattr(self, key) > 0 and self.kind != "cyclegan":
+                raise ConfigError(f"model.{key} is a CycleGAN loss; model.kind {self.kind} has none: set it to 0")
 
     @property
     def roles(self) -> tuple[str, str]:

@@ -380,7 +380,7 @@ class CycleGAN(TranslationModel):
             k = m.structure_loss
             loss_struct = (structure_loss(k, real_a, fake_b) + structure_loss(k, real_b, fake_a)) * m.lambda_structure
         loss_body = torch.zeros((), device=self.device)
-        if m.lambda_body > 0:  # the CT output keeps the input's outline (config allows it only for a CT target)
+        if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
             loss_body = body_loss(fake_b, batch["mask"].to(self.device)) * m.lambda_body
         self._step("G", loss_adv + loss_cycle + loss_idt + loss_struct + loss_body)
         self._requires_grad("D", True)
