@@ -36,7 +36,7 @@ MIN_WEPL_MM = 10.0  # rays that graze the skin (a few mm of tissue) would domina
 
 
 def read_calibration(path: str | Path, quantity: str = "RSP") -> tuple[np.ndarray, np.ndarray]:
-    """The (HU, value) points of a calibration CSV (a header line is allowed); errors name the file and the line.
+    """The (HU, value) points of a calibration CSV (``#`` comments, one header line); errors name file and line.
 
     ``quantity``: what the second column is (RSP, or RED for electron density), for the messages.
     """
@@ -48,14 +48,15 @@ def read_calibration(path: str | Path, quantity: str = "RSP") -> tuple[np.ndarra
             f"{path}: cannot read the HU-to-{quantity} calibration ({type(exc).__name__}); check "
             f"--hu-to-{quantity.lower()}"
         ) from exc
-    points = []
+    points, rows = [], 0
     for n, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
             continue
+        rows += 1
         try:
             hu, rsp = (float(v) for v in row[:2])
         except ValueError:
-            if not points and n == 1:  # a header
+            if rows == 1:  # a header (after any comment lines)
                 continue
             raise InputError(
                 f"{path}, line {n}: expected two numbers, HU and {quantity}, got {','.join(row)!r}"

@@ -90,3 +90,19 @@ def test_evaluate_reports_the_range_difference_with_a_calibration(tmp_path):
     bad.write_text("0,1\n")
     refused = run_cli(*args, "--out", str(tmp_path / "e2"), "--hu-to-rsp", str(bad))
     assert refused.returncode == 2 and "bad.csv" in refused.stderr and "at least two" in refused.stderr
+
+
+def test_shipped_calibrations_read_and_put_water_near_one():
+    from medtranslate.wepl import hu_to_rsp
+
+    from .conftest import REPO
+
+    rsp = read_calibration(REPO / "calibrations" / "matrad_default_protons_hu_rsp.csv")
+    red = read_calibration(REPO / "calibrations" / "dkfz_siemens_flash_b40f_hu_red.csv", "RED")
+    for table in (rsp, red):
+        water, air, bone = hu_to_rsp(np.array([0.0, -1000.0, 1000.0]), table)
+        assert abs(water - 1.0) < 0.01 and air < 0.05 and 1.4 < bone < 1.9
+    # a slab of water, 100 mm front to back, through the published proton curve: 100 mm of water within 1 %
+    hu, mask, affine = slab(0.0)
+    maps = wepl_maps(hu, mask, affine, rsp, angles=(0.0,))
+    assert abs(maps[0.0].max() - 100.0) < 1.0
