@@ -217,6 +217,15 @@ def _data_from(cfg: RunConfig, folder: Path) -> RunConfig:
     return replace(cfg, data=replace(cfg.data, root=str(folder), split=split))
 
 
+def baseline_config(cfg: RunConfig, kind: str) -> RunConfig:
+    """A pipeline's baseline: the experiment's data and task, model ``kind`` with its own defaults (the GAN's
+    networks and loss weights dropped), one epoch."""
+    model = replace(
+        cfg.model, kind=kind, generator=None, norm=None, gan_loss=None, lambda_structure=0.0, lambda_body=0.0
+    )
+    return RunConfig.from_dict(replace(cfg, model=model, train=replace(cfg.train, epochs=1)).to_dict())
+
+
 def run_pipeline(
     path: str | Path,
     out: str | Path,
@@ -269,12 +278,7 @@ def run_pipeline(
     # the baseline first, so the model's report can show it beside the model
     baseline_summary = None
     if section["baseline"] not in ("none", None):
-        bcfg = replace(
-            cfg,
-            model=replace(cfg.model, kind=section["baseline"], generator=None, norm=None, gan_loss=None),
-            train=replace(cfg.train, epochs=1),
-        )
-        bcfg = RunConfig.from_dict(bcfg.to_dict())  # re-resolve the kind's defaults
+        bcfg = baseline_config(cfg, section["baseline"])
         bckpt = _train_stage(bcfg, out / "baseline", progress)
         _translate_stage(bckpt, pairs, test, out / "baseline" / "translated", progress)
         bres = evaluate_folder(

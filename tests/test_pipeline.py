@@ -10,7 +10,7 @@ import pytest
 
 from medtranslate.errors import ConfigError
 from medtranslate.io import read_volume
-from medtranslate.pipeline import load_pipeline
+from medtranslate.pipeline import baseline_config, load_pipeline
 
 from .conftest import REPO, SAMPLE, run_cli
 
@@ -80,6 +80,18 @@ def test_pipeline_section_is_validated(tmp_path):
         load_pipeline(bad)
     cfg, section = load_pipeline(REPO / "pipelines" / "ldct_pix2pix.yaml")
     assert cfg.model.task == "ldct" and section["baseline"] == "classical"
+
+
+def test_every_shipped_pipeline_has_a_valid_baseline_config():
+    # the baseline inherits the experiment's model section; GAN-only settings must not make it invalid
+    for path in sorted((REPO / "pipelines").glob("*.yaml")):
+        if path.name == "demo.yaml":
+            continue
+        cfg, section = load_pipeline(path, ["model.lambda_body=1"] if "cyclegan" in path.name else [])
+        if section["baseline"] not in ("none", None):
+            bcfg = baseline_config(cfg, section["baseline"])
+            assert bcfg.model.kind == section["baseline"] and bcfg.model.lambda_structure == 0
+            assert bcfg.data == cfg.data and bcfg.model.task == cfg.model.task
 
 
 @pytest.mark.slow
