@@ -128,7 +128,8 @@ def body_loss(fake_ct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     Args:
         fake_ct: (B, 1, H, W) generated CT on the [-1, 1] scale of ``transforms.ct_intensity``.
-        mask: (B, 1, H, W) body mask of the input in [0, 1] (soft after interpolating augmentation).
+        mask: (B, 1, H, W) the input case's body mask (its mask file's or its CT's, on the input's grid) in [0, 1]
+            (soft after interpolating augmentation).
     """
     fake = fake_ct.float()
     eroded = -F.max_pool2d(-mask, 2 * BODY_BAND + 1, stride=1, padding=BODY_BAND)  # 1 deeper than the band
