@@ -6,7 +6,7 @@ in this run on this machine (float32 eager, float32 + channels-last, bf16 autoca
 mode in all); and end to end, ``translate_volume`` itself (which feeds channels-last batches) plus the read and the
 write, in float32 and bf16. The machine (CPU, its bf16 / AMX units, threads) is named first.
 
-Run: python benchmarks/bench_translate.py CHECKPOINT [--repeats 3] [--compile]
+Run: python benchmarks/bench_translate.py CHECKPOINT [--repeats 3] [--compile] [--onnx]
 (e.g. the demo's ``demo_run/mr2ct_pix2pix/train/checkpoints/best.pt``).
 """
 
@@ -65,12 +65,36 @@ def network_only_example(image: torch.Tensor, spec: TranslatorSpec, batch_size: 
     return image[0][:, :, idx].permute(2, 3, 0, 1).contiguous(memory_format=torch.channels_last)
 
 
+def onnx_time(ckpt, image: torch.Tensor, spec: TranslatorSpec, batch_size: int, repeats: int, path: Path) -> float:
+    """The network exported to ONNX (float32, batch axis dynamic) and run by ONNX Runtime's CPU provider."""
+    import onnxruntime
+
+    net = build_inference_net(ckpt, torch.device("cpu")).eval()
+    example = network_only_example(image, spec, batch_size).contiguous()
+    torch.onnx.export(net, (example,), str(path), input_names=["x"], output_names=["y"], dynamic_shapes=({0: "n"},))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        expected = net(example)
+    got = torch.from_numpy(session.run(None, {"x": example.numpy()})[0])
+    print(f"ONNX export: largest difference from the eager network {float((got - expected).abs().max()):.2e}")
+
+    def onnx_net(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": batch.contiguous().numpy()})[0])
+
+    run = lambda im: network_only(onnx_net, im, spec, None, batch_size, False)  # noqa: E731
+    run(image[..., :batch_size])  # warm-up
+    return median_time(lambda: run(image), repeats)[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor; slow to compile)")
+    parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (pip install -e '.[bench]')")
     args = parser.parse_args()
     print(describe_machine(torch.device("cpu")))
     ckpt = load_checkpoint(args.checkpoint)
@@ -133,6 +157,12 @@ def main() -> None:
             print(
                 f"network alone, TorchScript {name:8s} + channels-last: {t_ts:6.3f} s "
                 f"({base / t_ts:4.2f}x float32 eager)"
+            )
+        if args.onnx:
+            t_onnx = onnx_time(ckpt, image, spec, args.batch_size, args.repeats, Path(tmp) / "net.onnx")
+            print(
+                f"network alone, ONNX Runtime float32 (CPU provider): {t_onnx:6.3f} s "
+                f"({base / t_onnx:4.2f}x float32 eager)"
             )
         if args.compile:
             t0 = time.perf_counter()
