@@ -296,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder (not the input folder)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="slices per forward pass (default 4 on a CPU, 8 on a GPU)"
+    )
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),

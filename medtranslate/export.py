@@ -40,7 +40,7 @@ def inference_config() -> dict[str, Any]:
         "model_path": "$@bundle_root + '/models/model.pt'",
         "device": "auto",
         "precision": "auto",
-        "batch_size": 8,
+        "batch_size": None,  # translate's default for the device
         "translate": {
             "_target_": "medtranslate.translate.translate_folder",
             "_mode_": "callable",

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 TTA_VIEWS = ((False, 0, 0), (True, 0, 0), (False, 2, 0), (True, 0, 2), (False, -2, -2), (True, 2, 2), (False, 0, -2),
              (True, -2, 0))  # fmt: skip
 UNCERTAINTY_METHODS = ("tta", "mc", "ensemble")
+# slices per forward pass by device: on 2 AMD EPYC cores 4 was 1.06-1.15x faster than 8 for the pix2pix U-Net in every
+# run of benchmarks/bench_translate.py (README, "Translation"); CUDA keeps 8 (not measured here)
+DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 8}
 
 
 @torch.no_grad()
@@ -219,7 +222,7 @@ def translate_folder(
     output: str | Path,
     overwrite: bool = False,
     device: str = "auto",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     fmt: str = "nifti",
     tta: bool = False,
     shard: str | None = None,
@@ -250,7 +253,8 @@ def translate_folder(
 
     model, inp, out = Path(model), Path(input), Path(output)
     require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
-    require_int("--batch-size", batch_size, 1, 4096, error=InputError)
+    if batch_size is not None:
+        require_int("--batch-size", batch_size, 1, 4096, error=InputError)
     require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
     if bool(ensemble) != (uncertainty == "ensemble"):
         raise InputError("--ensemble CKPT... and --uncertainty ensemble go together: give both or neither")
@@ -258,6 +262,8 @@ def translate_folder(
         raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
     index, count = shard_of(shard)
     dev = resolve_device(device)
+    if batch_size is None:
+        batch_size = DEFAULT_BATCH_SIZE.get(dev.type, 8)
     ckpt = load_checkpoint(model)
     spec = TranslatorSpec.from_dict(ckpt["spec"])
     task = get_task(spec.task)
@@ -286,7 +292,13 @@ def translate_folder(
         else:
             chosen = PrecisionChoice("fp32", "no network to speed up")
     chosen = from_rank0(chosen)
-    logger.info("precision %s (%s); %s", chosen.precision, chosen.reason, describe_machine(dev))
+    logger.info(
+        "precision %s (%s), batches of %d slices; %s",
+        chosen.precision,
+        chosen.reason,
+        batch_size,
+        describe_machine(dev),
+    )
     cases = sorted(select_cases(inp, task.input_roles, "input").values(), key=lambda c: c.case_id)[index::count]
     suffix = task.output_suffix
 

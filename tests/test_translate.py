@@ -51,6 +51,8 @@ def test_output_has_exactly_the_inputs_grid_in_every_format(tmp_path, checkpoint
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert rows[0]["status"] == "done" and len(rows[0]["checkpoint_sha256"]) == 64
     assert rows[0]["precision"] in ("fp32", "bf16")  # --precision auto: what this machine runs faster
+    default_batch = 8 if torch.cuda.is_available() else 4  # --batch-size not given: the device's default
+    assert f"batches of {default_batch} slices" in result.stderr, result.stderr
     if fmt == "nifti":  # asked for explicitly, a precision is used and recorded
         forced = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(tmp_path / "fp32"), "--precision", "fp32")
         assert forced.returncode == 0, forced.stderr
