@@ -382,7 +382,8 @@ class CycleGAN(TranslationModel):
         loss_body = torch.zeros((), device=self.device)
         if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
             loss_body = body_loss(fake_b, batch["mask"].to(self.device)) * m.lambda_body
-        self._step("G", loss_adv + loss_cycle + loss_idt + loss_struct + loss_body)
+        loss_g = loss_adv + loss_cycle + loss_idt + loss_struct + loss_body
+        self._step("G", loss_g)
         self._requires_grad("D", True)
         pooled_b, pooled_a = self.pools["target"].query(fake_b), self.pools["source"].query(fake_a)
         for _ in range(self.cfg.train.d_steps):
@@ -395,7 +396,7 @@ class CycleGAN(TranslationModel):
             losses["loss_g_struct"] = loss_struct
         if m.lambda_body > 0:
             losses["loss_g_body"] = loss_body
-        return _floats(**losses, loss_g=loss_adv + loss_cycle + loss_idt + loss_struct + loss_body)
+        return _floats(**losses, loss_g=loss_g)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
