@@ -28,6 +28,8 @@ class Task:
         input_roles: roles accepted as the source image, in order of preference (None: a file naming no role).
         reference_roles: roles accepted as the reference image, in order of preference.
         defaults: per-section defaults measured for the task (README, "train").
+        air_outside_body: ``translate`` sets the output to air farther than ``transforms.BODY_MARGIN_MM`` from the
+            input's body outline (synthesis: the network must not paint tissue where the input shows none).
     """
 
     name: str
@@ -40,6 +42,7 @@ class Task:
     input_roles: tuple[str | None, ...]
     reference_roles: tuple[str | None, ...]
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    air_outside_body: bool = False
 
     @property
     def roles(self) -> tuple[str, str]:
@@ -69,6 +72,7 @@ TASKS: dict[str, Task] = {
         input_roles=("mr", None),
         reference_roles=("ct", None),
         defaults={"data": {"rotate_deg": 5.0, "scale": 0.05}, "model": {"full_res": False, "residual": False}},
+        air_outside_body=True,
     ),
     "ldct": Task(
         name="ldct",

@@ -29,6 +29,8 @@ __all__ = [
     "mr_intensity",
     "intensity_for",
     "body_mask",
+    "outside_body",
+    "BODY_MARGIN_MM",
     "axial_axis",
     "Preprocessor",
     "check_same_grid",
@@ -42,6 +44,10 @@ CT_RANGE = (-1024.0, 3071.0)
 MR_PERCENTILES = (0.5, 99.5)
 # Background value after scaling to [-1, 1]; used for padding.
 BACKGROUND = -1.0
+# Margin around the input's body outline inside which a synthetic CT keeps what the network made (outside_body): the
+# input's mask may miss a rim of skin (half-Otsu threshold), 5 mm keeps it. On the sample test cases a 0-6 voxel
+# margin changed the MAE inside the reference mask by < 1 HU.
+BODY_MARGIN_MM = 5.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,16 @@ def body_mask(
         index[axis] = k
         mask[tuple(index)] = ndimage.binary_fill_holes(mask[tuple(index)])
     return mask
+
+
+def outside_body(array: np.ndarray, kind: str, affine: np.ndarray, margin_mm: float = BODY_MARGIN_MM) -> np.ndarray:
+    """Voxels farther than ``margin_mm`` (in 3D, in mm) from the body mask of ``array`` (see :func:`body_mask`);
+    all False when no body is found, so nothing is ever cleared on a failed mask."""
+    mask = body_mask(array, kind, affine)
+    if not mask.any():
+        return mask
+    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    return ndimage.distance_transform_edt(~mask, sampling=spacing) > margin_mm
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Volume -> volume inference: preprocess like training, run the generator slice by slice, invert to the input's
-grid and units (HU for CT).
+grid and units (HU for CT). A synthetic CT is air farther than 5 mm from the input's body outline (the network is
+never trusted to leave empty space empty: trained on body slices, a CycleGAN painted tissue below the head).
 
 The checkpoint carries a :class:`~medtranslate.checkpoint.TranslatorSpec` (source kind and scaling recipe, target
 scaling, 2.5D context, spatial divisor, spacing), so inference undoes exactly what training did. An input that does
@@ -25,7 +26,7 @@ from .errors import CheckpointError, InputError
 from .io import Volume, sha256
 from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
 from .tasks import get_task
-from .transforms import IntensityParams, Preprocessor, intensity_for
+from .transforms import CT_RANGE, IntensityParams, Preprocessor, intensity_for, outside_body
 
 __all__ = ["translate_volume", "translate_with_uncertainty", "translate_folder"]
 
@@ -73,7 +74,11 @@ def translate_volume(
     views = TTA_VIEWS[:2] if tta else TTA_VIEWS[:1]
     pred = sum(_predict(net, image, spec, device, batch_size, amp_dtype, view) for view in views) / len(views)
     _check_finite(pred, volume)
-    return pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume)
+    out = pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume)
+    outside = _outside(volume, spec)
+    if outside is not None:
+        out.array[outside] = CT_RANGE[0]
+    return out
 
 
 @torch.no_grad()
@@ -122,6 +127,9 @@ def translate_with_uncertainty(
         total_sq = x * x if total_sq is None else total_sq + x * x
     mean = total / samples
     std = np.sqrt(np.maximum(total_sq / samples - mean * mean, 0.0))
+    outside = _outside(volume, spec)
+    if outside is not None:  # set, not predicted: air with no spread
+        mean[outside], std[outside] = CT_RANGE[0], 0.0
     return Volume(mean.astype(np.float32), hu.affine, source=hu.source), Volume(
         std.astype(np.float32), hu.affine, source=hu.source
     )
@@ -156,6 +164,14 @@ def _preprocess(volume: Volume, spec: TranslatorSpec) -> tuple[Preprocessor, dic
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
     data = pre(volume, intensity, keep_mask=False)  # no crop to the body: no mask needed
     return pre, data, data["image"].as_tensor().float()
+
+
+def _outside(volume: Volume, spec: TranslatorSpec) -> np.ndarray | None:
+    """For a task that keeps air outside the body (synthesis, see ``Task.air_outside_body``), the voxels of the
+    input's grid farther than ``transforms.BODY_MARGIN_MM`` from its body outline; else None."""
+    if not get_task(spec.task).air_outside_body:
+        return None
+    return outside_body(volume.array, spec.source_kind, volume.affine)
 
 
 def _predict(
