@@ -22,7 +22,14 @@ from typing import Iterator
 
 from .errors import OutputError
 
-__all__ = ["atomic_output", "atomic_write_text", "partial_name", "remove_stale_partials", "output_error"]
+__all__ = [
+    "atomic_output",
+    "atomic_write_text",
+    "atomic_copy",
+    "partial_name",
+    "remove_stale_partials",
+    "output_error",
+]
 
 MULTI_SUFFIXES = (".nii.gz",)
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host"
@@ -120,6 +127,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make ``path`` a copy of the file ``source``, atomically: a hard link where the file system has them (no bytes
+    copied; ``source`` replaced later by a rename keeps ``path`` as it was), else a byte copy."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
     return path
 
 

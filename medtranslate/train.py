@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .atomic import atomic_write_text, output_error
+from .atomic import atomic_copy, atomic_write_text, output_error
 from .baselines import ClassicalDenoiser, IntensityMap
 from .checkpoint import CHECKPOINT_FORMAT, TranslatorSpec, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_differences
@@ -372,10 +372,12 @@ class Trainer:
         for k, v in val.items():
             if isinstance(v, float):
                 self.writer.add_scalar(f"val/{k.removeprefix('val_')}", v, self.epoch)
-        if val.get("val_mae", math.inf) < self.best_mae:
+        improved = val.get("val_mae", math.inf) < self.best_mae
+        if improved:
             self.best_mae = val["val_mae"]
-            self._save("best.pt")
-        self._save("last.pt")
+        last = self._save("last.pt")
+        if improved and last is not None:  # the same state: linked, not written twice (a CycleGAN's is ~80 MB)
+            atomic_copy(last, self.ckpt_dir / "best.pt")
         logger.info(
             "epoch %d/%s: %s",
             self.epoch,

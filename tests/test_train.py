@@ -184,6 +184,19 @@ def test_time_budget_starts_no_epoch_that_would_overrun_it(tmp_path, tiny_data):
     assert load_checkpoint(tmp_path / "long" / "checkpoints" / "last.pt")["epoch"] == 3
 
 
+def test_best_is_the_lowest_validation_epoch_and_stays_when_last_moves_on(tmp_path, tiny_data):
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 4, "train.lr": 2e-2}))
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    folder = tmp_path / "run" / "checkpoints"
+    best, last = load_checkpoint(folder / "best.pt"), load_checkpoint(folder / "last.pt")
+    maes = [row["val_mae"] for row in last["history"]]
+    assert last["epoch"] == 4 and best["epoch"] == 1 + int(np.argmin(maes)) and best["best_mae"] == min(maes)
+    assert best["epoch"] < 4  # (the high rate makes later epochs worse, so last.pt was written after best.pt)
+    # best.pt is that epoch's whole state (it was last.pt then), untouched by the later epochs' writes of last.pt
+    assert len(best["history"]) == best["epoch"] and best["history"] == last["history"][: best["epoch"]]
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
 def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "intensity_map"))
     val = Trainer(cfg, tmp_path / "run", progress=False).fit()
