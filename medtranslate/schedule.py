@@ -39,6 +39,7 @@ class Schedule:
     cap: int | None = None
     max_minutes: float | None = None
     _seconds: list[float] = field(default_factory=list, repr=False)  # durations of the epochs seen by plan()
+    _told: int | None = field(default=None, repr=False)  # the plan last logged at INFO level
 
     @property
     def decay(self) -> int:
@@ -85,7 +86,13 @@ class Schedule:
             action = "re-planned (epochs faster than planned)"
         else:
             return
-        logger.info(
+        # the epoch lines show the plan (epoch 8/45); a change of a few epochs, as the estimate settles, is not news
+        told = self._told
+        news = told is None or abs(self.epochs - told) > max(2, 0.1 * told)
+        if news:
+            self._told = self.epochs
+        logger.log(
+            logging.INFO if news else logging.DEBUG,
             "%s %d epochs (%.1f s each) to fit train.max_minutes %.1f; the learning rate decays over the last %d",
             action,
             self.epochs,

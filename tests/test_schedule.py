@@ -30,7 +30,8 @@ def test_a_budget_plan_fills_it_and_the_decay_ends_inside(epoch_s, elapsed_s, ca
     assert s.factor(expected - 1) == pytest.approx(1.0 / (s.decay + 1))  # the last epoch runs at the end of the decay
 
 
-def test_a_plan_follows_the_measured_epochs():
+def test_a_plan_follows_the_measured_epochs(caplog):
+    caplog.set_level("DEBUG", logger="medtranslate.schedule")
     s = Schedule(epochs=None, max_minutes=10.0)
     s.plan(30.0, 30.0, epochs_done=1)  # a slow first epoch (warm-up): 20 planned
     assert s.epochs == 20
@@ -43,6 +44,13 @@ def test_a_plan_follows_the_measured_epochs():
     assert 39 <= s.epochs < 58
     s.plan(30.0, 600.0, epochs_done=39)  # the budget is spent: the run ends here
     assert s.epochs == 39
+    # the first plan and changes of more than 10 % are told; the epoch-by-epoch corrections only at debug level
+    told = [r for r in caplog.records if r.levelname == "INFO"]
+    assert [r.getMessage().split(" epochs")[0] for r in told][:2] == [
+        "planned 20",
+        "re-planned (epochs faster than planned) 58",
+    ]
+    assert len(told) < len([r for r in caplog.records if "planned" in r.getMessage()]), caplog.text
     assert Schedule(epochs=7).factor(6) == pytest.approx(1 / 4)  # without a budget plan() is never needed
     fixed = Schedule(epochs=7)
     fixed.plan(100.0, 1000.0, 1)
