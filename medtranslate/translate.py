@@ -50,7 +50,7 @@ def translate_volume(
     volume: Volume,
     spec: TranslatorSpec,
     device: torch.device | str = "cpu",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     amp_dtype: torch.dtype | None = None,
     tta: bool = False,
 ) -> Volume:
@@ -60,7 +60,7 @@ def translate_volume(
         net: generator mapping (B, 2k+1, X, Y) in [-1, 1] to (B, 1, X, Y) in [-1, 1].
         volume: the input scan (any orientation and spacing).
         spec: preprocessing and scaling recipe from the checkpoint.
-        batch_size: slices per forward pass.
+        batch_size: slices per forward pass; None: the device's default (:data:`DEFAULT_BATCH_SIZE`).
         amp_dtype: autocast dtype (e.g. torch.bfloat16) or None for float32.
         tta: average the prediction over a left-right flip of the input.
 
@@ -69,7 +69,7 @@ def translate_volume(
         CheckpointError: the network produced NaN or infinite values.
     """
     device = torch.device(device)
-    require_int("batch size", batch_size, 1)
+    batch_size = _batch_size(batch_size, device)
     pre, data, image = _preprocess(volume, spec)
     views = TTA_VIEWS[:2] if tta else TTA_VIEWS[:1]
     pred = sum(_predict(net, image, spec, device, batch_size, amp_dtype, view) for view in views) / len(views)
@@ -88,7 +88,7 @@ def translate_with_uncertainty(
     spec: TranslatorSpec,
     method: str,
     device: torch.device | str = "cpu",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     amp_dtype: torch.dtype | None = None,
     samples: int = 8,
     ensemble: list[nn.Module] | None = None,
@@ -106,6 +106,7 @@ def translate_with_uncertainty(
         InputError: as :func:`translate_volume`; ``mc`` for a network without dropout layers.
     """
     device = torch.device(device)
+    batch_size = _batch_size(batch_size, device)
     nets = [net, *(ensemble or [])]
     samples, dropouts = _uncertainty_plan(net, method, samples, nets[1:])
     pre, data, image = _preprocess(volume, spec)
@@ -133,6 +134,13 @@ def translate_with_uncertainty(
     return Volume(mean.astype(np.float32), hu.affine, source=hu.source), Volume(
         std.astype(np.float32), hu.affine, source=hu.source
     )
+
+
+def _batch_size(batch_size: int | None, device: torch.device) -> int:
+    """``batch_size`` checked, or the device's default when None."""
+    if batch_size is None:
+        return DEFAULT_BATCH_SIZE.get(device.type, 8)
+    return require_int("--batch-size", batch_size, 1, 4096, error=InputError)
 
 
 def _uncertainty_plan(
@@ -278,8 +286,7 @@ def translate_folder(
         raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
     index, count = shard_of(shard)
     dev = resolve_device(device)
-    if batch_size is None:
-        batch_size = DEFAULT_BATCH_SIZE.get(dev.type, 8)
+    batch_size = _batch_size(batch_size, dev)
     ckpt = load_checkpoint(model)
     spec = TranslatorSpec.from_dict(ckpt["spec"])
     task = get_task(spec.task)

@@ -438,7 +438,7 @@ def test_a_bad_batch_size_is_refused_before_any_work(tmp_path, checkpoints, size
         result.stderr
     )
     assert not (tmp_path / "out").exists()  # -1 once wrote uninitialised memory as a finished sCT
-    with pytest.raises(Exception, match="batch size"):
+    with pytest.raises(InputError, match="--batch-size"):
         ckpt = load_checkpoint(checkpoints["pix2pix"])
         translate_volume(
             build_inference_net(ckpt, torch.device("cpu")),
