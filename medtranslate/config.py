@@ -129,6 +129,7 @@ class ModelConfig:
     # CycleGAN: a modality-independent structure loss between each generator's input and output (losses.py)
     structure_loss: str = "none"  # none | mind (Yang et al. 2018) | gc (gradient correlation, Hiasa et al. 2018)
     lambda_structure: float = 0.0
+    structure_decay: bool = False  # the structure weight follows the learning rate's linear decay (to 0 at the end)
     # CycleGAN: the CT output's body outline (-500 HU) must match the input's body mask (losses.body_loss)
     lambda_body: float = 0.0
     pool_size: int = 50
@@ -173,6 +174,9 @@ class ModelConfig:
         for key in ("lambda_structure", "lambda_body"):  # CycleGAN-only terms: refused elsewhere, not ignored
             if getattr(self, key) > 0 and self.kind != "cyclegan":
                 raise ConfigError(f"model.{key} is a CycleGAN loss; model.kind {self.kind} has none: set it to 0")
+        require_bool("model.structure_decay", self.structure_decay)
+        if self.structure_decay and not (self.kind == "cyclegan" and self.lambda_structure > 0):
+            raise ConfigError("model.structure_decay needs a CycleGAN with model.lambda_structure > 0; remove it")
 
     @property
     def roles(self) -> tuple[str, str]:

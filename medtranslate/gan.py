@@ -192,6 +192,7 @@ class TranslationModel:
         self.nets: dict[str, nn.Module] = {}
         self.parallel: dict[str, nn.Module] = {}  # DistributedDataParallel wrappers under torchrun (distribute)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.structure_scale = 1.0  # the trainer lowers it with the learning rate under model.structure_decay
         self.gan = GANLoss(cfg.model.gan_loss)
         precision = cfg.train.precision
         self.amp_dtype = AMP_DTYPES.get(precision)
@@ -377,8 +378,8 @@ class CycleGAN(TranslationModel):
         structured = m.structure_loss != "none" and m.lambda_structure > 0
         if structured:
             # the output keeps the input's edges whatever their contrast: anatomy is neither moved nor invented
-            k = m.structure_loss
-            loss_struct = (structure_loss(k, real_a, fake_b) + structure_loss(k, real_b, fake_a)) * m.lambda_structure
+            k, weight = m.structure_loss, m.lambda_structure * self.structure_scale
+            loss_struct = (structure_loss(k, real_a, fake_b) + structure_loss(k, real_b, fake_a)) * weight
         loss_body = torch.zeros((), device=self.device)
         if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
             loss_body = body_loss(fake_b, batch["mask"].to(self.device)) * m.lambda_body

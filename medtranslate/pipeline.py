@@ -221,7 +221,14 @@ def baseline_config(cfg: RunConfig, kind: str) -> RunConfig:
     """A pipeline's baseline: the experiment's data and task, model ``kind`` with its own defaults (the GAN's
     networks and loss weights dropped), one epoch."""
     model = replace(
-        cfg.model, kind=kind, generator=None, norm=None, gan_loss=None, lambda_structure=0.0, lambda_body=0.0
+        cfg.model,
+        kind=kind,
+        generator=None,
+        norm=None,
+        gan_loss=None,
+        lambda_structure=0.0,
+        lambda_body=0.0,
+        structure_decay=False,
     )
     return RunConfig.from_dict(replace(cfg, model=model, train=replace(cfg.train, epochs=1)).to_dict())
 

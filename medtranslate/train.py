@@ -334,6 +334,7 @@ class Trainer:
         for name, opt in self.model.optimizers.items():
             for group in opt.param_groups:
                 group["lr"] = self.model.base_lr[name] * factor
+        self.model.structure_scale = factor if self.cfg.model.structure_decay else 1.0
         n_batches = len(order) // t.batch_size or 1
         if t.steps_per_epoch:
             n_batches = min(n_batches, t.steps_per_epoch)

@@ -87,10 +87,12 @@ def test_every_shipped_pipeline_has_a_valid_baseline_config():
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
         if path.name == "demo.yaml":
             continue
-        cfg, section = load_pipeline(path, ["model.lambda_body=1"] if "cyclegan" in path.name else [])
+        sets = ["model.lambda_body=1", "model.lambda_structure=1", "model.structure_decay=true"]
+        cfg, section = load_pipeline(path, sets if "cyclegan" in path.name else [])
         if section["baseline"] not in ("none", None):
             bcfg = baseline_config(cfg, section["baseline"])
             assert bcfg.model.kind == section["baseline"] and bcfg.model.lambda_structure == 0
+            assert not bcfg.model.structure_decay
             assert bcfg.data == cfg.data and bcfg.model.task == cfg.model.task
 
 

@@ -184,6 +184,28 @@ def test_time_budget_starts_no_epoch_that_would_overrun_it(tmp_path, tiny_data):
     assert load_checkpoint(tmp_path / "long" / "checkpoints" / "last.pt")["epoch"] == 3
 
 
+def test_the_structure_weight_follows_the_learning_rate_decay(tmp_path, tiny_data):
+    extra = {"model.structure_loss": "mind", "model.lambda_structure": 2.0, "train.epochs": 4}
+    weights = {}
+    for decay in (False, True):
+        cfg = load_config(write_config(tmp_path / f"{decay}.yaml", tiny_data, "cyclegan", **extra,
+                                       **{"model.structure_decay": decay, "model.lambda_identity": 0.0}))  # fmt: skip
+        trainer = Trainer(cfg, tmp_path / f"run{decay}", progress=False)
+        scales = []
+        fit_epoch = trainer._train_epoch
+
+        def watched(fit_epoch=fit_epoch, trainer=trainer, scales=scales):  # the weight each epoch trained with
+            out = fit_epoch()
+            scales.append(trainer.model.structure_scale)
+            return out
+
+        trainer._train_epoch = watched
+        trainer.fit()
+        weights[decay] = scales
+    assert weights[False] == [1.0] * 4  # 4 epochs: the rate is constant for 2, then 2/3, 1/3 of the base
+    assert weights[True] == pytest.approx([trainer.schedule.factor(e) for e in range(4)]) == [1.0, 1.0, 2 / 3, 1 / 3]
+
+
 def test_best_is_the_lowest_validation_epoch_and_stays_when_last_moves_on(tmp_path, tiny_data):
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 4, "train.lr": 2e-2}))
     Trainer(cfg, tmp_path / "run", progress=False).fit()
