@@ -127,9 +127,18 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == target
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for one test, as in a terminal: tests started in the background by a shell without
+    job control inherit SIGINT ignored, and the trainer rightly leaves an ignored SIGINT alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pix2pix", "cyclegan"])
-def test_ctrl_c_in_the_middle_of_a_step_resumes_exactly(tmp_path, tiny_data, kind):
+def test_ctrl_c_in_the_middle_of_a_step_resumes_exactly(tmp_path, tiny_data, kind, python_ctrl_c):
     """A real SIGINT arriving between the discriminator's and the generator's update (the worst moment): the step
     finishes, last.pt is saved mid-epoch, and resuming gives the weights and optimiser states of a run never stopped."""
     cfg = load_config(
