@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_output
+from .calibration import check_calibration
 from .checks import show
 from .config import KINDS
 from .errors import CheckpointError, ConfigError
@@ -45,6 +46,8 @@ class TranslatorSpec:
     context: int = 0
     divisor: int = 1
     spacing: tuple[float, float, float] | None = None
+    # the output's intensity calibration (calibration.py), fitted after training when model.calibration asks for it
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -60,6 +63,7 @@ class TranslatorSpec:
             context=int(d.get("context", 0)),
             divisor=int(d.get("divisor", 1)),
             spacing=tuple(float(s) for s in d["spacing"]) if d.get("spacing") else None,
+            calibration=check_calibration(d.get("calibration")),
         )
 
 

@@ -132,6 +132,8 @@ class ModelConfig:
     structure_decay: bool = False  # the structure weight follows the learning rate's linear decay (to 0 at the end)
     # CycleGAN: the CT output's body outline (-500 HU) must match the input's body mask (losses.body_loss)
     lambda_body: float = 0.0
+    # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
+    calibration: str = "none"  # none | quantile
     pool_size: int = 50
     bins: int = 256  # intensity_map look-up table size
 
@@ -160,6 +162,12 @@ class ModelConfig:
         require_choice("model.gan_loss", self.gan_loss, ("vanilla", "lsgan", "hinge", "wgangp"))
         require_choice("model.structure_loss", self.structure_loss, ("none", "mind", "gc"))
         require_choice("model.cycle_loss", self.cycle_loss, ("l1", "l1_ssim", "lowpass"))
+        require_choice("model.calibration", self.calibration, ("none", "quantile"))
+        if self.calibration != "none" and self.kind != "cyclegan":
+            raise ConfigError(
+                f"model.calibration is for an unpaired CycleGAN (model.kind {self.kind} learns its intensities from "
+                "pairs or has none to learn): set it to none"
+            )
         require_int("model.ngf", self.ngf, 1, 1024)
         require_int("model.ndf", self.ndf, 1, 1024)
         if self.num_downs is not None:

@@ -229,6 +229,7 @@ def baseline_config(cfg: RunConfig, kind: str) -> RunConfig:
         lambda_structure=0.0,
         lambda_body=0.0,
         structure_decay=False,
+        calibration="none",
     )
     return RunConfig.from_dict(replace(cfg, model=model, train=replace(cfg.train, epochs=1)).to_dict())
 

@@ -36,7 +36,8 @@ import torch
 from . import distributed
 from .atomic import atomic_copy, atomic_write_text, output_error
 from .baselines import ClassicalDenoiser, IntensityMap
-from .checkpoint import CHECKPOINT_FORMAT, TranslatorSpec, load_checkpoint, save_checkpoint
+from .calibration import fit_quantile_map
+from .checkpoint import CHECKPOINT_FORMAT, TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_differences
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
@@ -47,7 +48,7 @@ from .schedule import Schedule
 from .cache import CachedCase
 from .slices import SliceDataset, cached_case, discover_pairs, load_pair, load_split
 from .tasks import get_task
-from .transforms import axial_axis, ct_intensity
+from .transforms import axial_axis, body_mask, ct_intensity
 from .translate import translate_volume
 
 __all__ = ["Trainer", "train"]
@@ -64,6 +65,7 @@ RESUMABLE_CHANGES = (
     "train.workers",
     "data.cache",
 )
+CALIBRATION_VOXELS = 1_000_000  # body voxels per training case and side for model.calibration's quantiles
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -128,6 +130,7 @@ class Trainer:
             cached_case(pairs[cid], cfg, cache)
         distributed.barrier()
         self.train_cases: list[CachedCase] = [cached_case(pairs[cid], cfg, cache) for cid in self.split["train"]]
+        self.train_pairs = [pairs[cid] for cid in self.split["train"]]
         in_channels = 2 * cfg.data.context + 1
         task = get_task(cfg.model.task)
 
@@ -226,6 +229,9 @@ class Trainer:
                     # a request that came after the epoch's last step: all ranks stop, or none
                     self._stop_requested = distributed.mean_and_any({}, self._stop_requested)[1]
                     self._stop_if_requested()
+            complete = self.schedule.planned and self.epoch >= self.schedule.epochs
+            if complete and self.rank == 0 and self.cfg.model.calibration != "none":
+                self._calibrate()
         finally:
             self._close_writer()
         return val
@@ -386,6 +392,38 @@ class Trainer:
             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
 
+    def _calibrate(self) -> None:
+        """model.calibration: translate the training sources with best.pt's network, match the quantiles of its HU
+        inside their body masks to the training targets' inside theirs (calibration.py), and write the map into
+        best.pt, which translate then applies. Each side is masked by its own image, as unpaired data allows."""
+        start = time.perf_counter()
+        path = self.ckpt_dir / "best.pt"
+        path = path if path.exists() else self.ckpt_dir / "last.pt"
+        ckpt = load_checkpoint(path)
+        net = build_inference_net(ckpt, self.device, source=str(path))
+        spec = replace(TranslatorSpec.from_dict(ckpt["spec"]), calibration=None)  # the network's own output
+        task = get_task(self.cfg.model.task)
+        rng = np.random.default_rng(self.cfg.train.seed)
+        produced, reference = [], []
+        for pair in self.train_pairs:
+            src, tgt, _ = load_pair(pair, self.cfg)
+            out = translate_volume(net, src, spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
+            produced.append(_sample(out.array[body_mask(src.array, task.source_kind, src.affine)], rng))
+            reference.append(_sample(tgt.array[body_mask(tgt.array, task.target_kind, tgt.affine)], rng))
+        calibration = fit_quantile_map(np.concatenate(produced), np.concatenate(reference))
+        ckpt["spec"] = {**ckpt["spec"], "calibration": calibration}
+        save_checkpoint(ckpt, path)  # a new file: a hard link from last.pt to best.pt is broken, last.pt unchanged
+        p = np.array([0.05, 0.5, 0.95])
+        logger.info(
+            "intensity calibration fitted on %d training cases in %.1f s and written to %s: output HU at 5/50/95 %% "
+            "%s -> training CT %s",
+            len(self.train_pairs),
+            time.perf_counter() - start,
+            path,
+            np.round(np.quantile(np.concatenate(produced), p)).tolist(),
+            np.round(np.quantile(np.concatenate(reference), p)).tolist(),
+        )
+
     # ------------------------------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
         """Translate each validation volume whole, back in HU on its own grid, and score it inside the body mask."""
@@ -543,6 +581,12 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.history)
         atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
+
+
+def _sample(values: np.ndarray, rng: np.random.Generator, cap: int = CALIBRATION_VOXELS) -> np.ndarray:
+    """At most ``cap`` of ``values``, drawn without replacement (quantiles need no more; a cohort's voxels would not
+    fit in memory)."""
+    return values if values.size <= cap else rng.choice(values, cap, replace=False)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

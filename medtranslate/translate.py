@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import apply_calibration
 from .checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 from .checks import require_choice, require_int
 from .describe import check_modality
@@ -74,7 +75,7 @@ def translate_volume(
     views = TTA_VIEWS[:2] if tta else TTA_VIEWS[:1]
     pred = sum(_predict(net, image, spec, device, batch_size, amp_dtype, view) for view in views) / len(views)
     _check_finite(pred, volume)
-    out = pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume)
+    out = _calibrated(pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume), spec)
     outside = _outside(volume, spec)
     if outside is not None:
         out.array[outside] = CT_RANGE[0]
@@ -92,6 +93,7 @@ def translate_with_uncertainty(
     amp_dtype: torch.dtype | None = None,
     samples: int = 8,
     ensemble: list[nn.Module] | None = None,
+    ensemble_specs: list[TranslatorSpec] | None = None,
 ) -> tuple[Volume, Volume]:
     """The mean prediction and its voxel-wise standard deviation in HU over ``samples`` predictions.
 
@@ -99,8 +101,9 @@ def translate_with_uncertainty(
     Monte Carlo dropout (Gal and Ghahramani 2016): the network's dropout layers stay on, each sample draws its own
     masks (seeded by the sample's number, so a case gives the same maps every time); ``ensemble``, one prediction by
     ``net`` and one by each network of ``ensemble`` (models trained apart with the same preprocessing, Lakshminarayanan
-    et al. 2017; ``samples`` is then their number). Each sample is brought back to the input's grid and units before
-    the statistics, so the standard deviation is in HU on that grid.
+    et al. 2017; ``samples`` is then their number; ``ensemble_specs``, their own specs where they carry intensity
+    calibrations of their own). Each sample is brought back to the input's grid and units (through its model's
+    calibration) before the statistics, so the standard deviation is in HU on that grid.
 
     Raises:
         InputError: as :func:`translate_volume`; ``mc`` for a network without dropout layers.
@@ -108,6 +111,7 @@ def translate_with_uncertainty(
     device = torch.device(device)
     batch_size = _batch_size(batch_size, device)
     nets = [net, *(ensemble or [])]
+    specs = [spec, *(ensemble_specs or [spec] * len(nets[1:]))]
     samples, dropouts = _uncertainty_plan(net, method, samples, nets[1:])
     pre, data, image = _preprocess(volume, spec)
     target = IntensityParams.from_dict(spec.target_intensity)
@@ -122,7 +126,7 @@ def translate_with_uncertainty(
                 torch.manual_seed(k)
                 pred = _predict(net, image, spec, device, batch_size, amp_dtype, TTA_VIEWS[0], dropouts)
         _check_finite(pred, volume)
-        hu = pre.invert(pred, data["image"], target, volume)
+        hu = _calibrated(pre.invert(pred, data["image"], target, volume), specs[k] if method == "ensemble" else spec)
         x = np.asarray(hu.array, dtype=np.float64)
         total = x if total is None else total + x
         total_sq = x * x if total_sq is None else total_sq + x * x
@@ -172,6 +176,18 @@ def _preprocess(volume: Volume, spec: TranslatorSpec) -> tuple[Preprocessor, dic
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
     data = pre(volume, intensity, keep_mask=False)  # no crop to the body: no mask needed
     return pre, data, data["image"].as_tensor().float()
+
+
+def _calibrated(out: Volume, spec: TranslatorSpec) -> Volume:
+    """``out`` (target units) through the checkpoint's intensity calibration, when it has one (calibration.py)."""
+    if spec.calibration is not None:
+        out.array = apply_calibration(out.array, spec.calibration)
+    return out
+
+
+def _uncalibrated(spec: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's spec without its calibration: what ensemble members must share (each keeps its own map)."""
+    return {k: v for k, v in spec.items() if k != "calibration"}
 
 
 def _outside(volume: Volume, spec: TranslatorSpec) -> np.ndarray | None:
@@ -294,15 +310,16 @@ def translate_folder(
         raise InputError(f"{inp}: no such file or folder; check --input")
     net = build_inference_net(ckpt, dev, source=str(model))
     digest = sha256(model)
-    members = []
+    members, member_specs = [], []
     for other in ensemble or []:
         other_ckpt = load_checkpoint(other)
-        if other_ckpt["spec"] != ckpt["spec"]:
+        if _uncalibrated(other_ckpt["spec"]) != _uncalibrated(ckpt["spec"]):
             raise InputError(
                 f"{other}: not the task and preprocessing of {model} (its translator spec differs); an ensemble needs "
                 "models trained with the same data settings"
             )
         members.append(build_inference_net(other_ckpt, dev, source=str(other)))
+        member_specs.append(TranslatorSpec.from_dict(other_ckpt["spec"]))
     if uncertainty is not None:
         samples = _uncertainty_plan(net, uncertainty, samples, members, str(model))[0]
     prepare_output_folder(inp, out)
@@ -338,7 +355,16 @@ def translate_folder(
             )
         else:
             result, std = translate_with_uncertainty(
-                net, read_case(case), spec, uncertainty, dev, batch_size, chosen.amp_dtype, samples, members
+                net,
+                read_case(case),
+                spec,
+                uncertainty,
+                dev,
+                batch_size,
+                chosen.amp_dtype,
+                samples,
+                members,
+                member_specs,
             )
             write_nifti(targets[1], std.array, std.affine, np.float32, overwrite=True)
         hu = np.clip(result.array, -1024, 3071)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,10 @@ from medtranslate.config import load_config
 from medtranslate.errors import ConfigError, GeometryMismatchError, InputError
 from medtranslate.io import read_volume, write_nifti
 from medtranslate.train import Trainer
-from medtranslate.checkpoint import load_checkpoint
+from medtranslate.calibration import apply_calibration
+from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from medtranslate.transforms import body_mask
+from medtranslate.translate import translate_volume
 
 from .conftest import SAMPLE, run_cli, write_config
 
@@ -228,6 +233,29 @@ def test_best_is_the_lowest_validation_epoch_and_stays_when_last_moves_on(tmp_pa
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
+def test_calibration_is_fitted_into_best_and_translate_applies_it(tmp_path, tiny_data):
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "cyclegan", **{"model.calibration": "quantile"}))
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    folder = tmp_path / "run" / "checkpoints"
+    best, last = load_checkpoint(folder / "best.pt"), load_checkpoint(folder / "last.pt")
+    calibration = best["spec"]["calibration"]
+    assert calibration["kind"] == "quantile" and last["spec"].get("calibration") is None  # last.pt: to resume
+    net, spec = build_inference_net(best, torch.device("cpu")), TranslatorSpec.from_dict(best["spec"])
+    raw_spec = dataclasses.replace(spec, calibration=None)
+    gaps = {"raw": [], "calibrated": []}
+    for case in ("s0", "s1"):  # the training cases: the calibrated output's HU in the MR's body follow the CTs'
+        mr, ct = read_volume(tiny_data / case / "mr.nii.gz"), read_volume(tiny_data / case / "ct.nii.gz")
+        raw, out = translate_volume(net, mr, raw_spec), translate_volume(net, mr, spec)
+        inside = body_mask(mr.array, "mr", mr.affine)
+        # translate is the network's output through the map (air beyond the body's margin set after it)
+        assert np.allclose(out.array[inside], apply_calibration(raw.array[inside], calibration), atol=1e-3)
+        q = np.linspace(0.05, 0.95, 19)
+        target = np.quantile(ct.array[body_mask(ct.array, "ct", ct.affine)], q)
+        for name, volume in (("raw", raw), ("calibrated", out)):
+            gaps[name].append(np.abs(np.quantile(volume.array[inside], q) - target).mean())
+    assert np.mean(gaps["calibrated"]) < 0.5 * np.mean(gaps["raw"]), gaps
+
+
 def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "intensity_map"))
     val = Trainer(cfg, tmp_path / "run", progress=False).fit()
@@ -252,6 +280,8 @@ def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
             r"model.residual needs the same modality in and out \(task ldct\); task mr2ct translates mr to ct",
         ),
         ({"model.full_res": "yes"}, r"model.full_res must be true or false, got 'yes'"),
+        ({"model.calibration": "quantile"}, r"model.calibration is for an unpaired CycleGAN \(model.kind pix2pix"),
+        ({"model.calibration": "linear"}, r"unknown model.calibration 'linear'; expected one of: none, quantile"),
     ],
 )
 def test_bad_configs_are_one_line_errors(tmp_path, tiny_data, extra, match):

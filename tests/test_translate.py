@@ -17,7 +17,7 @@ import torch
 from medtranslate.errors import CheckpointError, InputError
 from medtranslate.io import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
 from medtranslate.phantom import make_subject
-from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 from medtranslate.translate import translate_volume
 
 from .conftest import oblique_affine, run_cli, torchrun_cli, translate_cli
@@ -160,6 +160,10 @@ def test_an_ensemble_of_checkpoints_gives_their_spread(tmp_path, checkpoints, ti
     )
     Trainer(cfg, tmp_path / "other", progress=False).fit()  # the same settings, another seed
     other = tmp_path / "other" / "checkpoints" / "best.pt"
+    # a member with an intensity calibration of its own (+100 HU) is welcome, and its samples go through it
+    ckpt = load_checkpoint(other)
+    ckpt["spec"]["calibration"] = {"kind": "quantile", "produced": [-3000.0, 5000.0], "reference": [-2900.0, 5100.0]}
+    save_checkpoint(ckpt, other)
     model, mr = str(checkpoints["pix2pix"]), str(tiny_data / "s3" / "mr.nii.gz")
     run = translate_cli(
         model, mr, str(tmp_path / "out"), "--uncertainty", "ensemble", "--ensemble", str(other), "--precision", "fp32"
