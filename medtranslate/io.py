@@ -34,6 +34,7 @@ __all__ = [
     "write_nifti",
     "write_dicom_series",
     "affine_to_sitk",
+    "voxel_spacing",
     "check_affine",
     "sitk_to_volume",
     "convert_to_nifti",
@@ -72,11 +73,16 @@ class Volume:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))  # type: ignore[return-value]
+        return tuple(float(s) for s in voxel_spacing(self.affine))  # type: ignore[return-value]
 
     @property
     def orientation(self) -> str:
         return "".join(nib.aff2axcodes(self.affine))
+
+
+def voxel_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel sizes (mm) along the array axes i, j, k: the lengths of the affine's first three columns."""
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
 
 
 # ----------------------------------------------------------------------------------------------------- reading
@@ -90,7 +96,7 @@ def check_affine(affine: np.ndarray, path: str | Path) -> np.ndarray:
             f"{path}: the voxel-to-world matrix (affine) holds NaN or infinite values; fix the header (origin, "
             "spacing, direction) or re-export the image"
         )
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(affine)
     if (spacing < 1e-6).any():
         axes = ", ".join("ijk"[i] for i in np.flatnonzero(spacing < 1e-6))
         raise InputError(
@@ -203,7 +209,7 @@ def affine_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """Build a SimpleITK image (LPS) from an (i, j, k) array and a voxel-to-RAS affine."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
     lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
-    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(lps)
     img.SetSpacing(tuple(float(s) for s in spacing))
     img.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
     img.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
@@ -273,7 +279,7 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[flo
     sizes (mm) in that order: for views and beams that must know which way is up, whatever the file's orientation."""
     ornt = nib.orientations.io_orientation(affine)
     data = nib.orientations.apply_orientation(np.asarray(array), ornt)
-    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(affine)
     return data, tuple(float(spacing[int(i)]) for i in ornt[:, 0].argsort())  # type: ignore[return-value]
 
 

@@ -33,7 +33,7 @@ import torch
 from .checks import require_int, require_number
 from .describe import check_modality
 from .errors import InputError
-from .io import Volume
+from .io import Volume, voxel_spacing
 from .transforms import CT_RANGE, axial_axis
 
 __all__ = [
@@ -186,7 +186,7 @@ def simulate_lowdose(
     if volume.shape[axis] < 1:
         raise InputError(f"{name}: no axial slices")
     in_plane = [a for a in range(3) if a != axis]
-    spacing = np.sqrt((volume.affine[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(volume.affine)
     pixel_mm = float(np.mean(spacing[in_plane]))
     data = np.moveaxis(np.asarray(volume.array, dtype=np.float64), axis, 0)
     s, h, w = data.shape

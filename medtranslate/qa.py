@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .io import voxel_spacing
 
 __all__ = [
     "BONE_HU",
@@ -150,7 +151,7 @@ def anatomy_window(
     lung = float(((values > LUNG_HU[0]) & (values < LUNG_HU[1])).mean())
     if lung > LUNG_FRACTION:
         return "chest", f"lung ({LUNG_HU[0]:g} to {LUNG_HU[1]:g} HU) in {lung:.0%} of the body"
-    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(affine)
     width = 0.0
     for axis in (a for a in range(3) if a != axial_axis):
         others = tuple(a for a in range(3) if a != axis)

@@ -20,7 +20,7 @@ from monai.transforms import Compose, CropForegroundd, DivisiblePadd, Orientatio
 from scipy import ndimage
 
 from .errors import GeometryMismatchError, InputError
-from .io import Volume
+from .io import Volume, voxel_spacing
 
 __all__ = [
     "CT_RANGE",
@@ -100,10 +100,13 @@ def mr_intensity(
     return IntensityParams("mr", float(lo), float(hi))
 
 
-def intensity_for(kind: str, array: np.ndarray, affine: np.ndarray, source: str = "image") -> IntensityParams:
+def intensity_for(
+    kind: str, array: np.ndarray, affine: np.ndarray, source: str = "image", mask: np.ndarray | None = None
+) -> IntensityParams:
     """Intensity parameters for an image of modality ``kind`` ("ct" for any CT, "mr").
 
-    CT has fixed parameters; MR's percentiles are taken inside its body mask, computed here only for MR.
+    CT has fixed parameters; MR's percentiles are taken inside its body mask (``mask`` when the caller has computed
+    it with :func:`body_mask`, else computed here, for MR only).
 
     Raises:
         InputError: an MR with no body (a constant or empty image) or one value all over the body.
@@ -111,7 +114,7 @@ def intensity_for(kind: str, array: np.ndarray, affine: np.ndarray, source: str 
     if kind == "ct":
         return ct_intensity()
     if kind == "mr":
-        mask = body_mask(array, "mr", affine)
+        mask = body_mask(array, "mr", affine) if mask is None else mask
         if not mask.any():
             raise InputError(
                 f"{source}: no body found (the image is empty or constant); check that it is the right file"
@@ -173,13 +176,19 @@ def body_mask(
     return mask
 
 
-def outside_body(array: np.ndarray, kind: str, affine: np.ndarray, margin_mm: float = BODY_MARGIN_MM) -> np.ndarray:
-    """Voxels farther than ``margin_mm`` (in 3D, in mm) from the body mask of ``array`` (see :func:`body_mask`);
-    all False when no body is found, so nothing is ever cleared on a failed mask."""
-    mask = body_mask(array, kind, affine)
+def outside_body(
+    array: np.ndarray,
+    kind: str,
+    affine: np.ndarray,
+    margin_mm: float = BODY_MARGIN_MM,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Voxels farther than ``margin_mm`` (in 3D, in mm) from the body mask of ``array`` (see :func:`body_mask`;
+    ``mask`` when the caller has it); all False when no body is found, so nothing is ever cleared on a failed mask."""
+    mask = body_mask(array, kind, affine) if mask is None else mask
     if not mask.any():
         return mask
-    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    spacing = voxel_spacing(affine)
     return ndimage.distance_transform_edt(~mask, sampling=spacing) > margin_mm
 
 

@@ -27,7 +27,7 @@ from .errors import CheckpointError, InputError
 from .io import Volume, sha256
 from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
 from .tasks import get_task
-from .transforms import CT_RANGE, IntensityParams, Preprocessor, intensity_for, outside_body
+from .transforms import CT_RANGE, IntensityParams, Preprocessor, body_mask, intensity_for, outside_body
 
 __all__ = ["translate_volume", "translate_with_uncertainty", "translate_folder"]
 
@@ -71,12 +71,11 @@ def translate_volume(
     """
     device = torch.device(device)
     batch_size = _batch_size(batch_size, device)
-    pre, data, image = _preprocess(volume, spec)
+    pre, data, image, outside = _preprocess(volume, spec)
     views = TTA_VIEWS[:2] if tta else TTA_VIEWS[:1]
     pred = sum(_predict(net, image, spec, device, batch_size, amp_dtype, view) for view in views) / len(views)
     _check_finite(pred, volume)
     out = _calibrated(pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume), spec)
-    outside = _outside(volume, spec)
     if outside is not None:
         out.array[outside] = CT_RANGE[0]
     return out
@@ -113,7 +112,7 @@ def translate_with_uncertainty(
     nets = [net, *(ensemble or [])]
     specs = [spec, *(ensemble_specs or [spec] * len(nets[1:]))]
     samples, dropouts = _uncertainty_plan(net, method, samples, nets[1:])
-    pre, data, image = _preprocess(volume, spec)
+    pre, data, image, outside = _preprocess(volume, spec)
     target = IntensityParams.from_dict(spec.target_intensity)
     total = total_sq = None
     for k in range(samples):
@@ -132,7 +131,6 @@ def translate_with_uncertainty(
         total_sq = x * x if total_sq is None else total_sq + x * x
     mean = total / samples
     std = np.sqrt(np.maximum(total_sq / samples - mean * mean, 0.0))
-    outside = _outside(volume, spec)
     if outside is not None:  # set, not predicted: air with no spread
         mean[outside], std[outside] = CT_RANGE[0], 0.0
     return Volume(mean.astype(np.float32), hu.affine, source=hu.source), Volume(
@@ -167,15 +165,19 @@ def _uncertainty_plan(
     return samples, dropouts
 
 
-def _preprocess(volume: Volume, spec: TranslatorSpec) -> tuple[Preprocessor, dict[str, Any], torch.Tensor]:
+def _preprocess(
+    volume: Volume, spec: TranslatorSpec
+) -> tuple[Preprocessor, dict[str, Any], torch.Tensor, np.ndarray | None]:
+    """The preprocessor, its output, the network's input (1, X, Y, Z), and the voxels that will be air (see
+    :func:`_outside`). An MR's body mask serves both its intensity scaling and the air mask: computed once."""
     name = volume.source or "input volume"
-    check_modality(
-        volume, spec.source_kind, name, f"this model translates {get_task(spec.task).source_role} images ({spec.task})"
-    )
-    intensity = intensity_for(spec.source_kind, volume.array, volume.affine, source=name)
+    task = get_task(spec.task)
+    check_modality(volume, spec.source_kind, name, f"this model translates {task.source_role} images ({spec.task})")
+    body = body_mask(volume.array, "mr", volume.affine) if spec.source_kind == "mr" else None
+    intensity = intensity_for(spec.source_kind, volume.array, volume.affine, source=name, mask=body)
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
     data = pre(volume, intensity, keep_mask=False)  # no crop to the body: no mask needed
-    return pre, data, data["image"].as_tensor().float()
+    return pre, data, data["image"].as_tensor().float(), _outside(volume, spec, body)
 
 
 def _calibrated(out: Volume, spec: TranslatorSpec) -> Volume:
@@ -190,12 +192,13 @@ def _uncalibrated(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k != "calibration"}
 
 
-def _outside(volume: Volume, spec: TranslatorSpec) -> np.ndarray | None:
+def _outside(volume: Volume, spec: TranslatorSpec, body: np.ndarray | None = None) -> np.ndarray | None:
     """For a task that keeps air outside the body (synthesis, see ``Task.air_outside_body``), the voxels of the
-    input's grid farther than ``transforms.BODY_MARGIN_MM`` from its body outline; else None."""
+    input's grid farther than ``transforms.BODY_MARGIN_MM`` from its body outline (``body``, its mask, when already
+    computed); else None."""
     if not get_task(spec.task).air_outside_body:
         return None
-    return outside_body(volume.array, spec.source_kind, volume.affine)
+    return outside_body(volume.array, spec.source_kind, volume.affine, mask=body)
 
 
 def _predict(

@@ -69,9 +69,10 @@ def test_translate_volume_api_odd_shapes_and_tta(checkpoints):
     assert tta.shape == vol.shape and not np.allclose(tta.array, out.array)
 
 
-def test_a_synthetic_ct_is_air_where_the_input_shows_no_body(checkpoints):
+def test_a_synthetic_ct_is_air_where_the_input_shows_no_body(checkpoints, monkeypatch):
     from scipy import ndimage
 
+    from medtranslate import transforms, translate
     from medtranslate.transforms import IntensityParams, body_mask
     from medtranslate.translate import _predict, _preprocess, translate_with_uncertainty
 
@@ -79,15 +80,25 @@ def test_a_synthetic_ct_is_air_where_the_input_shows_no_body(checkpoints):
     net, spec = build_inference_net(ckpt, torch.device("cpu")), TranslatorSpec.from_dict(ckpt["spec"])
     vol = mr_volume(3, shape=(40, 36, 14))
     vol.array[..., :4] = 0  # the lowest slices hold no body (air below the head)
-    pre, data, image = _preprocess(vol, spec)
+    pre, data, image, outside = _preprocess(vol, spec)
     view = (False, 0, 0)
     raw = pre.invert(_predict(net, image, spec, torch.device("cpu"), 4, None, view), data["image"],
                      IntensityParams.from_dict(spec.target_intensity), vol).array  # fmt: skip
     body = body_mask(vol.array, "mr", vol.affine)
     far = ndimage.distance_transform_edt(~body, sampling=vol.spacing) > 5.0
     assert far[..., :3].all() and not far.all()
+    np.testing.assert_array_equal(outside, far)
     assert (raw[far] > -900).any()  # the network alone leaves something there, so the masking has work to do
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return body_mask(*args, **kwargs)
+
+    for module in (transforms, translate):
+        monkeypatch.setattr(module, "body_mask", counted)
     out = translate_volume(net, vol, spec, batch_size=4).array
+    assert len(calls) == 1  # one body mask serves the MR's intensity scaling and the air beyond its outline
     assert (out[far] == -1024).all()
     np.testing.assert_array_equal(out[~far], raw[~far])  # within 5 mm of the body: the network's own values
     mean, std = translate_with_uncertainty(net, vol, spec, "tta", batch_size=4, samples=2)
