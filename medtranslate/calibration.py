@@ -44,11 +44,9 @@ def fit_quantile_map(produced: np.ndarray, reference: np.ndarray, levels: int = 
 
 
 def apply_calibration(array: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
-    """``array`` (HU) through the map, piecewise linear between knots; beyond the end knots, the end values."""
-    xs, ys = np.asarray(calibration["produced"]), np.asarray(calibration["reference"])
-    if xs.size == 1:  # the model made one value only: nothing to order, the reference's median for everything
-        return np.full(np.shape(array), ys[0], dtype=np.float32)
-    return np.interp(array, xs, ys).astype(np.float32)
+    """``array`` (HU) through the map, piecewise linear between knots; beyond the end knots, the end values (a map
+    with one knot, from a model that made one value only, gives its one value everywhere)."""
+    return np.interp(array, calibration["produced"], calibration["reference"]).astype(np.float32)
 
 
 def check_calibration(calibration: Any) -> dict[str, Any] | None:

@@ -410,7 +410,8 @@ class Trainer:
             out = translate_volume(net, src, spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
             produced.append(_sample(out.array[body_mask(src.array, task.source_kind, src.affine)], rng))
             reference.append(_sample(tgt.array[body_mask(tgt.array, task.target_kind, tgt.affine)], rng))
-        calibration = fit_quantile_map(np.concatenate(produced), np.concatenate(reference))
+        produced_hu, reference_hu = np.concatenate(produced), np.concatenate(reference)
+        calibration = fit_quantile_map(produced_hu, reference_hu)
         ckpt["spec"] = {**ckpt["spec"], "calibration": calibration}
         save_checkpoint(ckpt, path)  # a new file: a hard link from last.pt to best.pt is broken, last.pt unchanged
         p = np.array([0.05, 0.5, 0.95])
@@ -420,8 +421,8 @@ class Trainer:
             len(self.train_pairs),
             time.perf_counter() - start,
             path,
-            np.round(np.quantile(np.concatenate(produced), p)).tolist(),
-            np.round(np.quantile(np.concatenate(reference), p)).tolist(),
+            np.round(np.quantile(produced_hu, p)).tolist(),
+            np.round(np.quantile(reference_hu, p)).tolist(),
         )
 
     # ------------------------------------------------------------------------------------------ validation
