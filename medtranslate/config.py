@@ -134,6 +134,9 @@ class ModelConfig:
     lambda_body: float = 0.0
     # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
     calibration: str = "none"  # none | quantile
+    # CycleGAN, task ldct: the normal -> low-dose direction is a network (F, with its discriminator), or noise
+    # measured on the two cohorts' training scans (noise.py), which G learns to remove
+    inverse: str = "network"  # network | noise
     pool_size: int = 50
     bins: int = 256  # intensity_map look-up table size
 
@@ -167,6 +170,12 @@ class ModelConfig:
             raise ConfigError(
                 f"model.calibration is for an unpaired CycleGAN (model.kind {self.kind} learns its intensities from "
                 "pairs or has none to learn): set it to none"
+            )
+        require_choice("model.inverse", self.inverse, ("network", "noise"))
+        if self.inverse == "noise" and not (self.kind == "cyclegan" and self.task == "ldct"):
+            raise ConfigError(
+                f"model.inverse: noise is for an unpaired low-dose CT CycleGAN (model.kind cyclegan, model.task ldct), "
+                f"not model.kind {self.kind} with model.task {self.task}: set it to network"
             )
         require_int("model.ngf", self.ngf, 1, 1024)
         require_int("model.ndf", self.ndf, 1, 1024)

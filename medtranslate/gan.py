@@ -18,6 +18,7 @@ from torch import nn
 from .config import RESIDUAL_UNIT_HU, RunConfig
 from .errors import ConfigError
 from .losses import body_loss, cycle_loss, structure_loss
+from .noise import NoiseModel
 from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
 from .precision import AMP_DTYPES
 from .transforms import ct_intensity
@@ -349,13 +350,23 @@ class CycleGAN(TranslationModel):
         super().__init__(cfg, in_channels, device, generator)
         m = cfg.model
         self.nets["G"] = build_generator(cfg, in_channels)
-        self.nets["G_inv"] = build_generator(cfg, 1, in_channels)
         self.nets["D"] = build_discriminator(cfg, 1)
-        self.nets["D_src"] = build_discriminator(cfg, in_channels)
-        self.pools = {"target": ImagePool(m.pool_size, generator), "source": ImagePool(m.pool_size, generator)}
+        self.pools = {"target": ImagePool(m.pool_size, generator)}
+        # model.inverse noise: the target -> source direction adds measured noise (set_noise) instead of a network
+        self.noise: NoiseModel | None = None
+        if m.inverse == "network":
+            self.nets["G_inv"] = build_generator(cfg, 1, in_channels)
+            self.nets["D_src"] = build_discriminator(cfg, in_channels)
+            self.pools["source"] = ImagePool(m.pool_size, generator)
         self._finish()
 
+    def set_noise(self, noise: NoiseModel) -> None:
+        """The noise the target -> source direction adds (model.inverse: noise; see noise.py)."""
+        self.noise = noise
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        if self.cfg.model.inverse == "noise":
+            return self._noise_step(batch)
         m = self.cfg.model
         real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
         G, Finv, D_b, D_a = self._trained("G"), self._trained("G_inv"), self.nets["D"], self.nets["D_src"]
@@ -399,15 +410,62 @@ class CycleGAN(TranslationModel):
             losses["loss_g_body"] = loss_body
         return _floats(**losses, loss_g=loss_g)
 
+    def _noise_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One step with measured noise as the inverse: G removes noise added to normal-dose slices (the normal-dose
+        cycle, in the configured cycle loss) and makes of real low-dose slices what D takes for normal-dose ones.
+
+        The low-dose cycle (low -> normal -> low) is left out: it would ask for the removed noise back.
+        """
+        m = self.cfg.model
+        if self.noise is None:
+            raise RuntimeError("CycleGAN with model.inverse noise: set_noise() was not called before training")
+        real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
+        ct = ct_intensity()
+        noise_hu = self.noise.sample(tuple(batch["target"].shape), self.rng)
+        noisy_b = self._prep((batch["target"] + noise_hu * (2.0 / (ct.hi - ct.lo))).clamp(-1.0, 1.0))
+        G, D_b = self._trained("G"), self.nets["D"]
+        self._requires_grad("D", False)
+        with self.autocast():
+            fake_b, rec_b = G(real_a), G(noisy_b)
+            loss_adv = self.gan.g_loss(D_b(fake_b))
+            loss_idt = torch.zeros((), device=self.device)
+            if m.lambda_identity > 0:
+                loss_idt = F.l1_loss(G(real_b).float(), real_b.float()) * m.lambda_cycle * m.lambda_identity
+        loss_cycle = cycle_loss(m.cycle_loss, rec_b, real_b) * m.lambda_cycle
+        loss_struct = torch.zeros((), device=self.device)
+        structured = m.structure_loss != "none" and m.lambda_structure > 0
+        if structured:
+            loss_struct = structure_loss(m.structure_loss, real_a, fake_b) * m.lambda_structure * self.structure_scale
+        loss_body = torch.zeros((), device=self.device)
+        if m.lambda_body > 0:
+            loss_body = body_loss(fake_b, batch["mask"].to(self.device)) * m.lambda_body
+        loss_g = loss_adv + loss_cycle + loss_idt + loss_struct + loss_body
+        self._step("G", loss_g)
+        self._requires_grad("D", True)
+        pooled_b = self.pools["target"].query(fake_b)
+        for _ in range(self.cfg.train.d_steps):
+            loss_d = self._d_update(self._trained("D"), real_b, pooled_b, 0.5)  # as each D of the networks' step
+            self._step("D", loss_d)
+        losses = dict(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
+        if structured:
+            losses["loss_g_struct"] = loss_struct
+        if m.lambda_body > 0:
+            losses["loss_g_body"] = loss_body
+        return _floats(**losses, loss_g=loss_g)
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["pools"] = {k: p.state() for k, p in self.pools.items()}
+        if self.noise is not None:
+            state["noise"] = self.noise.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         for k, images in state.get("pools", {}).items():
             self.pools[k].load(images, self.device)
+        if "noise" in state:
+            self.noise = NoiseModel.from_state_dict(state["noise"])
 
 
 def _floats(**losses: torch.Tensor) -> dict[str, float]:

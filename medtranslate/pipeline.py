@@ -230,6 +230,7 @@ def baseline_config(cfg: RunConfig, kind: str) -> RunConfig:
         lambda_body=0.0,
         structure_decay=False,
         calibration="none",
+        inverse="network",
     )
     return RunConfig.from_dict(replace(cfg, model=model, train=replace(cfg.train, epochs=1)).to_dict())
 

@@ -43,6 +43,7 @@ from .device import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
 from .gan import TranslationModel, build_generator, build_model
 from .metrics import ldct_metrics, synthrad_metrics
+from .noise import NoiseModel, measure_noise
 from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
 from .schedule import Schedule
 from .cache import CachedCase
@@ -149,6 +150,8 @@ class Trainer:
             divisor = 1
         else:
             self.model = build_model(model_cfg, in_channels, self.device, self.gen)
+            if cfg.model.inverse == "noise" and ckpt is None:  # a resumed run has its own in last.pt
+                self.model.set_noise(self._measure_noise())
             if self.world > 1:
                 self.model.distribute(sync_batchnorm=t.sync_batchnorm)
             self.net = self.model.inference_generator
@@ -391,6 +394,19 @@ class Trainer:
             self.schedule.epochs or "?",
             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
+
+    def _measure_noise(self) -> NoiseModel:
+        """model.inverse noise: the noise of the training low-dose scans beyond the normal-dose ones (noise.py),
+        measured on the cached slices the steps see, each cohort on its own (no pairs used)."""
+        start = time.perf_counter()
+        ct = ct_intensity()
+        low = [ct.inverse(np.asarray(c.array("source"), dtype=np.float32)) for c in self.train_cases]
+        normal = [ct.inverse(np.asarray(c.array("target"), dtype=np.float32)) for c in self.train_cases]
+        noise = measure_noise(low, normal, seed=self.cfg.train.seed)
+        logger.info(
+            "measured on %d training cases in %.1f s: %s", len(low), time.perf_counter() - start, noise.describe()
+        )
+        return noise
 
     def _calibrate(self) -> None:
         """model.calibration: translate the training sources with best.pt's network, match the quantiles of its HU

@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import yaml
 
 from medtranslate.config import load_config
-from medtranslate.io import Volume, write_nifti
+from medtranslate.io import Volume, read_volume, write_nifti
 from medtranslate.phantom import make_subject
 from medtranslate.train import Trainer
 
@@ -129,6 +130,19 @@ def tiny_data(tmp_path_factory):
         write_nifti(root / f"s{n}" / "mr.nii.gz", s.mr.array, s.mr.affine)
         write_nifti(root / f"s{n}" / "ct.nii.gz", s.ct.array, s.ct.affine)
     (root / "split.json").write_text(json.dumps({"train": ["s0", "s1"], "val": ["s2"], "test": ["s3"]}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def ldct_data(tiny_data, tmp_path_factory):
+    """Low-dose / normal-dose pairs: the tiny phantoms' CTs with and without added noise, same split as tiny_data."""
+    root = tmp_path_factory.mktemp("ldct") / "cases"
+    rng = np.random.default_rng(0)
+    for case in sorted(p for p in tiny_data.iterdir() if p.is_dir()):
+        ct = read_volume(case / "ct.nii.gz")
+        write_nifti(root / case.name / "nd.nii.gz", ct.array, ct.affine)
+        write_nifti(root / case.name / "ld.nii.gz", ct.array + rng.normal(0, 30, ct.shape), ct.affine, np.int16)
+    shutil.copy(tiny_data / "split.json", root / "split.json")
     return root
 
 

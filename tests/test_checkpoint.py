@@ -14,23 +14,9 @@ import torch
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, plain, save_checkpoint
 from medtranslate.config import load_config
 from medtranslate.errors import CheckpointError
-from medtranslate.io import read_volume, write_nifti
 from medtranslate.train import Trainer
 
 from .conftest import translate_cli, write_config
-
-
-@pytest.fixture(scope="module")
-def ldct_data(tiny_data, tmp_path_factory):
-    """Low-dose / normal-dose pairs: the tiny phantoms' CTs with and without added noise, same split as tiny_data."""
-    root = tmp_path_factory.mktemp("ldct") / "cases"
-    rng = np.random.default_rng(0)
-    for case in sorted(p for p in tiny_data.iterdir() if p.is_dir()):
-        ct = read_volume(case / "ct.nii.gz")
-        write_nifti(root / case.name / "nd.nii.gz", ct.array, ct.affine)
-        write_nifti(root / case.name / "ld.nii.gz", ct.array + rng.normal(0, 30, ct.shape), ct.affine, np.int16)
-    shutil.copy(tiny_data / "split.json", root / "split.json")
-    return root
 
 
 def _without_split(root, dest):

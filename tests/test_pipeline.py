@@ -92,7 +92,7 @@ def test_every_shipped_pipeline_has_a_valid_baseline_config():
         if section["baseline"] not in ("none", None):
             bcfg = baseline_config(cfg, section["baseline"])
             assert bcfg.model.kind == section["baseline"] and bcfg.model.lambda_structure == 0
-            assert not bcfg.model.structure_decay
+            assert not bcfg.model.structure_decay and bcfg.model.inverse == "network"
             assert bcfg.data == cfg.data and bcfg.model.task == cfg.model.task
 
 

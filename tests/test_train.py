@@ -50,6 +50,26 @@ def test_resume_continues_exactly(tmp_path, tiny_data, kind, context, ema):
     assert [r["loss_g"] for r in ckpt_a["history"]] == [r["loss_g"] for r in ckpt_b["history"]]
 
 
+@pytest.mark.slow
+def test_cyclegan_with_measured_noise_trains_one_generator_and_resumes_exactly(tmp_path, ldct_data):
+    # model.inverse noise: the normal -> low-dose direction is noise measured on the training scans (noise.py)
+    extra = {"model.task": "ldct", "model.inverse": "noise", "model.generator": "unet", "model.lambda_identity": 0.0}
+    cfg = load_config(write_config(tmp_path / "c.yaml", ldct_data, "cyclegan", **extra))
+    Trainer(cfg, tmp_path / "straight", progress=False).fit()
+    Trainer(cfg, tmp_path / "resumed", progress=False).fit(until_epoch=1)
+    Trainer(cfg, tmp_path / "resumed", resume=True, progress=False).fit()
+    (a, ckpt_a), (b, ckpt_b) = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert set(a) == {"G", "D"}  # no inverse network, no second discriminator
+    # the low-dose cases carry 30 HU of white noise the normal-dose ones lack; measured without pairing them
+    sigmas = ckpt_a["model"]["noise"]["sigmas"]
+    assert float(sigmas.median()) == pytest.approx(30.0, rel=0.15)
+    assert torch.equal(sigmas, ckpt_b["model"]["noise"]["sigmas"])
+    for net in a:
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), (net, key)
+    assert ckpt_a["history"][-1]["loss_g_cycle"] > 0
+
+
 def test_data_loader_workers_and_a_resume_with_another_count_change_nothing(tmp_path, tiny_data):
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "cyclegan"))  # unpaired: partners drawn too
     with_workers = load_config(write_config(tmp_path / "w.yaml", tiny_data, "cyclegan", **{"train.workers": 2}))
@@ -282,6 +302,11 @@ def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):
         ({"model.full_res": "yes"}, r"model.full_res must be true or false, got 'yes'"),
         ({"model.calibration": "quantile"}, r"model.calibration is for an unpaired CycleGAN \(model.kind pix2pix"),
         ({"model.calibration": "linear"}, r"unknown model.calibration 'linear'; expected one of: none, quantile"),
+        (
+            {"model.inverse": "noise"},
+            r"model.inverse: noise is for an unpaired low-dose CT CycleGAN .* model.kind pix2pix with model.task mr2ct",
+        ),
+        ({"model.inverse": "sideways"}, r"unknown model.inverse 'sideways'; expected one of: network, noise"),
     ],
 )
 def test_bad_configs_are_one_line_errors(tmp_path, tiny_data, extra, match):
