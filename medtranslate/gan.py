@@ -342,7 +342,11 @@ class Pix2Pix(TranslationModel):
 
 
 class CycleGAN(TranslationModel):
-    """Unpaired translation: G (source -> target) and F (target -> source), discriminators D (target) and D_src."""
+    """Unpaired translation: G (source -> target) and F (target -> source), discriminators D (target) and D_src.
+
+    With ``model.inverse: noise`` (low-dose CT) there is no F and no D_src: the target -> source direction adds noise
+    measured on the training scans (:mod:`medtranslate.noise`, given by :meth:`set_noise`).
+    """
 
     kind = "cyclegan"
 

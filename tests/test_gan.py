@@ -142,6 +142,33 @@ def test_residual_denoiser_starts_at_the_identity_and_learns_to_denoise():
         assert float(F.l1_loss(G(noisy), clean)) < 0.7 * noise_l1
 
 
+def test_cyclegan_with_measured_noise_learns_to_remove_the_noise_it_adds():
+    # model.inverse noise: no second generator; G sees normal-dose slices plus noise of the measured spectrum and level
+    import numpy as np
+
+    from medtranslate.noise import NoiseModel
+
+    torch.manual_seed(0)
+    cfg = tiny_config("cyclegan", task="ldct", inverse="noise", generator="unet", lambda_cycle=100, lambda_identity=0)
+    model = build_model(cfg, 1, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert set(model.nets) == {"G", "D"}
+    g = torch.Generator().manual_seed(2)
+    clean = F.avg_pool2d(torch.rand(4, 1, 40, 40, generator=g), 9, stride=1) * 0.05 - 0.48  # soft tissue, [-1, 1]
+    noisy = clean[:2] + torch.randn(clean[:2].shape, generator=g) * (40.0 / 2047.5)  # the "low-dose" slices
+    batch = {"source": noisy, "target": clean[2:]}  # unpaired: the targets are other images
+    with pytest.raises(RuntimeError, match="set_noise"):
+        model.train_step(batch)
+    model.set_noise(NoiseModel(nps=np.ones((16, 16)), sigmas=np.array([40.0])))  # white, 40 HU
+    G = model.nets["G"]
+    noise_l1 = float(F.l1_loss(noisy, clean[:2]))
+    for _ in range(30):
+        losses = model.train_step(batch)
+    assert set(losses) == {"loss_d", "loss_g_adv", "loss_g_cycle", "loss_g_idt", "loss_g"}
+    with torch.no_grad():  # the real noisy slices, never paired with their clean images in training, come out cleaner
+        assert float(F.l1_loss(G(noisy), clean[:2])) < 0.7 * noise_l1
+    assert model.state_dict()["noise"]["sigmas"].tolist() == [40.0]
+
+
 def test_intensity_map_recovers_a_known_mapping():
     rng = torch.Generator().manual_seed(0)
     x = torch.rand(200_000, generator=rng) * 2 - 1
