@@ -45,15 +45,16 @@ def _cancelled_biases(net: nn.Module, prefix: str) -> set[str]:
 def _assert_same_run(cfg, a: dict, b: dict) -> None:
     """Same loss trajectory, validation MAE and weights (cancelled biases aside), to the rounding of another order of
     summation: each rank sums its share of the batch and DDP averages the shares, where one process sums the batch at
-    once. The losses of the first epoch agree to 1e-8 (a wrong split or scaling of the gradients would show at 1e-2
-    or more); then GAN training amplifies the rounding, as it does any: measured on the EPYC, 2 processes differ from
+    once. The losses of the first epoch agree to 1e-8 on the EPYC and to 2e-6 on a Xeon with AMX (whose oneDNN kernels
+    sum in other orders; loss_d 1.6e-6 there), where a wrong split or scaling of the gradients would show at 1e-2 or
+    more; then GAN training amplifies the rounding, as it does any: measured on the EPYC, 2 processes differ from
     1 exactly as much as 1 thread from 2 threads in one process (after 14 steps: losses 3e-6, validation MAE 4e-4,
     weights 2e-5; after 15-30 steps validation MAE up to 1e-3, weights 2e-4)."""
     assert [r["epoch"] for r in a["history"]] == [r["epoch"] for r in b["history"]]
     for ra, rb in zip(a["history"], b["history"]):
         first = ra["epoch"] == 1
         for key in ("loss_d", "loss_g", "loss_g_l1", "val_mae"):
-            tol = 1e-2 if key == "val_mae" else 1e-6 if first else 1e-3
+            tol = 1e-2 if key == "val_mae" else 1e-5 if first else 1e-3
             assert rb[key] == pytest.approx(ra[key], rel=tol), (ra["epoch"], key, ra[key], rb[key])
     free = _cancelled_biases(build_generator(cfg, 1), "G") | _cancelled_biases(build_discriminator(cfg, 2), "D")
     assert free  # the rule names real layers (a U-Net with instance norm has biased convolutions before its norms)
