@@ -389,30 +389,9 @@ class CycleGAN(TranslationModel):
         loss_cycle = (
             cycle_loss(m.cycle_loss, rec_a, real_a) + cycle_loss(m.cycle_loss, rec_b, real_b)
         ) * m.lambda_cycle
-        loss_struct = torch.zeros((), device=self.device)
-        structured = m.structure_loss != "none" and m.lambda_structure > 0
-        if structured:
-            # the output keeps the input's edges whatever their contrast: anatomy is neither moved nor invented
-            k, weight = m.structure_loss, m.lambda_structure * self.structure_scale
-            loss_struct = (structure_loss(k, real_a, fake_b) + structure_loss(k, real_b, fake_a)) * weight
-        loss_body = torch.zeros((), device=self.device)
-        if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
-            loss_body = body_loss(fake_b, batch["mask"].to(self.device)) * m.lambda_body
-        loss_g = loss_adv + loss_cycle + loss_idt + loss_struct + loss_body
-        self._step("G", loss_g)
-        self._requires_grad("D", True)
-        pooled_b, pooled_a = self.pools["target"].query(fake_b), self.pools["source"].query(fake_a)
-        for _ in range(self.cfg.train.d_steps):
-            loss_d = self._d_update(self._trained("D"), real_b, pooled_b, 0.5) + self._d_update(
-                self._trained("D_src"), real_a, pooled_a, 0.5
-            )
-            self._step("D", loss_d)
-        losses = dict(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
-        if structured:
-            losses["loss_g_struct"] = loss_struct
-        if m.lambda_body > 0:
-            losses["loss_g_body"] = loss_body
-        return _floats(**losses, loss_g=loss_g)
+        losses = dict(loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
+        losses.update(self._extra_terms(batch, (real_a, fake_b), (real_b, fake_a)))
+        return self._update(losses, [("D", real_b, "target", fake_b), ("D_src", real_a, "source", fake_a)])
 
     def _noise_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One step with measured noise as the inverse: G removes noise added to normal-dose slices (the normal-dose
@@ -436,26 +415,37 @@ class CycleGAN(TranslationModel):
             if m.lambda_identity > 0:
                 loss_idt = F.l1_loss(G(real_b).float(), real_b.float()) * m.lambda_cycle * m.lambda_identity
         loss_cycle = cycle_loss(m.cycle_loss, rec_b, real_b) * m.lambda_cycle
-        loss_struct = torch.zeros((), device=self.device)
-        structured = m.structure_loss != "none" and m.lambda_structure > 0
-        if structured:
-            loss_struct = structure_loss(m.structure_loss, real_a, fake_b) * m.lambda_structure * self.structure_scale
-        loss_body = torch.zeros((), device=self.device)
-        if m.lambda_body > 0:
-            loss_body = body_loss(fake_b, batch["mask"].to(self.device)) * m.lambda_body
-        loss_g = loss_adv + loss_cycle + loss_idt + loss_struct + loss_body
+        losses = dict(loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
+        losses.update(self._extra_terms(batch, (real_a, fake_b)))
+        return self._update(losses, [("D", real_b, "target", fake_b)])
+
+    def _extra_terms(
+        self, batch: dict[str, torch.Tensor], *input_output: tuple[torch.Tensor, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The configured structure and body terms of the generator loss; ``input_output``: (input, output) of each
+        generator, the source -> target one first."""
+        m, terms = self.cfg.model, {}
+        if m.structure_loss != "none" and m.lambda_structure > 0:
+            # the output keeps the input's edges whatever their contrast: anatomy is neither moved nor invented
+            total = sum(structure_loss(m.structure_loss, x, y) for x, y in input_output)
+            terms["loss_g_struct"] = total * (m.lambda_structure * self.structure_scale)
+        if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
+            terms["loss_g_body"] = body_loss(input_output[0][1], batch["mask"].to(self.device)) * m.lambda_body
+        return terms
+
+    def _update(
+        self, losses: dict[str, torch.Tensor], judged: list[tuple[str, torch.Tensor, str, torch.Tensor]]
+    ) -> dict[str, float]:
+        """Step the generators on the sum of ``losses``, then each discriminator of ``judged`` (name, real images,
+        pool, fakes) on its real images against pooled fakes, weighted 0.5 each as in the CycleGAN paper."""
+        loss_g = sum(losses.values())
         self._step("G", loss_g)
         self._requires_grad("D", True)
-        pooled_b = self.pools["target"].query(fake_b)
+        pooled = [(name, real, self.pools[pool].query(fake)) for name, real, pool, fake in judged]
         for _ in range(self.cfg.train.d_steps):
-            loss_d = self._d_update(self._trained("D"), real_b, pooled_b, 0.5)  # as each D of the networks' step
+            loss_d = sum(self._d_update(self._trained(name), real, fake, 0.5) for name, real, fake in pooled)
             self._step("D", loss_d)
-        losses = dict(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
-        if structured:
-            losses["loss_g_struct"] = loss_struct
-        if m.lambda_body > 0:
-            losses["loss_g_body"] = loss_body
-        return _floats(**losses, loss_g=loss_g)
+        return _floats(loss_d=loss_d, **losses, loss_g=loss_g)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
