@@ -22,7 +22,7 @@ back-projection (correlation 0.996 with the true one). tests/test_noise.py check
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,7 @@ ROI_SIZE = 16  # pixels; small enough to fit in a head's soft tissue at 1-2 mm p
 SOFT_TISSUE_HU = (-150.0, 200.0)  # a region counts as flat tissue when its local mean stays in this range
 MIN_REGIONS = 10  # per cohort; below, the spectrum (each frequency a mean of this many powers) is too rough
 MAX_REGIONS = 20000  # per cohort; a random subset beyond (memory)
+MAX_REGIONS_PER_SCAN = 2000  # a random subset beyond, drawn before the regions are cut out (memory on large scans)
 SIGMA_PERCENTILES = (5.0, 95.0)
 
 
@@ -47,11 +48,14 @@ def _detrend_projector(size: int) -> np.ndarray:
     return np.eye(size * size) - basis @ np.linalg.pinv(basis)
 
 
-def flat_regions(volume_hu: np.ndarray, size: int = ROI_SIZE) -> np.ndarray:
+def flat_regions(
+    volume_hu: np.ndarray, size: int = ROI_SIZE, limit: int | None = None, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Detrended ``(n, size, size)`` regions of flat soft tissue from a ``(Z, X, Y)`` CT in HU (half-overlapping).
 
     A region is taken where all its pixels are inside the body (> -500 HU) and its local mean (7-pixel box) stays in
-    :data:`SOFT_TISSUE_HU`: no air, bone or edge of either, only tissue whose variation is texture and noise.
+    :data:`SOFT_TISSUE_HU`: no air, bone or edge of either, only tissue whose variation is texture and noise. With
+    ``limit``, at most that many, a random subset (from ``rng``) of the places found.
     """
     vol = np.asarray(volume_hu, dtype=np.float32)
     smooth = ndimage.uniform_filter(vol, size=(1, 7, 7))
@@ -59,6 +63,9 @@ def flat_regions(volume_hu: np.ndarray, size: int = ROI_SIZE) -> np.ndarray:
     step = size // 2
     windows = np.lib.stride_tricks.sliding_window_view(ok, (size, size), axis=(1, 2))[:, ::step, ::step]
     z, xi, yi = np.nonzero(windows.all(axis=(-2, -1)))
+    if limit is not None and len(z) > limit:
+        keep = np.sort((rng or np.random.default_rng(0)).choice(len(z), limit, replace=False))
+        z, xi, yi = z[keep], xi[keep], yi[keep]
     x, y = xi * step, yi * step
     if len(z) == 0:
         return np.zeros((0, size, size), np.float32)
@@ -68,8 +75,10 @@ def flat_regions(volume_hu: np.ndarray, size: int = ROI_SIZE) -> np.ndarray:
     return flat.reshape(-1, size, size).astype(np.float32)
 
 
-def _cohort_regions(volumes: Sequence[np.ndarray], rng: np.random.Generator, size: int) -> np.ndarray:
-    regions = np.concatenate([flat_regions(v, size) for v in volumes]) if volumes else np.zeros((0, size, size))
+def _cohort_regions(volumes: Iterable[np.ndarray], rng: np.random.Generator, size: int) -> np.ndarray:
+    """The flat regions of every scan, one scan at a time (``volumes`` may be a generator that reads them lazily)."""
+    parts = [flat_regions(v, size, MAX_REGIONS_PER_SCAN, rng) for v in volumes]
+    regions = np.concatenate(parts) if parts else np.zeros((0, size, size), np.float32)
     if len(regions) > MAX_REGIONS:
         regions = regions[np.sort(rng.choice(len(regions), MAX_REGIONS, replace=False))]
     return regions
@@ -127,9 +136,10 @@ class NoiseModel:
 
 
 def measure_noise(
-    low: Sequence[np.ndarray], normal: Sequence[np.ndarray], seed: int = 0, size: int = ROI_SIZE
+    low: Iterable[np.ndarray], normal: Iterable[np.ndarray], seed: int = 0, size: int = ROI_SIZE
 ) -> NoiseModel:
-    """The noise the low-dose volumes have beyond the normal-dose ones (``(Z, X, Y)`` arrays in HU, unpaired).
+    """The noise the low-dose volumes have beyond the normal-dose ones (``(Z, X, Y)`` arrays in HU, unpaired; each
+    iterable is read once, one volume at a time).
 
     Raises:
         InputError: too little flat soft tissue in either cohort to measure, or no more noise in the low-dose one.
@@ -140,17 +150,19 @@ def measure_noise(
         if len(regions) < MIN_REGIONS:
             raise InputError(
                 f"the {name} training scans hold {len(regions)} regions of {size}x{size} pixels of flat soft tissue "
-                f"(-150 to 200 HU); measuring their noise needs {MIN_REGIONS}: add cases, or use model.inverse: network"
+                f"({SOFT_TISSUE_HU[0]:g} to {SOFT_TISSUE_HU[1]:g} HU); measuring their noise needs {MIN_REGIONS}: "
+                "add cases, or use model.inverse: network"
             )
     nps = np.clip(_power(lo_regions) - _power(nd_regions), 0, None)
     # the median: a few regions that hold an edge of the anatomy would pull a mean up, and every level down with it
     texture = float(np.median(nd_regions.var(axis=(1, 2))))
-    per_region = np.sqrt(np.clip(lo_regions.var(axis=(1, 2)) - texture, 0, None))
-    low_var = float(np.median(lo_regions.var(axis=(1, 2))))
+    low_var = lo_regions.var(axis=(1, 2))
+    per_region = np.sqrt(np.clip(low_var - texture, 0, None))
     if nps.mean() <= 0.05 * texture or np.median(per_region) <= 0:
         raise InputError(
             "the low-dose training scans are no noisier than the normal-dose ones (flat-tissue variance "
-            f"{low_var:.1f} vs {texture:.1f} HU^2): check that the low-dose role holds the low-dose scans"
+            f"{float(np.median(low_var)):.1f} vs {texture:.1f} HU^2): check that the low-dose role holds the low-dose "
+            "scans"
         )
     lo_p, hi_p = np.percentile(per_region, SIGMA_PERCENTILES)
     sigmas = np.sort(per_region[(per_region >= lo_p) & (per_region <= hi_p)])

@@ -400,11 +400,15 @@ class Trainer:
         measured on the cached slices the steps see, each cohort on its own (no pairs used)."""
         start = time.perf_counter()
         ct = ct_intensity()
-        low = [ct.inverse(np.asarray(c.array("source"), dtype=np.float32)) for c in self.train_cases]
-        normal = [ct.inverse(np.asarray(c.array("target"), dtype=np.float32)) for c in self.train_cases]
+        # one case in memory at a time: the generators read each cached array when the measurement reaches it
+        low = (ct.inverse(np.asarray(c.array("source"), dtype=np.float32)) for c in self.train_cases)
+        normal = (ct.inverse(np.asarray(c.array("target"), dtype=np.float32)) for c in self.train_cases)
         noise = measure_noise(low, normal, seed=self.cfg.train.seed)
         logger.info(
-            "measured on %d training cases in %.1f s: %s", len(low), time.perf_counter() - start, noise.describe()
+            "measured on %d training cases in %.1f s: %s",
+            len(self.train_cases),
+            time.perf_counter() - start,
+            noise.describe(),
         )
         return noise
 

@@ -70,3 +70,12 @@ def test_cohorts_without_flat_tissue_or_without_extra_noise_are_refused():
         measure_noise(air, [_head(1)])
     with pytest.raises(InputError, match="no noisier than the normal-dose ones.*low-dose role"):
         measure_noise([_head(1)], [_head(2, noise_sd=20.0)])
+
+
+def test_a_scan_gives_at_most_the_limit_a_random_subset_of_its_regions():
+    vol = _head(3, noise_sd=20.0)
+    every = flat_regions(vol)
+    some = flat_regions(vol, limit=7, rng=np.random.default_rng(1))
+    assert len(every) > 7 and len(some) == 7
+    for region in some:  # each one of the regions found without the limit
+        assert np.abs(every - region).reshape(len(every), -1).max(1).min() == 0
