@@ -319,9 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--ensemble",
         nargs="+",
         metavar="CKPT",
-        help="for --uncertainty ensemble: more checkpoints of the same task and data settings as --model",
+        help="more checkpoints of the same task and data settings as --model: with --uncertainty ensemble one "
+        "prediction per model, with tta or mc each model's --samples predictions, all pooled",
     )
-    p.add_argument("--samples", type=int, default=8, help="predictions for --uncertainty (default 8; tta: at most 8)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=8,
+        help="predictions per model for --uncertainty tta or mc (default 8; tta: at most 8)",
+    )
     p.add_argument("--shard", metavar="I/N", help="take every N-th case starting at I (0-based)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_translate)

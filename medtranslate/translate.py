@@ -94,15 +94,17 @@ def translate_with_uncertainty(
     ensemble: list[nn.Module] | None = None,
     ensemble_specs: list[TranslatorSpec] | None = None,
 ) -> tuple[Volume, Volume]:
-    """The mean prediction and its voxel-wise standard deviation in HU over ``samples`` predictions.
+    """The mean prediction and its voxel-wise standard deviation in HU over the predictions of ``method``.
 
     ``method``: ``tta``, the views of :data:`TTA_VIEWS` (flips and shifts of 2 pixels, undone on the output); ``mc``,
     Monte Carlo dropout (Gal and Ghahramani 2016): the network's dropout layers stay on, each sample draws its own
     masks (seeded by the sample's number, so a case gives the same maps every time); ``ensemble``, one prediction by
     ``net`` and one by each network of ``ensemble`` (models trained apart with the same preprocessing, Lakshminarayanan
-    et al. 2017; ``samples`` is then their number; ``ensemble_specs``, their own specs where they carry intensity
-    calibrations of their own). Each sample is brought back to the input's grid and units (through its model's
-    calibration) before the statistics, so the standard deviation is in HU on that grid.
+    et al. 2017). With ``ensemble`` networks and ``tta`` or ``mc``, every network gives ``samples`` predictions (its
+    views, or its dropout samples) and all of them are pooled: the variance is then the members' mean variance plus
+    the variance of their means. ``ensemble_specs``: the members' own specs, where they carry intensity calibrations
+    of their own. Each sample is brought back to the input's grid and units (through its model's calibration) before
+    the statistics, so the standard deviation is in HU on that grid.
 
     Raises:
         InputError: as :func:`translate_volume`; ``mc`` for a network without dropout layers.
@@ -111,24 +113,24 @@ def translate_with_uncertainty(
     batch_size = _batch_size(batch_size, device)
     nets = [net, *(ensemble or [])]
     specs = [spec, *(ensemble_specs or [spec] * len(nets[1:]))]
-    samples, dropouts = _uncertainty_plan(net, method, samples, nets[1:])
+    per_net, dropouts = _uncertainty_plan(nets, method, samples)
     pre, data, image, outside = _preprocess(volume, spec)
     target = IntensityParams.from_dict(spec.target_intensity)
     total = total_sq = None
-    for k in range(samples):
-        if method == "tta":
-            pred = _predict(net, image, spec, device, batch_size, amp_dtype, TTA_VIEWS[k])
-        elif method == "ensemble":
-            pred = _predict(nets[k], image, spec, device, batch_size, amp_dtype, TTA_VIEWS[0])
-        else:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(k)
-                pred = _predict(net, image, spec, device, batch_size, amp_dtype, TTA_VIEWS[0], dropouts)
-        _check_finite(pred, volume)
-        hu = _calibrated(pre.invert(pred, data["image"], target, volume), specs[k] if method == "ensemble" else spec)
-        x = np.asarray(hu.array, dtype=np.float64)
-        total = x if total is None else total + x
-        total_sq = x * x if total_sq is None else total_sq + x * x
+    for member, member_spec, active in zip(nets, specs, dropouts):
+        for k in range(per_net):
+            if method == "mc":
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(k)
+                    pred = _predict(member, image, spec, device, batch_size, amp_dtype, TTA_VIEWS[0], active)
+            else:  # tta: the k-th view; ensemble: one plain view per network
+                pred = _predict(member, image, spec, device, batch_size, amp_dtype, TTA_VIEWS[k])
+            _check_finite(pred, volume)
+            hu = _calibrated(pre.invert(pred, data["image"], target, volume), member_spec)
+            x = np.asarray(hu.array, dtype=np.float64)
+            total = x if total is None else total + x
+            total_sq = x * x if total_sq is None else total_sq + x * x
+    samples = per_net * len(nets)
     mean = total / samples
     std = np.sqrt(np.maximum(total_sq / samples - mean * mean, 0.0))
     if outside is not None:  # set, not predicted: air with no spread
@@ -146,22 +148,26 @@ def _batch_size(batch_size: int | None, device: torch.device) -> int:
 
 
 def _uncertainty_plan(
-    net: nn.Module, method: str, samples: int, members: list[nn.Module], source: str = "the model"
-) -> tuple[int, list[nn.Module]]:
-    """Check an uncertainty request against its networks: the number of predictions it takes (for ``ensemble``, one
-    per network) and the dropout layers that Monte Carlo sampling keeps on."""
+    nets: list[nn.Module], method: str, samples: int, sources: list[str] | None = None
+) -> tuple[int, list[list[nn.Module]]]:
+    """Check an uncertainty request against its networks (``--model`` first, then the ``--ensemble`` members): the
+    number of predictions each network makes (``ensemble``: one) and, per network, the dropout layers that Monte Carlo
+    sampling keeps on."""
     require_choice("--uncertainty", method, UNCERTAINTY_METHODS, error=InputError)
+    sources = sources or ["the model"] + [f"ensemble member {i}" for i in range(1, len(nets))]
     if method == "ensemble":
-        if not members:
+        if len(nets) < 2:
             raise InputError("--uncertainty ensemble needs other checkpoints beside --model: pass them with --ensemble")
-        samples = 1 + len(members)
-    require_int("--samples", samples, 2, len(TTA_VIEWS) if method == "tta" else 256, error=InputError)
-    dropouts = [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    if method == "mc" and not dropouts:
-        raise InputError(
-            f"{source}: --uncertainty mc needs a network with dropout layers (the pix2pix U-Net has them unless "
-            "model.dropout is 0; CycleGAN's ResNet and the baselines have none); use --uncertainty tta"
-        )
+        samples = 1
+    else:
+        require_int("--samples", samples, 2, len(TTA_VIEWS) if method == "tta" else 256, error=InputError)
+    dropouts = [[m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)] for net in nets]
+    for source, layers in zip(sources, dropouts):
+        if method == "mc" and not layers:
+            raise InputError(
+                f"{source}: --uncertainty mc needs a network with dropout layers (the pix2pix U-Net has them unless "
+                "model.dropout is 0; CycleGAN's ResNet and the baselines have none); use --uncertainty tta"
+            )
     return samples, dropouts
 
 
@@ -299,8 +305,11 @@ def translate_folder(
     if batch_size is not None:
         require_int("--batch-size", batch_size, 1, 4096, error=InputError)
     require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
-    if bool(ensemble) != (uncertainty == "ensemble"):
-        raise InputError("--ensemble CKPT... and --uncertainty ensemble go together: give both or neither")
+    if ensemble and uncertainty is None:
+        raise InputError(
+            "--ensemble CKPT... needs --uncertainty: ensemble (one prediction per model), or tta or mc (each model's "
+            "views or dropout samples, pooled)"
+        )
     if uncertainty is not None and tta:
         raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
     index, count = shard_of(shard)
@@ -324,7 +333,7 @@ def translate_folder(
         members.append(build_inference_net(other_ckpt, dev, source=str(other)))
         member_specs.append(TranslatorSpec.from_dict(other_ckpt["spec"]))
     if uncertainty is not None:
-        samples = _uncertainty_plan(net, uncertainty, samples, members, str(model))[0]
+        _uncertainty_plan([net, *members], uncertainty, samples, [str(model), *map(str, ensemble or [])])
     prepare_output_folder(inp, out)
     chosen = None
     if index == 0 or not is_distributed():  # under torchrun rank 0 alone measures, and every rank computes alike

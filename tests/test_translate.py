@@ -188,12 +188,34 @@ def test_an_ensemble_of_checkpoints_gives_their_spread(tmp_path, checkpoints, ti
     assert np.abs(mean - (a + b) / 2).max() <= 1.0 and np.abs(std - np.abs(a - b) / 2).max() <= 1.0
     row = next(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert len(row["ensemble_sha256"]) == 64
+    # tta over both models, pooled: the mean of their tta means; the variance their mean variance plus the variance of
+    # their means (law of total variance), from each model's own tta run
+    pooled = translate_cli(
+        model, mr, str(tmp_path / "pool"), "--uncertainty", "tta", "--samples", "2", "--ensemble", str(other),
+        "--precision", "fp32",
+    )  # fmt: skip
+    assert pooled.returncode == 0, pooled.stderr
+    (ma, sa), (mb, sb), (mp, sp) = (
+        tuple(read_volume(d / f"s3_sct{x}.nii.gz").array.astype(np.float64) for x in ("", "_std"))
+        for d in (_tta_out(tmp_path / "ta", model, mr), _tta_out(tmp_path / "tb", str(other), mr), tmp_path / "pool")
+    )
+    assert np.abs(mp - (ma + mb) / 2).max() <= 1.0
+    assert np.abs(sp - np.sqrt((sa**2 + sb**2) / 2 + ((ma - mb) / 2) ** 2)).max() <= 1.0
+    assert np.abs(sp - sa).max() > 5  # the second model adds spread of its own
     for bad, match in (
-        (("--ensemble", str(other)), "go together"),
+        (("--ensemble", str(other)), "needs --uncertainty"),
+        (("--uncertainty", "mc", "--ensemble", str(other)), "needs a network with dropout"),
         (("--uncertainty", "ensemble", "--ensemble", str(checkpoints["intensity_map"])), "translator spec differs"),
     ):
         refused = translate_cli(model, mr, str(tmp_path / "x"), *bad)
         assert refused.returncode == 2 and match in refused.stderr, refused.stderr
+
+
+def _tta_out(out, model, inputs):
+    """The folder of a 2-view tta run of one model in fp32."""
+    run = translate_cli(model, inputs, str(out), "--uncertainty", "tta", "--samples", "2", "--precision", "fp32")
+    assert run.returncode == 0, run.stderr
+    return out
 
 
 def translate_cli_out(out, model, inputs):
