@@ -284,11 +284,11 @@ def translate_folder(
     """Translate every case of a file or folder into ``output``; resumable, shardable, never touching inputs.
 
     Writes ``<case>_sct.nii.gz`` (MR -> CT) or ``<case>_denoised.nii.gz`` (low-dose CT) as int16 HU clipped to
-    [-1024, 3071] on the input's exact grid (with ``uncertainty``, the mean of ``samples`` predictions, and their
-    standard deviation in HU as ``<case>_sct_std.nii.gz``, see :func:`translate_with_uncertainty`), and
-    ``manifest.csv`` (``manifest.shardIofN.csv`` when sharded), rewritten after every case. Cases whose output
-    exists are skipped unless ``overwrite``; they keep the checkpoint hash of the model that made them. Every option
-    is checked before any work.
+    [-1024, 3071] on the input's exact grid (with ``uncertainty``, the mean of the predictions, ``samples`` per model
+    for tta and mc, and their standard deviation in HU as ``<case>_sct_std.nii.gz``, see
+    :func:`translate_with_uncertainty`), and ``manifest.csv`` (``manifest.shardIofN.csv`` when sharded), rewritten
+    after every case. Cases whose output exists are skipped unless ``overwrite``; they keep the checkpoint hash of the
+    model that made them. Every option is checked before any work.
 
     Returns:
         The manifest rows.

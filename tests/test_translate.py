@@ -191,13 +191,16 @@ def test_an_ensemble_of_checkpoints_gives_their_spread(tmp_path, checkpoints, ti
     # tta over both models, pooled: the mean of their tta means; the variance their mean variance plus the variance of
     # their means (law of total variance), from each model's own tta run
     pooled = translate_cli(
-        model, mr, str(tmp_path / "pool"), "--uncertainty", "tta", "--samples", "2", "--ensemble", str(other),
-        "--precision", "fp32",
-    )  # fmt: skip
+        model, mr, str(tmp_path / "pool"), *TWO_VIEWS, "--ensemble", str(other), "--precision", "fp32"
+    )
     assert pooled.returncode == 0, pooled.stderr
     (ma, sa), (mb, sb), (mp, sp) = (
         tuple(read_volume(d / f"s3_sct{x}.nii.gz").array.astype(np.float64) for x in ("", "_std"))
-        for d in (_tta_out(tmp_path / "ta", model, mr), _tta_out(tmp_path / "tb", str(other), mr), tmp_path / "pool")
+        for d in (
+            translate_cli_out(tmp_path / "ta", model, mr, *TWO_VIEWS).parent,
+            translate_cli_out(tmp_path / "tb", str(other), mr, *TWO_VIEWS).parent,
+            tmp_path / "pool",
+        )
     )
     assert np.abs(mp - (ma + mb) / 2).max() <= 1.0
     assert np.abs(sp - np.sqrt((sa**2 + sb**2) / 2 + ((ma - mb) / 2) ** 2)).max() <= 1.0
@@ -211,16 +214,13 @@ def test_an_ensemble_of_checkpoints_gives_their_spread(tmp_path, checkpoints, ti
         assert refused.returncode == 2 and match in refused.stderr, refused.stderr
 
 
-def _tta_out(out, model, inputs):
-    """The folder of a 2-view tta run of one model in fp32."""
-    run = translate_cli(model, inputs, str(out), "--uncertainty", "tta", "--samples", "2", "--precision", "fp32")
-    assert run.returncode == 0, run.stderr
-    return out
+TWO_VIEWS = ("--uncertainty", "tta", "--samples", "2")
 
 
-def translate_cli_out(out, model, inputs):
-    """Translate with one model in fp32, as the ensemble above (auto may pick bf16 on one machine and not another)."""
-    run = translate_cli(model, inputs, str(out), "--precision", "fp32")
+def translate_cli_out(out, model, inputs, *options):
+    """Translate with one model in fp32, as the ensemble above (auto may pick bf16 on one machine and not another);
+    ``options``: more command-line options. Returns the output's path."""
+    run = translate_cli(model, inputs, str(out), "--precision", "fp32", *options)
     assert run.returncode == 0, run.stderr
     return next(out.glob("*_sct.nii.gz"))
 
