@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
+import hashlib
 import os
 import re
 import shutil
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +32,8 @@ __all__ = [
     "partial_name",
     "remove_stale_partials",
     "output_error",
+    "OwnFolder",
+    "check_own_folder",
 ]
 
 MULTI_SUFFIXES = (".nii.gz",)
@@ -44,10 +49,26 @@ def _split_suffix(name: str) -> tuple[str, str]:
     return (stem, dot + ext) if stem else (name, "")
 
 
+NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
+
+
 def partial_name(path: Path) -> Path:
-    """The hidden temporary name of ``path`` for this process; it keeps the suffix writers choose formats by."""
+    """The hidden temporary name of ``path`` for this process; it keeps the suffix writers choose formats by.
+
+    A long name (a case id of 230 characters) is shortened, with a hash of the whole, so that the temporary name fits
+    the file system's limit wherever the final name does.
+    """
     stem, suffix = _split_suffix(path.name)
-    return path.with_name(f".{stem}.partial-{_HOST}-{os.getpid()}{suffix}")
+    return path.with_name(_hidden(stem, f".partial-{_HOST}-{os.getpid()}{suffix}"))
+
+
+def _hidden(stem: str, tail: str) -> str:
+    """``.<stem><tail>``, the stem shortened (with a hash of it) when the whole would exceed NAME_MAX bytes."""
+    room = NAME_MAX - len(tail.encode()) - 1
+    if len(stem.encode()) > room:
+        digest = hashlib.sha256(stem.encode()).hexdigest()[:12]
+        stem = stem.encode()[: room - 13].decode("utf-8", "ignore") + "~" + digest
+    return f".{stem}{tail}"
 
 
 def output_error(path: Path, exc: OSError) -> OutputError:
@@ -55,6 +76,8 @@ def output_error(path: Path, exc: OSError) -> OutputError:
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         fix = "free some space or choose an output on another disk"
+    elif exc.errno == errno.ENAMETOOLONG:
+        fix = f"its name is too long for the file system ({len(path.name.encode())} bytes); shorten the input's name"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         fix = "choose an output folder you can write to"
     else:
@@ -81,23 +104,75 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
+@dataclass(frozen=True)
+class OwnFolder:
+    """What a folder this command wrote looks like, so that replacing it can never remove anything else.
+
+    Attributes:
+        marker: a file (relative path) every such folder holds, e.g. ``preprocess.json``.
+        files: patterns (``fnmatch``, on paths relative to the folder, ``/``-separated) that every file in it matches.
+        what: how to name such a folder in a message (e.g. "a preprocessed case").
+    """
+
+    marker: str
+    files: tuple[str, ...]
+    what: str
+
+
+def check_own_folder(path: Path, own: OwnFolder | None) -> None:
+    """Raise unless the existing folder ``path`` is one that ``own`` describes (its marker, nothing else inside).
+
+    Raises:
+        OutputError: naming what in the folder was not written by this command; nothing is changed.
+    """
+    if path.is_symlink() or not path.is_dir():
+        raise OutputError(f"{path}: exists and is not a folder this command wrote; choose another output")
+    if own is None:
+        raise OutputError(f"{path}: already exists; choose another name (this command replaces no existing folder)")
+    if not (path / own.marker).is_file():
+        raise OutputError(
+            f"{path}: exists but is not {own.what} (no {own.marker}); it was not written by this command, so it is "
+            "not replaced: choose another output"
+        )
+    for entry in sorted(path.rglob("*")):
+        rel = entry.relative_to(path).as_posix()
+        if entry.is_symlink() or (entry.is_file() and not any(fnmatch.fnmatchcase(rel, p) for p in own.files)):
+            raise OutputError(
+                f"{path}: holds {rel}, which this command did not write, so the folder is not replaced; move it away "
+                "or choose another output"
+            )
+        if not entry.is_file() and not entry.is_dir():
+            raise OutputError(f"{path}: holds {rel}, which is not a regular file; choose another output")
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, directory: bool = False, overwrite: bool = True) -> Iterator[Path]:
+def atomic_output(
+    path: str | os.PathLike, directory: bool = False, overwrite: bool = True, own: OwnFolder | None = None
+) -> Iterator[Path]:
     """Write ``path`` under a temporary name and rename it into place when the block ends without error.
 
     Args:
         path: the file (or folder) to produce.
         directory: the output is a folder; the temporary folder is created for the writer.
         overwrite: replace an existing output; without it an existing output is an :class:`OutputError`.
+        own: for a folder, what a folder this command wrote looks like: an existing folder is replaced only when it
+            is one (see :func:`check_own_folder`); without ``own`` no existing folder is ever replaced.
 
     Yields:
         The temporary path to write to.
 
     Raises:
-        OutputError: the output exists (without ``overwrite``) or cannot be written; nothing is left behind.
+        OutputError: the output exists (without ``overwrite``, or a folder this command did not write) or cannot be
+        written; nothing is left behind.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
+    path = Path(os.path.abspath(path))  # "." and ".." name the folder they stand for (the partial name needs one)
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise output_error(path, exc) from exc
+    if exists and (directory or path.is_dir()):  # first: --overwrite is suggested only where it would work
+        check_own_folder(path, own if directory else None)
+    if exists and not overwrite:
         raise OutputError(f"{path}: already exists; choose another name or pass --overwrite")
     tmp = partial_name(path)
     try:
@@ -108,7 +183,7 @@ def atomic_output(path: str | os.PathLike, directory: bool = False, overwrite: b
         yield tmp
         _fsync(tmp)
         if directory and path.is_dir():  # a folder cannot be renamed over a non-empty one: move the old one aside
-            old = path.with_name(f".{path.name}.old-{_HOST}-{os.getpid()}")
+            old = path.with_name(_hidden(path.name, f".old-{_HOST}-{os.getpid()}"))
             os.replace(path, old)
             os.replace(tmp, path)
             _remove_quietly(old)

@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .atomic import atomic_output
+from .atomic import OwnFolder, atomic_output
 from .errors import InputError
 
 __all__ = ["DICOM_SUFFIXES", "is_dicom_file", "series_ids", "read_series", "write_series", "new_uid"]
@@ -293,6 +293,10 @@ def new_uid() -> str:
     return str(generate_uid())
 
 
+# what a series folder written by write_series holds: only such a folder is ever replaced
+DICOM_SERIES = OwnFolder("slice_0000.dcm", ("slice_[0-9]*.dcm",), "a DICOM series written by medtranslate")
+
+
 def write_series(
     folder: str | os.PathLike,
     volume,
@@ -384,7 +388,7 @@ def write_series(
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     names = []
-    with atomic_output(folder, directory=True, overwrite=overwrite) as tmp:
+    with atomic_output(folder, directory=True, overwrite=overwrite, own=DICOM_SERIES) as tmp:
         for k in range(img.GetDepth()):
             slc = img[:, :, k]
             pos = img.TransformIndexToPhysicalPoint((0, 0, k))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .atomic import atomic_output
+from .atomic import OwnFolder, atomic_output
 from .checkpoint import TranslatorSpec, load_checkpoint
 from .io import sha256
 from .tasks import get_task
@@ -138,6 +138,14 @@ phantoms (the medtranslate demo) is not for real scans.
 """
 
 
+# what a bundle written by export holds: only such a folder is ever replaced (--overwrite)
+BUNDLE = OwnFolder(
+    "configs/metadata.json",
+    ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"),
+    "a bundle written by medtranslate export",
+)
+
+
 def export_bundle(model: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the MONAI bundle of checkpoint ``model`` into folder ``out`` (whole or not at all).
 
@@ -148,7 +156,7 @@ def export_bundle(model: str | Path, out: str | Path, overwrite: bool = False) -
     model, out = Path(model), Path(out)
     ckpt = load_checkpoint(model)
     digest = sha256(model)
-    with atomic_output(out, directory=True, overwrite=overwrite) as tmp:
+    with atomic_output(out, directory=True, overwrite=overwrite, own=BUNDLE) as tmp:
         (tmp / "configs").mkdir()
         (tmp / "models").mkdir()
         (tmp / "docs").mkdir()

@@ -129,8 +129,10 @@ def _prepare(cfg: RunConfig, options: dict[str, Any], folder: Path) -> RunConfig
 def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool, protected: list[Path]) -> None:
     """Make ``out`` the folder of this config: refuse one made with other settings unless ``overwrite``.
 
-    ``overwrite`` removes only what a pipeline writes (RUN_OUTPUTS), only in a folder whose config.yaml a pipeline
-    wrote, and never a path that holds one of ``protected`` (the data, the pipeline file).
+    ``overwrite`` removes only what the earlier run wrote (RUN_OUTPUTS; ``data`` and ``prepared`` only when its
+    settings made them), only in a folder whose config.yaml a pipeline wrote, and never a path that holds one of
+    ``protected`` (this run's data and pipeline file) or an input of the earlier run (its data.root, split, cache):
+    then it refuses, and the message does not suggest ``--overwrite``.
     """
     saved_path = out / "config.yaml"
     if out.exists() and not out.is_dir():
@@ -146,29 +148,56 @@ def _claim_run_dir(out: Path, record: dict[str, Any], overwrite: bool, protected
                 "choose another --out (nothing was changed)"
             )
         diffs = config_differences(saved, record)
-        if diffs and not overwrite:
+        if not diffs and not overwrite:
+            atomic_write_text(saved_path, yaml.safe_dump(record, sort_keys=False))
+            return
+        targets = _earlier_outputs(out, saved)
+        inputs = protected + _inputs_of(saved)
+        held = [(t, p) for t in targets for p in inputs if p == t.resolve() or t.resolve() in p.parents]
+        settings = (
+            f" made with other settings ({'; '.join(diffs[:8])}"
+            + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+            + ")"
+            if diffs
+            else ""
+        )
+        if held:
+            target, data = held[0]
             raise ConfigError(
-                f"{out}: holds a run made with other settings ({'; '.join(diffs[:8])}"
-                + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-                + "); its results would be credited to these settings: pass --overwrite to discard them and run "
-                "again, or choose another --out"
+                f"{out}: holds a run{settings}, and its {target.name}/ holds {data}, an "
+                "input of that run or this one, which replacing the run would delete: choose another --out "
+                "(nothing was changed)"
             )
-        if overwrite:
-            targets = [out / name for name in RUN_OUTPUTS]
-            for target in targets:
-                keep = [p for p in protected if p == target.resolve() or target.resolve() in p.parents]
-                if keep:
-                    raise ConfigError(
-                        f"{target}: holds {keep[0]}, an input of this run; --overwrite removes it, so "
-                        "choose another --out"
-                    )
-            logger.warning("--overwrite: discarding the earlier run in %s", out)
-            for target in targets:
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
+        if not overwrite:
+            raise ConfigError(
+                f"{out}: holds a run{settings}; its results would be credited to these "
+                "settings: pass --overwrite to discard them and run again, or choose another --out"
+            )
+        logger.warning("--overwrite: discarding the earlier run in %s", out)
+        for target in targets:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
     atomic_write_text(saved_path, yaml.safe_dump(record, sort_keys=False))
+
+
+def _earlier_outputs(out: Path, saved: dict[str, Any]) -> list[Path]:
+    """What the run recorded in ``saved`` wrote into ``out``: ``data`` and ``prepared`` only if its settings made them
+    (otherwise a folder of that name is the user's)."""
+    section = saved.get("pipeline") or {}
+    names = [n for n in RUN_OUTPUTS if n not in ("data", "prepared")]
+    if isinstance(section, dict) and section.get("simulate_dose") is not None:
+        names.append("data")
+    if isinstance(section, dict) and section.get("prepare") is not None:
+        names.append("prepared")
+    return [out / n for n in names if (out / n).exists() or (out / n).is_symlink()]
+
+
+def _inputs_of(saved: dict[str, Any]) -> list[Path]:
+    """The inputs a saved run config names (data.root, data.split, data.cache), resolved."""
+    data = saved.get("data") if isinstance(saved.get("data"), dict) else {}
+    return [Path(str(data[k])).resolve() for k in ("root", "split", "cache") if data.get(k)]
 
 
 def _stage(name: str, done: bool) -> bool:
@@ -256,7 +285,7 @@ def run_pipeline(
         )
     cfg, section = load_pipeline(path, overrides)
     out = Path(out)
-    protected = [Path(cfg.data.root).resolve(), Path(path).resolve()]
+    protected = [Path(path).resolve(), *_inputs_of(cfg.to_dict())]
     _claim_run_dir(out, {**cfg.to_dict(), "pipeline": dict(section)}, overwrite, protected)
 
     # prepare: optionally simulate low-dose pairs from the CTs and/or preprocess the cases, pair cases and fix the

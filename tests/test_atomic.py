@@ -138,3 +138,19 @@ def test_an_unwritable_output_location_is_one_line(tmp_path, command):
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr, (place, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and place in result.stderr, result.stderr
+
+
+def test_long_names_get_a_temporary_name_that_fits_or_a_clear_error(tmp_path):
+    """Case ids of 227-244 characters made the temporary name overflow the 255-byte limit, and the error blamed
+    permissions."""
+    from medtranslate.errors import OutputError
+
+    for n in (227, 244):
+        target = tmp_path / ("k" * n + "_sct.nii.gz")
+        assert len(partial_name(target).name.encode()) <= 255 and partial_name(target).name.endswith(".nii.gz")
+        atomic_write_text(target, "x")
+        assert target.read_text() == "x"
+    assert partial_name(tmp_path / ("k" * 240 + "a.txt")) != partial_name(tmp_path / ("k" * 240 + "b.txt"))
+    with pytest.raises(OutputError, match=r"its name is too long for the file system \(270 bytes\)"):
+        atomic_write_text(tmp_path / ("k" * 259 + "_sct.nii.gz"), "x")
+    assert sorted(p.name[:3] for p in tmp_path.iterdir()) == ["kkk", "kkk"]  # nothing else left behind
