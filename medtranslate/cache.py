@@ -6,7 +6,7 @@ uint8), with ``meta.json`` holding the index: case id, slice count, and the body
 contiguous on disk, so reading one (or a 2.5D stack) maps the file, copies those slices and lets the mapping go: the
 process keeps no volume, and its memory does not grow with the cohort (``benchmarks/bench_train_memory.py``).
 
-A case lives in a folder named by a hash of what made it: the input files (path, size, modification time), the
+A case lives in a folder named by a hash of what made it: the input files (path and content hash), the
 preprocessing settings (task, spacing), the cache format and the package version. A changed file or setting gives
 another key, so the case is rebuilt and a stale one is never read. Folders appear whole (written under a temporary
 name, then renamed), so a killed run leaves no half-written case behind, and processes sharing a cache can race
@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,23 +32,34 @@ from . import __version__
 from .atomic import output_error
 from .cases import Case, Pair
 from .config import RunConfig
+from .errors import InputError
 
-__all__ = ["CACHE_FORMAT", "CachedCase", "cache_key", "open_cached", "write_cached"]
+__all__ = ["CACHE_FORMAT", "CacheError", "CachedCase", "cache_key", "cached_or_rebuilt", "open_cached", "write_cached"]
 
-CACHE_FORMAT = 1
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 2  # 2: entries keyed by file content (1: by size and modification time)
 ARRAYS = ("source", "target", "mask")
 
 
 def _file_stamp(case: Case | None) -> list[Any] | None:
-    """Path, size and modification time of every file behind a case (all files of a DICOM folder)."""
+    """Path and content hash (SHA-256) of every file behind a case (all files of a DICOM folder).
+
+    The content, not the size and modification time: a file rewritten with its old size and time restored (as backup
+    and sync tools do) must not reuse the old entry. Hashing reads each file once, a fraction of what reading it as a
+    volume costs (``benchmarks/bench_cache_key.py``).
+    """
     if case is None:
         return None
     path = Path(case.path).resolve()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     stamps = []
     for f in files:
-        st = f.stat()
-        stamps.append([str(f), st.st_size, st.st_mtime_ns])
+        try:
+            with open(f, "rb") as fh:
+                stamps.append([str(f), hashlib.file_digest(fh, "sha256").hexdigest()])
+        except OSError as exc:
+            raise InputError(f"{f}: cannot be read ({exc.strerror or exc}); check the file's permissions") from exc
     return [case.series_uid, stamps]
 
 
@@ -79,8 +91,19 @@ class CachedCase:
         return np.load(self.folder / f"{name}.npy", mmap_mode="r")
 
     def slices(self, name: str, zs: list[int] | np.ndarray) -> torch.Tensor:
-        """Axial slices ``zs`` of one array as a (len(zs), X, Y) float32 tensor of their own."""
-        return torch.from_numpy(np.array(self.array(name)[np.asarray(zs)], dtype=np.float32))
+        """Axial slices ``zs`` of one array as a (len(zs), X, Y) float32 tensor of their own.
+
+        Raises:
+            InputError: the entry was damaged after it was opened (a file deleted or cut short while training ran).
+        """
+        try:
+            return torch.from_numpy(np.array(self.array(name)[np.asarray(zs)], dtype=np.float32))
+        except (OSError, ValueError, IndexError) as exc:
+            raise InputError(
+                f"{self.folder / (name + '.npy')}: this slice cache entry of case '{self.case_id}' was damaged while "
+                f"training ran ({type(exc).__name__}: {str(exc)[:120]}); run again (with --resume): a damaged entry "
+                "is rebuilt"
+            ) from exc
 
 
 def write_cached(prepared: Any, folder: Path) -> CachedCase:
@@ -106,8 +129,10 @@ def write_cached(prepared: Any, folder: Path) -> CachedCase:
         try:
             os.rename(tmp, folder)
         except OSError:
-            if not (folder / "meta.json").is_file():  # not another process that finished the same case first
-                raise
+            try:  # another process that finished the same case first: its entry serves
+                return open_cached(folder)
+            except CacheError:
+                raise OSError(f"{folder} exists and is damaged") from None
     except OSError as exc:
         raise output_error(folder, exc) from exc
     finally:
@@ -115,14 +140,55 @@ def write_cached(prepared: Any, folder: Path) -> CachedCase:
     return open_cached(folder)
 
 
-def open_cached(folder: Path) -> CachedCase | None:
-    """The cached case in ``folder``, or None when there is none (not yet written, or another format)."""
+class CacheError(Exception):
+    """A cache entry that exists but cannot be used (a file missing, truncated or not what meta.json says)."""
+
+
+def open_cached(folder: Path) -> CachedCase:
+    """The cached case in ``folder``, every array checked against its index (present, complete, of its shape).
+
+    Raises:
+        FileNotFoundError: there is no entry (not yet written).
+        CacheError: the entry is damaged, with the reason.
+    """
+    if not folder.exists():
+        raise FileNotFoundError(folder)
     try:
         meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if meta.get("format") != CACHE_FORMAT or not all((folder / f"{n}.npy").is_file() for n in ARRAYS):
-        return None
-    return CachedCase(
-        str(meta["case_id"]), folder, tuple(meta["shape"]), np.asarray(meta["body_fraction"], dtype=np.float32)
-    )
+        shape = tuple(int(n) for n in meta["shape"])
+        fraction = np.asarray(meta["body_fraction"], dtype=np.float32)
+        case_id = str(meta["case_id"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"meta.json unreadable ({type(exc).__name__})") from exc
+    if meta.get("format") != CACHE_FORMAT or len(shape) != 3 or fraction.shape != (shape[0],):
+        raise CacheError("meta.json is of another format")
+    for name in ARRAYS:
+        try:
+            array = np.load(folder / f"{name}.npy", mmap_mode="r")  # reads the header; a short file fails to map
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"{name}.npy: {getattr(exc, 'strerror', None) or exc}") from exc
+        if array.shape != shape:
+            raise CacheError(f"{name}.npy holds {array.shape}, meta.json says {shape}")
+        del array
+    return CachedCase(case_id, folder, shape, fraction)
+
+
+def cached_or_rebuilt(folder: Path, prepare: Callable[[], Any]) -> CachedCase:
+    """The entry in ``folder``; written from ``prepare()`` when missing, and rebuilt (with a warning) when damaged.
+
+    A damaged entry is moved aside under a hidden name and removed: it is this cache's own folder (named by its key),
+    never a user's file.
+    """
+    try:
+        return open_cached(folder)
+    except FileNotFoundError:
+        pass
+    except CacheError as exc:
+        logger.warning("slice cache entry %s is damaged (%s); rebuilding it", folder, exc)
+        aside = folder.with_name(f".{folder.name}.damaged-{os.getpid()}")
+        try:
+            os.replace(folder, aside)
+        except OSError as err:
+            raise output_error(folder, err) from err
+        shutil.rmtree(aside, ignore_errors=True)
+    return write_cached(prepare(), folder)

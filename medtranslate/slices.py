@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cache import CachedCase, cache_key, open_cached, write_cached
+from .cache import CachedCase, cache_key, cached_or_rebuilt
 from .checks import show
 from .config import RunConfig
 from .describe import check_modality
@@ -203,11 +203,7 @@ def prepare_case(pair: Pair, cfg: RunConfig) -> PreparedCase:
 
 def cached_case(pair: Pair, cfg: RunConfig, cache_dir: str | Path) -> CachedCase:
     """The pair in the slice cache (see cache.py): read from ``cache_dir`` when there, else prepared and written."""
-    folder = Path(cache_dir) / cache_key(pair, cfg)
-    found = open_cached(folder)
-    if found is not None:
-        return found
-    return write_cached(prepare_case(pair, cfg), folder)
+    return cached_or_rebuilt(Path(cache_dir) / cache_key(pair, cfg), lambda: prepare_case(pair, cfg))
 
 
 def context_indices(z: int, context: int, depth: int) -> list[int]:

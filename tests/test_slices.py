@@ -71,7 +71,8 @@ def test_the_cache_gives_back_what_was_written_and_its_body_index(case):
     assert torch.equal(volume(c, "target"), 0.5 * volume(c))
     again = open_cached(c.folder)  # what a second run (or another rank) finds
     assert again.case_id == "a" and again.shape == c.shape and np.array_equal(again.body_fraction, c.body_fraction)
-    assert open_cached(c.folder.parent / "not-there") is None
+    with pytest.raises(FileNotFoundError):
+        open_cached(c.folder.parent / "not-there")
     assert not [p for p in c.folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 

@@ -400,3 +400,45 @@ def test_the_slice_cache_is_reused_and_rebuilt_when_a_file_or_setting_changes(tm
     assert len(folders()) == 5 and again.train_cases[0].folder.name not in made  # s0 changed: made anew
     assert again.train_cases[1].folder.name in made
     assert not (tmp_path / "a" / "cache").exists()  # data.cache, not the run folder
+
+
+def test_the_slice_cache_is_keyed_on_content_not_on_size_and_time(tmp_path, tiny_data):
+    """A file rewritten with its old size and its modification time restored (touch -r, as sync tools do) is read
+    anew, never served from the old entry."""
+    import os
+    import shutil
+
+    root = tmp_path / "cases"
+    shutil.copytree(tiny_data, root)
+    ct_path = root / "s0" / "ct.nii"  # uncompressed: other values, the very same size
+    ct = read_volume(root / "s0" / "ct.nii.gz")
+    (root / "s0" / "ct.nii.gz").unlink()
+    write_nifti(ct_path, ct.array, ct.affine)
+    cfg = load_config(write_config(tmp_path / "c.yaml", root, **{"data.cache": str(tmp_path / "cache")}))
+    first = Trainer(cfg, tmp_path / "a", progress=False)
+    stat = ct_path.stat()
+    write_nifti(ct_path, ct.array + 50, ct.affine, overwrite=True)
+    os.utime(ct_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert ct_path.stat().st_size == stat.st_size and ct_path.stat().st_mtime_ns == stat.st_mtime_ns
+    again = Trainer(cfg, tmp_path / "b", progress=False)
+    assert again.train_cases[0].folder != first.train_cases[0].folder
+    assert not torch.equal(again.train_cases[0].slices("target", [3]), first.train_cases[0].slices("target", [3]))
+
+
+def test_a_damaged_cache_entry_is_reported_and_rebuilt(tmp_path, tiny_data, caplog):
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **{"data.cache": str(tmp_path / "cache")}))
+    first = Trainer(cfg, tmp_path / "a", progress=False)
+    deleted, truncated = first.train_cases[0], first.train_cases[1]
+    expected = [c.slices("source", [2]) for c in (deleted, truncated)]
+    (deleted.folder / "target.npy").unlink()  # as if removed while the run went on
+    with pytest.raises(InputError, match=r"target.npy: this slice cache entry of case 's0' was damaged while"):
+        deleted.slices("target", [2])
+    data = (truncated.folder / "source.npy").read_bytes()
+    (truncated.folder / "source.npy").write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING"):
+        again = Trainer(cfg, tmp_path / "b", progress=False)  # and every later run: rebuilt, not stuck
+    damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(damaged) == 2 and "target.npy" in damaged[0] and "source.npy" in damaged[1]
+    assert [c.folder for c in again.train_cases] == [deleted.folder, truncated.folder]
+    assert all(torch.equal(c.slices("source", [2]), e) for c, e in zip(again.train_cases, expected))
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # nothing left aside
