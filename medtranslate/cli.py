@@ -138,8 +138,8 @@ def _report_batch(rows: list, out: str) -> int:
     from .batch import summary_line
 
     for row in rows:
-        if row["status"] == "failed":
-            print(f"FAILED {row['case']}: {row['error']}")
+        if row["status"] in ("failed", "refused"):
+            print(f"{row['status'].upper()} {row['case']}: {row['error']}")
     line, status = summary_line(rows, Path(out))
     print(line)
     return status
@@ -179,6 +179,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
         crop_margin_mm=args.crop_to_body,
         slabs=args.slabs,
         seed=args.seed,
+        max_rotation_deg=args.max_rotation,
     )
     rows = preprocess_folder(
         args.input, args.output, options, shard=args.shard, overwrite=args.overwrite, progress=not args.no_progress
@@ -379,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-to-body", type=float, metavar="MARGIN_MM", help="crop to the body plus this margin")
     p.add_argument("--slabs", type=int, default=1, help="cut each case into N axial slabs (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the registration's sampling (default 0)")
+    p.add_argument(
+        "--max-rotation",
+        type=float,
+        default=30.0,
+        metavar="DEG",
+        help="refuse a registration that rotates an image by more than this (default 30 degrees)",
+    )
     p.add_argument("--shard", metavar="I/N", help="process only every N-th case, starting at I (0-based)")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

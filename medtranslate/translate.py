@@ -25,7 +25,7 @@ from .describe import check_modality
 from .device import resolve_device
 from .errors import CheckpointError, InputError
 from .io import Volume, sha256
-from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
+from .precision import PrecisionChoice, choose_precision, describe_machine
 from .tasks import get_task
 from .transforms import CT_RANGE, IntensityParams, Preprocessor, body_mask, intensity_for, outside_body
 
@@ -265,6 +265,14 @@ def _forward(net: nn.Module, batch: torch.Tensor, amp_dtype: torch.dtype | None,
         return net(batch).float()
 
 
+def _options_record(tta: bool, uncertainty: str | None, samples: int) -> str:
+    """The options that change a translation's voxels, as the manifest records them (e.g. ``tta`` or
+    ``uncertainty=mc samples=8``)."""
+    if uncertainty is not None:
+        return f"uncertainty={uncertainty}" + (f" samples={samples}" if uncertainty in ("tta", "mc") else "")
+    return "tta" if tta else "plain"
+
+
 def translate_folder(
     model: str | Path,
     input: str | Path,
@@ -336,11 +344,9 @@ def translate_folder(
         _uncertainty_plan([net, *members], uncertainty, samples, [str(model), *map(str, ensemble or [])])
     prepare_output_folder(inp, out)
     chosen = None
-    if index == 0 or not is_distributed():  # under torchrun rank 0 alone measures, and every rank computes alike
+    if index == 0 or not is_distributed():  # under torchrun rank 0 decides, and every rank computes alike
         if ckpt["kind"] in ("pix2pix", "cyclegan"):
-            channels = 2 * int(spec.context) + 1
-            probe = probe_network(net, (batch_size, channels, 256, 256), dev, backward=False, repeats=2)
-            chosen = choose_precision(precision, dev, probe)
+            chosen = choose_precision(precision, dev)
         else:
             chosen = PrecisionChoice("fp32", "no network to speed up")
     chosen = from_rank0(chosen)
@@ -406,10 +412,11 @@ def translate_folder(
         work,
         overwrite=overwrite,
         progress=progress,
-        extra={
+        extra={  # everything that changes the voxels: a case made otherwise is refused, not skipped as if made so
             "checkpoint_sha256": digest,
             "precision": chosen.precision,
-            **({"ensemble_sha256": ";".join(sha256(p) for p in ensemble)} if ensemble else {}),
+            "options": _options_record(tta, uncertainty, samples),
+            "ensemble_sha256": ";".join(sha256(p) for p in ensemble) if ensemble else "",
         },
         desc="translate",
     )

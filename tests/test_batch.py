@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -48,28 +51,72 @@ def test_a_failing_case_of_any_kind_is_recorded_and_the_rest_are_done(tmp_path, 
     assert [r["status"] for r in read_manifest(out / "manifest.csv")] == ["done", "failed", "failed", "done"]
 
 
-def test_skipped_cases_keep_the_attribution_of_the_run_that_made_them(tmp_path, caplog):
+def test_outputs_made_with_other_settings_are_refused_and_keep_their_attribution(tmp_path, caplog):
     cases, out = _cases(tmp_path), tmp_path / "out"
     manifest = out / "manifest.csv"
     run_cases(cases[:2], manifest, _outputs(out), _work(), progress=False, extra={"checkpoint_sha256": "aaaa"})
+    again = run_cases(cases, manifest, _outputs(out), _work(), progress=False, extra={"checkpoint_sha256": "aaaa"})
+    assert [r["status"] for r in again] == ["skipped", "skipped", "done"]  # the same settings: nothing redone
     with caplog.at_level(logging.WARNING):
-        rows = run_cases(cases, manifest, _outputs(out), _work(), progress=False, extra={"checkpoint_sha256": "bbbb"})
+        rows = run_cases(
+            cases, manifest, _outputs(out), _work(), progress=False, extra={"checkpoint_sha256": "bbbb", "tta": True}
+        )
     assert [(r["status"], r["checkpoint_sha256"]) for r in rows] == [
-        ("skipped", "aaaa"),
-        ("skipped", "aaaa"),
-        ("done", "bbbb"),
+        ("refused", "aaaa"),
+        ("refused", "aaaa"),
+        ("refused", "aaaa"),
     ]
-    assert "made with another checkpoint_sha256 (aaaa, not bbbb); pass --overwrite" in caplog.text
+    assert "made with other settings (checkpoint_sha256 aaaa, not bbbb; tta unknown, not True)" in rows[0]["error"]
+    assert "pass --overwrite" in caplog.text
+    assert summary_line(rows, out) == (
+        f"0 done, 0 skipped, 0 failed, 3 refused (made with other settings); outputs in {out}",
+        1,
+    )
     saved = {r["case"]: r["checkpoint_sha256"] for r in csv.DictReader(manifest.open())}
-    assert saved == {"c0": "aaaa", "c1": "aaaa", "c2": "bbbb"}
+    assert saved == {"c0": "aaaa", "c1": "aaaa", "c2": "aaaa"}
     # outputs that no manifest row explains are not credited to this run either
     manifest.unlink()
     rows = run_cases(cases, manifest, _outputs(out), _work(), progress=False, extra={"checkpoint_sha256": "cccc"})
-    assert {r["checkpoint_sha256"] for r in rows} == {"unknown"}
+    assert {(r["status"], r["checkpoint_sha256"]) for r in rows} == {("skipped", "unknown")}
     rows = run_cases(
         cases, manifest, _outputs(out), _work(), overwrite=True, progress=False, extra={"checkpoint_sha256": "cccc"}
     )
     assert {(r["status"], r["checkpoint_sha256"]) for r in rows} == {("done", "cccc")}
+
+
+def test_a_second_process_on_the_same_manifest_is_refused_while_the_first_runs(tmp_path):
+    """Two batches into one folder would credit one's outputs to the other in a shared manifest: the second is
+    refused at once (the lock is the kernel's, so it ends with the process however it ends)."""
+    cases, out = _cases(tmp_path), tmp_path / "out"
+    seen = []
+
+    def work(case, targets):
+        if not seen:  # while the first batch runs, a second one (another process in life) tries the same manifest
+            child = subprocess.run(
+                [sys.executable, "-c", SECOND_BATCH, str(out / "manifest.csv")], capture_output=True, text=True
+            )
+            seen.append(child)
+        atomic_write_text(targets[0], case.case_id)
+
+    rows = run_cases(cases, out / "manifest.csv", _outputs(out), work, progress=False)
+    assert [r["status"] for r in rows] == ["done"] * 3
+    assert seen[0].returncode == 3, seen[0].stderr
+    assert f"medtranslate process {os.getpid()}" in seen[0].stdout and "is writing into this folder" in seen[0].stdout
+    child = subprocess.run([sys.executable, "-c", SECOND_BATCH, str(out / "manifest.csv")], capture_output=True)
+    assert child.returncode == 0  # once the first has ended, the folder is free again
+
+
+SECOND_BATCH = """
+import sys
+from pathlib import Path
+from medtranslate.batch import run_cases
+from medtranslate.errors import OutputError
+try:
+    run_cases([], Path(sys.argv[1]), lambda c: [], lambda c, t: None, progress=False)
+except OutputError as exc:
+    print(exc)
+    sys.exit(3)
+"""
 
 
 def test_output_folder_checks(tmp_path):

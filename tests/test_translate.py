@@ -509,9 +509,17 @@ def test_outputs_of_another_checkpoint_keep_its_hash(tmp_path, checkpoints):
     assert first.returncode == 0, first.stderr
     made = {r["case"]: r["checkpoint_sha256"] for r in csv.DictReader((out / "manifest.csv").open())}
     again = translate_cli(str(checkpoints["intensity_map"]), str(inputs), str(out))
-    assert again.returncode == 0 and "0 done, 2 skipped" in again.stdout
-    assert "made with another checkpoint_sha256" in again.stderr and "--overwrite" in again.stderr
+    assert again.returncode == 1 and "0 done, 0 skipped, 0 failed, 2 refused" in again.stdout
+    assert "made with other settings (checkpoint_sha256" in again.stdout and "--overwrite" in again.stdout
     assert {r["case"]: r["checkpoint_sha256"] for r in csv.DictReader((out / "manifest.csv").open())} == made
+    # options that change the voxels are recorded, and a re-run with other ones is refused, naming them
+    tta = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(out), "--tta")
+    assert tta.returncode == 1 and "2 refused" in tta.stdout and "options plain, not tta" in tta.stdout
+    same = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(out))
+    assert same.returncode == 0 and "0 done, 2 skipped" in same.stdout
+    redo = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(out), "--tta", "--overwrite")
+    assert redo.returncode == 0 and "2 done" in redo.stdout
+    assert {r["options"] for r in csv.DictReader((out / "manifest.csv").open())} == {"tta"}
 
 
 def test_a_shard_leaves_the_temporary_files_of_a_running_shard_alone(tmp_path, checkpoints):
