@@ -79,7 +79,8 @@ def describe_volume(volume: Volume) -> dict[str, Any]:
     return {
         "format": volume.format,
         "shape": "x".join(str(s) for s in volume.shape),
-        "spacing": "x".join(f"{s:.3g}" for s in volume.spacing),
+        "spacing": "x".join(f"{s:.3g}" for s in volume.spacing) + " mm",
+        "file_unit": {"mm": "mm", "unknown": "unknown (read as mm)"}.get(volume.unit, f"{volume.unit} (converted)"),
         "orientation": volume.orientation,
         "dtype": str(volume.array.dtype),
         "range": f"[{float(volume.array.min()):.6g}, {float(volume.array.max()):.6g}]",
@@ -115,7 +116,7 @@ def describe_paths(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of the rows from :func:`describe_paths`; failed rows show their error."""
-    columns = ["case", "format", "shape", "spacing", "orientation", "dtype", "range", "looks_like"]
+    columns = ["case", "format", "shape", "spacing", "file_unit", "orientation", "dtype", "range", "looks_like"]
     ok = [r for r in rows if r["status"] == "ok"]
     lines = []
     if ok:

@@ -59,6 +59,7 @@ class Volume:
         source: where it was read from ("" when made in memory).
         format: nifti | nrrd | metaimage | dicom | memory.
         modality: DICOM modality when known (e.g. "CT", "MR").
+        unit: the spatial unit the file declares (NIfTI ``xyzt_units``: mm, meter, micron or unknown, read as mm).
     """
 
     array: np.ndarray
@@ -66,6 +67,7 @@ class Volume:
     source: str = ""
     format: str = "memory"
     modality: str | None = None
+    unit: str = "mm"  # the spatial unit the file declared (the affine is always in mm: metres and microns converted)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -162,7 +164,23 @@ def _read_nifti(path: Path) -> Volume:
             f"{path}: cannot read as NIfTI ({_reason(exc)}); the file is corrupt or truncated, re-export it"
         ) from exc
     array = _check_volume(np.asarray(array), path)
-    return Volume(array=array, affine=check_affine(img.affine, path), source=str(path), format="nifti")
+    affine, unit = _affine_in_mm(img, path)
+    return Volume(array=array, affine=check_affine(affine, path), source=str(path), format="nifti", unit=unit)
+
+
+# NIfTI's spatial units (xyzt_units) in mm; "unknown" (0) is read as mm, as nibabel, ITK and every viewer do
+_NIFTI_MM = {"mm": 1.0, "meter": 1000.0, "micron": 1e-3, "unknown": 1.0}
+
+
+def _affine_in_mm(img: nib.Nifti1Image, path: Path) -> tuple[np.ndarray, str]:
+    """The voxel-to-world affine in mm whatever spatial unit the header declares, and that unit."""
+    unit = str(img.header.get_xyzt_units()[0]) if hasattr(img.header, "get_xyzt_units") else "unknown"
+    scale = _NIFTI_MM.get(unit, 1.0)
+    affine = np.array(img.affine, dtype=np.float64)
+    if scale != 1.0:
+        affine[:3, :] *= scale  # voxel axes and origin alike
+        logger.info("%s: spatial unit %s in the header; spacing and origin converted to mm", path, unit)
+    return affine, unit
 
 
 def _reason(exc: BaseException) -> str:

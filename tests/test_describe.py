@@ -9,7 +9,7 @@ from medtranslate.describe import check_modality, describe_paths, format_table, 
 from medtranslate.errors import InputError
 from medtranslate.io import Volume, read_volume, write_nifti
 
-from .conftest import SAMPLE, ct_like
+from .conftest import SAMPLE, ct_like, oblique_affine
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_info_describes_the_good_files_of_a_folder_with_bad_ones(tmp_path):
     write_nifti(tmp_path / "nan_ct.nii.gz", nan, np.eye(4))
     rows = describe_paths([tmp_path])
     by_case = {r["case"]: r for r in rows}
-    assert by_case["good (ct)"]["status"] == "ok" and by_case["good (ct)"]["spacing"] == "0.8x0.8x2.5"
+    assert by_case["good (ct)"]["status"] == "ok" and by_case["good (ct)"]["spacing"] == "0.8x0.8x2.5 mm"
     assert by_case["good (ct)"]["looks_like"] == "CT"
     assert by_case["broken (ct)"]["status"] == "failed" and "broken_ct.nii.gz" in by_case["broken (ct)"]["error"]
     assert "NaN" in by_case["nan (ct)"]["error"]
@@ -61,9 +61,28 @@ def test_info_describes_the_good_files_of_a_folder_with_bad_ones(tmp_path):
         "format",
         "shape",
         "spacing",
+        "file_unit",
         "orientation",
         "dtype",
         "range",
         "looks_like",
     ]
     assert "good (ct)" in table and table.count("FAILED:") == 2
+
+
+@pytest.mark.parametrize("unit, scale", [("meter", 1e-3), ("micron", 1e3), ("mm", 1.0), ("unknown", 1.0)])
+def test_nifti_spatial_units_are_honoured_and_shown(tmp_path, unit, scale):
+    """A NIfTI whose header declares metres (xyzt_units) was read as mm: a head 0.2 mm wide. Now readers get mm."""
+    import nibabel as nib
+
+    from medtranslate.io import read_volume
+
+    affine = oblique_affine()
+    img = nib.Nifti1Image(ct_like(), np.diag([scale] * 3 + [1.0]) @ affine)
+    img.header.set_xyzt_units(unit if unit != "unknown" else 0)
+    nib.save(img, str(tmp_path / "pt_ct.nii.gz"))
+    volume = read_volume(tmp_path / "pt_ct.nii.gz")
+    assert np.allclose(volume.affine, affine, atol=1e-6) and volume.unit == unit
+    row = describe_paths([tmp_path / "pt_ct.nii.gz"])[0]
+    expected = {"meter": "meter (converted)", "micron": "micron (converted)", "unknown": "unknown (read as mm)"}
+    assert row["file_unit"] == expected.get(unit, "mm") and row["spacing"] == "0.9x1.3x2.5 mm"
