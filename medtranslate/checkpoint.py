@@ -6,14 +6,17 @@ float, bool, None), so it loads with ``torch.load(..., weights_only=True)``: loa
 converts numpy values and refuses anything else before writing, so a run cannot produce a file that its own loader
 refuses. Keys: ``format``, ``kind``, ``config``, ``spec`` (:class:`TranslatorSpec`), ``in_channels``, ``model``
 (``nets``, ``optimizers``, ...), ``schedule``, ``epoch``, ``batch_in_epoch``, ``step``, ``best_mae``, ``rng``,
-``history``, ``epoch_losses``, ``split``.
+``history``, ``epoch_losses``, ``split``, and ``state_sha256``: the checksum of all the others, checked at loading
+(with the archive's CRCs), so a file damaged or altered after it was written is refused, never translated with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import pickle
 import re
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +101,41 @@ def plain(value: Any, where: str = "checkpoint") -> Any:
     )
 
 
+def state_sha256(value: Any) -> str:
+    """SHA-256 of a checkpoint's contents (every key, value, tensor dtype, shape and byte) in a fixed order, without
+    its own ``state_sha256`` entry: stored at saving, checked at loading."""
+    h = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(v.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(v, dict):
+            keys = sorted((k for k in v if k != "state_sha256"), key=lambda k: (type(k).__name__, str(k)))
+            h.update(f"D{len(keys)}".encode())
+            for k in keys:
+                h.update(f"K{type(k).__name__}:{k}".encode())
+                feed(v[k])
+        elif isinstance(v, (list, tuple)):
+            h.update(f"{type(v).__name__[0]}{len(v)}".encode())
+            for item in v:
+                feed(item)
+        else:
+            h.update(f"V{type(v).__name__}:{v!r}".encode())
+
+    feed(value)
+    return h.hexdigest()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` (made :func:`plain`) atomically: a crash or a full disk never leaves a half-written file."""
+    """Write ``state`` (made :func:`plain`) atomically: a crash or a full disk never leaves a half-written file.
+
+    The file holds the SHA-256 of its contents (``state_sha256``), which :func:`load_checkpoint` checks.
+    """
     path = Path(path)
     state = plain(state)
+    state["state_sha256"] = state_sha256(state)
     with atomic_output(path) as tmp:
         try:
             torch.save(state, str(tmp))
@@ -119,6 +153,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    _check_archive(path)
     try:
         ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -145,6 +180,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: not a medtranslate checkpoint (format {CHECKPOINT_FORMAT} expected); train one with "
             "'medtranslate train'"
         )
+    stored = ckpt.get("state_sha256")
+    if stored is not None and stored != state_sha256(ckpt):
+        raise CheckpointError(
+            f"{path}: its contents do not match the checksum stored when it was written (sha256 of the state); the "
+            "file was changed or damaged since: use another copy, or train again"
+        )
     if ckpt.get("kind") not in KINDS:
         raise CheckpointError(
             f"{path}: unknown model kind {show(ckpt.get('kind'))}; expected one of: {', '.join(KINDS)}"
@@ -162,6 +203,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if spec.source_kind not in ("mr", "ct") or spec.source_kind != TASKS[spec.task].source_kind:
         raise CheckpointError(f"{path}: source kind {show(spec.source_kind)} does not fit task {spec.task}")
     return ckpt
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a checkpoint whose zip archive fails its own CRC-32 checks (torch.load does not verify them)."""
+    if not zipfile.is_zipfile(path):
+        return  # torch.load says what it is not
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (its archive is damaged: {type(exc).__name__}); use another copy"
+        ) from exc
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: damaged: {bad} in its archive fails its CRC check (the file changed after it was written); use "
+            "another copy, or train again"
+        )
 
 
 def build_inference_net(ckpt: dict[str, Any], device: torch.device, source: str = "checkpoint") -> nn.Module:

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, plain, save_checkpoint
+from medtranslate.checkpoint import (
+    TranslatorSpec,
+    build_inference_net,
+    load_checkpoint,
+    plain,
+    save_checkpoint,
+    state_sha256,
+)
 from medtranslate.config import load_config
 from medtranslate.errors import CheckpointError
 from medtranslate.train import Trainer
@@ -109,3 +116,43 @@ def test_weights_only_refusal_is_a_pickle_error_we_recognise(tmp_path):
     torch.save({"a": np.str_("x")}, str(path))
     with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
         torch.load(str(path), weights_only=True)
+
+
+def _member(path, data):
+    """Offset and size of the checkpoint's largest tensor record in the file (torch stores members uncompressed)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    off = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", data[off + 26 : off + 30])
+    return info, off + 30 + name_len + extra_len
+
+
+def test_a_damaged_or_altered_checkpoint_is_refused(tmp_path, checkpoints):
+    """Weights overwritten in place once loaded and translated 195 HU off: the archive's CRCs and the stored sha256
+    of the state are now checked."""
+    import zipfile
+
+    src = checkpoints["pix2pix"]
+    data = bytearray(src.read_bytes())
+    info, start = _member(src, data)
+    damaged = bytearray(data)
+    damaged[start + 100 : start + 164] = bytes(64)  # 16 weights zeroed, the archive's CRC left as it was
+    (tmp_path / "damaged.pt").write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=r"damaged: .* fails its CRC check"):
+        load_checkpoint(tmp_path / "damaged.pt")
+    # the same change with the CRCs made anew (a tool that rewrites the archive): the state's sha256 catches it
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(tmp_path / "altered.pt", "w", zipfile.ZIP_STORED) as new:
+        for member in old.infolist():
+            payload = bytearray(old.read(member))
+            if member.filename == info.filename:
+                payload[100:164] = bytes(64)
+            new.writestr(member.filename, bytes(payload))
+    with pytest.raises(CheckpointError, match="do not match the checksum stored when it was written"):
+        load_checkpoint(tmp_path / "altered.pt")
+    ckpt = load_checkpoint(src)  # the original loads, and its checksum covers what it holds
+    assert ckpt["state_sha256"] == state_sha256(ckpt)
+    ckpt["best_mae"] = float(ckpt["best_mae"] or 0) + 1.0
+    assert state_sha256(ckpt) != ckpt["state_sha256"]
