@@ -41,10 +41,10 @@ from .checkpoint import CHECKPOINT_FORMAT, TranslatorSpec, build_inference_net, 
 from .config import RunConfig, config_differences
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, InputError
-from .gan import TranslationModel, build_generator, build_model
+from .gan import TranslationModel, build_model
 from .metrics import ldct_metrics, synthrad_metrics
 from .noise import NoiseModel, measure_noise
-from .precision import PrecisionChoice, choose_precision, describe_machine, probe_network
+from .precision import PrecisionChoice, choose_precision, describe_machine
 from .schedule import Schedule
 from .cache import CachedCase
 from .slices import SliceDataset, cached_case, discover_pairs, load_pair, load_split
@@ -137,7 +137,7 @@ class Trainer:
 
         # precision: as configured, or for auto what this hardware runs fastest (the resumed run's own choice);
         # under torchrun rank 0 decides for all
-        choice = self._choose_precision(ckpt, in_channels) if self.rank == 0 else None
+        choice = self._choose_precision(ckpt) if self.rank == 0 else None
         self.precision = distributed.from_rank0(choice)
         self.amp_dtype = self.precision.amp_dtype
         model_cfg = replace(cfg, train=replace(t, precision=self.precision.precision))
@@ -533,20 +533,13 @@ class Trainer:
             "processes": self.world,
         }
 
-    def _choose_precision(self, ckpt: dict[str, Any] | None, in_channels: int) -> PrecisionChoice:
+    def _choose_precision(self, ckpt: dict[str, Any] | None) -> PrecisionChoice:
         t = self.cfg.train
         if self.cfg.model.kind not in ("pix2pix", "cyclegan"):
             return PrecisionChoice("fp32", "no network to speed up")
         if ckpt is not None and ckpt.get("precision") and t.precision == "auto":
             return PrecisionChoice(str(ckpt["precision"]), "as the run being resumed")
-        if t.precision != "auto":  # as set (fp16 off CUDA is refused by the model it is built for)
-            return choose_precision(t.precision, self.device)
-        with torch.random.fork_rng(devices=[]):  # the probe's network must not move the run's random streams
-            net = build_generator(self.cfg, in_channels)
-        size = self.cfg.data.patch_size
-        shape = (t.batch_size, in_channels, size, size)
-        probe = probe_network(net, shape, self.device, backward=True, channels_last=t.channels_last)
-        return choose_precision(t.precision, self.device, probe)
+        return choose_precision(t.precision, self.device)  # fp16 off CUDA is refused by the model it is built for
 
     def _save(self, name: str) -> Path | None:
         """Write a checkpoint (rank 0 only: the ranks hold the same weights)."""

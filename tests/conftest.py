@@ -117,7 +117,7 @@ TINY = {
     "train.steps_per_epoch": 3,
     "train.epochs": 2,
     "train.channels_last": False,
-    "train.precision": "fp32",  # tests compare runs: auto may measure bf16 and fp32 as a tie and choose either
+    "train.precision": "fp32",  # tests compare runs across machines: auto picks bf16 on some and fp32 on others
 }
 
 
