@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import OwnFolder
 from .cases import Case, find_cases
 from .checks import require_choice, require_int, require_number
 from .errors import InputError
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 CT_ROLES = ("ct", "ld", "nd", "sct", "denoised")
 BACKGROUND = {"ct": -1024.0, "mr": 0.0}
 MIN_BODY_DICE = 0.5  # below this, the two images after registration do not show the same body part
+MIN_BODY_COVERED = 0.25  # share of the moved body (in mm^3) inside the reference's field of view, below: another part
 OUTLIER_MADS = 3.0  # qc.html flags a case whose final similarity is this many median deviations worse
 
 
@@ -68,6 +70,7 @@ class PreprocessOptions:
     crop_margin_mm: float | None = None
     slabs: int = 1
     seed: int = 0
+    max_rotation_deg: float = 30.0  # a registration rotating further is refused (a head tilts by 10-15 degrees)
 
     def __post_init__(self) -> None:
         from .cases import ROLE_ALIASES
@@ -91,6 +94,7 @@ class PreprocessOptions:
             require_number("--crop-to-body", self.crop_margin_mm, minimum=0, maximum=500, error=InputError)
         require_int("--slabs", self.slabs, 1, 1000, error=InputError)
         require_int("--seed", self.seed, 0, 2**31, error=InputError)
+        require_number("--max-rotation", self.max_rotation_deg, minimum=0, maximum=180, error=InputError)
 
     @property
     def on_reference_grid(self) -> bool:
@@ -121,6 +125,9 @@ def _versions() -> dict[str, str]:
         "nibabel": nibabel.__version__,
         "python": platform.python_version(),
     }
+
+
+MIN_SLAB_SLICES = 7  # a slab is a volume of its own: at least the 7 slices of the SSIM window evaluate scores with
 
 
 def _slab_bounds(n_slices: int, slabs: int) -> list[tuple[int, int]]:
@@ -237,6 +244,26 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
                     f"case {case_id}: after registration the {role} and the {ref_role} bodies overlap by Dice "
                     f"{dice:.2f} (< {MIN_BODY_DICE}); they do not seem to show the same body part; check the images"
                 )
+            # Dice is measured on the reference's grid, which a small reference (a crop) passes trivially: also ask
+            # how much of the moved image's body lands in the reference's field of view at all
+            covered = float(moved_mask.sum() * np.prod(ref.spacing)) / max(
+                float(mov_mask.sum() * np.prod(moving.spacing)), 1e-9
+            )
+            step["body_in_reference_fov"] = round(covered, 4)
+            if covered < MIN_BODY_COVERED:
+                raise InputError(
+                    f"case {case_id}: after registration only {covered:.0%} of the {role}'s body lies in the "
+                    f"{ref_role}'s field of view (at least {MIN_BODY_COVERED:.0%} expected); the {ref_role} shows a much "
+                    "smaller part of the body: check the images, or register onto another --reference-role"
+                )
+            rotation = result.linear_parameters()["rotation_deg"]
+            if rotation > options.max_rotation_deg:
+                raise InputError(
+                    f"case {case_id}: registration rotated the {role} by {rotation:.1f} degrees onto the {ref_role} "
+                    f"(more than --max-rotation {options.max_rotation_deg:g}); a patient is rarely turned that far "
+                    "between scans: check the images (same subject? same orientation in the headers?), or pass "
+                    "--max-rotation if it is real"
+                )
             transforms[role] = result.transform
 
     # the grid every image ends on: the reference's (resampled to new voxel sizes when asked), or each its own
@@ -308,12 +335,23 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
     # write: one folder per output case (slabs give several), each complete or not at all
     from .atomic import atomic_output, atomic_write_text
 
+    if options.slabs > 1:
+        for role, v in vols.items():
+            n = v.shape[axial_axis(v.affine)]
+            if n < options.slabs * MIN_SLAB_SLICES:
+                raise InputError(
+                    f"case {case_id}: --slabs {options.slabs} would cut the {role}'s {n} axial slices into slabs of "
+                    f"{n // options.slabs}; each slab needs at least {MIN_SLAB_SLICES} (the 3D SSIM window of "
+                    f"evaluate): use --slabs {max(1, n // MIN_SLAB_SLICES)} or fewer"
+                )
     ids = output_ids(case_id, options)
+    if any(not i or Path(i).name != i or i in (".", "..") for i in ids):
+        raise InputError(f"case id {case_id!r} cannot name a case folder; rename the input so it has a case id")
     record["outputs"] = {}
     for k, out_id in enumerate(ids):
         final = out / out_id
         files: list[str] = []
-        with atomic_output(final, directory=True) as folder:
+        with atomic_output(final, directory=True, own=PREPROCESSED_CASE) as folder:
             for role, v in vols.items():
                 part, part_mask = v, masks.get(role)
                 if options.slabs > 1:
@@ -345,6 +383,12 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
             record["seconds"] = round(time.perf_counter() - t_case, 2)
             atomic_write_text(folder / "preprocess.json", json.dumps(record, indent=2, default=str) + "\n")
     return record
+
+
+# what a case folder written by preprocess holds: only such a folder is ever replaced (--overwrite)
+PREPROCESSED_CASE = OwnFolder(
+    "preprocess.json", ("*.nii.gz", "*.tfm", "qc.png", "preprocess.json"), "a case folder written by preprocess"
+)
 
 
 def _write_transform(path: Path, transform: Any) -> Path:

@@ -230,7 +230,11 @@ def register(
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter(tuple(float(v) for v in centre))
     rigid.SetTranslation(tuple(float(v) for v in _mask_centre(m_img, moving_mask) - centre))
-    before = similarity(f_img, m_img, sitk.Euler3DTransform())
+    try:
+        before = similarity(f_img, m_img, sitk.Euler3DTransform())
+    except RuntimeError:  # the images do not overlap where their headers place them: no shared information
+        logger.info("the images do not overlap as placed (origins far apart); registering from their bodies' centres")
+        before = 0.0
     stages = []
     tx, stage = _run_stage("rigid", f_img, m_img, rigid, seed)
     stages.append(stage)
@@ -251,7 +255,10 @@ def register(
         stages.append(stage)
         # points of the fixed image go through the B-spline first, then through the affine
         final = sitk.CompositeTransform([final, sitk.BSplineTransform(tx)])
-    after = similarity(f_img, m_img, final)
+    try:
+        after = similarity(f_img, m_img, final)
+    except RuntimeError:  # registration moved the image out of the reference's field of view
+        after = float("nan")
     return Registration(final, kind, before, after, stages)
 
 
@@ -319,6 +326,9 @@ def crop_to_mask(volumes: list[Volume], mask: np.ndarray, margin_mm: float) -> l
     return out
 
 
+N4_MIN_SIZE = 4  # voxels per axis the fitted field needs (a cubic B-spline: 4 control points)
+
+
 def n4(
     volume: Volume,
     mask: np.ndarray | None = None,
@@ -341,10 +351,17 @@ def n4(
     if not mask.any():
         raise InputError(f"{volume.source or 'MR'}: no head or body found to fit the bias field in; check the image")
     offset = max(0.0, -float(data.min())) + 1.0  # N4 works on the log of positive intensities
+    if min(data.shape) < N4_MIN_SIZE:
+        raise InputError(
+            f"{volume.source or 'MR'}: shape {data.shape} is too thin for N4 bias-field correction, whose B-spline field "
+            f"needs at least {N4_MIN_SIZE} voxels along every axis; leave out --n4 for this image"
+        )
     img = to_sitk(data + offset, volume.affine)
     mask_img = to_sitk(mask, volume.affine, np.uint8)
-    small = sitk.Shrink(img, [shrink] * 3)
-    small_mask = sitk.Shrink(mask_img, [shrink] * 3)
+    # shrink each axis at most down to N4_MIN_SIZE voxels (a thin slab keeps its slices)
+    factors = [int(max(1, min(shrink, n // N4_MIN_SIZE))) for n in img.GetSize()]
+    small = sitk.Shrink(img, factors)
+    small_mask = sitk.Shrink(mask_img, factors)
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
     corrector.Execute(small, small_mask)

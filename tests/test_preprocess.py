@@ -206,3 +206,82 @@ def test_registration_without_a_partner_in_the_api_is_an_input_error(tmp_path, c
     with pytest.raises(InputError, match="nothing to register"):
         preprocess_case("sub-1", only_ct, tmp_path, PreprocessOptions(register="rigid"))
     assert not any(tmp_path.iterdir())
+
+
+def test_more_slabs_than_the_volume_can_hold_are_refused(tmp_path):
+    """--slabs 1000 on 64 slices once wrote 936 empty and 64 one-slice volumes, all marked done."""
+    from medtranslate.cli import main
+
+    s = make_subject(310, shape=(24, 24, 16), spacing=(6.0, 6.0, 8.0))
+    write_nifti(tmp_path / "in" / "pt" / "ct.nii.gz", s.ct.array, s.ct.affine)
+    out = tmp_path / "out"
+    assert main(["preprocess", "--input", str(tmp_path / "in"), "--output", str(out), "--slabs", "1000"]) == 1
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert rows[0]["status"] == "failed"
+    assert "--slabs 1000 would cut the ct's 16 axial slices into slabs of 0; each slab needs at least 7" in rows[0][
+        "error"
+    ] and "use --slabs 2 or fewer" in rows[0]["error"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.csv", "qc.html"]
+    assert main(["preprocess", "--input", str(tmp_path / "in"), "--output", str(out), "--slabs", "2"]) == 0
+    assert [read_volume(out / f"pt-slab{k}" / "ct.nii.gz").shape[2] for k in (1, 2)] == [8, 8]
+
+
+def _head(tmp_path, name, z=None, moved_deg=0.0, shift_ct_mm=0.0):
+    """A phantom MR and its CT (optionally only axial slices z[0]:z[1], moved by ``shift_ct_mm`` along every axis, or
+    with the MR rotated by up to ``moved_deg`` about each axis)."""
+    s = make_subject(5, shape=(48, 48, 24), spacing=(4.0, 4.0, 6.0))
+    mr = misalign(s.mr, 1, moved_deg, 0.0)[0] if moved_deg else s.mr
+    write_nifti(tmp_path / name / "pt" / "mr.nii.gz", mr.array, mr.affine)
+    a, b = z or (0, 24)
+    affine = s.ct.affine.copy()
+    affine[:3, 3] = (s.ct.affine @ np.array([0, 0, a, 1]))[:3] + shift_ct_mm
+    write_nifti(tmp_path / name / "pt" / "ct.nii.gz", s.ct.array[:, :, a:b], affine)
+    return tmp_path / name
+
+
+def _preprocess(inp, out, *extra):
+    from medtranslate.cli import main
+
+    status = main(["preprocess", "--input", str(inp), "--output", str(out), "--register", "rigid", *extra])
+    return status, list(csv.DictReader((out / "manifest.csv").open()))[0]
+
+
+def test_a_registration_onto_a_sliver_of_the_body_or_beyond_plausible_rotation_is_refused(tmp_path):
+    """Onto a small reference (a crop of the CT) the body Dice passes trivially, as it is measured on the crop's grid;
+    a wild transform was recorded as done. What share of the body lands in the reference's view is now checked, and
+    the rotation is bounded (--max-rotation)."""
+    status, row = _preprocess(_head(tmp_path, "sliver", z=(11, 13)), tmp_path / "o1")
+    assert status == 1 and "only 12% of the mr's body lies in the ct's field of view (at least 25%" in row["error"]
+    assert not (tmp_path / "o1" / "pt").exists()
+    status, row = _preprocess(_head(tmp_path, "half", z=(4, 20)), tmp_path / "o2")
+    assert status == 0  # two thirds of the head: a real partial field of view is fine
+    record = json.loads((tmp_path / "o2" / "pt" / "preprocess.json").read_text())
+    step = next(s for s in record["steps"] if s["step"] == "register")
+    assert 0.7 < step["body_in_reference_fov"] < 0.95
+    tilted = _head(tmp_path, "tilted", moved_deg=6.0)
+    status, row = _preprocess(tilted, tmp_path / "o3", "--max-rotation", "1")
+    assert status == 1 and "registration rotated the mr by" in row["error"] and "--max-rotation 1" in row["error"]
+    status, row = _preprocess(tilted, tmp_path / "o4")
+    assert status == 0 and row["status"] == "done"
+
+
+def test_images_that_do_not_overlap_as_placed_register_from_their_centres(tmp_path):
+    """A CT whose origin is 2 m away once stopped preprocess with an 'unexpected RuntimeError' of ITK's metric."""
+    status, row = _preprocess(_head(tmp_path, "far", shift_ct_mm=2000.0), tmp_path / "out")
+    assert status == 0, row["error"]
+    ct = read_volume(tmp_path / "out" / "pt" / "ct.nii.gz")
+    mr = read_volume(tmp_path / "out" / "pt" / "mr.nii.gz")
+    assert np.allclose(ct.affine, mr.affine) and mr.array.max() > 0  # the MR found and moved onto the CT
+
+
+def test_n4_of_a_thin_volume_is_a_clear_error_and_a_thin_slab_is_corrected(tmp_path):
+    """A 2-slice MR with --n4 once gave ITK's 'Zero-valued spacing' as an unexpected RuntimeError."""
+    from medtranslate.cli import main
+
+    s = make_subject(5, shape=(32, 32, 16), spacing=(6.0, 6.0, 8.0))
+    for name, (a, b) in (("thin", (7, 9)), ("slab", (6, 10))):
+        write_nifti(tmp_path / name / "pt" / "mr.nii.gz", s.mr.array[:, :, a:b], s.mr.affine)
+    assert main(["preprocess", "--input", str(tmp_path / "thin"), "--output", str(tmp_path / "o1"), "--n4"]) == 1
+    error = list(csv.DictReader((tmp_path / "o1" / "manifest.csv").open()))[0]["error"]
+    assert "shape (32, 32, 2) is too thin for N4 bias-field correction" in error and "leave out --n4" in error
+    assert main(["preprocess", "--input", str(tmp_path / "slab"), "--output", str(tmp_path / "o2"), "--n4"]) == 0
