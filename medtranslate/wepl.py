@@ -35,6 +35,12 @@ ANGLES = (0.0, 45.0, 90.0, 135.0)  # four distinct beam lines (their opposites g
 MIN_WEPL_MM = 10.0  # rays that graze the skin (a few mm of tissue) would dominate relative errors
 
 
+MAX_CALIBRATION_BYTES = 1 << 20  # a curve has tens of points; /dev/zero or a scan given by mistake is refused at once
+# bounds of a plausible curve: HU of any scanner's range with room; relative stopping power or electron density of
+# the densest implant metals is about 4-8 (gold about 16 in electron density), so 20 leaves room and refuses 1e308
+MAX_HU, MAX_RATIO = 100_000.0, 20.0
+
+
 def read_calibration(path: str | Path, quantity: str = "RSP") -> tuple[np.ndarray, np.ndarray]:
     """The (HU, value) points of a calibration CSV (``#`` comments, one header line); errors name file and line.
 
@@ -42,6 +48,12 @@ def read_calibration(path: str | Path, quantity: str = "RSP") -> tuple[np.ndarra
     """
     path = Path(path)
     try:
+        if not path.is_file() or path.stat().st_size > MAX_CALIBRATION_BYTES:
+            what = "not a regular file" if not path.is_file() else f"{path.stat().st_size} bytes"
+            raise InputError(
+                f"{path}: {what}; a HU-to-{quantity} calibration is a small CSV file (lines HU,{quantity}): check "
+                f"--hu-to-{quantity.lower()}"
+            )
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(
@@ -61,9 +73,10 @@ def read_calibration(path: str | Path, quantity: str = "RSP") -> tuple[np.ndarra
             raise InputError(
                 f"{path}, line {n}: expected two numbers, HU and {quantity}, got {','.join(row)!r}"
             ) from None
-        if not (np.isfinite(hu) and np.isfinite(rsp)) or rsp < 0:
+        if not (abs(hu) <= MAX_HU and 0 <= rsp <= MAX_RATIO):
             raise InputError(
-                f"{path}, line {n}: HU and {quantity} must be finite and {quantity} not negative, got {hu:g}, {rsp:g}"
+                f"{path}, line {n}: expected HU within +-{MAX_HU:g} and {quantity} from 0 to {MAX_RATIO:g} (relative to "
+                f"water), got {hu:g}, {rsp:g}"
             )
         points.append((hu, rsp))
     if len(points) < 2:

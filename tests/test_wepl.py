@@ -54,12 +54,22 @@ def test_calibration_files_are_checked(tmp_path):
         ("0,1\n", "at least two"),
         ("0,1\n-10,0.9\n", "must increase"),
         ("-1000,0\n0,x\n", "line 2: expected two numbers"),
-        ("-1000,-1\n0,1\n", "not negative"),
+        ("-1000,-1\n0,1\n", r"RSP from 0 to 20 \(relative to water\), got -1000, -1"),
+        ("-1000,0\n0,1e308\n", r"line 2: .*got 0, 1e\+308"),  # once overflowed the WEPL sums to inf
+        ("-1000,0\n1e9,1\n", r"HU within \+-100000"),
+        ("-1000,0\n0,nan\n", "got 0, nan"),
     ):
         bad = tmp_path / "bad.csv"
         bad.write_text(text)
         with pytest.raises(InputError, match=match):
             read_calibration(bad)
+    # /dev/zero once ran out of memory; a folder or a scan given by mistake is refused before it is read
+    with pytest.raises(InputError, match=r"/dev/zero: not a regular file; a HU-to-RSP calibration is a small CSV"):
+        read_calibration("/dev/zero")
+    big = tmp_path / "scan.nii"
+    big.write_bytes(bytes(2 << 20))
+    with pytest.raises(InputError, match=r"scan.nii: 2097152 bytes; a HU-to-RED calibration"):
+        read_calibration(big, "RED")
 
 
 def test_evaluate_reports_the_range_difference_with_a_calibration(tmp_path):
