@@ -38,6 +38,11 @@ def prepare_output_folder(inp: Path, out: Path) -> None:
         raise OutputError(
             f"{out}: the output folder is the input folder; choose another --output so inputs are never touched"
         )
+    if src in out.resolve().parents and inp.is_dir():
+        raise OutputError(
+            f"{out}: the output folder is inside the input folder {inp}, so a later run on {inp} would take these "
+            "outputs for inputs; choose an --output outside it"
+        )
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file, not a folder; choose a folder for --output")
     probe = out / f".write-probe-{os.getpid()}"

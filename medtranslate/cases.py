@@ -121,11 +121,28 @@ def _usable_id(case_id: str, path: Path) -> str:
     return case_id
 
 
-def find_cases(folder: str | os.PathLike) -> list[Case]:
+# folders that hold software, never scans: a virtual environment or conda environment beside the scans (its packages'
+# test data would be taken for cases), a package cache, a node_modules tree
+_SOFTWARE_FOLDERS = {"site-packages", "dist-packages", "node_modules", "__pycache__"}
+
+
+def _environment(folder: Path) -> bool:
+    """True for a folder of software (see _SOFTWARE_FOLDERS, or one holding pyvenv.cfg or conda-meta), not of scans."""
+    if folder.name in _SOFTWARE_FOLDERS:
+        return True
+    try:
+        return (folder / "pyvenv.cfg").is_file() or (folder / "conda-meta").is_dir()
+    except OSError:
+        return False
+
+
+def find_cases(folder: str | os.PathLike, unique: bool = True) -> list[Case]:
     """List every image case below ``folder`` (or the single case a file is).
 
     Image files are recognised by suffix (NIfTI, NRRD, MetaImage); a folder holding DICOM files gives one case per
-    series (SeriesInstanceUID). Case ids and roles come from names, see :func:`case_id_from_name`.
+    series (SeriesInstanceUID). Case ids and roles come from names, see :func:`case_id_from_name`. Hidden folders and
+    folders of software (a virtual environment, site-packages, node_modules) are not searched. ``unique``: two images
+    with the same case id and role are an error (False: both are listed, e.g. to describe them).
 
     Raises:
         InputError: the path does not exist, holds no images, or two images claim the same id and role.
@@ -146,7 +163,7 @@ def find_cases(folder: str | os.PathLike) -> list[Case]:
             dirnames[:] = []
             continue
         visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _environment(Path(dirpath) / d))
         here = Path(dirpath)
         dicom_here = False
         for name in sorted(filenames):
@@ -175,7 +192,7 @@ def find_cases(folder: str | os.PathLike) -> list[Case]:
             "the folder"
         )
     seen: dict[tuple[str, str | None], Case] = {}
-    for case in cases:
+    for case in cases if unique else []:
         key = (case.case_id, case.role)
         if key in seen:
             raise InputError(

@@ -93,7 +93,7 @@ def describe_paths(paths: list[str | os.PathLike]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in paths:
         try:
-            cases = find_cases(path)
+            cases = find_cases(path, unique=False)  # info describes every file, whatever its name
         except MedTranslateError as exc:
             rows.append({"case": str(path), "status": "failed", "error": str(exc)})
             continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,8 +271,49 @@ CONTEXT_TAGS = {
 }
 
 
+# The value representation of every attribute the writer sets from text it does not control (a case id, a source
+# series' values, a description), and the most bytes each holds (DICOM PS3.5 6.2; PN: per component group).
+WRITTEN_VR = {
+    "0010|0010": "PN", "0010|0020": "LO", "0010|0030": "DA", "0010|0040": "CS", "0020|000d": "UI", "0008|0020": "DA",
+    "0008|0030": "TM", "0008|0090": "PN", "0020|0010": "SH", "0008|0050": "SH", "0008|1030": "LO", "0020|0052": "UI",
+    "0020|1040": "LO", "0018|5100": "CS", "0018|0015": "CS", "0018|0060": "DS", "0020|0011": "IS", "0008|103e": "LO",
+    "0020|4000": "LT",
+}  # fmt: skip
+VR_MAX_BYTES = {"PN": 64, "LO": 64, "SH": 16, "CS": 16, "DA": 8, "TM": 14, "UI": 64, "DS": 16, "IS": 12, "LT": 10240}
+_VR_PATTERN = {
+    "CS": r"[A-Z0-9_ ]*",
+    "DA": r"[0-9]{8}|",
+    "TM": r"[0-9]{2,6}(\.[0-9]{1,6})?|",
+    "UI": r"[0-9]+(\.[0-9]+)*|",
+    "DS": r" *[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)? *|",
+    "IS": r" *[-+]?[0-9]+ *|",
+}
+
+
+def fit_vr(key: str, value: object) -> str:
+    """``value`` as attribute ``key`` may hold it: one value (a backslash separates values, so a source's second
+    value is dropped and one in a name replaced), no control characters, at most its VR's length in UTF-8 bytes (cut
+    on a character boundary); a coded value (CS, DA, TM, UI, DS, IS) that does not fit its form becomes empty (type 2:
+    present, unknown) rather than invalid."""
+    vr = WRITTEN_VR.get(key)
+    if vr is None:
+        return str(value)
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else ""  # type: ignore[index]
+    text = str(value)
+    if vr == "LT":  # free text: any line breaks, but no other control characters
+        text = "".join(c for c in text if c in "\r\n\t\f" or ord(c) >= 32)
+    else:
+        text = "".join(c if ord(c) >= 32 else " " for c in text).replace("\\", "-" if vr != "PN" else " ").strip()
+    if vr in _VR_PATTERN and not re.fullmatch(_VR_PATTERN[vr], text):
+        return ""
+    data = text.encode("utf-8")[: VR_MAX_BYTES[vr]]
+    return data.decode("utf-8", "ignore").rstrip()
+
+
 def source_context(folder: str | os.PathLike, series_uid: str | None = None) -> dict[str, str]:
-    """The :data:`CONTEXT_TAGS` of a DICOM series (from its first file), plus its SeriesNumber, as strings."""
+    """The :data:`CONTEXT_TAGS` of a DICOM series (from its first file), plus its SeriesNumber, as strings that fit
+    their value representations (:func:`fit_vr`)."""
     import pydicom
 
     folder = Path(folder)
@@ -280,8 +322,8 @@ def source_context(folder: str | os.PathLike, series_uid: str | None = None) -> 
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
         if uid is not None and str(ds.get("SeriesInstanceUID", "")) != uid:
             continue
-        context = {key: str(ds.get(word, "") or "") for key, word in CONTEXT_TAGS.items()}
-        context["0020|0011"] = str(ds.get("SeriesNumber", "") or "")
+        context = {key: fit_vr(key, ds.get(word, "") or "") for key, word in CONTEXT_TAGS.items()}
+        context["0020|0011"] = fit_vr("0020|0011", ds.get("SeriesNumber", "") or "")
         return context
     raise InputError(f"{folder}: no DICOM file of series {uid}; check the folder")
 
@@ -345,8 +387,9 @@ def write_series(
         }
     )
     base.update({k: v for k, v in source.items() if k in CONTEXT_TAGS and (v or k not in ("0020|000d", "0020|0052"))})
+    base = {k: fit_vr(k, v) for k, v in base.items()}  # a case id of 200 characters, a name with a backslash, ...
     number = source.get("0020|0011", "")
-    series_number = str(int(number) + 1000) if number.strip().lstrip("-").isdigit() else "1"
+    series_number = fit_vr("0020|0011", int(number) + 1000) if number.strip().lstrip("-").isdigit() else "1"
     shared = {
         **base,
         "0008|0005": "ISO_IR 192",  # UTF-8: names, descriptions and comments may hold any script
@@ -362,7 +405,7 @@ def write_series(
         "0008|0070": "medtranslate",  # the equipment that made this series is the software
         "0008|1090": "medtranslate",
         "0018|1020": f"medtranslate {__version__}",
-        "0008|103e": series_description[:64],
+        "0008|103e": fit_vr("0008|103e", series_description),
         "0020|000e": series_uid,
         "0020|0011": series_number,
         "0020|0012": "1",
@@ -379,7 +422,7 @@ def write_series(
              "0018|0081": "", "0018|0091": ""}
         )  # fmt: skip
     if comments:
-        shared["0020|4000"] = comments[:10240]
+        shared["0020|4000"] = fit_vr("0020|4000", comments)
     direction = img.GetDirection()
     iop = "\\".join(
         f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])

@@ -304,6 +304,10 @@ def write_sample_data(
 
     require_int("--subjects", n_subjects, 1, 999, error=InputError)
     require_int("--seed", seed, 0, 2**31, error=InputError)
+    if (Path(out) / "split.json").exists() and not overwrite:  # checked first: it is written last
+        from .errors import OutputError
+
+        raise OutputError(f"{Path(out) / 'split.json'}: already exists; choose another --out or pass --overwrite")
     from .checks import require_number
 
     require_number("--misalign degrees", misalign_deg, minimum=0, maximum=45, error=InputError)

@@ -222,9 +222,9 @@ def _train_stage(cfg: RunConfig, run: Path, progress: bool) -> Path:
 def _translate_stage(ckpt: Path, pairs: dict[str, Any], test: list[str], out: Path, progress: bool) -> None:
     from .translate import translate_folder
 
-    for cid in test:
-        translate_folder(ckpt, pairs[cid].source.path, out, progress=False)
-    logger.info("translated %d test cases into %s", len(test), out)
+    rows = [row for cid in test for row in translate_folder(ckpt, pairs[cid].source.path, out, progress=False)]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed", "refused")}
+    logger.info("test cases into %s: %s", out, ", ".join(f"{n} {s}" for s, n in counts.items() if n))
 
 
 def _simulate(cfg: RunConfig, dose: float, folder: Path) -> RunConfig:

@@ -253,8 +253,8 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
             if covered < MIN_BODY_COVERED:
                 raise InputError(
                     f"case {case_id}: after registration only {covered:.0%} of the {role}'s body lies in the "
-                    f"{ref_role}'s field of view (at least {MIN_BODY_COVERED:.0%} expected); the {ref_role} shows a much "
-                    "smaller part of the body: check the images, or register onto another --reference-role"
+                    f"{ref_role}'s field of view (at least {MIN_BODY_COVERED:.0%} expected); the {ref_role} shows a "
+                    "much smaller part of the body: check the images, or register onto another --reference-role"
                 )
             rotation = result.linear_parameters()["rotation_deg"]
             if rotation > options.max_rotation_deg:

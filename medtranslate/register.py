@@ -353,8 +353,8 @@ def n4(
     offset = max(0.0, -float(data.min())) + 1.0  # N4 works on the log of positive intensities
     if min(data.shape) < N4_MIN_SIZE:
         raise InputError(
-            f"{volume.source or 'MR'}: shape {data.shape} is too thin for N4 bias-field correction, whose B-spline field "
-            f"needs at least {N4_MIN_SIZE} voxels along every axis; leave out --n4 for this image"
+            f"{volume.source or 'MR'}: shape {data.shape} is too thin for N4 bias-field correction, whose B-spline "
+            f"field needs at least {N4_MIN_SIZE} voxels along every axis; leave out --n4 for this image"
         )
     img = to_sitk(data + offset, volume.affine)
     mask_img = to_sitk(mask, volume.affine, np.uint8)

@@ -331,7 +331,13 @@ def translate_folder(
     net = build_inference_net(ckpt, dev, source=str(model))
     digest = sha256(model)
     members, member_specs = [], []
-    for other in ensemble or []:
+    digests = [digest, *(sha256(p) for p in ensemble or [])]
+    for other, other_digest in zip(ensemble or [], digests[1:]):
+        if digests.count(other_digest) > 1:
+            raise InputError(
+                f"{other}: the same model as another member of the ensemble (sha256 {other_digest[:16]}); an ensemble "
+                "needs different models (e.g. trained with other seeds): the same one twice adds no spread"
+            )
         other_ckpt = load_checkpoint(other)
         if _uncalibrated(other_ckpt["spec"]) != _uncalibrated(ckpt["spec"]):
             raise InputError(
@@ -391,7 +397,7 @@ def translate_folder(
             if case.series_uid:  # a DICOM series in: the output joins its patient, study and frame of reference
                 context = source_context(case.path, case.series_uid)
             else:
-                context = {"0008|1030": f"{what} of {case.case_id} from a non-DICOM file (no patient context)"[:64]}
+                context = {"0008|1030": f"{what} of {case.case_id} from a non-DICOM file (no patient context)"}
             write_dicom_series(
                 targets[-1],
                 Volume(hu, result.affine),
@@ -416,7 +422,7 @@ def translate_folder(
             "checkpoint_sha256": digest,
             "precision": chosen.precision,
             "options": _options_record(tta, uncertainty, samples),
-            "ensemble_sha256": ";".join(sha256(p) for p in ensemble) if ensemble else "",
+            "ensemble_sha256": ";".join(digests[1:]),
         },
         desc="translate",
     )

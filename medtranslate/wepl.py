@@ -75,8 +75,8 @@ def read_calibration(path: str | Path, quantity: str = "RSP") -> tuple[np.ndarra
             ) from None
         if not (abs(hu) <= MAX_HU and 0 <= rsp <= MAX_RATIO):
             raise InputError(
-                f"{path}, line {n}: expected HU within +-{MAX_HU:g} and {quantity} from 0 to {MAX_RATIO:g} (relative to "
-                f"water), got {hu:g}, {rsp:g}"
+                f"{path}, line {n}: expected HU within +-{MAX_HU:g} and {quantity} from 0 to {MAX_RATIO:g} "
+                f"(relative to water), got {hu:g}, {rsp:g}"
             )
         points.append((hu, rsp))
     if len(points) < 2:

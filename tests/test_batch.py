@@ -128,6 +128,9 @@ def test_output_folder_checks(tmp_path):
         prepare_output_folder(cases[0].path, tmp_path / "afile")
     with pytest.raises(OutputError, match="not writable"):
         prepare_output_folder(cases[0].path, tmp_path / "afile" / "sub")
+    with pytest.raises(OutputError, match="is inside the input folder .* would take these outputs for inputs"):
+        prepare_output_folder(tmp_path / "in", tmp_path / "in" / "sct")  # poisoned later runs on the input
+    assert not (tmp_path / "in" / "sct").exists()
     prepare_output_folder(cases[0].path, tmp_path / "new" / "out")
     assert (tmp_path / "new" / "out").is_dir() and list((tmp_path / "new" / "out").iterdir()) == []
 

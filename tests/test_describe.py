@@ -86,3 +86,22 @@ def test_nifti_spatial_units_are_honoured_and_shown(tmp_path, unit, scale):
     row = describe_paths([tmp_path / "pt_ct.nii.gz"])[0]
     expected = {"meter": "meter (converted)", "micron": "micron (converted)", "unknown": "unknown (read as mm)"}
     assert row["file_unit"] == expected.get(unit, "mm") and row["spacing"] == "0.9x1.3x2.5 mm"
+
+
+def test_info_on_a_real_world_folder_skips_environments_and_lists_duplicates(tmp_path, capsys):
+    """A folder holding a virtual environment beside the scans stopped on a duplicate case id in site-packages and
+    listed nothing."""
+    from medtranslate.cli import main
+
+    write_nifti(tmp_path / "scans" / "pt1_ct.nii.gz", ct_like(), np.eye(4))
+    write_nifti(tmp_path / "scans" / "old" / "pt1_ct.nii.gz", ct_like(seed=1), np.eye(4))  # the same id twice
+    venv = tmp_path / "venv"  # a virtual environment: its name says nothing, its pyvenv.cfg does
+    (venv).mkdir()
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    site = tmp_path / "env" / "lib" / "python3.11" / "site-packages" / "pkg" / "data"
+    for folder in (venv / "lib" / "data", site):
+        write_nifti(folder / "pt1_ct.nii.gz", ct_like(), np.eye(4))
+        (folder / "broken.nii.gz").write_bytes(b"not an image")
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("pt1 (ct)") == 2 and "FAILED" not in out and "site-packages" not in out

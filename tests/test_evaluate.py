@@ -150,7 +150,8 @@ def test_bad_cases_are_recorded_and_the_rest_scored(tmp_path):
     assert by_case["sub-05"]["mae"] < by_case["sub-04"]["mae"] + 40  # aligned; only the two missing slices add error
 
 
-def test_nothing_readable_exits_2(tmp_path):
+def test_nothing_readable_exits_1_with_each_case_recorded_and_bad_input_exits_2(tmp_path):
+    """Every case failing once exited 2 (which promises nothing was written) with report.html written."""
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "x_sct.nii.gz").write_bytes(b"not a nifti")
     result = run_cli(
@@ -163,7 +164,8 @@ def test_nothing_readable_exits_2(tmp_path):
         str(tmp_path / "e"),
         "--no-progress",
     )
-    assert result.returncode == 2
+    assert result.returncode == 1 and "FAILED" in result.stdout
+    assert json.loads((tmp_path / "e" / "summary.json").read_text())["n_failed"] == 1
     missing = run_cli("evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(SAMPLE), "--out", str(tmp_path / "e2"))
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
 

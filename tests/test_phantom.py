@@ -117,3 +117,13 @@ def test_misaligned_sample_data_moves_only_the_mr_and_says_by_how_much(tmp_path)
     assert mr.array.dtype == np.int16 and np.abs(mr.array.astype(float) - committed.array).mean() > 10
     bad = run_cli("sample-data", "--out", str(tmp_path / "x"), "--misalign", "90", "3")
     assert bad.returncode == 2 and "--misalign degrees" in bad.stderr
+
+
+def test_sample_data_never_replaces_a_split_file_without_overwrite(tmp_path):
+    """Into a folder holding only a user's split.json, sample-data once wrote its own over it."""
+    from medtranslate.cli import main
+
+    (tmp_path / "split.json").write_text('{"train": ["mine"]}')
+    assert main(["sample-data", "--out", str(tmp_path), "--subjects", "1"]) == 2
+    assert (tmp_path / "split.json").read_text() == '{"train": ["mine"]}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split.json"]

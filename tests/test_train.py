@@ -363,9 +363,13 @@ def test_every_case_is_checked_at_load_time_naming_the_file(tmp_path, tiny_data)
         Trainer(cfg, tmp_path / "run_mr_as_ct", progress=False)
 
 
-def test_batch_size_beyond_the_training_slices_is_refused(tmp_path, tiny_data):
-    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **{"train.batch_size": 500}))
-    with pytest.raises(ConfigError, match=r"train.batch_size 500 is more than the \d+ training slices"):
+@pytest.mark.parametrize("batch", [500, 100_000_000])
+def test_batch_size_beyond_the_training_slices_is_refused(tmp_path, tiny_data, batch):
+    """Refused before anything of that size is allocated (1e8 once tried to allocate 4.9 TB at start-up)."""
+    cfg = load_config(
+        write_config(tmp_path / "c.yaml", tiny_data, **{"train.batch_size": batch, "train.precision": "auto"})
+    )
+    with pytest.raises(ConfigError, match=rf"train.batch_size {batch} is more than the \d+ training slices"):
         Trainer(cfg, tmp_path / "run", progress=False)
 
 

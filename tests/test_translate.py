@@ -209,6 +209,8 @@ def test_an_ensemble_of_checkpoints_gives_their_spread(tmp_path, checkpoints, ti
         (("--ensemble", str(other)), "needs --uncertainty"),
         (("--uncertainty", "mc", "--ensemble", str(other)), "needs a network with dropout"),
         (("--uncertainty", "ensemble", "--ensemble", str(checkpoints["intensity_map"])), "translator spec differs"),
+        (("--uncertainty", "ensemble", "--ensemble", model), "the same model as another member"),  # once accepted
+        (("--uncertainty", "ensemble", "--ensemble", str(other), str(other)), "the same one twice adds no spread"),
     ):
         refused = translate_cli(model, mr, str(tmp_path / "x"), *bad)
         assert refused.returncode == 2 and match in refused.stderr, refused.stderr
@@ -560,3 +562,32 @@ def test_dicom_output_into_a_non_ascii_folder(tmp_path, checkpoints):
     rows = list(csv.DictReader((out / "manifest.csv").open(encoding="utf-8")))
     assert [r["status"] for r in rows] == ["done", "done"] and "Ørsted" in rows[0]["output"]
     assert read_volume(out / "p01_sct_dicom").shape == read_volume(out / "p01_sct.nii.gz").shape
+
+
+def test_every_written_attribute_fits_its_value_representation(tmp_path, ct_volume):
+    """Case ids over 64 characters overflowed PatientName and PatientID, a backslash made them multi-valued, a study
+    description was cut by characters not bytes, and a source's multi-valued or 200-character name was copied."""
+    import pydicom
+
+    from medtranslate.dicom import source_context
+
+    long_id = "pt\\" + "x" * 80
+    mine = write_dicom_series(
+        tmp_path / "nifti_case", ct_volume, patient_id=long_id, context={"0008|1030": "Zoe 山田 " * 12}
+    )
+    source = write_dicom_series(tmp_path / "src", ct_volume, context=MR_CONTEXT, derived=False)
+    for path in source:  # a source series as another program may write it (pydicom warns: it is invalid)
+        ds = pydicom.dcmread(path)
+        with pytest.warns(UserWarning, match="exceeds the maximum"):
+            ds.PatientName = ["Evil", "Name^X"]
+            ds.ReferringPhysicianName = "R" * 200
+            ds.AccessionNumber = "A" * 40
+        ds.save_as(path)
+    context = source_context(tmp_path / "src")
+    derived = write_dicom_series(tmp_path / "derived", ct_volume, context=context, patient_id=long_id)
+    for path in (mine[0], derived[0]):
+        assert dciodvfy_errors(path) == [], path
+    a, b = pydicom.dcmread(mine[0]), pydicom.dcmread(derived[0])
+    assert "\\" not in str(a.PatientID) and len(str(a.PatientID).encode()) <= 64 and a.PatientID.startswith("pt-xxx")
+    assert len(a.StudyDescription.encode("utf-8")) <= 64 and a.StudyDescription.startswith("Zoe 山田")
+    assert str(b.PatientName) == "Evil" and len(str(b.ReferringPhysicianName)) <= 64 and len(b.AccessionNumber) <= 16
