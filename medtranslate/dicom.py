@@ -240,12 +240,25 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None):
                 f"{folder}: decoded slice spacing {img.GetSpacing()[2]:.4g} mm differs from the positions' step "
                 f"{step:.4g} mm; re-export the series"
             )
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1 and len(slices) == 1:
+        img.SetSpacing((*img.GetSpacing()[:2], _slice_thickness(slices[0].path)))  # one slice: no positions' step
     volume = sitk_to_volume(img, folder, "dicom", modality=slices[0].modality)
     # GDCM widens integer data when it applies a rescale; keep int16 when the values fit, as other formats do.
     arr = volume.array
     if arr.dtype.kind in "iu" and arr.dtype.itemsize > 2 and arr.size and arr.min() >= -32768 and arr.max() <= 32767:
         volume.array = arr.astype(np.int16)
     return volume
+
+
+def _slice_thickness(path: Path) -> float:
+    """SliceThickness of a lone slice (its extent along the normal), 1 mm when the file has none."""
+    import pydicom
+
+    try:
+        value = float(pydicom.dcmread(str(path), stop_before_pixels=True).get("SliceThickness", 0) or 0)
+    except (ValueError, TypeError, OSError, pydicom.errors.InvalidDicomError):
+        value = 0.0
+    return value if np.isfinite(value) and value > 0 else 1.0
 
 
 # What a derived series keeps of the series it was made from (DICOM PS3.3 modules): the patient, the study, the frame

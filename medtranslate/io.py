@@ -131,15 +131,17 @@ def _check_volume(array: np.ndarray, path: Path) -> np.ndarray:
         )
     while array.ndim > 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    if array.ndim == 2:  # one slice: for a slice-wise tool, a volume of depth 1
+        array = array[:, :, None]
     if array.ndim == 4:
         raise InputError(
             f"{path}: 4D image of shape {array.shape} (a time series or several channels); "
             "medtranslate translates one 3D volume per file: split it into 3D volumes first"
         )
-    if array.ndim != 3 or min(array.shape) < 2:
+    if array.ndim != 3 or sorted(array.shape)[1] < 2:
         raise InputError(
-            f"{path}: image of shape {array.shape} is not a 3D volume; medtranslate needs a 3D scan "
-            "(for DICOM, pass the folder holding all slices of the series, not one slice)"
+            f"{path}: image of shape {array.shape} is not a slice or a volume (a line or a point); medtranslate needs "
+            "a 3D scan or one slice of it"
         )
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())

@@ -149,12 +149,19 @@ def metrics_figure(path: Path, rows: list[dict[str, Any]], metric_names: list[st
     for ax, name in zip(axes[0], names):
         cases = [r["case"] for r in done if name in r and np.isfinite(r[name])]
         values = [r[name] for r in done if name in r and np.isfinite(r[name])]
-        ax.bar(range(len(values)), values, color="#4c72b0")
-        if values:
-            ax.axhline(float(np.mean(values)), color="#c44e52", lw=1, label="mean")
-        ax.set_xticks(range(len(values)))
-        ax.set_xticklabels(cases, rotation=60, fontsize=7)
-        ax.set_title(name, fontsize=10)
+        if len(values) <= LABELLED_CASES:  # a bar per case, named
+            ax.bar(range(len(values)), values, color="#4c72b0")
+            if values:
+                ax.axhline(float(np.mean(values)), color="#c44e52", lw=1, label="mean")
+            ax.set_xticks(range(len(values)))
+            ax.set_xticklabels(cases, rotation=60, fontsize=7)
+            ax.set_title(name, fontsize=10)
+        else:  # a cohort: thousands of tick labels made this figure the slowest part of evaluate; its distribution
+            ax.hist(values, bins=min(50, max(10, len(values) // 20)), color="#4c72b0")
+            ax.axvline(float(np.mean(values)), color="#c44e52", lw=1, label="mean")
+            ax.set_xlabel(name, fontsize=9)
+            ax.set_ylabel("cases", fontsize=9)
+            ax.set_title(f"{name} ({len(values)} cases)", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     return path
@@ -209,6 +216,11 @@ def display_range(window: str | None) -> tuple[float, float]:
     return (level - width, level + width)
 
 
+LABELLED_CASES = 40  # up to this many cases the metrics figure has a named bar per case, beyond it a histogram
+EMBEDDED_CASES = 50  # up to this many cases report.html embeds every figure; beyond, it links to figures/ (2000 cases
+# embedded made a 75 MB page)
+
+
 def write_report(
     out: Path,
     rows: list[dict[str, Any]],
@@ -237,7 +249,18 @@ def write_report(
     )
     cols = ["case", *metric_names, "status", "error"]
     crow = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
-    figs = "".join(f"<h3>{html.escape(c)}</h3>{_img(p)}" for c, p in figures.items() if c != "_metrics")
+    case_figs = [(c, p) for c, p in figures.items() if c != "_metrics"]
+    if len(rows) <= EMBEDDED_CASES:  # the report opens from disk alone, every figure in it
+        figs = "".join(f"<h3>{html.escape(c)}</h3>{_img(p)}" for c, p in case_figs)
+    else:  # a cohort: one page of links, so the report's size and memory do not grow with the figures
+        links = "".join(
+            f'<li><a href="{html.escape(p.relative_to(out).as_posix())}">{html.escape(c)}</a></li>'
+            for c, p in case_figs
+        )
+        figs = (
+            f"<p>{len(rows)} cases: each case's figures are files in <code>figures/</code> beside this report "
+            f"(embedded up to {EMBEDDED_CASES} cases); keep the folder together.</p><ul>{links}</ul>"
+        )
     edition = f"SynthRAD {summary['edition']}" if summary.get("edition") else f"window {summary.get('window')}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>medtranslate evaluation</title>

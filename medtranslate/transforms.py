@@ -150,12 +150,12 @@ def body_mask(
     """
     from skimage.filters import threshold_otsu
 
-    data = np.asarray(array, dtype=np.float32)
+    data = np.asarray(array)  # compared in its own dtype: a float32 copy of a large volume is memory for nothing
     if threshold is None:
         if kind == "ct":
             threshold = -500.0
         elif kind == "mr":
-            threshold = 0.5 * float(threshold_otsu(data[::2, ::2, ::2]))
+            threshold = 0.5 * float(threshold_otsu(data[::2, ::2, ::2].astype(np.float32)))
         else:
             raise InputError(f"unknown image kind '{kind}' for a body mask; expected one of: ct, mr")
     mask = _largest_component(data > threshold)
@@ -176,6 +176,9 @@ def body_mask(
     return mask
 
 
+EDT_SLAB = 32  # slices per distance transform in outside_body
+
+
 def outside_body(
     array: np.ndarray,
     kind: str,
@@ -189,7 +192,19 @@ def outside_body(
     if not mask.any():
         return mask
     spacing = voxel_spacing(affine)
-    return ndimage.distance_transform_edt(~mask, sampling=spacing) > margin_mm
+    # in slabs along the last axis, each with the slices within margin_mm on both sides: every mask voxel within
+    # margin_mm of a voxel of the slab lies in them, so the answer is exact, and the transform's memory (float64
+    # distances and int32 feature indices, about 20 bytes a voxel) is a slab's, not the volume's
+    overlap = int(np.ceil(margin_mm / spacing[2])) + 1
+    out = np.empty(mask.shape, dtype=bool)
+    for z0 in range(0, mask.shape[2], EDT_SLAB):
+        z1 = min(z0 + EDT_SLAB, mask.shape[2])
+        a, b = max(z0 - overlap, 0), min(z1 + overlap, mask.shape[2])
+        far = ndimage.distance_transform_edt(~mask[:, :, a:b], sampling=spacing) > margin_mm
+        if not mask[:, :, a:b].any():
+            far[:] = True  # no body within reach of this slab (the transform of an all-True image is all zero)
+        out[:, :, z0:z1] = far[:, :, z0 - a : z0 - a + (z1 - z0)]
+    return out
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

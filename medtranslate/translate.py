@@ -27,7 +27,7 @@ from .errors import CheckpointError, InputError
 from .io import Volume, sha256
 from .precision import PrecisionChoice, choose_precision, describe_machine
 from .tasks import get_task
-from .transforms import CT_RANGE, IntensityParams, Preprocessor, body_mask, intensity_for, outside_body
+from .transforms import CT_RANGE, IntensityParams, Preprocessor, axial_axis, body_mask, intensity_for, outside_body
 
 __all__ = ["translate_volume", "translate_with_uncertainty", "translate_folder"]
 
@@ -75,7 +75,9 @@ def translate_volume(
     views = TTA_VIEWS[:2] if tta else TTA_VIEWS[:1]
     pred = sum(_predict(net, image, spec, device, batch_size, amp_dtype, view) for view in views) / len(views)
     _check_finite(pred, volume)
-    out = _calibrated(pre.invert(pred, data["image"], IntensityParams.from_dict(spec.target_intensity), volume), spec)
+    reference = _released(data["image"])
+    del image, data  # the network's input is not needed any more: the inversion's copies take its place in memory
+    out = _calibrated(pre.invert(pred, reference, IntensityParams.from_dict(spec.target_intensity), volume), spec)
     if outside is not None:
         out.array[outside] = CT_RANGE[0]
     return out
@@ -178,12 +180,28 @@ def _preprocess(
     :func:`_outside`). An MR's body mask serves both its intensity scaling and the air mask: computed once."""
     name = volume.source or "input volume"
     task = get_task(spec.task)
+    thin = [axis for axis, n in enumerate(volume.shape) if n == 1]
+    if thin and thin != [axial_axis(volume.affine)]:
+        raise InputError(
+            f"{name}: one {'sagittal or coronal'} slice (shape {volume.shape}); the model translates axial slices: "
+            "give it an axial slice or the volume"
+        )
     check_modality(volume, spec.source_kind, name, f"this model translates {task.source_role} images ({spec.task})")
     body = body_mask(volume.array, "mr", volume.affine) if spec.source_kind == "mr" else None
     intensity = intensity_for(spec.source_kind, volume.array, volume.affine, source=name, mask=body)
     pre = Preprocessor(spacing=spec.spacing, divisible=(spec.divisor, spec.divisor, 1))
     data = pre(volume, intensity, keep_mask=False)  # no crop to the body: no mask needed
     return pre, data, data["image"].as_tensor().float(), _outside(volume, spec, body)
+
+
+def _released(image: Any) -> Any:
+    """A stand-in for the preprocessed image that :meth:`Preprocessor.invert` reads only the shape, metadata and
+    applied operations of: a zero-stride view of one value, so the image's memory can go before the inversion."""
+    from monai.data import MetaTensor
+
+    stand_in = MetaTensor(torch.zeros(1, dtype=image.dtype).expand(image.shape), meta=dict(image.meta))
+    stand_in.applied_operations = list(image.applied_operations)
+    return stand_in
 
 
 def _calibrated(out: Volume, spec: TranslatorSpec) -> Volume:

@@ -293,3 +293,28 @@ def test_torchrun_ranks_split_the_cases_and_rank_0_writes_what_one_process_write
     assert summaries[1]["metrics"] == summaries[0]["metrics"] and summaries[1]["n_failed"] == 1
     page = (tmp_path / "two" / "report.html").read_text()
     assert len(re.findall(r'src="data:image/png;base64,', page)) == 3  # both ranks' case figures + the metric plot
+
+
+def test_a_cohort_report_links_its_case_figures_and_summarises_in_histograms(tmp_path, monkeypatch):
+    """2000 cases made a 75 MB report (every figure embedded) and a metrics figure with 2000 tick labels, whose
+    drawing grew faster than the cohort. Beyond report.EMBEDDED_CASES the report links to the figure files, beyond
+    LABELLED_CASES the metrics figure is a histogram (both limits lowered here, so four cases are a cohort)."""
+    import re
+
+    from medtranslate import report
+
+    cases = ["sub-01", "sub-02", "sub-03", "sub-04"]
+    fake_predictions(tmp_path / "pred", cases)
+    ref = refs(tmp_path, cases)
+    small = evaluate_folder(tmp_path / "pred", ref, tmp_path / "small", progress=False)
+    embedded = (tmp_path / "small" / "report.html").read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,', embedded)) == len(cases) + 1  # cases and metrics
+    monkeypatch.setattr(report, "EMBEDDED_CASES", 2)
+    monkeypatch.setattr(report, "LABELLED_CASES", 2)
+    big = evaluate_folder(tmp_path / "pred", ref, tmp_path / "big", progress=False)
+    page = (tmp_path / "big" / "report.html").read_text()
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 1  # the metrics figure alone
+    links = re.findall(r'<a href="(figures/[^"]+\.png)">', page)
+    assert len(links) == len(cases) and all((tmp_path / "big" / link).is_file() for link in links)
+    assert len(page) < len(embedded) / 3
+    assert big.summary["metrics"]["mae"]["mean"] == pytest.approx(small.summary["metrics"]["mae"]["mean"])

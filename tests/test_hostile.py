@@ -44,7 +44,7 @@ def make_hostile(folder: Path) -> list[str]:
     plain = write_nifti(folder.parent / "_tmp.nii", values, aff)
     (folder / "h04_short.nii").write_bytes(plain.read_bytes()[:-300])
     plain.unlink()
-    nib.save(nib.Nifti1Image(np.zeros((10, 12), np.int16), np.eye(4)), str(folder / "h05_flat.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((10, 1, 1), np.int16), np.eye(4)), str(folder / "h05_line.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((6, 7, 8, 3), np.int16), np.eye(4)), str(folder / "h06_time.nii.gz"))
     nan = values.astype(np.float32)
     nan[3, 4, 5] = np.nan

@@ -192,7 +192,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "text.nii.gz").write_bytes(b"this is not an image at all")
     data = good.read_bytes()
     (tmp_path / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
-    nib.save(nib.Nifti1Image(np.zeros((10, 12), np.int16), np.eye(4)), str(tmp_path / "flat.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((10, 1, 1), np.int16), np.eye(4)), str(tmp_path / "line.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((6, 7, 8, 3), np.int16), np.eye(4)), str(tmp_path / "timeseries.nii.gz"))
     nan = ct_like().astype(np.float32)
     nan[3, 4, 5] = np.nan
@@ -218,7 +218,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "empty_folder": (tmp_path / "empty", "no DICOM series"),
         "not_an_image": (tmp_path / "text.nii.gz", "cannot read as NIfTI"),
         "truncated": (tmp_path / "truncated.nii.gz", "corrupt or truncated"),
-        "2d": (tmp_path / "flat.nii.gz", "not a 3D volume"),
+        "line": (tmp_path / "line.nii.gz", "not a slice or a volume"),
         "4d": (tmp_path / "timeseries.nii.gz", "4D image"),
         "nan": (tmp_path / "nan.nii.gz", "NaN"),
         "mixed_series": (mixed, "2 series"),

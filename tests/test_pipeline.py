@@ -239,13 +239,24 @@ def test_overwrite_never_removes_what_the_pipeline_did_not_write(tmp_path, tiny_
     assert (mine / "eval" / "notes.txt").read_text() == "my notes" and (mine / "config.yaml").read_text().startswith(
         "scanner"
     )
-    # a run folder that holds the run's own data: --overwrite would delete the inputs, so it is refused
+    # a run folder that holds the run's own data in data/: the earlier run did not make data/ (no simulate_dose), so
+    # --overwrite discards the run's results and keeps it
     out = tmp_path / "run"
     shutil.copytree(tiny_data, out / "data")
     spec["data"]["root"] = str(out / "data")
     path.write_text(yaml.safe_dump(spec))
     cfg, section = load_pipeline(path)
     (out / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "pipeline": {"baseline": "intensity_map"}}))
-    with pytest.raises(ConfigError, match=r"data: holds .*data, an input of this run"):
+    (out / "eval").mkdir()
+    (out / "eval" / "summary.json").write_text("{}")
+    run_pipeline(path, out, progress=False, overwrite=True)
+    assert sorted(p.name for p in (out / "data").iterdir()) == sorted(p.name for p in tiny_data.iterdir())
+    assert json.loads((out / "eval" / "summary.json").read_text())["n_done"] > 0  # the run's own results, made anew
+    # one whose earlier run simulated data/ but whose data.root is inside it: refused, naming it
+    (out / "config.yaml").write_text(
+        yaml.safe_dump({**cfg.to_dict(), "pipeline": {"baseline": "intensity_map", "simulate_dose": 0.25}})
+    )
+    with pytest.raises(ConfigError, match=r"its data/ holds .*data, an input of that run or this one") as err:
         run_pipeline(path, out, progress=False, overwrite=True)
+    assert "pass --overwrite" not in str(err.value)
     assert sorted(p.name for p in (out / "data").iterdir()) == sorted(p.name for p in tiny_data.iterdir())

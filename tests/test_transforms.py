@@ -144,3 +144,19 @@ def test_check_same_grid_names_what_differs(ct_volume):
     shifted.affine[0, 3] += 1.0
     with pytest.raises(GeometryMismatchError, match="origin differs"):
         check_same_grid(shifted, ct_volume)
+
+
+@pytest.mark.parametrize("spacing_z", [0.7, 2.5, 6.0])
+def test_outside_body_in_slabs_is_the_whole_volume_distance_transform(spacing_z):
+    """The air beyond 5 mm of the body is found slab by slab (so the transform's memory is a slab's): it must be
+    exactly what one distance transform of the whole volume gives, across slab borders and slabs without body."""
+    from scipy import ndimage
+
+    from medtranslate.transforms import EDT_SLAB, outside_body, voxel_spacing
+
+    mask = np.zeros((30, 34, 3 * EDT_SLAB + 5), bool)
+    mask[8:22, 10:25, EDT_SLAB - 3 : EDT_SLAB + 9] = True  # across a slab border
+    mask[3:6, 4:7, 3 * EDT_SLAB + 2] = True  # a speck in the last, short slab
+    affine = np.diag([0.9, 1.1, spacing_z, 1.0])
+    whole = ndimage.distance_transform_edt(~mask, sampling=voxel_spacing(affine)) > 5.0
+    assert np.array_equal(outside_body(np.zeros(mask.shape), "ct", affine, mask=mask), whole)

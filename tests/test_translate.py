@@ -591,3 +591,32 @@ def test_every_written_attribute_fits_its_value_representation(tmp_path, ct_volu
     assert "\\" not in str(a.PatientID) and len(str(a.PatientID).encode()) <= 64 and a.PatientID.startswith("pt-xxx")
     assert len(a.StudyDescription.encode("utf-8")) <= 64 and a.StudyDescription.startswith("Zoe 山田")
     assert str(b.PatientName) == "Evil" and len(str(b.ReferringPhysicianName)) <= 64 and len(b.AccessionNumber) <= 16
+
+
+def test_one_slice_is_a_volume_of_depth_one_in_info_convert_and_translate(tmp_path, checkpoints, tiny_data, capsys):
+    """A single-slice NIfTI or DICOM series was refused as 'not a 3D volume'; for a slice-wise tool it is a volume of
+    depth 1. A single sagittal slice is refused, naming why."""
+    import nibabel as nib
+
+    from medtranslate.cli import main
+
+    mr = read_volume(tiny_data / "s0" / "mr.nii.gz")
+    one = mr.array[:, :, 8]
+    nib.save(nib.Nifti1Image(one, mr.affine), str(tmp_path / "flat.nii.gz"))  # a 2D file
+    write_nifti(tmp_path / "in" / "pt_mr.nii.gz", one[:, :, None], mr.affine)
+    dicom = write_dicom_series(tmp_path / "in" / "dcm" / "mr", Volume(one[:, :, None], mr.affine), modality="MR")[0]
+    assert main(["info", str(tmp_path / "flat.nii.gz")]) == 0
+    assert "48x48x1" in capsys.readouterr().out
+    assert main(["convert", str(tmp_path / "in" / "dcm" / "mr"), str(tmp_path / "conv.nii.gz")]) == 0
+    assert np.array_equal(read_volume(tmp_path / "conv.nii.gz").array, one[:, :, None])
+    run = translate_cli(checkpoints["pix2pix"], tmp_path / "in", tmp_path / "out", "--precision", "fp32")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for name, source in (("pt_sct.nii.gz", tmp_path / "in" / "pt_mr.nii.gz"), ("dcm_sct.nii.gz", dicom.parent)):
+        out, given = read_volume(tmp_path / "out" / name), read_volume(source)
+        assert out.shape == (48, 48, 1) and np.allclose(out.affine, given.affine, atol=1e-3)
+    # a lone DICOM slice keeps its thickness (the normal's direction is the slice's own: one slice does not say)
+    assert np.allclose(read_volume(dicom.parent).spacing, mr.spacing, atol=1e-3)
+    sagittal = mr.array[20:21]
+    write_nifti(tmp_path / "sag" / "pt_mr.nii.gz", sagittal, mr.affine)
+    run = translate_cli(checkpoints["pix2pix"], tmp_path / "sag", tmp_path / "out2")
+    assert run.returncode == 1 and "sagittal or coronal slice" in run.stdout
