@@ -341,8 +341,9 @@ def write_nifti(
         dtype = np.dtype(dtype)
         if np.issubdtype(dtype, np.integer) and not np.issubdtype(data.dtype, np.integer):
             info = np.iinfo(dtype)
-            data = np.clip(np.rint(data), info.min, info.max)
-        data = data.astype(dtype)
+            data = np.rint(data)  # one temporary, clipped in place: a large volume is not copied twice more
+            np.clip(data, info.min, info.max, out=data)
+        data = data.astype(dtype, copy=False)
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)

@@ -286,7 +286,10 @@ def run_pipeline(
     cfg, section = load_pipeline(path, overrides)
     out = Path(out)
     protected = [Path(path).resolve(), *_inputs_of(cfg.to_dict())]
-    _claim_run_dir(out, {**cfg.to_dict(), "pipeline": dict(section)}, overwrite, protected)
+    record = {**cfg.to_dict(), "pipeline": dict(section)}
+    if record["train"].get("precision_used") is None:  # what train computed in: train's own config.yaml says it
+        record["train"].pop("precision_used", None)
+    _claim_run_dir(out, record, overwrite, protected)
 
     # prepare: optionally simulate low-dose pairs from the CTs and/or preprocess the cases, pair cases and fix the
     # split (all kept in RUN_DIR)

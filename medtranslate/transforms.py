@@ -74,6 +74,22 @@ class IntensityParams:
         """[-1, 1] -> source units."""
         return (y + 1.0) * ((self.hi - self.lo) / 2.0) + self.lo
 
+    def forward_in_place(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`forward` of a float array, written into it (the same operations in the same order: the same values),
+        so that scaling a large volume needs no temporary copies."""
+        np.clip(x, self.lo, self.hi, out=x)
+        x -= self.lo
+        x *= 2.0 / (self.hi - self.lo)
+        x -= 1.0
+        return x
+
+    def inverse_in_place(self, y: np.ndarray) -> np.ndarray:
+        """:meth:`inverse` of a float array, written into it."""
+        y += 1.0
+        y *= (self.hi - self.lo) / 2.0
+        y += self.lo
+        return y
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -176,7 +192,7 @@ def body_mask(
     return mask
 
 
-EDT_SLAB = 32  # slices per distance transform in outside_body
+EDT_SLAB = 16  # slices per distance transform in outside_body
 
 
 def outside_body(
@@ -284,7 +300,7 @@ class Preprocessor:
             {"image": MetaTensor (1, X, Y, Z) in [-1, 1], "mask": MetaTensor (1, X, Y, Z) in {0, 1}}, RAS.
         """
         affine = torch.as_tensor(volume.affine, dtype=torch.float64)
-        image = intensity.forward(np.asarray(volume.array, dtype=np.float32))
+        image = intensity.forward_in_place(np.array(volume.array, dtype=np.float32))  # one copy, scaled in place
         data = {"image": MetaTensor(torch.as_tensor(image, dtype=torch.float32)[None], affine=affine.clone())}
         if keep_mask or self.crop_to_body:
             if mask is None:
@@ -320,16 +336,17 @@ class Preprocessor:
         meta.applied_operations = [dict(op) for op in reference.applied_operations]
         with torch.no_grad():
             restored = self.chain.inverse({"image": meta})["image"]
-        array = np.asarray(restored.detach().cpu().numpy()[0], dtype=np.float32)
+        array = np.array(restored.detach().cpu().numpy()[0], dtype=np.float32)  # our own copy, scaled in place below
         if array.shape != original.shape:
             raise GeometryMismatchError(
                 f"{original.source}: inverted shape {array.shape} differs from the input's {original.shape}"
             )
         if not np.allclose(np.asarray(restored.affine, dtype=np.float64), original.affine, atol=1e-3):
             raise GeometryMismatchError(f"{original.source}: inverted affine differs from the input's")
-        values = intensity.inverse(array)
+        del restored, meta
+        values = intensity.inverse_in_place(array)
         return Volume(
-            array=np.asarray(values, dtype=np.float32),
+            array=values,
             affine=original.affine.copy(),
             source=original.source,
             format="memory",

@@ -409,7 +409,7 @@ def translate_folder(
                 member_specs,
             )
             write_nifti(targets[1], std.array, std.affine, np.float32, overwrite=True)
-        hu = np.clip(result.array, -1024, 3071)
+        hu = np.clip(result.array, -1024, 3071, out=result.array)  # in place: the result is this case's own
         if fmt == "dicom":
             what = "Synthetic CT" if task.name == "mr2ct" else "Denoised CT"
             if case.series_uid:  # a DICOM series in: the output joins its patient, study and frame of reference

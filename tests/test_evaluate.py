@@ -165,7 +165,8 @@ def test_nothing_readable_exits_1_with_each_case_recorded_and_bad_input_exits_2(
         "--no-progress",
     )
     assert result.returncode == 1 and "FAILED" in result.stdout
-    assert json.loads((tmp_path / "e" / "summary.json").read_text())["n_failed"] == 1
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert summary["n_done"] == 0 and summary["n_failed"] == 2  # the unreadable prediction, the unmatched reference
     missing = run_cli("evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(SAMPLE), "--out", str(tmp_path / "e2"))
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
 

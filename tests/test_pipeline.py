@@ -252,6 +252,8 @@ def test_overwrite_never_removes_what_the_pipeline_did_not_write(tmp_path, tiny_
     run_pipeline(path, out, progress=False, overwrite=True)
     assert sorted(p.name for p in (out / "data").iterdir()) == sorted(p.name for p in tiny_data.iterdir())
     assert json.loads((out / "eval" / "summary.json").read_text())["n_done"] > 0  # the run's own results, made anew
+    assert "precision_used" not in yaml.safe_load((out / "config.yaml").read_text())["train"]  # was recorded as null
+    assert yaml.safe_load((out / "train" / "config.yaml").read_text())["train"]["precision_used"] == "fp32"
     # one whose earlier run simulated data/ but whose data.root is inside it: refused, naming it
     (out / "config.yaml").write_text(
         yaml.safe_dump({**cfg.to_dict(), "pipeline": {"baseline": "intensity_map", "simulate_dose": 0.25}})
