@@ -190,3 +190,42 @@ def test_a_dicom_series_replaces_only_a_series_it_wrote(tmp_path):
     with pytest.raises(OutputError, match="holds report.pdf"):
         write_dicom_series(folder, vol, overwrite=True)
     assert (folder / "report.pdf").is_file() and len(list(folder.glob("slice_*.dcm"))) == 3
+
+
+def _users_folder(folder: Path) -> dict[str, str]:
+    """A folder a user gives as the output: notes, a scan of their own and a sub-folder. Returns its snapshot."""
+    (folder / "sub").mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    write_nifti(folder / "sub" / "scan.nii.gz", ct_like(shape=(8, 8, 4)), oblique_affine())
+    return tree(folder)
+
+
+def test_every_folder_command_with_overwrite_keeps_what_it_did_not_write(tmp_path, checkpoints, tiny_data):
+    """info, convert, translate, evaluate, simulate-lowdose (preprocess, export and run above): given a user's folder
+    as the output, with --overwrite, each adds its outputs and leaves every file it did not write as it was."""
+    inputs = tmp_path / "in"
+    shutil.copytree(tiny_data / "s0", inputs / "s0")
+    before_inputs = tree(inputs)
+    assert main(["info", str(inputs)]) == 0
+    out = tmp_path / "translate"
+    mine = _users_folder(out)
+    args = ["translate", "--model", str(checkpoints["intensity_map"]), "--input", str(inputs), "--no-progress"]
+    assert main([*args, "--output", str(out), "--overwrite"]) == 0
+    assert main([*args, "--output", str(out), "--overwrite"]) == 0  # its own outputs replaced, the rest kept
+    assert {k: v for k, v in tree(out).items() if k in mine} == mine and (out / "s0_sct.nii.gz").is_file()
+    ev = tmp_path / "evaluate"
+    mine = _users_folder(ev)
+    pred, ref = out / "s0_sct.nii.gz", inputs / "s0" / "ct.nii.gz"
+    evaluate = ["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(ev), "--no-progress"]
+    assert main(evaluate) == 0 and main(evaluate) == 0
+    assert {k: v for k, v in tree(ev).items() if k in mine} == mine and (ev / "report.html").is_file()
+    low = tmp_path / "lowdose"
+    mine = _users_folder(low)
+    simulate = ["simulate-lowdose", "--dose", "0.5", "--input", str(inputs / "s0" / "ct.nii.gz"), "--output", str(low)]
+    assert main([*simulate, "--no-progress", "--overwrite"]) == 0
+    assert {k: v for k, v in tree(low).items() if k in mine} == mine and len(list(low.glob("*_ld.nii.gz"))) == 1
+    conv = tmp_path / "convert"
+    mine = _users_folder(conv)
+    assert main(["convert", str(inputs / "s0" / "mr.nii.gz"), str(conv), "--overwrite"]) == 2  # a folder: refused
+    assert tree(conv) == mine
+    assert tree(inputs) == before_inputs
