@@ -119,6 +119,11 @@ class OwnFolder:
     what: str
 
 
+def _matches(rel: str, pattern: str) -> bool:
+    """``fnmatch`` at the same depth: "*.nii.gz" matches "ct.nii.gz" but not "mine/ct.nii.gz"."""
+    return rel.count("/") == pattern.count("/") and fnmatch.fnmatchcase(rel, pattern)
+
+
 def check_own_folder(path: Path, own: OwnFolder | None) -> None:
     """Raise unless the existing folder ``path`` is one that ``own`` describes (its marker, nothing else inside).
 
@@ -136,7 +141,7 @@ def check_own_folder(path: Path, own: OwnFolder | None) -> None:
         )
     for entry in sorted(path.rglob("*")):
         rel = entry.relative_to(path).as_posix()
-        if entry.is_symlink() or (entry.is_file() and not any(fnmatch.fnmatchcase(rel, p) for p in own.files)):
+        if entry.is_symlink() or (entry.is_file() and not any(_matches(rel, p) for p in own.files)):
             raise OutputError(
                 f"{path}: holds {rel}, which this command did not write, so the folder is not replaced; move it away "
                 "or choose another output"

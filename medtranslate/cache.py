@@ -98,7 +98,7 @@ class CachedCase:
         """
         try:
             return torch.from_numpy(np.array(self.array(name)[np.asarray(zs)], dtype=np.float32))
-        except (OSError, ValueError, IndexError) as exc:
+        except (OSError, ValueError, IndexError, EOFError) as exc:
             raise InputError(
                 f"{self.folder / (name + '.npy')}: this slice cache entry of case '{self.case_id}' was damaged while "
                 f"training ran ({type(exc).__name__}: {str(exc)[:120]}); run again (with --resume): a damaged entry "
@@ -165,7 +165,7 @@ def open_cached(folder: Path) -> CachedCase:
     for name in ARRAYS:
         try:
             array = np.load(folder / f"{name}.npy", mmap_mode="r")  # reads the header; a short file fails to map
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
             raise CacheError(f"{name}.npy: {getattr(exc, 'strerror', None) or exc}") from exc
         if array.shape != shape:
             raise CacheError(f"{name}.npy holds {array.shape}, meta.json says {shape}")

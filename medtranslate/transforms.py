@@ -251,6 +251,13 @@ def check_same_grid(
         )
 
 
+def _handed_over(data: dict[str, Any]) -> dict[str, Any]:
+    """A new dict with ``data``'s items; ``data`` is emptied, so the caller keeps no reference to them."""
+    items = dict(data)
+    data.clear()
+    return items
+
+
 class Preprocessor:
     """The MONAI spatial chain used for training and inference, and its exact inverse.
 
@@ -300,13 +307,17 @@ class Preprocessor:
             {"image": MetaTensor (1, X, Y, Z) in [-1, 1], "mask": MetaTensor (1, X, Y, Z) in {0, 1}}, RAS.
         """
         affine = torch.as_tensor(volume.affine, dtype=torch.float64)
-        image = intensity.forward_in_place(np.array(volume.array, dtype=np.float32))  # one copy, scaled in place
-        data = {"image": MetaTensor(torch.as_tensor(image, dtype=torch.float32)[None], affine=affine.clone())}
+        data = {}
         if keep_mask or self.crop_to_body:
             if mask is None:
                 mask = body_mask(volume.array, intensity.kind, volume.affine)
             data["mask"] = MetaTensor(torch.as_tensor(mask, dtype=torch.float32)[None], affine=affine.clone())
-        out = self.chain(data)
+        image = intensity.forward_in_place(np.array(volume.array, dtype=np.float32))  # one copy, scaled in place
+        data["image"] = MetaTensor(torch.from_numpy(image)[None], affine=affine.clone())
+        del image
+        # the chain gets the only reference to the scaled copy, so each transform's input is freed once it has made
+        # its output (orienting and padding a large volume otherwise held three copies at once)
+        out = self.chain(_handed_over(data))
         if "mask" in out:
             out["mask"] = out["mask"].clamp_min(0)  # DivisiblePadd pads the mask with BACKGROUND too; keep it binary
         if not keep_mask:

@@ -73,7 +73,10 @@ def translate_volume(
     batch_size = _batch_size(batch_size, device)
     pre, data, image, outside = _preprocess(volume, spec)
     views = TTA_VIEWS[:2] if tta else TTA_VIEWS[:1]
-    pred = sum(_predict(net, image, spec, device, batch_size, amp_dtype, view) for view in views) / len(views)
+    pred = _predict(net, image, spec, device, batch_size, amp_dtype, views[0])
+    for view in views[1:]:  # in place: sum() and a division made two more volume-sized copies
+        pred += _predict(net, image, spec, device, batch_size, amp_dtype, view)
+    pred /= len(views)
     _check_finite(pred, volume)
     reference = _released(data["image"])
     del image, data  # the network's input is not needed any more: the inversion's copies take its place in memory

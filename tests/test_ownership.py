@@ -96,6 +96,11 @@ def test_a_folder_is_replaced_only_when_it_is_the_commands_own(tmp_path):
             pass
     assert {k: v for k, v in tree(out).items() if k in before} == before
     (out / "pt0" / "notes.txt").unlink()
+    write_nifti(out / "pt0" / "mine" / "scan.nii.gz", ct_like(shape=(4, 4, 2)), oblique_affine())  # deeper: not its
+    with pytest.raises(OutputError, match=r"pt0: holds mine/scan.nii.gz, which this command did not write"):
+        with atomic_output(out / "pt0", directory=True, own=PREPROCESSED_CASE):
+            pass
+    shutil.rmtree(out / "pt0" / "mine")
     with atomic_output(out / "pt0", directory=True, own=PREPROCESSED_CASE) as tmp:  # its own: replaced
         (tmp / "preprocess.json").write_text("{}\n")
     assert sorted(p.name for p in (out / "pt0").iterdir()) == ["preprocess.json"]
