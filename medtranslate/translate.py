@@ -186,7 +186,7 @@ def _preprocess(
     thin = [axis for axis, n in enumerate(volume.shape) if n == 1]
     if thin and thin != [axial_axis(volume.affine)]:
         raise InputError(
-            f"{name}: one {'sagittal or coronal'} slice (shape {volume.shape}); the model translates axial slices: "
+            f"{name}: one sagittal or coronal slice (shape {volume.shape}); the model translates axial slices: "
             "give it an axial slice or the volume"
         )
     check_modality(volume, spec.source_kind, name, f"this model translates {task.source_role} images ({spec.task})")
