@@ -107,10 +107,13 @@ def mr_intensity(
     array: np.ndarray, mask: np.ndarray | None = None, percentiles: tuple[float, float] = MR_PERCENTILES
 ) -> IntensityParams:
     """MR: robust percentiles (inside ``mask`` when given) mapped to [-1, 1]."""
-    values = np.asarray(array, dtype=np.float32)
-    if mask is not None and mask.any():
-        values = values[mask]
-    lo, hi = np.percentile(values, percentiles)
+    # the voxels chosen first, then converted: the same float32 values as converting the volume, without its copy
+    array = np.asarray(array)
+    chosen = array[mask] if mask is not None and mask.any() else array
+    values = chosen.astype(np.float32, copy=False)
+    del chosen
+    # a copy of our own may be reordered by the percentile's partition, which then makes no copy of its own
+    lo, hi = np.percentile(values, percentiles, overwrite_input=not np.may_share_memory(values, array))
     if hi <= lo:
         hi = lo + 1.0  # callers that must refuse a flat image check before (intensity_for)
     return IntensityParams("mr", float(lo), float(hi))
@@ -227,7 +230,10 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(mask)
     if n <= 1:
         return mask
-    sizes = np.bincount(labels.ravel())
+    # counted in slabs: bincount converts its input to int64, a copy twice the size of the (int32) labels
+    sizes = np.zeros(n + 1, dtype=np.int64)
+    for z0 in range(0, labels.shape[-1], EDT_SLAB):
+        sizes += np.bincount(labels[..., z0 : z0 + EDT_SLAB].ravel(), minlength=n + 1)
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
 
@@ -347,7 +353,9 @@ class Preprocessor:
         meta.applied_operations = [dict(op) for op in reference.applied_operations]
         with torch.no_grad():
             restored = self.chain.inverse({"image": meta})["image"]
-        array = np.array(restored.detach().cpu().numpy()[0], dtype=np.float32)  # our own copy, scaled in place below
+        array = restored.detach().cpu().numpy()[0].astype(np.float32, copy=False)
+        if np.may_share_memory(array, pred.numpy()):  # scaled in place below: never in the caller's prediction
+            array = array.copy()
         if array.shape != original.shape:
             raise GeometryMismatchError(
                 f"{original.source}: inverted shape {array.shape} differs from the input's {original.shape}"

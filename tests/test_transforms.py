@@ -52,6 +52,19 @@ def test_mr_intensity_uses_robust_percentiles_inside_mask():
         IntensityParams("mr", 5.0, 5.0)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+@pytest.mark.parametrize("masked", [False, True])
+def test_mr_intensity_leaves_the_image_as_it_was_and_equals_the_float32_percentiles(dtype, masked):
+    """The percentiles are taken on a copy they may reorder (no second copy); never on the caller's image."""
+    mr = np.random.default_rng(1).integers(0, 900, (16, 16, 12)).astype(dtype)
+    mask = (np.arange(mr.size).reshape(mr.shape) % 3 > 0) if masked else None
+    kept = mr.copy()
+    p = mr_intensity(mr, mask)
+    assert np.array_equal(mr, kept)
+    values = mr.astype(np.float32)[mask] if masked else mr.astype(np.float32)
+    assert (p.lo, p.hi) == tuple(float(v) for v in np.percentile(values, (0.5, 99.5)))
+
+
 def test_body_mask_ct_and_mr_cover_the_head(small_subject):
     s = small_subject
     head = s.labels != LABELS["air"]
