@@ -223,12 +223,13 @@ class Trainer:
                     # epochs fit, and the loop ends with the plan: the decay ends inside the budget and no epoch is
                     # started that is expected to end past it (under torchrun, rank 0's plan holds for all)
                     now = time.perf_counter()
+                    ran_under = self.schedule.epochs  # the total the progress bar showed for this epoch
                     self.schedule.plan(now - mark, now - start, self.epoch)
                     if self.world > 1:
                         self.schedule.restore(distributed.from_rank0(self.schedule.to_dict()))
                     mark = now
                     if self.rank == 0:
-                        self._end_epoch(losses, val, now - epoch_start)
+                        self._end_epoch(losses, val, now - epoch_start, ran_under)
                     # a request that came after the epoch's last step: all ranks stop, or none
                     self._stop_requested = distributed.mean_and_any({}, self._stop_requested)[1]
                     self._stop_if_requested()
@@ -372,7 +373,11 @@ class Trainer:
             self._stop_if_requested()
         return {k: float(np.mean(v)) for k, v in self.epoch_losses.items()}
 
-    def _end_epoch(self, losses: dict[str, float], val: dict[str, float], seconds: float) -> None:
+    def _end_epoch(
+        self, losses: dict[str, float], val: dict[str, float], seconds: float, total: int | None = None
+    ) -> None:
+        """History, TensorBoard, checkpoints and the epoch's log line, which names the total the epoch ran under (as
+        its progress bar did; a re-plan after it is logged on its own)."""
         # the generators' rate as used in this epoch (the plan may have changed since it was set)
         lr = self.cfg.train.lr if self.model is None else self.model.optimizers["G"].param_groups[0]["lr"]
         row = {"epoch": self.epoch, "step": self.step, "seconds": round(seconds, 2), "lr": lr, **losses, **val}
@@ -391,7 +396,7 @@ class Trainer:
         logger.info(
             "epoch %d/%s: %s",
             self.epoch,
-            self.schedule.epochs or "?",
+            total or "?",
             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
 
@@ -504,7 +509,7 @@ class Trainer:
         val = self.validate() if self.val_pairs else {}
         self.epoch = self.schedule.epochs = 1
         self.best_mae = val.get("val_mae", math.inf)
-        self._end_epoch({}, val, 0.0)
+        self._end_epoch({}, val, 0.0, self.schedule.epochs)
         self._save("best.pt")
         self._close_writer()
         return val

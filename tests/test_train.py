@@ -8,6 +8,7 @@ import sys
 import time
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -216,6 +217,25 @@ def test_time_budget_starts_no_epoch_that_would_overrun_it(tmp_path, tiny_data):
     write_config(budget, tiny_data, **{"train.epochs": 3, "train.max_minutes": 60.0})
     Trainer(load_config(budget), tmp_path / "long", progress=False).fit()
     assert load_checkpoint(tmp_path / "long" / "checkpoints" / "last.pt")["epoch"] == 3
+
+
+def test_each_epoch_line_names_the_total_its_progress_bar_showed(tmp_path, tiny_data, caplog):
+    # under a budget the plan is made (and may change) after an epoch; the epoch's log line must not show the new
+    # total while its progress bar showed the old one
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 3, "train.max_minutes": 1e-6}))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    shown = []
+    fit_epoch = trainer._train_epoch
+
+    def watched():  # the total the bar's "epoch e/N" is made from, as the epoch starts
+        shown.append(trainer.schedule.epochs or "?")
+        return fit_epoch()
+
+    trainer._train_epoch = watched
+    with caplog.at_level(logging.INFO, logger="medtranslate.train"):
+        trainer.fit()
+    logged = [m.split(":")[0] for m in caplog.messages if m.startswith("epoch ")]
+    assert shown == ["?"] and logged == ["epoch 1/?"]  # the plan (1 epoch in 60 us) came after the epoch
 
 
 def test_the_structure_weight_follows_the_learning_rate_decay(tmp_path, tiny_data):
