@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .atomic import OwnFolder, atomic_output
-from .errors import InputError
+from .errors import InputError, native_messages
 
 __all__ = ["DICOM_SUFFIXES", "is_dicom_file", "series_ids", "read_series", "write_series", "new_uid"]
 
@@ -52,10 +52,14 @@ def is_dicom_file(path: Path) -> bool:
 
 def series_ids(folder: Path) -> list[str]:
     """SeriesInstanceUIDs of the DICOM files directly in ``folder`` (GDCM's view)."""
-    try:
-        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    except RuntimeError:
-        return []
+    with native_messages() as said:  # GDCM's complaints about files that are not DICOM: the caller explains
+        try:
+            found = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        except RuntimeError:
+            found = []
+    for line in said:
+        logger.debug("%s: %s", folder, line)
+    return found
 
 
 @dataclass
@@ -223,13 +227,18 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(s.path) for s in slices])
     reader.LoadPrivateTagsOff()
-    try:
-        img = reader.Execute()  # GDCM applies RescaleSlope/Intercept: CT comes out in HU
-    except RuntimeError as exc:
+    with native_messages() as said:
+        try:
+            img = reader.Execute()  # GDCM applies RescaleSlope/Intercept: CT comes out in HU
+        except RuntimeError as exc:
+            img, error = None, exc
+    if img is None:
+        reason = "; ".join([str(error).strip().splitlines()[-1][:160], *said[:2]])
         raise InputError(
-            f"{folder}: cannot decode the pixels of series {series_uid} ({str(exc).strip().splitlines()[-1][:160]}); "
-            "a file may be corrupt"
-        ) from exc
+            f"{folder}: cannot decode the pixels of series {series_uid} ({reason}); a file may be corrupt"
+        ) from error
+    for line in said:
+        logger.warning("%s: %s", folder, line)
     if step is not None and img.GetDimension() == 3:
         if img.GetSize()[2] != len(slices):
             raise InputError(

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
 __all__ = [
     "MedTranslateError",
     "InputError",
@@ -9,6 +15,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "OutputError",
+    "native_messages",
 ]
 
 
@@ -34,3 +41,32 @@ class CheckpointError(MedTranslateError):
 
 class OutputError(MedTranslateError):
     """An output location cannot be written safely."""
+
+
+_NATIVE_LIMIT = 4096  # bytes of a C library's messages kept for one call
+
+
+@contextlib.contextmanager
+def native_messages() -> Iterator[list[str]]:
+    """What C libraries (ITK, GDCM, MetaIO) print on the process's stderr while the block runs, caught instead of
+    reaching the terminal with no file named: the list yielded holds the lines once the block has ended, for the
+    caller to log or quote with the file's name. Where stderr cannot be redirected, the block runs as it is."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield lines
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                text = sink.read(_NATIVE_LIMIT).decode("utf-8", errors="replace")
+                lines.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)

@@ -25,7 +25,7 @@ from .atomic import atomic_output
 from .cases import NIFTI_SUFFIXES, SITK_SUFFIXES, Case
 from .dicom import DICOM_SUFFIXES, is_dicom_file, read_series
 from .dicom import write_series as write_dicom_series
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, native_messages
 
 __all__ = [
     "Volume",
@@ -239,13 +239,19 @@ def affine_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 def _read_sitk_file(path: Path) -> Volume:
     suffix = path.suffix.lower()
     fmt = "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage" if suffix in (".mha", ".mhd") else "dicom"
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    with native_messages() as said:
+        try:
+            img = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            img, error = None, exc
+    if img is None:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        reason = "; ".join([" ".join(first.split())[:200], *said[:2]])
         raise InputError(
-            f"{path}: cannot read as {fmt} image ({' '.join(first.split())[:200]}); the file is corrupt or not an image"
-        ) from exc
+            f"{path}: cannot read as {fmt} image ({reason}); the file is corrupt or not an image"
+        ) from error
+    for line in said:
+        logger.warning("%s: %s", path, line)
     return sitk_to_volume(img, path, fmt)
 
 

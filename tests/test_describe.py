@@ -105,3 +105,18 @@ def test_info_on_a_real_world_folder_skips_environments_and_lists_duplicates(tmp
     assert main(["info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count("pt1 (ct)") == 2 and "FAILED" not in out and "site-packages" not in out
+
+
+def test_info_quotes_a_c_librarys_messages_with_the_file_they_are_about(tmp_path):
+    """MetaIO (inside ITK) printed "MetaImage: Read: Cannot open data file" on the terminal, naming no file."""
+    from .conftest import run_cli
+
+    write_nifti(tmp_path / "good_ct.nii.gz", ct_like(), np.eye(4))
+    header = "ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\nElementDataFile = gone.raw\n"
+    (tmp_path / "lost_ct.mha").write_text(header)
+    result = run_cli("info", str(tmp_path))
+    assert result.returncode == 1, result.stderr  # one file of two failed
+    lines = (result.stdout + result.stderr).splitlines()
+    quoted = [line for line in lines if "Cannot open data file" in line]
+    assert len(quoted) == 1 and "lost_ct.mha" in quoted[0], lines
+    assert "good (ct)" in result.stdout
