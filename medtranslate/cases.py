@@ -25,6 +25,7 @@ __all__ = [
     "case_id_from_name",
     "find_cases",
     "pair_cases",
+    "usable_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def case_id_from_name(name: str, parent: str) -> tuple[str, str | None]:
     return stem, None
 
 
-def _usable_id(case_id: str, path: Path) -> str:
+def usable_id(case_id: str, path: Path) -> str:
     """A case id that can name output files and folders (never empty, ".", ".." or holding a separator)."""
     if not case_id or case_id in (".", "..") or "/" in case_id or "\\" in case_id:
         raise InputError(f"{path}: no case id can be taken from its name; rename it (e.g. pt01_mr.nii.gz)")
@@ -153,7 +154,7 @@ def find_cases(folder: str | os.PathLike, unique: bool = True) -> list[Case]:
     if root.is_file():
         # names from the absolute path: "mr.nii.gz" given inside its case folder is that folder's case, not case ""
         cid, role = case_id_from_name(root.name, Path(os.path.abspath(root)).parent.name)
-        return [Case(_usable_id(cid, root), root, role)]
+        return [Case(usable_id(cid, root), root, role)]
     cases: list[Case] = []
     visited: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -173,14 +174,14 @@ def find_cases(folder: str | os.PathLike, unique: bool = True) -> list[Case]:
             low = name.lower()
             if low.endswith(NIFTI_SUFFIXES + SITK_SUFFIXES):
                 cid, role = case_id_from_name(name, Path(os.path.abspath(here)).name)  # "." names its folder
-                cases.append(Case(_usable_id(cid, path), path, role))
+                cases.append(Case(usable_id(cid, path), path, role))
             elif low.endswith(DICOM_SUFFIXES) or (not Path(low).suffix and is_dicom_file(path)):
                 dicom_here = True
         if dicom_here:
             series = series_ids(here)
             named = Path(os.path.abspath(here))  # "." names the folder it stands for
             cid, role = case_id_from_name(named.name, named.parent.name if here != root else named.name)
-            cid = _usable_id(cid, here)
+            cid = usable_id(cid, here)
             for n, uid in enumerate(series):
                 sid = cid if len(series) == 1 else f"{cid}_s{n + 1}"
                 cases.append(Case(sid, here, role, series_uid=uid))

@@ -85,5 +85,3 @@ def choose_precision(requested: str, device: torch.device, flags: set[str] | Non
         return PrecisionChoice("fp32", "auto: the CPU has no bf16 instructions (bf16 would be emulated, slower)")
     # measured 1.4-1.85x faster than fp32 for whole training steps on such a CPU (benchmarks/bench_train.py)
     return PrecisionChoice("bf16", "auto: the CPU has AVX512-BF16 instructions")
-
-

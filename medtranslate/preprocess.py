@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import OwnFolder
-from .cases import Case, find_cases
+from .cases import Case, find_cases, usable_id
 from .checks import require_choice, require_int, require_number
 from .errors import InputError
 from .io import Volume, read_case, sha256, write_nifti
@@ -344,9 +344,8 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
                     f"{n // options.slabs}; each slab needs at least {MIN_SLAB_SLICES} (the 3D SSIM window of "
                     f"evaluate): use --slabs {max(1, n // MIN_SLAB_SLICES)} or fewer"
                 )
-    ids = output_ids(case_id, options)
-    if any(not i or Path(i).name != i or i in (".", "..") for i in ids):
-        raise InputError(f"case id {case_id!r} cannot name a case folder; rename the input so it has a case id")
+    first = next(iter(images.values())).path
+    ids = [usable_id(i, first) for i in output_ids(case_id, options)]
     record["outputs"] = {}
     for k, out_id in enumerate(ids):
         final = out / out_id

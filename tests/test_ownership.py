@@ -15,11 +15,12 @@ import yaml
 
 from medtranslate.atomic import atomic_output
 from medtranslate.cli import main
-from medtranslate.errors import ConfigError, OutputError
+from medtranslate.cases import Case
+from medtranslate.errors import ConfigError, InputError, OutputError
 from medtranslate.io import write_dicom_series, write_nifti
 from medtranslate.phantom import make_subject
 from medtranslate.pipeline import _claim_run_dir
-from medtranslate.preprocess import PREPROCESSED_CASE
+from medtranslate.preprocess import PREPROCESSED_CASE, PreprocessOptions, preprocess_case
 
 from .conftest import SAMPLE, ct_like, oblique_affine
 
@@ -63,6 +64,17 @@ def test_preprocess_from_inside_a_case_folder_keeps_every_case(cases, monkeypatc
         k: v for k, v in before.items() if k.startswith("pt1")
     }
     assert "pt0/preprocess.json" in after and "manifest.csv" in after
+
+
+@pytest.mark.parametrize("case_id", ["", ".", "..", "a/b"])
+def test_preprocess_case_refuses_a_case_id_that_names_no_folder_of_its_own(cases, case_id):
+    """Called from Python (no folder scan made the id), an id like "" would name the output folder itself."""
+    root, out = cases
+    before = tree(out)
+    images = {role: Case(case_id, root / "pt0" / f"{role}.nii.gz", role) for role in ("mr", "ct")}
+    with pytest.raises(InputError, match=r"pt0/(mr|ct).nii.gz: no case id can be taken from its name; rename it"):
+        preprocess_case(case_id, images, out, PreprocessOptions())
+    assert tree(out) == before
 
 
 def test_a_folder_is_replaced_only_when_it_is_the_commands_own(tmp_path):

@@ -218,9 +218,11 @@ def test_more_slabs_than_the_volume_can_hold_are_refused(tmp_path):
     assert main(["preprocess", "--input", str(tmp_path / "in"), "--output", str(out), "--slabs", "1000"]) == 1
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     assert rows[0]["status"] == "failed"
-    assert "--slabs 1000 would cut the ct's 16 axial slices into slabs of 0; each slab needs at least 7" in rows[0][
-        "error"
-    ] and "use --slabs 2 or fewer" in rows[0]["error"]
+    assert (
+        "--slabs 1000 would cut the ct's 16 axial slices into slabs of 0; each slab needs at least 7"
+        in rows[0]["error"]
+        and "use --slabs 2 or fewer" in rows[0]["error"]
+    )
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["manifest.csv", "qc.html"]
     assert main(["preprocess", "--input", str(tmp_path / "in"), "--output", str(out), "--slabs", "2"]) == 0
     assert [read_volume(out / f"pt-slab{k}" / "ct.nii.gz").shape[2] for k in (1, 2)] == [8, 8]
