@@ -48,7 +48,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "intensity_map": {"generator": "lut", "norm": "batch", "gan_loss": "vanilla"},
     "classical": {"generator": "nlmeans", "norm": "batch", "gan_loss": "vanilla"},
 }
-DEFAULT_EPOCHS = 10  # train.epochs without a time budget
+DEFAULT_EPOCHS = 10  # train.epochs when not given
 RESIDUAL_UNIT_HU = 100.0  # a residual generator sees and predicts HU / RESIDUAL_UNIT_HU (centred on water)
 
 MAX_YAML_BYTES = 1 << 20  # an experiment file is a few hundred bytes
@@ -205,9 +205,8 @@ class ModelConfig:
 class TrainConfig:
     """How long and how to optimise."""
 
-    # epochs: without max_minutes, DEFAULT_EPOCHS when not given; with max_minutes, as many as fit (planned after the
-    # first epoch so the learning-rate decay ends inside the budget), at most this many when given
-    epochs: int | None = None
+    # the run's length (and its learning-rate decay's): the same on every machine, whatever its speed
+    epochs: int = DEFAULT_EPOCHS
     steps_per_epoch: int | None = None  # cap on generator updates per epoch
     batch_size: int = 4
     lr: float = 2e-4
@@ -222,7 +221,8 @@ class TrainConfig:
     precision: str = "auto"
     precision_used: str | None = None  # written by train into config.yaml: what was computed in (read back: ignored)
     channels_last: bool = True
-    # time budget in minutes: the epochs are planned to fit it, and no epoch is started that would end past it
+    # a cap on training time in minutes, never a plan: no epoch is started that is expected to end past it, and a run
+    # it stops says it is under-trained (schedule.py)
     max_minutes: float | None = None
     val_every: int = 1
     num_threads: int | None = None  # torch CPU threads; default: torch's
@@ -235,10 +235,14 @@ class TrainConfig:
     sync_batchnorm: bool = False
 
     def __post_init__(self) -> None:
-        if self.epochs is None and self.max_minutes is None:
+        if self.epochs is None and self.max_minutes is not None:  # a config of the days when the budget was a plan
+            raise ConfigError(
+                "train.epochs is not set: train.max_minutes is a cap on the training time, not its plan, so the "
+                "run's length must be given (e.g. train.epochs=30); the same epochs give the same model on any machine"
+            )
+        if self.epochs is None:
             object.__setattr__(self, "epochs", DEFAULT_EPOCHS)
-        if self.epochs is not None:
-            require_int("train.epochs", self.epochs, 1)
+        require_int("train.epochs", self.epochs, 1)
         for key in ("batch_size", "d_steps", "val_every"):
             require_int(f"train.{key}", getattr(self, key), 1)
         if self.steps_per_epoch is not None:

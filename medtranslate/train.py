@@ -201,7 +201,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ the loop
     def fit(self, until_epoch: int | None = None) -> dict[str, float]:
-        """Train until train.epochs (or train.max_minutes, or ``until_epoch``); returns the last validation metrics.
+        """Train for train.epochs (or until train.max_minutes caps it, or ``until_epoch``); returns the last
+        validation metrics.
 
         ``until_epoch`` stops early without changing the schedule, as an interruption at an epoch end would.
         """
@@ -216,33 +217,52 @@ class Trainer:
                     epoch_start = time.perf_counter()
                     losses = self._train_epoch()
                     is_last = self.epoch + 1 == self.schedule.epochs
-                    validate = (self.epoch + 1) % t.val_every == 0 or is_last or not self.schedule.planned
+                    validate = (self.epoch + 1) % t.val_every == 0 or is_last
                     val = self.validate() if validate and self.val_pairs else {}
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    # with a budget, the whole time from one plan to the next (checkpoints included) fixes how many
-                    # epochs fit, and the loop ends with the plan: the decay ends inside the budget and no epoch is
-                    # started that is expected to end past it (under torchrun, rank 0's plan holds for all)
+                    # the cap: the whole time from one epoch's end to the next (validation and checkpoints included)
+                    # says whether another epoch fits; under torchrun rank 0 decides for all
                     now = time.perf_counter()
-                    ran_under = self.schedule.epochs  # the total the progress bar showed for this epoch
-                    self.schedule.plan(now - mark, now - start, self.epoch)
+                    capped = self.schedule.reaches_cap(now - mark, now - start, self.epoch)
                     if self.world > 1:
-                        self.schedule.restore(distributed.from_rank0(self.schedule.to_dict()))
+                        capped = distributed.from_rank0(capped)
+                        self.schedule.stopped_after = self.epoch if capped else None
                     mark = now
+                    if capped and not val and self.val_pairs:
+                        val = self.validate()  # the run's last model gets its metrics, whatever val_every says
                     if self.rank == 0:
-                        self._end_epoch(losses, val, now - epoch_start, ran_under)
+                        self._end_epoch(losses, val, now - epoch_start)
+                    if capped:
+                        self._told_under_trained()
+                        break
                     # a request that came after the epoch's last step: all ranks stop, or none
                     self._stop_requested = distributed.mean_and_any({}, self._stop_requested)[1]
                     self._stop_if_requested()
-            complete = self.schedule.planned and self.epoch >= self.schedule.epochs
-            if complete and self.rank == 0 and self.cfg.model.calibration != "none":
+            ended = self.epoch >= self.schedule.epochs or self.schedule.stopped_after is not None
+            if ended and self.rank == 0 and self.cfg.model.calibration != "none":
                 self._calibrate()
         finally:
             self._close_writer()
         return val
 
+    def _told_under_trained(self) -> None:
+        """A run the cap stopped says so in the log and in best.pt too (last.pt, written after the stop, has it)."""
+        if self.rank != 0:
+            return
+        logger.warning(
+            "%s; the model is not the one train.epochs makes: raise train.max_minutes, or train on with --resume",
+            self.schedule.note,
+        )
+        best = self.ckpt_dir / "best.pt"
+        if not best.is_file():
+            return
+        ckpt = load_checkpoint(best)
+        if ckpt["schedule"].get("stopped_after") is None:  # saved before the stop
+            ckpt["schedule"] = {**ckpt["schedule"], "stopped_after": self.schedule.stopped_after}
+            save_checkpoint(ckpt, best)
+
     def _stop_epoch(self, until_epoch: int | None) -> int:
-        total = self.schedule.epochs if self.schedule.planned else self.epoch + 1
-        return total if until_epoch is None else min(until_epoch, total)
+        return self.schedule.epochs if until_epoch is None else min(until_epoch, self.schedule.epochs)
 
     def _close_writer(self) -> None:
         """Close TensorBoard's writer; a failed flush becomes an OutputError unless another error is on its way."""
@@ -351,7 +371,7 @@ class Trainer:
         self.model.train(True)
         bar = tqdm(
             range(self.batch_in_epoch, n_batches),
-            desc=f"epoch {self.epoch + 1}/{self.schedule.epochs or '?'}",
+            desc=f"epoch {self.epoch + 1}/{self.schedule.epochs}",
             disable=not self.progress or self.rank != 0,
             leave=False,
         )
@@ -373,14 +393,14 @@ class Trainer:
             self._stop_if_requested()
         return {k: float(np.mean(v)) for k, v in self.epoch_losses.items()}
 
-    def _end_epoch(
-        self, losses: dict[str, float], val: dict[str, float], seconds: float, total: int | None = None
-    ) -> None:
-        """History, TensorBoard, checkpoints and the epoch's log line, which names the total the epoch ran under (as
-        its progress bar did; a re-plan after it is logged on its own)."""
-        # the generators' rate as used in this epoch (the plan may have changed since it was set)
+    def _end_epoch(self, losses: dict[str, float], val: dict[str, float], seconds: float) -> None:
+        """History (with the schedule's note on the epoch the cap stopped the run after), TensorBoard, checkpoints and
+        the epoch's log line."""
+        # the generators' rate as used in this epoch
         lr = self.cfg.train.lr if self.model is None else self.model.optimizers["G"].param_groups[0]["lr"]
         row = {"epoch": self.epoch, "step": self.step, "seconds": round(seconds, 2), "lr": lr, **losses, **val}
+        if self.schedule.stopped_after == self.epoch:
+            row["note"] = self.schedule.note
         self.history.append(row)
         self._write_history()
         self.writer.add_scalar("train/lr", lr, self.epoch)
@@ -394,11 +414,20 @@ class Trainer:
         if improved and last is not None:  # the same state: linked, not written twice (a CycleGAN's is ~80 MB)
             atomic_copy(last, self.ckpt_dir / "best.pt")
         logger.info(
-            "epoch %d/%s: %s",
+            "epoch %d/%s: %s%s",
             self.epoch,
-            total or "?",
+            self.schedule.epochs,
             ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+            self._time_left(),
         )
+
+    def _time_left(self) -> str:
+        """The log's "; about N min left" for the epochs still to run, at the mean duration of the recent epochs."""
+        left = self.schedule.epochs - self.epoch
+        recent = [float(r["seconds"]) for r in self.history[-5:] if float(r.get("seconds") or 0) > 0]
+        if left <= 0 or not recent or self.schedule.stopped_after is not None:
+            return ""
+        return f"; about {left * sum(recent) / len(recent) / 60:.1f} min left"
 
     def _measure_noise(self) -> NoiseModel:
         """model.inverse noise: the noise of the training low-dose scans beyond the normal-dose ones (noise.py),
@@ -509,7 +538,7 @@ class Trainer:
         val = self.validate() if self.val_pairs else {}
         self.epoch = self.schedule.epochs = 1
         self.best_mae = val.get("val_mae", math.inf)
-        self._end_epoch({}, val, 0.0, self.schedule.epochs)
+        self._end_epoch({}, val, 0.0)
         self._save("best.pt")
         self._close_writer()
         return val
@@ -588,7 +617,6 @@ class Trainer:
         self.best_mae, self.history = float(ckpt["best_mae"]), list(ckpt["history"])
         self.epoch_losses = {k: list(v) for k, v in ckpt.get("epoch_losses", {}).items()}
         self._saved_rng = ckpt["rng"]
-        self.schedule.restore(ckpt.get("schedule", {}))
         self._write_history()
 
     def _write_history(self) -> None:
