@@ -205,16 +205,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _summary_table(results: list) -> str:
+    """Each pipeline's mean metrics beside its baseline's; a metric on which the model is worse is marked, and an
+    under-trained model or a model worse than its baseline gets a WARNING line under its table."""
+    from .report import warnings_of, worse_than_baseline
+
     lines = []
     for name, summary in results:
         base = summary.get("baseline") or {}
+        worse = worse_than_baseline(summary)
         lines.append(f"{name}: {summary['n_done']}/{summary['n_cases']} test cases ({summary['task']})")
         lines.append(
             f"  {'metric':<12}{summary.get('model', 'model'):>14}{(base.get('kind') or '-') + ' (baseline)':>26}"
         )
         for metric, stats in summary["metrics"].items():
             b = base.get("metrics", {}).get(metric, {}).get("mean")
-            lines.append(f"  {metric:<12}{stats['mean']:>14.4g}{(f'{b:.4g}' if b is not None else '-'):>26}")
+            mark = "  worse than the baseline" if metric in worse else ""
+            lines.append(f"  {metric:<12}{stats['mean']:>14.4g}{(f'{b:.4g}' if b is not None else '-'):>26}{mark}")
+        lines += [f"  WARNING: {line}" for line in warnings_of(summary)]
     return "\n".join(lines)
 
 
@@ -488,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "no_progress") and not sys.stderr.isatty():
+        args.no_progress = True  # a log file or CI gets the log's lines, not a bar redrawn hundreds of times into it
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -219,6 +219,19 @@ def _train_stage(cfg: RunConfig, run: Path, progress: bool) -> Path:
     return run / "checkpoints" / "best.pt"
 
 
+def _training_note(run: Path) -> str:
+    """The note "stopped by train.max_minutes ... under-trained" when the time cap ended the run's training (the last
+    row of its history.csv says so; a run resumed to its end has no note there), else ""."""
+    import csv
+
+    history = run / "history.csv"
+    if not history.is_file():
+        return ""
+    with history.open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return (rows[-1].get("note") or "") if rows else ""
+
+
 def _translate_stage(ckpt: Path, pairs: dict[str, Any], test: list[str], out: Path, progress: bool) -> None:
     from .translate import translate_folder
 
@@ -332,7 +345,7 @@ def run_pipeline(
             figures=False,
             progress=False,
         )
-        baseline_summary = {"kind": section["baseline"], **bres.summary}
+        baseline_summary = {"kind": section["baseline"], **bres.summary, "training": _training_note(out / "baseline")}
 
     ckpt = _train_stage(cfg, out / "train", progress)
     suffix = get_task(task).output_suffix
@@ -346,7 +359,11 @@ def run_pipeline(
         input=inputs,
         task=task,
         progress=False,
-        extra_summary={"model": cfg.model.kind, "baseline": baseline_summary},
+        extra_summary={
+            "model": cfg.model.kind,
+            "baseline": baseline_summary,
+            "training": _training_note(out / "train"),
+        },
     )
     # report: the evaluation report, with the baseline beside the model, at the top of RUN_DIR
     atomic_write_text(out / "report.html", (out / "eval" / "report.html").read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ import numpy as np
 from .atomic import atomic_output, atomic_write_text
 from .io import Volume, to_ras
 
-__all__ = ["case_figure", "display_range", "metrics_figure", "write_report"]
+__all__ = ["case_figure", "display_range", "metrics_figure", "warnings_of", "worse_than_baseline", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +188,42 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+# which way is better, for the metrics a model is compared with its baseline on
+BETTER = {"mae": "lower", "rmse": "lower", "psnr": "higher", "ssim": "higher", "ms_ssim": "higher"}
+
+
+def worse_than_baseline(summary: dict[str, Any]) -> list[str]:
+    """The metrics (of :data:`BETTER`) on which the model's mean is worse than its baseline's."""
+    base = (summary.get("baseline") or {}).get("metrics", {})
+    worse = []
+    for name, way in BETTER.items():
+        if name not in summary["metrics"] or name not in base:
+            continue
+        model, other = summary["metrics"][name]["mean"], base[name]["mean"]
+        if (model > other) if way == "lower" else (model < other):
+            worse.append(name)
+    return worse
+
+
+def warnings_of(summary: dict[str, Any]) -> list[str]:
+    """What a reader of a pipeline's results must not miss: a model or baseline the time cap left under-trained
+    (``training``, from the run's history), and a model worse than its own baseline."""
+    model = str(summary.get("model", "model"))
+    base = summary.get("baseline") or {}
+    out = [f"{model}: {summary['training']}"] if summary.get("training") else []
+    if base.get("training"):
+        out.append(f"{base['kind']} (baseline): {base['training']}")
+    worse = worse_than_baseline(summary)
+    if worse:
+        out.append(f"{model} is worse than its baseline ({base['kind']}) on {', '.join(worse)}")
+    return out
+
+
+def _warnings_html(summary: dict[str, Any]) -> str:
+    lines = warnings_of(summary)
+    return "".join(f'<p class="failed"><b>Warning:</b> {html.escape(line)}</p>' for line in lines)
+
+
 def _baseline_html(summary: dict[str, Any]) -> str:
     """The model's and the baseline's mean metrics side by side, when the summary carries a baseline."""
     base = summary.get("baseline")
@@ -271,6 +307,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <p>Task <b>{html.escape(str(summary.get("task")))}</b>, {html.escape(edition)};
 {summary["n_done"]} of {summary["n_cases"]} cases scored,
 {summary["n_failed"]} failed. Mask: {html.escape(str(summary.get("mask_source")))}.</p>
+{_warnings_html(summary)}
 {_baseline_html(summary)}
 <h2>Summary</h2><table><tr>{head}</tr>{srows}</table>
 <h2>Definitions</h2><ul>{defs}</ul>
