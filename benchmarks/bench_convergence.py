@@ -1,0 +1,102 @@
+"""Quality per CPU-second: validation error against training time for variants of a pipeline, in one run.
+
+Each variant is the pipeline file with some ``--set`` overrides; each trains with ``medtranslate train`` in a process
+of its own, one after another on this machine, and its ``history.csv`` gives, per epoch, the validation metric and
+the epoch's wall time; the process's CPU time (user + system, all threads) is measured around it. The first variant
+is the baseline: the table gives each variant's CPU time as a ratio to it, and the CPU-seconds each took to first
+reach the baseline's final error. Writes ``OUT/convergence.csv`` and ``OUT/convergence.png`` (error against
+cumulative CPU-seconds, per variant). The CPU is named first; run on an idle machine.
+
+Run: python benchmarks/bench_convergence.py PIPELINE --out runs/conv --variant base: --variant lr1e3:train.lr=0.001
+      [--set KEY=VALUE ...]  (the --set overrides apply to every variant, e.g. train.epochs=15)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from medtranslate.device import resolve_device
+from medtranslate.precision import describe_machine
+
+
+def cpu_seconds_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_variant(pipeline: str, out: Path, sets: list[str]) -> tuple[list[dict[str, str]], float, float]:
+    """Train one variant; returns its history rows, its CPU-seconds and its wall seconds."""
+    args = [sys.executable, "-m", "medtranslate", "train", pipeline, "--out", str(out), "--no-progress"]
+    for item in sets:
+        args += ["--set", item]
+    before, t0 = cpu_seconds_of_children(), time.perf_counter()
+    subprocess.run(args, check=True)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds_of_children() - before
+    with (out / "history.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh)), cpu, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--variant", action="append", required=True, help="NAME:KEY=VALUE,KEY=VALUE (first: baseline)")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant")
+    parser.add_argument("--metric", default="val_mae", help="history column to follow (lower is better)")
+    args = parser.parse_args()
+    print(f"{describe_machine(resolve_device('auto'))}; {args.pipeline}; common: {' '.join(args.set) or '-'}")
+    out = Path(args.out)
+    results = []
+    for spec in args.variant:
+        name, _, rest = spec.partition(":")
+        sets = args.set + [s for s in rest.split(",") if s]
+        rows, cpu, wall = run_variant(args.pipeline, out / name, sets)
+        # the epochs' share of the process's CPU time, in proportion to their wall time (start-up and caching aside)
+        epoch_wall = [float(r["seconds"]) for r in rows]
+        scale = cpu / wall
+        cumulative, total = [], 0.0
+        for s in epoch_wall:
+            total += s * scale
+            cumulative.append(total)
+        errors = [float(r[args.metric]) if r.get(args.metric) else float("nan") for r in rows]
+        results.append((name, sets, cumulative, errors, cpu, wall))
+
+    base_final = results[0][3][-1]
+    base_cpu = results[0][4]
+    lines = ["variant,overrides,epochs,cpu_s,wall_s,cpu_ratio,final,cpu_s_to_baseline_final"]
+    print(f"{'variant':<12}{'epochs':>7}{'CPU s':>9}{'wall s':>9}{'CPU x':>7}{args.metric:>12}{'CPU s to base':>15}")
+    for name, sets, cumulative, errors, cpu, wall in results:
+        reach = next((c for c, e in zip(cumulative, errors) if e <= base_final), None)
+        reach_s = f"{reach:.0f}" if reach is not None else "-"
+        ratio = cpu / base_cpu
+        print(f"{name:<12}{len(errors):>7}{cpu:>9.0f}{wall:>9.0f}{ratio:>7.2f}{errors[-1]:>12.2f}{reach_s:>15}")
+        row = [name, " ".join(sets), len(errors), f"{cpu:.1f}", f"{wall:.1f}", f"{ratio:.3f}", f"{errors[-1]:.3f}"]
+        row.append(reach_s)
+        lines.append(",".join(map(str, row)))
+    (out / "convergence.csv").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, _, cumulative, errors, _, _ in results:
+        ax.plot(cumulative, errors, marker="o", ms=3, label=name)
+    ax.set_xlabel("training CPU-seconds (all threads)")
+    ax.set_ylabel(args.metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "convergence.png", dpi=100)
+    print(f"wrote {out / 'convergence.csv'} and {out / 'convergence.png'}")
+
+
+if __name__ == "__main__":
+    main()
