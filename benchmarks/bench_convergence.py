@@ -56,7 +56,11 @@ def main() -> None:
     for spec in args.variant:
         name, _, rest = spec.partition(":")
         sets = args.set + [s for s in rest.split(",") if s]
-        rows, cpu, wall = run_variant(args.pipeline, out / name, sets)
+        try:
+            rows, cpu, wall = run_variant(args.pipeline, out / name, sets)
+        except subprocess.CalledProcessError:
+            print(f"variant {name} failed (its error is above); the others go on")
+            continue
         # the epochs' share of the process's CPU time, in proportion to their wall time (start-up and caching aside)
         epoch_wall = [float(r["seconds"]) for r in rows]
         scale = cpu / wall
@@ -67,6 +71,8 @@ def main() -> None:
         errors = [float(r[args.metric]) if r.get(args.metric) else float("nan") for r in rows]
         results.append((name, sets, cumulative, errors, cpu, wall))
 
+    if not results:
+        raise SystemExit("no variant trained")
     base_final = results[0][3][-1]
     base_cpu = results[0][4]
     lines = ["variant,overrides,epochs,cpu_s,wall_s,cpu_ratio,final,cpu_s_to_baseline_final"]
