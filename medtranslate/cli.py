@@ -213,14 +213,15 @@ def _summary_table(results: list) -> str:
     for name, summary in results:
         base = summary.get("baseline") or {}
         worse = worse_than_baseline(summary)
+        w = max([len("metric"), *map(len, summary["metrics"])]) + 2
         lines.append(f"{name}: {summary['n_done']}/{summary['n_cases']} test cases ({summary['task']})")
         lines.append(
-            f"  {'metric':<12}{summary.get('model', 'model'):>14}{(base.get('kind') or '-') + ' (baseline)':>26}"
+            f"  {'metric':<{w}}{summary.get('model', 'model'):>14}{(base.get('kind') or '-') + ' (baseline)':>26}"
         )
         for metric, stats in summary["metrics"].items():
             b = base.get("metrics", {}).get(metric, {}).get("mean")
             mark = "  worse than the baseline" if metric in worse else ""
-            lines.append(f"  {metric:<12}{stats['mean']:>14.4g}{(f'{b:.4g}' if b is not None else '-'):>26}{mark}")
+            lines.append(f"  {metric:<{w}}{stats['mean']:>14.4g}{(f'{b:.4g}' if b is not None else '-'):>26}{mark}")
         lines += [f"  WARNING: {line}" for line in warnings_of(summary)]
     return "\n".join(lines)
 
@@ -421,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the demo: MR -> CT and low-dose denoising on sample_data/ with baselines, ending in report.html",
         description="Train MR -> CT pix2pix and a low-dose denoiser on the bundled sample data, translate the test "
         "cases, "
-        "evaluate them beside their baselines and write the reports (about 10 minutes on 2 CPU cores; --quick about "
+        "evaluate them beside their baselines and write the reports (10-15 minutes on 2 CPU cores; --quick about "
         "2).",
     )
     p.add_argument("--out", default="demo_run", help="output folder (default: demo_run)")
