@@ -12,13 +12,10 @@ recent epochs says how long one takes; the first carries the warm-up). A run it 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Schedule"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["Schedule", "note_of"]
 
 RECENT_EPOCHS = 5  # epochs whose mean duration predicts the next one's
 
