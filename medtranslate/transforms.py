@@ -195,7 +195,9 @@ def body_mask(
     return mask
 
 
-EDT_SLAB = 16  # slices per distance transform in outside_body
+# slices per slab of the operations done slab by slab so their temporaries are a slab's, not the volume's (the
+# distance transform of outside_body, component sizes, the finiteness check of a prediction)
+SLAB = 16
 
 
 def outside_body(
@@ -216,8 +218,8 @@ def outside_body(
     # distances and int32 feature indices, about 20 bytes a voxel) is a slab's, not the volume's
     overlap = int(np.ceil(margin_mm / spacing[2])) + 1
     out = np.empty(mask.shape, dtype=bool)
-    for z0 in range(0, mask.shape[2], EDT_SLAB):
-        z1 = min(z0 + EDT_SLAB, mask.shape[2])
+    for z0 in range(0, mask.shape[2], SLAB):
+        z1 = min(z0 + SLAB, mask.shape[2])
         a, b = max(z0 - overlap, 0), min(z1 + overlap, mask.shape[2])
         far = ndimage.distance_transform_edt(~mask[:, :, a:b], sampling=spacing) > margin_mm
         if not mask[:, :, a:b].any():
@@ -232,8 +234,8 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
         return mask
     # counted in slabs: bincount converts its input to int64, a copy twice the size of the (int32) labels
     sizes = np.zeros(n + 1, dtype=np.int64)
-    for z0 in range(0, labels.shape[-1], EDT_SLAB):
-        sizes += np.bincount(labels[..., z0 : z0 + EDT_SLAB].ravel(), minlength=n + 1)
+    for z0 in range(0, labels.shape[-1], SLAB):
+        sizes += np.bincount(labels[..., z0 : z0 + SLAB].ravel(), minlength=n + 1)
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
 

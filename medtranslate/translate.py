@@ -27,7 +27,16 @@ from .errors import CheckpointError, InputError
 from .io import Volume, sha256
 from .precision import PrecisionChoice, choose_precision, describe_machine
 from .tasks import get_task
-from .transforms import CT_RANGE, IntensityParams, Preprocessor, axial_axis, body_mask, intensity_for, outside_body
+from .transforms import (
+    CT_RANGE,
+    SLAB,
+    IntensityParams,
+    Preprocessor,
+    axial_axis,
+    body_mask,
+    intensity_for,
+    outside_body,
+)
 
 __all__ = ["translate_volume", "translate_with_uncertainty", "translate_folder"]
 
@@ -272,7 +281,7 @@ def _predict(
 
 def _check_finite(pred: torch.Tensor, volume: Volume) -> None:
     # slab by slab: isfinite of a whole float volume makes temporaries of about 1.7 times its size
-    bad = sum(int((~torch.isfinite(pred[..., z : z + 16])).sum()) for z in range(0, pred.shape[-1], 16))
+    bad = sum(int((~torch.isfinite(pred[..., z : z + SLAB])).sum()) for z in range(0, pred.shape[-1], SLAB))
     if bad:
         raise CheckpointError(
             f"{volume.source or 'input volume'}: the model produced {bad} NaN or infinite values; the checkpoint is "

@@ -165,11 +165,11 @@ def test_outside_body_in_slabs_is_the_whole_volume_distance_transform(spacing_z)
     exactly what one distance transform of the whole volume gives, across slab borders and slabs without body."""
     from scipy import ndimage
 
-    from medtranslate.transforms import EDT_SLAB, outside_body, voxel_spacing
+    from medtranslate.transforms import SLAB, outside_body, voxel_spacing
 
-    mask = np.zeros((30, 34, 3 * EDT_SLAB + 5), bool)
-    mask[8:22, 10:25, EDT_SLAB - 3 : EDT_SLAB + 9] = True  # across a slab border
-    mask[3:6, 4:7, 3 * EDT_SLAB + 2] = True  # a speck in the last, short slab
+    mask = np.zeros((30, 34, 3 * SLAB + 5), bool)
+    mask[8:22, 10:25, SLAB - 3 : SLAB + 9] = True  # across a slab border
+    mask[3:6, 4:7, 3 * SLAB + 2] = True  # a speck in the last, short slab
     affine = np.diag([0.9, 1.1, spacing_z, 1.0])
     whole = ndimage.distance_transform_edt(~mask, sampling=voxel_spacing(affine)) > 5.0
     assert np.array_equal(outside_body(np.zeros(mask.shape), "ct", affine, mask=mask), whole)
