@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .atomic import OwnFolder, atomic_output
-from .errors import InputError, native_messages
+from .errors import InputError, native_call, native_messages
 
 __all__ = ["DICOM_SUFFIXES", "is_dicom_file", "series_ids", "read_series", "write_series", "new_uid"]
 
@@ -227,18 +227,12 @@ def read_series(folder: str | os.PathLike, series_uid: str | None = None):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(s.path) for s in slices])
     reader.LoadPrivateTagsOff()
-    with native_messages() as said:
-        try:
-            img = reader.Execute()  # GDCM applies RescaleSlope/Intercept: CT comes out in HU
-        except RuntimeError as exc:
-            img, error = None, exc
-    if img is None:
-        reason = "; ".join([str(error).strip().splitlines()[-1][:160], *said[:2]])
+    try:
+        img = native_call(reader.Execute, folder, logger)  # GDCM applies RescaleSlope/Intercept: CT comes out in HU
+    except RuntimeError as exc:
         raise InputError(
-            f"{folder}: cannot decode the pixels of series {series_uid} ({reason}); a file may be corrupt"
-        ) from error
-    for line in said:
-        logger.warning("%s: %s", folder, line)
+            f"{folder}: cannot decode the pixels of series {series_uid} ({exc}); a file may be corrupt"
+        ) from exc
     if step is not None and img.GetDimension() == 3:
         if img.GetSize()[2] != len(slices):
             raise InputError(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 __all__ = [
     "MedTranslateError",
@@ -15,8 +17,11 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "OutputError",
+    "native_call",
     "native_messages",
 ]
+
+T = TypeVar("T")
 
 
 class MedTranslateError(Exception):
@@ -70,3 +75,25 @@ def native_messages() -> Iterator[list[str]]:
                 lines.extend(" ".join(line.split()) for line in text.splitlines() if line.strip())
     finally:
         os.close(saved)
+
+
+def native_call(call: Callable[[], T], where: object, log: logging.Logger) -> T:
+    """``call()`` (a SimpleITK read) with what the C libraries print caught (:func:`native_messages`).
+
+    On success their lines are logged as warnings naming ``where``. A RuntimeError is raised again as one whose text
+    is the error's last line and the libraries' first two lines, on one line, for the caller's one-line message.
+    """
+    with native_messages() as said:
+        try:
+            result = call()
+        except RuntimeError as exc:
+            error = exc
+        else:
+            error = None
+    if error is not None:
+        text = str(error).strip()
+        last = " ".join(text.splitlines()[-1].split())[:200] if text else type(error).__name__
+        raise RuntimeError("; ".join([last, *said[:2]])) from error
+    for line in said:
+        log.warning("%s: %s", where, line)
+    return result

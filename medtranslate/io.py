@@ -25,7 +25,7 @@ from .atomic import atomic_output
 from .cases import NIFTI_SUFFIXES, SITK_SUFFIXES, Case
 from .dicom import DICOM_SUFFIXES, is_dicom_file, read_series
 from .dicom import write_series as write_dicom_series
-from .errors import InputError, OutputError, native_messages
+from .errors import InputError, OutputError, native_call
 
 __all__ = [
     "Volume",
@@ -239,19 +239,10 @@ def affine_to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 def _read_sitk_file(path: Path) -> Volume:
     suffix = path.suffix.lower()
     fmt = "nrrd" if suffix in (".nrrd", ".nhdr") else "metaimage" if suffix in (".mha", ".mhd") else "dicom"
-    with native_messages() as said:
-        try:
-            img = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            img, error = None, exc
-    if img is None:
-        first = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-        reason = "; ".join([" ".join(first.split())[:200], *said[:2]])
-        raise InputError(
-            f"{path}: cannot read as {fmt} image ({reason}); the file is corrupt or not an image"
-        ) from error
-    for line in said:
-        logger.warning("%s: %s", path, line)
+    try:
+        img = native_call(lambda: sitk.ReadImage(str(path)), path, logger)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read as {fmt} image ({exc}); the file is corrupt or not an image") from exc
     return sitk_to_volume(img, path, fmt)
 
 
