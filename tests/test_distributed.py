@@ -111,32 +111,49 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     _assert_same_run(cfg, a, c)
 
 
-def _processes_below(root: int) -> dict[int, float]:
-    """pid -> start time (seconds since boot) of every process whose parent's parent is ``root``."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parent, start = {}, {}
+def _data_loader_workers(root: int) -> dict[int, tuple[int, bool]]:
+    """pid -> (rank, whether it ignores SIGTERM) of every data-loader worker under the torchrun process ``root``: the
+    processes whose parent is a rank (a child of ``root`` with RANK in its environment)."""
+    parent, ranks = {}, {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name: state, ppid, ...
+                parent[int(entry.name)] = int(fh.read().rsplit(")", 1)[1].split()[1])  # after the name: state, ppid
         except OSError:
             continue  # ended while we looked
-        parent[int(entry.name)], start[int(entry.name)] = int(fields[1]), int(fields[19]) / ticks
-    return {pid: start[pid] for pid, ppid in parent.items() if parent.get(ppid) == root}
+    for pid in (p for p, ppid in parent.items() if ppid == root):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        if b"RANK" in env:
+            ranks[pid] = int(env[b"RANK"])
+    workers = {}
+    for pid in (p for p, ppid in parent.items() if ppid in ranks):
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                ignored = next(int(line.split()[1], 16) for line in fh if line.startswith("SigIgn:"))
+        except (OSError, StopIteration):
+            continue
+        workers[pid] = (ranks[parent[pid]], bool(ignored & (1 << (signal.SIGTERM - 1))))
+    return workers
 
 
 def _stop_in_the_second_epoch(config, out):
     """Start a 2-process run and stop it with SIGTERM inside its second epoch; returns the last.pt it saved.
 
     The stop must come after the first epoch's end, where a request is honoured at once (the epoch boundary), and
-    before the second epoch's last step. The event that says so: a data-loader worker of the second epoch exists
-    (``train.workers: 1`` makes one per rank and epoch, started for the epoch's first batch, after the boundary; the
-    first epoch's are gone by the time its last.pt is written, and started before it). The moment one is seen, the
-    run's whole process group is frozen (SIGSTOP acts at once, in the kernel), sent SIGTERM, and let go on: each
-    rank meets the request after its current step. The run is started at a lower priority than this process, so a
-    busy machine delays the run rather than the watching.
+    before the second epoch's last step. The event that says so: every rank has a data-loader worker of the second
+    epoch, ready. ``train.workers: 1`` makes one per rank and epoch, started for the epoch's first batch, after the
+    boundary; a rank's first-epoch worker is shut down before validation, so before rank 0 writes that epoch's
+    last.pt: a worker not seen before last.pt appeared is a second-epoch one. Ready means it ignores SIGTERM (its
+    worker_init_fn has run: a worker still starting would die of the signal, and its rank with it). The moment every
+    rank has one, the run's whole process group is frozen (SIGSTOP acts at once, in the kernel), sent SIGTERM, and let
+    go on: each rank meets the request after its current step. The run is started at a lower priority than this
+    process, so a busy machine delays the run rather than the watching.
     """
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -148,17 +165,17 @@ def _stop_in_the_second_epoch(config, out):
         preexec_fn=lambda: os.nice(10),
     )
     last = out / "checkpoints" / "last.pt"
-    with open("/proc/uptime") as fh:
-        boot = time.time() - float(fh.read().split()[0])  # wall-clock time of boot, to compare start times with mtimes
-    second = {}
-    while not second and proc.poll() is None:
-        if last.is_file():
-            end_of_first = last.stat().st_mtime - boot
-            # 0.3 s: the start times' resolution is a clock tick (10 ms); the first epoch's workers started an epoch
-            # (over a second) before its last.pt
-            second = {pid for pid, t in _processes_below(proc.pid).items() if t > end_of_first - 0.3}
+    first_epoch: set[int] = set()
+    ready: set[int] = set()
+    while ready != {0, 1} and proc.poll() is None:
+        after_first = last.is_file()  # looked at before the workers, so a worker it lists was seen after last.pt
+        workers = _data_loader_workers(proc.pid)
+        if not after_first:
+            first_epoch |= set(workers)
+        else:
+            ready = {rank for pid, (rank, ignores) in workers.items() if pid not in first_epoch and ignores}
         time.sleep(0.002)
-    assert second, "the run ended before its second epoch's data-loader worker was seen"
+    assert ready == {0, 1}, "the run ended before each rank's second-epoch data-loader worker was seen"
     os.killpg(proc.pid, signal.SIGSTOP)
     os.killpg(proc.pid, signal.SIGTERM)
     os.killpg(proc.pid, signal.SIGCONT)
