@@ -123,6 +123,9 @@ class ModelConfig:
     gan_loss: str | None = None  # vanilla | lsgan | hinge | wgangp
     gp_weight: float = 10.0  # WGAN-GP gradient penalty weight (Gulrajani et al. 2017)
     lambda_l1: float = 100.0
+    # pix2pix: the first epochs train the generator on L1 alone (a regression: no discriminator, a cheaper step),
+    # then the adversarial term joins
+    l1_warmup_epochs: int = 0
     lambda_cycle: float = 10.0
     cycle_loss: str = "l1"  # l1 | l1_ssim (ganslate) | lowpass (losses.py)
     lambda_identity: float = 0.5
@@ -185,6 +188,12 @@ class ModelConfig:
         require_int("model.d_layers", self.d_layers, 1, 6)
         require_int("model.bins", self.bins, 2, 65536)
         require_int("model.pool_size", self.pool_size, 0, 10000)
+        require_int("model.l1_warmup_epochs", self.l1_warmup_epochs, 0, 100000)
+        if self.l1_warmup_epochs and self.kind != "pix2pix":
+            raise ConfigError(
+                f"model.l1_warmup_epochs is a pix2pix schedule (L1 alone, then L1 and the adversarial term); "
+                f"model.kind {self.kind} has no L1 term to warm up with: set it to 0"
+            )
         require_number("model.dropout", self.dropout, minimum=0, below=1)
         for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight", "lambda_structure", "lambda_body"):
             require_number(f"model.{key}", getattr(self, key), minimum=0)

@@ -319,6 +319,7 @@ class Pix2Pix(TranslationModel):
         super().__init__(cfg, in_channels, device, generator)
         self.nets["G"] = build_generator(cfg, in_channels)
         self.nets["D"] = build_discriminator(cfg, in_channels + 1)
+        self.adversarial = True  # the trainer turns it off during model.l1_warmup_epochs
         self._finish()
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -326,6 +327,10 @@ class Pix2Pix(TranslationModel):
         G, D = self._trained("G"), self.nets["D"]
         with self.autocast():
             fake_b = G(real_a)
+        if not self.adversarial:  # L1 warm-up: a regression step, the discriminator untouched
+            loss_l1 = F.l1_loss(fake_b.float(), real_b.float()) * self.cfg.model.lambda_l1
+            self._step("G", loss_l1)
+            return _floats(loss_g_l1=loss_l1, loss_g=loss_l1)
         # discriminator: real pairs vs generated pairs, conditioned on the input
         self._requires_grad("D", True)
         real_ab, fake_ab = torch.cat([real_a, real_b], 1), torch.cat([real_a, fake_b.detach()], 1)

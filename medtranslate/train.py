@@ -365,6 +365,8 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = self.model.base_lr[name] * factor
         self.model.structure_scale = factor if self.cfg.model.structure_decay else 1.0
+        if self.cfg.model.kind == "pix2pix":
+            self.model.adversarial = self.epoch >= self.cfg.model.l1_warmup_epochs
         n_batches = len(order) // t.batch_size or 1
         if t.steps_per_epoch:
             n_batches = min(n_batches, t.steps_per_epoch)

@@ -57,6 +57,7 @@ def _write(tmp_path, **values):
         ("model__lambda_structure", 2, r"model.lambda_structure is a CycleGAN loss; model.kind pix2pix has none"),
         ("model__structure_decay", True, r"model.structure_decay needs a CycleGAN with model.lambda_structure > 0"),
         ("model__structure_decay", "yes", r"model.structure_decay must be true or false, got 'yes'"),
+        ("model__l1_warmup_epochs", -1, r"model.l1_warmup_epochs must be a whole number from 0 to 100000, got -1"),
         ("train__lr_d", 0, r"train.lr_d must be a finite number > 0 and <= 1, got 0"),
         ("train__ema", 1.0, r"train.ema must be a finite number >= 0 and < 1, got 1.0"),
     ],
@@ -65,6 +66,11 @@ def test_a_value_of_the_wrong_type_or_range_is_a_one_line_error(tmp_path, key, v
     path = _write(tmp_path, **{key: value})
     with pytest.raises(ConfigError, match=match):
         load_config(path)
+
+
+def test_l1_warm_up_is_refused_for_a_model_without_an_l1_term(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.l1_warmup_epochs is a pix2pix schedule .* model.kind cyclegan"):
+        load_config(_write(tmp_path, model__kind="cyclegan", model__l1_warmup_epochs=3))
 
 
 def test_patch_size_must_fit_the_networks(tmp_path):

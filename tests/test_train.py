@@ -508,3 +508,22 @@ def test_a_damaged_cache_entry_is_reported_and_rebuilt(tmp_path, tiny_data, capl
     assert [c.folder for c in again.train_cases] == [deleted.folder, truncated.folder]
     assert all(torch.equal(c.slices("source", [2]), e) for c, e in zip(again.train_cases, expected))
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # nothing left aside
+
+
+def test_l1_warm_up_trains_the_generator_alone_then_the_discriminator_joins(tmp_path, tiny_data):
+    """model.l1_warmup_epochs: the first epochs are a regression (the discriminator's weights and optimiser untouched,
+    no adversarial loss logged); from the next epoch on, both train."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 2, "model.l1_warmup_epochs": 1})
+    trainer = Trainer(load_config(cfg), tmp_path / "run", progress=False)
+    d_start = {k: v.clone() for k, v in trainer.model.nets["D"].state_dict().items()}
+    g_start = {k: v.clone() for k, v in trainer.model.nets["G"].state_dict().items()}
+    trainer.fit(until_epoch=1)
+    d_after_warmup = trainer.model.nets["D"].state_dict()
+    assert all(torch.equal(d_start[k], v) for k, v in d_after_warmup.items())
+    assert not trainer.model.optimizers["D"].state
+    assert any(not torch.equal(g_start[k], v) for k, v in trainer.model.nets["G"].state_dict().items())
+    trainer.fit()
+    assert any(not torch.equal(d_start[k], v) for k, v in trainer.model.nets["D"].state_dict().items())
+    history = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert [bool(row["loss_d"]) for row in history] == [False, True]
+    assert all(float(row["loss_g_l1"]) > 0 for row in history)
