@@ -24,7 +24,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .checks import require_number, show
-from .config import RunConfig, apply_overrides, config_differences, read_yaml
+from .config import ModelConfig, RunConfig, apply_overrides, config_differences, read_yaml
 from .errors import ConfigError, InputError
 from .evaluate import evaluate_folder
 from .slices import default_split_file, discover_pairs, load_split, read_split
@@ -260,20 +260,9 @@ def _data_from(cfg: RunConfig, folder: Path) -> RunConfig:
 
 
 def baseline_config(cfg: RunConfig, kind: str) -> RunConfig:
-    """A pipeline's baseline: the experiment's data and task, model ``kind`` with its own defaults (the GAN's
-    networks and loss weights dropped), one epoch."""
-    model = replace(
-        cfg.model,
-        kind=kind,
-        generator=None,
-        norm=None,
-        gan_loss=None,
-        lambda_structure=0.0,
-        lambda_body=0.0,
-        structure_decay=False,
-        calibration="none",
-        inverse="network",
-    )
+    """A pipeline's baseline: the experiment's data and task, model ``kind`` with its own defaults (nothing of the
+    experiment's networks, losses or schedules: only the task and the look-up table's size), one epoch."""
+    model = ModelConfig(kind=kind, task=cfg.model.task, bins=cfg.model.bins)
     return RunConfig.from_dict(replace(cfg, model=model, train=replace(cfg.train, epochs=1)).to_dict())
 
 
@@ -380,15 +369,32 @@ def run_demo(
             f"{spec_path}: demo definition not found; run the demo from a clone of the medtranslate repository"
         )
     spec = read_yaml(spec_path, "demo definition")
-    results = []
-    for entry in spec["pipelines"]:
+    entries = spec["pipelines"]
+    expected = [float(e["quick_minutes" if quick else "minutes"]) for e in entries]
+    results, taken = [], []
+    for i, entry in enumerate(entries):
         sets = {**entry.get("set", {}), **(spec.get("quick", {}).get("set", {}) if quick else {})}
         sets["data.root"] = str(REPO / "sample_data" / entry["data"])
         overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
         name = Path(entry["file"]).stem
-        logger.info("demo: %s", name)
+        logger.info("demo %d/%d: %s; %s", i + 1, len(entries), name, minutes_left(expected, taken))
+        start = time.perf_counter()
         summary = run_pipeline(
             REPO / "pipelines" / entry["file"], Path(out) / name, overrides, progress=progress, overwrite=overwrite
         )
+        taken.append((time.perf_counter() - start) / 60)
+        logger.info("demo %d/%d: %s done in %.1f min", i + 1, len(entries), name, taken[-1])
         results.append((name, summary))
     return results
+
+
+def minutes_left(expected: list[float], taken: list[float]) -> str:
+    """How long the stages still to run will take: their minutes on the reference CPU (``expected``, one per stage),
+    scaled by this machine's pace so far (the minutes the finished stages took, ``taken``, against their expected).
+    A stage that was complete and skipped (under a minute's tenth) says nothing about the pace and is left out."""
+    measured = [(t, e) for t, e in zip(taken, expected) if t > 0.1]
+    rest = sum(expected[len(taken) :])
+    if not measured:
+        return f"about {rest:.0f} min left on the reference CPU (2 cores)"
+    pace = sum(t for t, _ in measured) / sum(e for _, e in measured)
+    return f"about {rest * pace:.1f} min left at this machine's pace ({pace:.2f}x the reference CPU's time)"

@@ -8,9 +8,10 @@ import time
 import numpy as np
 import pytest
 
+from medtranslate.config import ModelConfig
 from medtranslate.errors import ConfigError
 from medtranslate.io import read_volume
-from medtranslate.pipeline import baseline_config, load_pipeline
+from medtranslate.pipeline import baseline_config, load_pipeline, minutes_left
 from medtranslate.report import warnings_of, worse_than_baseline
 
 from .conftest import REPO, SAMPLE, run_cli
@@ -95,18 +96,29 @@ def test_every_shipped_pipeline_and_the_demo_fix_their_length_in_epochs_not_time
         assert cfg.train.max_minutes is None and "epochs:" in path.read_text(), path.name
 
 
+def test_minutes_left_scales_the_reference_times_by_the_pace_of_the_stages_run():
+    assert minutes_left([3, 4, 2], []) == "about 9 min left on the reference CPU (2 cores)"
+    # the first stage took twice its reference time: the two left take twice theirs
+    assert minutes_left([3, 4, 2], [6.0]).startswith("about 12.0 min left at this machine's pace (2.00x")
+    # a stage found complete and skipped took no time and says nothing of the pace
+    assert minutes_left([3, 4, 2], [0.01, 2.0]) == minutes_left([4, 2], [2.0])
+    assert minutes_left([3, 4, 2], [0.01]) == "about 6 min left on the reference CPU (2 cores)"
+
+
 def test_every_shipped_pipeline_has_a_valid_baseline_config():
     # the baseline inherits the experiment's model section; GAN-only settings must not make it invalid
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
         if path.name == "demo.yaml":
             continue
-        sets = ["model.lambda_body=1", "model.lambda_structure=1", "model.structure_decay=true"]
-        cfg, section = load_pipeline(path, sets if "cyclegan" in path.name else [])
+        cyclegan = ["model.lambda_body=1", "model.lambda_structure=1", "model.structure_decay=true"]
+        kind = load_pipeline(path)[0].model.kind
+        sets = {"cyclegan": cyclegan, "pix2pix": ["model.l1_warmup_epochs=3"]}.get(kind, [])
+        cfg, section = load_pipeline(path, sets)
         if section["baseline"] not in ("none", None):
             bcfg = baseline_config(cfg, section["baseline"])
-            assert bcfg.model.kind == section["baseline"] and bcfg.model.lambda_structure == 0
-            assert not bcfg.model.structure_decay and bcfg.model.inverse == "network"
-            assert bcfg.data == cfg.data and bcfg.model.task == cfg.model.task
+            # the baseline kind's own defaults: no setting of the experiment's model reaches it
+            assert bcfg.model == ModelConfig(kind=section["baseline"], task=cfg.model.task)
+            assert bcfg.data == cfg.data and bcfg.train.epochs == 1
 
 
 @pytest.mark.slow
@@ -117,6 +129,9 @@ def test_quick_demo_writes_reports_with_baselines(tmp_path):
     assert result.returncode == 0, result.stderr
     runs = (("mr2ct_pix2pix", "intensity_map"), ("mr2ct_cyclegan", "intensity_map"), ("ldct_pix2pix", "classical"))
     assert "report:" in result.stdout and all(name in result.stdout for name, _ in runs)
+    # the time left of the whole demo, at each stage's start: the reference CPU's first, then this machine's pace
+    assert "demo 1/3: mr2ct_pix2pix; about" in result.stderr and "min left on the reference CPU" in result.stderr
+    assert "demo 3/3: ldct_pix2pix; about" in result.stderr and "at this machine's pace" in result.stderr
     for name, baseline in runs:
         run = tmp_path / "demo" / name
         assert (run / "report.html").exists() and (run / "eval" / "metrics.csv").exists()
