@@ -327,8 +327,8 @@ class Pix2Pix(TranslationModel):
         G, D = self._trained("G"), self.nets["D"]
         with self.autocast():
             fake_b = G(real_a)
+        loss_l1 = F.l1_loss(fake_b.float(), real_b.float()) * self.cfg.model.lambda_l1
         if not self.adversarial:  # L1 warm-up: a regression step, the discriminator untouched
-            loss_l1 = F.l1_loss(fake_b.float(), real_b.float()) * self.cfg.model.lambda_l1
             self._step("G", loss_l1)
             return _floats(loss_g_l1=loss_l1, loss_g=loss_l1)
         # discriminator: real pairs vs generated pairs, conditioned on the input
@@ -341,7 +341,6 @@ class Pix2Pix(TranslationModel):
         self._requires_grad("D", False)
         with self.autocast():
             loss_adv = self.gan.g_loss(D(torch.cat([real_a, fake_b], 1)))
-        loss_l1 = F.l1_loss(fake_b.float(), real_b.float()) * self.cfg.model.lambda_l1
         self._step("G", loss_adv + loss_l1)
         return _floats(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_l1=loss_l1, loss_g=loss_adv + loss_l1)
 

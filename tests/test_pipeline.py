@@ -106,7 +106,7 @@ def test_minutes_left_scales_the_reference_times_by_the_pace_of_the_stages_run()
 
 
 def test_every_shipped_pipeline_has_a_valid_baseline_config():
-    # the baseline inherits the experiment's model section; GAN-only settings must not make it invalid
+    # the baseline shares the experiment's data and task, never its model settings (GAN-only ones would make it invalid)
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
         if path.name == "demo.yaml":
             continue
