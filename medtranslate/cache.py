@@ -2,7 +2,10 @@
 
 Training reads and preprocesses a case once (:func:`~medtranslate.slices.prepare_case`) and writes it here as
 ``.npy`` arrays of axial slices, ``(Z, X, Y)`` on the RAS grid in [-1, 1] (source and target float32, body mask
-uint8), with ``meta.json`` holding the index: case id, slice count, and the body fraction of every slice. A slice is
+uint8), with ``meta.json`` holding the index: case id, the arrays held, slice count, and the body fraction of every
+slice. A pair's entry holds source, target and mask on one grid; a cohort's scan
+(:func:`~medtranslate.slices.prepare_scan`) holds its one image, under its role's slot (source or target), and the
+mask made from it. A slice is
 contiguous on disk, so reading one (or a 2.5D stack) maps the file, copies those slices and lets the mapping go: the
 process keeps no volume, and its memory does not grow with the cohort (``benchmarks/bench_train_memory.py``).
 
@@ -30,16 +33,25 @@ import torch
 
 from . import __version__
 from .atomic import output_error
-from .cases import Case, Pair
+from .cases import Case, Pair, Scan
 from .config import RunConfig
 from .errors import InputError
 
-__all__ = ["CACHE_FORMAT", "CacheError", "CachedCase", "cache_key", "cached_or_rebuilt", "open_cached", "write_cached"]
+__all__ = [
+    "CACHE_FORMAT",
+    "CacheError",
+    "CachedCase",
+    "cache_key",
+    "scan_key",
+    "cached_or_rebuilt",
+    "open_cached",
+    "write_cached",
+]
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: entries keyed by file content (1: by size and modification time)
-ARRAYS = ("source", "target", "mask")
+CACHE_FORMAT = 3  # 3: meta.json lists the arrays (scans of one role); 2: keyed by file content; 1: by size and time
+SLOTS = ("source", "target")
 
 
 def _file_stamp(case: Case | None) -> list[Any] | None:
@@ -77,14 +89,31 @@ def cache_key(pair: Pair, cfg: RunConfig) -> str:
     return f"{pair.case_id}-{digest}"
 
 
+def scan_key(scan: Scan, slot: str, cfg: RunConfig) -> str:
+    """The hash that names a cohort scan's folder: its files, the slot it fills (source or target) and the settings."""
+    what = {
+        "format": CACHE_FORMAT,
+        "version": __version__,
+        "case": scan.case_id,
+        "slot": slot,
+        "files": [_file_stamp(scan.image), _file_stamp(scan.mask)],
+        "task": cfg.model.task,
+        "spacing": list(cfg.data.spacing) if cfg.data.spacing else None,
+    }
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+    return f"{scan.case_id}-{slot}-{digest}"
+
+
 @dataclass(frozen=True)
 class CachedCase:
-    """One case in the cache: where its arrays are, its slice count and the body fraction of every axial slice."""
+    """One case (or one cohort scan) in the cache: where its arrays are, which it holds, its slice count and the body
+    fraction of every axial slice."""
 
     case_id: str
     folder: Path
     shape: tuple[int, int, int]  # (Z, X, Y)
     body_fraction: np.ndarray
+    arrays: tuple[str, ...] = ("source", "target", "mask")
 
     def array(self, name: str) -> np.ndarray:
         """The whole ``(Z, X, Y)`` array, memory-mapped (read-only): index it and copy what you need."""
@@ -107,22 +136,21 @@ class CachedCase:
 
 
 def write_cached(prepared: Any, folder: Path) -> CachedCase:
-    """Write a :class:`~medtranslate.slices.PreparedCase` as ``folder`` (appears whole or not at all)."""
+    """Write a :class:`~medtranslate.slices.PreparedCase` (or ``PreparedScan``) as ``folder`` (appears whole or not at
+    all): its ``arrays()``, each ``(1, X, Y, Z)``, one of them the body ``mask``."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        arrays = {
-            "source": prepared.source[0].numpy(),
-            "target": prepared.target[0].numpy(),
-            "mask": prepared.mask[0].numpy().astype(np.uint8),
-        }
+        arrays = {name: a[0].numpy() for name, a in prepared.arrays().items()}
+        arrays["mask"] = arrays["mask"].astype(np.uint8)
         for name, a in arrays.items():
             np.save(tmp / f"{name}.npy", np.ascontiguousarray(a.transpose(2, 0, 1)))
         fraction = arrays["mask"].astype(np.float32).mean(axis=(0, 1))
         meta = {
             "format": CACHE_FORMAT,
             "case_id": prepared.case_id,
-            "shape": [int(n) for n in np.moveaxis(arrays["source"], 2, 0).shape],
+            "arrays": sorted(arrays),
+            "shape": [int(n) for n in np.moveaxis(arrays["mask"], 2, 0).shape],
             "body_fraction": [round(float(f), 6) for f in fraction],
         }
         (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
@@ -158,11 +186,14 @@ def open_cached(folder: Path) -> CachedCase:
         shape = tuple(int(n) for n in meta["shape"])
         fraction = np.asarray(meta["body_fraction"], dtype=np.float32)
         case_id = str(meta["case_id"])
+        arrays = tuple(str(a) for a in meta["arrays"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CacheError(f"meta.json unreadable ({type(exc).__name__})") from exc
     if meta.get("format") != CACHE_FORMAT or len(shape) != 3 or fraction.shape != (shape[0],):
         raise CacheError("meta.json is of another format")
-    for name in ARRAYS:
+    if "mask" not in arrays or not set(arrays) & set(SLOTS) or set(arrays) - {"mask", *SLOTS}:
+        raise CacheError(f"meta.json lists arrays {list(arrays)}")
+    for name in arrays:
         try:
             array = np.load(folder / f"{name}.npy", mmap_mode="r")  # reads the header; a short file fails to map
         except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
@@ -170,7 +201,7 @@ def open_cached(folder: Path) -> CachedCase:
         if array.shape != shape:
             raise CacheError(f"{name}.npy holds {array.shape}, meta.json says {shape}")
         del array
-    return CachedCase(case_id, folder, shape, fraction)
+    return CachedCase(case_id, folder, shape, fraction, arrays)
 
 
 def cached_or_rebuilt(folder: Path, prepare: Callable[[], Any]) -> CachedCase:

@@ -21,10 +21,13 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "SITK_SUFFIXES",
     "Case",
+    "Cohorts",
     "Pair",
+    "Scan",
     "case_id_from_name",
     "find_cases",
     "pair_cases",
+    "cohort_cases",
     "usable_id",
 ]
 
@@ -84,6 +87,39 @@ class Pair:
     source: Case
     target: Case | None = None
     mask: Case | None = None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One image of a cohort: a case's source or target image on its own, with the case's mask file if it has one
+    (used when it lies on this image's grid; otherwise the body mask is made from the image)."""
+
+    case_id: str
+    role: str
+    image: Case
+    mask: Case | None = None
+
+
+@dataclass
+class Cohorts:
+    """The scans of the source role and of the target role under a folder, each keyed by case id. The two need not
+    share a subject: a case holding both roles is a pair (usable for validation and testing), any other case gives
+    one scan to one cohort."""
+
+    sources: dict[str, Scan]
+    targets: dict[str, Scan]
+
+    @property
+    def paired_ids(self) -> list[str]:
+        return sorted(set(self.sources) & set(self.targets))
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(set(self.sources) | set(self.targets))
+
+    def pair(self, case_id: str) -> Pair:
+        src, tgt = self.sources[case_id], self.targets[case_id]
+        return Pair(case_id, src.image, tgt.image, src.mask)
 
 
 def _strip_suffix(name: str) -> str:
@@ -236,3 +272,23 @@ def pair_cases(
             continue
         pairs.append(Pair(cid, src, tgt, roles.get("mask")))
     return pairs, unmatched
+
+
+def cohort_cases(cases: list[Case], source_role: str, target_role: str) -> tuple[Cohorts, dict[str, str]]:
+    """Every image of ``source_role`` and every image of ``target_role``, paired or not (see :class:`Cohorts`).
+
+    Returns:
+        The cohorts, and {case id: reason} for every case that holds neither role.
+    """
+    by_id: dict[str, dict[str, Case]] = {}
+    for case in cases:
+        by_id.setdefault(case.case_id, {})[case.role or "?"] = case
+    sources, targets, unused = {}, {}, {}
+    for cid in sorted(by_id):
+        roles = by_id[cid]
+        for role, cohort in ((source_role, sources), (target_role, targets)):
+            if role in roles:
+                cohort[cid] = Scan(cid, role, roles[role], roles.get("mask"))
+        if source_role not in roles and target_role not in roles:
+            unused[cid] = f"no {source_role} or {target_role} image (found: {', '.join(sorted(roles))})"
+    return Cohorts(sources, targets), unused

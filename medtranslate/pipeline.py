@@ -27,7 +27,7 @@ from .checks import require_number, show
 from .config import ModelConfig, RunConfig, apply_overrides, config_differences, read_yaml
 from .errors import ConfigError, InputError
 from .evaluate import evaluate_folder
-from .slices import default_split_file, discover_pairs, load_split, read_split
+from .slices import default_split_file, discover_cohorts, discover_pairs, load_split, read_split, split_cohorts
 from .tasks import get_task
 
 __all__ = ["run_pipeline", "load_pipeline", "run_demo"]
@@ -299,20 +299,28 @@ def run_pipeline(
         cfg = _simulate(cfg, float(section["simulate_dose"]), out / "data")
     if section.get("prepare") is not None:
         cfg = _prepare(cfg, section["prepare"], out / "prepared")
-    pairs = discover_pairs(cfg)
+    if cfg.model.kind == "cyclegan":  # cohorts: the split as train draws it (slices.load_split), pairs to test
+        cohorts = discover_cohorts(cfg)
+        pairs = {cid: cohorts.pair(cid) for cid in cohorts.paired_ids}
+    else:
+        cohorts, pairs = None, discover_pairs(cfg)
     split_path = out / "split.json"
     if _stage("prepare", split_path.exists()):
-        split = load_split(cfg, sorted(pairs))
-        if not split["test"]:
-            split["test"] = list(split["val"])
-            logger.warning("no test cases in the split: the validation cases are used as test cases")
+        split = split_cohorts(cfg, cohorts) if cohorts else load_split(cfg, sorted(pairs))
         atomic_write_text(split_path, json.dumps(split, indent=2) + "\n")
     split = read_split(split_path)
-    missing = [c for c in split["test"] if c not in pairs]
-    if missing:
-        raise InputError(f"{split_path}: test cases {', '.join(missing)} have no pair under {cfg.data.root}")
-    cfg = replace(cfg, data=replace(cfg.data, split=str(split_path)))
     test = split["test"]
+    if not test:  # (split.json keeps its parts disjoint: a case is in one only)
+        test = split["val"]
+        logger.warning("no test cases in the split: the validation cases %s are used as test cases", ", ".join(test))
+    missing = [c for c in test if c not in pairs]
+    if missing:
+        raise InputError(
+            f"{split_path}: test cases {', '.join(missing)} have no pair under {cfg.data.root}: a pipeline scores its "
+            "test cases against their CTs; put paired cases (both images of one subject on one grid) in the split's "
+            "test list (an evaluation without pairs is not built yet)"
+        )
+    cfg = replace(cfg, data=replace(cfg.data, split=str(split_path)))
     refs = {cid: pairs[cid].target for cid in test}
     masks = {cid: pairs[cid].mask for cid in test if pairs[cid].mask is not None}
     inputs = {cid: pairs[cid].source for cid in test}
@@ -375,6 +383,8 @@ def run_demo(
     for i, entry in enumerate(entries):
         sets = {**entry.get("set", {}), **(spec.get("quick", {}).get("set", {}) if quick else {})}
         sets["data.root"] = str(REPO / "sample_data" / entry["data"])
+        if entry.get("split"):
+            sets["data.split"] = str(REPO / "sample_data" / entry["split"])
         overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
         name = Path(entry["file"]).stem
         logger.info("demo %d/%d: %s; %s", i + 1, len(entries), name, minutes_left(expected, taken))

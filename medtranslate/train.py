@@ -47,8 +47,20 @@ from .noise import NoiseModel, measure_noise
 from .precision import PrecisionChoice, choose_precision, describe_machine
 from .schedule import Schedule
 from .cache import CachedCase
-from .slices import SliceDataset, cached_case, discover_pairs, load_pair, load_split
+from .cases import Cohorts, Scan
+from .slices import (
+    SliceDataset,
+    cached_case,
+    cached_scan,
+    discover_cohorts,
+    discover_pairs,
+    load_pair,
+    load_scan,
+    load_split,
+    split_cohorts,
+)
 from .tasks import get_task
+from .qa import artefact_index, dice
 from .transforms import axial_axis, body_mask, ct_intensity
 from .translate import translate_volume
 
@@ -67,6 +79,7 @@ RESUMABLE_CHANGES = (
     "data.cache",
 )
 CALIBRATION_VOXELS = 1_000_000  # body voxels per training case and side for model.calibration's quantiles
+REFERENCE_VOXELS = 200_000  # body voxels of a validation output, and of the target cohort, for the pair-free distance
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -118,20 +131,7 @@ class Trainer:
         torch.manual_seed(t.seed)
 
         # data: every training case read and preprocessed once into the slice cache (each rank makes its share)
-        pairs = discover_pairs(cfg)
-        self.split = load_split(cfg, sorted(pairs))
-        if not self.split["train"]:
-            raise InputError(f"{cfg.data.root}: no training cases in the split; add cases or fix data.split")
-        # validation cases are read when validated, one at a time; checked now so a bad file stops the run at once
-        self.val_pairs = [pairs[cid] for cid in self.split["val"]] if self.rank == 0 else []
-        for pair in self.val_pairs:
-            load_pair(pair, cfg)
-        cache = Path(cfg.data.cache) if cfg.data.cache else self.run_dir / "cache"
-        for cid in self.split["train"][self.rank :: self.world]:
-            cached_case(pairs[cid], cfg, cache)
-        distributed.barrier()
-        self.train_cases: list[CachedCase] = [cached_case(pairs[cid], cfg, cache) for cid in self.split["train"]]
-        self.train_pairs = [pairs[cid] for cid in self.split["train"]]
+        self._load_data(cfg)
         in_channels = 2 * cfg.data.context + 1
         task = get_task(cfg.model.task)
 
@@ -156,7 +156,9 @@ class Trainer:
                 self.model.distribute(sync_batchnorm=t.sync_batchnorm)
             self.net = self.model.inference_generator
             divisor = getattr(self.net, "divisor", 1)
-            self.dataset = SliceDataset(self.train_cases, cfg, t.seed, paired=cfg.model.kind == "pix2pix")
+            # pix2pix: each source slice with its own target; CycleGAN: with a slice of the target cohort
+            targets = None if cfg.model.kind == "pix2pix" else self.train_targets
+            self.dataset = SliceDataset(self.train_cases, cfg, t.seed, targets=targets)
             if cfg.train.batch_size > len(self.dataset):
                 raise ConfigError(
                     f"train.batch_size {cfg.train.batch_size} is more than the {len(self.dataset)} training slices "
@@ -185,6 +187,95 @@ class Trainer:
                 describe_machine(self.device),
                 f"; {self.world} processes" if self.world > 1 else "",
             )
+
+    def _load_data(self, cfg: RunConfig) -> None:
+        """The split, the validation cases (checked now, so a bad file stops the run at once; read again when
+        validated) and the training cases in the slice cache.
+
+        pix2pix and the non-local means baseline learn from pairs. CycleGAN learns from cohorts: every training
+        source image and every training target image, of any subjects and grids, each preprocessed on its own
+        (``train_cases`` the sources, ``train_targets`` the targets). The intensity map learns from pairs when every
+        training case is one, else from the cohorts (by matching quantiles). Validation scores paired cases in HU;
+        a cohort run without a paired validation case picks best.pt by a pair-free measure (``selected_by``).
+        """
+        src_role, tgt_role = cfg.model.roles
+        cache = Path(cfg.data.cache) if cfg.data.cache else self.run_dir / "cache"
+        self.cohorts: Cohorts | None = None
+        self.val_sources: list[Scan] = []
+        if cfg.model.kind in ("cyclegan", "intensity_map"):
+            cohorts = discover_cohorts(cfg)
+            paired = cohorts.paired_ids
+            self.split = split_cohorts(cfg, cohorts)
+            if cfg.model.kind == "cyclegan" or not set(self.split["train"]) <= set(paired):
+                self.cohorts = cohorts
+            else:  # an intensity map of paired cases: as from discover_pairs
+                pairs = {cid: cohorts.pair(cid) for cid in paired}
+        else:
+            pairs = discover_pairs(cfg)
+            self.split = load_split(cfg, sorted(pairs))
+        if not self.split["train"]:
+            raise InputError(f"{cfg.data.root}: no training cases in the split; add cases or fix data.split")
+        if self.cohorts is None:
+            self.val_pairs = [pairs[cid] for cid in self.split["val"]] if self.rank == 0 else []
+            jobs = [(lambda p=pairs[cid]: cached_case(p, cfg, cache)) for cid in self.split["train"]]
+            self.train_pairs = [pairs[cid] for cid in self.split["train"]]
+            self.train_scans = (
+                [Scan(p.case_id, src_role, p.source, p.mask) for p in self.train_pairs],
+                [Scan(p.case_id, tgt_role, p.target, p.mask) for p in self.train_pairs],
+            )
+        else:
+            c = self.cohorts
+            val = self.split["val"] if self.rank == 0 else []
+            self.val_pairs = [c.pair(cid) for cid in val if cid in c.sources and cid in c.targets]
+            self.val_sources = [c.sources[cid] for cid in val if cid in c.sources]
+            unused = [cid for cid in val if cid not in c.sources]
+            if unused:
+                logger.warning(
+                    "validation cases %s hold no %s image: nothing to translate, not validated",
+                    ", ".join(unused),
+                    src_role,
+                )
+            self.train_pairs = []
+            self.train_scans = (
+                [c.sources[cid] for cid in self.split["train"] if cid in c.sources],
+                [c.targets[cid] for cid in self.split["train"] if cid in c.targets],
+            )
+            for role, scans in zip((src_role, tgt_role), self.train_scans):
+                if not scans:
+                    raise InputError(
+                        f"{cfg.data.root}: no {role} image among the training cases ({', '.join(self.split['train'])})"
+                        f"; unpaired training needs both cohorts: add {role} scans or fix data.split"
+                    )
+            jobs = [
+                (lambda s=s, slot=slot: cached_scan(s, slot, cfg, cache))
+                for slot, scans in zip(("source", "target"), self.train_scans)
+                for s in scans
+            ]
+        for pair in self.val_pairs:
+            load_pair(pair, cfg)
+        for scan in self.val_sources:
+            load_scan(scan, "source", cfg)
+        for job in jobs[self.rank :: self.world]:
+            job()
+        distributed.barrier()
+        entries = [job() for job in jobs]
+        n_sources = len(self.train_scans[0]) if self.cohorts is not None else len(entries)
+        self.train_cases: list[CachedCase] = entries[:n_sources]
+        self.train_targets: list[CachedCase] | None = entries[n_sources:] if self.cohorts is not None else None
+        self.selected_by = "val_mae" if self.val_pairs or not self.val_sources else "val_w1"
+        if self.rank == 0 and self.cohorts is not None and self.val_sources:
+            logger.info(
+                "best.pt: the epoch with the lowest %s%s",
+                self.selected_by,
+                " (HU error on the paired validation cases)"
+                if self.val_pairs
+                else f" (no paired validation case: the distance between the HU distribution of the translated "
+                f"{src_role} validation scans and that of the training {tgt_role} cohort, inside the body)",
+            )
+
+    @property
+    def validates(self) -> bool:
+        return bool(self.val_pairs or self.val_sources)
 
     def _check_distributable(self) -> None:
         """What torchrun cannot split: a model without a network, and a batch that does not divide by the ranks."""
@@ -218,7 +309,7 @@ class Trainer:
                     losses = self._train_epoch()
                     is_last = self.epoch + 1 == self.schedule.epochs
                     validate = (self.epoch + 1) % t.val_every == 0 or is_last
-                    val = self.validate() if validate and self.val_pairs else {}
+                    val = self.validate() if validate and self.validates else {}
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     # the cap: the whole time from one epoch's end to the next (validation and checkpoints included)
                     # says whether another epoch fits; under torchrun rank 0 decides for all
@@ -228,7 +319,7 @@ class Trainer:
                         capped = distributed.from_rank0(capped)
                         self.schedule.stopped_after = self.epoch if capped else None
                     mark = now
-                    if capped and not val and self.val_pairs:
+                    if capped and not val and self.validates:
                         val = self.validate()  # the run's last model gets its metrics, whatever val_every says
                     if self.rank == 0:
                         self._end_epoch(losses, val, now - epoch_start)
@@ -401,6 +492,8 @@ class Trainer:
         # the generators' rate as used in this epoch
         lr = self.cfg.train.lr if self.model is None else self.model.optimizers["G"].param_groups[0]["lr"]
         row = {"epoch": self.epoch, "step": self.step, "seconds": round(seconds, 2), "lr": lr, **losses, **val}
+        if val and self.cohorts is not None:
+            row["selected_by"] = self.selected_by  # what picks best.pt, beside the numbers it picks by
         if self.schedule.stopped_after == self.epoch:
             row["note"] = self.schedule.note
         self.history.append(row)
@@ -409,9 +502,9 @@ class Trainer:
         for k, v in val.items():
             if isinstance(v, float):
                 self.writer.add_scalar(f"val/{k.removeprefix('val_')}", v, self.epoch)
-        improved = val.get("val_mae", math.inf) < self.best_mae
+        improved = val.get(self.selected_by, math.inf) < self.best_mae
         if improved:
-            self.best_mae = val["val_mae"]
+            self.best_mae = val[self.selected_by]
         last = self._save("last.pt")
         if improved and last is not None:  # the same state: linked, not written twice (a CycleGAN's is ~80 MB)
             atomic_copy(last, self.ckpt_dir / "best.pt")
@@ -438,11 +531,15 @@ class Trainer:
         ct = ct_intensity()
         # one case in memory at a time: the generators read each cached array when the measurement reaches it
         low = (ct.inverse(np.asarray(c.array("source"), dtype=np.float32)) for c in self.train_cases)
-        normal = (ct.inverse(np.asarray(c.array("target"), dtype=np.float32)) for c in self.train_cases)
+        normal = (
+            ct.inverse(np.asarray(c.array("target"), dtype=np.float32))
+            for c in (self.train_cases if self.train_targets is None else self.train_targets)
+        )
         noise = measure_noise(low, normal, seed=self.cfg.train.seed)
         logger.info(
-            "measured on %d training cases in %.1f s: %s",
-            len(self.train_cases),
+            "measured on %d low-dose and %d normal-dose training scans in %.1f s: %s",
+            len(self.train_scans[0]),
+            len(self.train_scans[1]),
             time.perf_counter() - start,
             noise.describe(),
         )
@@ -461,10 +558,12 @@ class Trainer:
         task = get_task(self.cfg.model.task)
         rng = np.random.default_rng(self.cfg.train.seed)
         produced, reference = [], []
-        for pair in self.train_pairs:
-            src, tgt, _ = load_pair(pair, self.cfg)
+        for scan in self.train_scans[0]:
+            src, _ = load_scan(scan, "source", self.cfg)
             out = translate_volume(net, src, spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
             produced.append(_sample(out.array[body_mask(src.array, task.source_kind, src.affine)], rng))
+        for scan in self.train_scans[1]:
+            tgt, _ = load_scan(scan, "target", self.cfg)
             reference.append(_sample(tgt.array[body_mask(tgt.array, task.target_kind, tgt.affine)], rng))
         produced_hu, reference_hu = np.concatenate(produced), np.concatenate(reference)
         calibration = fit_quantile_map(produced_hu, reference_hu)
@@ -472,9 +571,10 @@ class Trainer:
         save_checkpoint(ckpt, path)  # a new file: a hard link from last.pt to best.pt is broken, last.pt unchanged
         p = np.array([0.05, 0.5, 0.95])
         logger.info(
-            "intensity calibration fitted on %d training cases in %.1f s and written to %s: output HU at 5/50/95 %% "
-            "%s -> training CT %s",
-            len(self.train_pairs),
+            "intensity calibration fitted on %d training sources and %d training CTs in %.1f s and written to %s: "
+            "output HU at 5/50/95 %% %s -> training CT %s",
+            len(self.train_scans[0]),
+            len(self.train_scans[1]),
             time.perf_counter() - start,
             path,
             np.round(np.quantile(produced_hu, p)).tolist(),
@@ -483,34 +583,85 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
-        """Translate each validation volume whole, back in HU on its own grid, and score it inside the body mask."""
+        """Translate each validation volume whole, back in HU on its own grid, and score it: a pair inside its body
+        mask against its target (HU metrics); in a cohort run also without its target (:meth:`_pair_free_scores`),
+        and a validation case holding only a source that way alone."""
+        task = get_task(self.cfg.model.task)
         scores: list[dict[str, float]] = []
-        for i, pair in enumerate(self.val_pairs):
-            src, tgt, mask = load_pair(pair, self.cfg)  # the mask file (or CT body mask) on the original grid
-            pred = translate_volume(self.net, src, self.spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
-            if get_task(self.cfg.model.task).metrics == "synthrad":
-                s = synthrad_metrics(pred.array, tgt.array, mask)
+        free: list[dict[str, float]] = []
+        paired = {p.case_id: p for p in self.val_pairs}
+        if self.cohorts is None:
+            cases = [(p.case_id, None) for p in self.val_pairs]
+        else:  # every validation source, paired or not
+            cases = [(s.case_id, s) for s in self.val_sources]
+        for i, (cid, scan) in enumerate(cases):
+            if cid in paired:
+                src, tgt, mask = load_pair(
+                    paired[cid], self.cfg
+                )  # the mask file (or CT body mask) on the original grid
             else:
+                (src, _), tgt, mask = load_scan(scan, "source", self.cfg), None, None
+            pred = translate_volume(self.net, src, self.spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
+            if tgt is not None and task.metrics == "synthrad":
+                scores.append(synthrad_metrics(pred.array, tgt.array, mask))
+            elif tgt is not None:
                 s = ldct_metrics(pred.array, tgt.array, axial_axis=axial_axis(tgt.affine), mask=mask)
                 s["mae"] = float(np.abs(pred.array - tgt.array)[mask].mean())
-            scores.append(s)
+                scores.append(s)
+            if self.cohorts is not None:
+                free.append(self._pair_free_scores(src, pred))
             if i == 0:
                 self._log_images(src, pred, tgt, mask)
-        return {
+        out = {
             f"val_{k}": float(np.mean([s[k] for s in scores]))
-            for k in scores[0]
+            for k in (scores[0] if scores else [])
             if k in ("mae", "psnr", "ssim", "ms_ssim", "rmse")
         }
+        out.update({f"val_{k}": float(np.mean([s[k] for s in free])) for k in (free[0] if free else [])})
+        return out
 
-    def _log_images(self, src: Any, pred: Any, tgt: Any, mask: np.ndarray) -> None:
-        z = int(np.argwhere(mask).mean(axis=0)[axial_axis(tgt.affine)])
-        axis = axial_axis(tgt.affine)
+    def _pair_free_scores(self, src: Any, pred: Any) -> dict[str, float]:
+        """What a translation can be judged by without its target (docs/unpaired.md):
+
+        - ``w1``: the 1-Wasserstein distance (HU) between the output's values inside the input's body and the training
+          target cohort's inside theirs: 0 when the output has the cohort's HU distribution;
+        - ``outline_dice``: the Dice overlap of the input's body outline and the output's (a CT body mask): below 1
+          when tissue is painted where the input has none, or left out;
+        - ``artefact``: the artefact index (qa.py) of the output, about 1 for a real CT.
+        """
+        from scipy.stats import wasserstein_distance
+
+        task = get_task(self.cfg.model.task)
+        body = body_mask(src.array, task.source_kind, src.affine)
+        values = np.asarray(pred.array, dtype=np.float32)[body]
+        rng = np.random.default_rng(self.cfg.train.seed)
+        return {
+            "w1": float(wasserstein_distance(_sample(values, rng, REFERENCE_VOXELS), self._reference_hu())),
+            "outline_dice": dice(body, body_mask(pred.array, task.target_kind, pred.affine)),
+            "artefact": artefact_index(pred.array, axial_axis(src.affine)),
+        }
+
+    def _reference_hu(self) -> np.ndarray:
+        """A seeded sample of the training target cohort's HU inside their body masks (from the slice cache)."""
+        if getattr(self, "_reference", None) is None:
+            rng, ct = np.random.default_rng(self.cfg.train.seed), ct_intensity()
+            per_case = max(REFERENCE_VOXELS // max(len(self.train_targets or []), 1), 1)
+            self._reference = np.concatenate(
+                [
+                    _sample(ct.inverse(np.asarray(c.array("target"))[np.asarray(c.array("mask")) > 0]), rng, per_case)
+                    for c in self.train_targets or []
+                ]
+            ).astype(np.float32)
+        return self._reference
+
+    def _log_images(self, src: Any, pred: Any, tgt: Any | None, mask: np.ndarray | None) -> None:
+        axis = axial_axis(src.affine)
+        if mask is None:  # a validation source without its target: its own body
+            mask = body_mask(src.array, get_task(self.cfg.model.task).source_kind, src.affine)
+        z = int(np.argwhere(mask).mean(axis=0)[axis])
         tiles = []
-        for vol, lo, hi in (
-            (src.array, *np.percentile(src.array, (0.5, 99.5))),
-            (pred.array, -1000, 1600),
-            (tgt.array, -1000, 1600),
-        ):
+        shown = [(src.array, *np.percentile(src.array, (0.5, 99.5))), (pred.array, -1000, 1600)]
+        for vol, lo, hi in shown + ([(tgt.array, -1000, 1600)] if tgt is not None else []):
             sl = np.take(np.asarray(vol, dtype=np.float32), z, axis=axis)
             tiles.append(np.clip((sl - lo) / max(hi - lo, 1e-6), 0, 1))
         self.writer.add_image("val/input_output_target", np.concatenate(tiles, axis=1)[None], self.epoch + 1)
@@ -525,7 +676,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ baseline
     def _fit_baseline(self) -> dict[str, float]:
-        if isinstance(self.lut, IntensityMap):
+        if isinstance(self.lut, IntensityMap) and self.train_targets is not None:  # cohorts: no voxel pairs
+            sources = np.concatenate([c.array("source")[c.array("mask") > 0] for c in self.train_cases])
+            targets = np.concatenate([c.array("target")[c.array("mask") > 0] for c in self.train_targets])
+            self.lut.fit_quantiles(sources, targets)
+            logger.info("intensity map fitted by matching quantiles: the training cases are not all pairs")
+        elif isinstance(self.lut, IntensityMap):
             body = [c.array("mask") > 0 for c in self.train_cases]
             sources = np.concatenate([c.array("source")[m] for c, m in zip(self.train_cases, body)])
             targets = np.concatenate([c.array("target")[m] for c, m in zip(self.train_cases, body)])
@@ -537,9 +693,9 @@ class Trainer:
                 zs = body[:: max(len(body) // 4, 1)][:4].tolist()
                 pairs += zip(c.slices("source", zs).numpy(), c.slices("target", zs).numpy())
             self.lut.fit([p[0] for p in pairs], [p[1] for p in pairs])
-        val = self.validate() if self.val_pairs else {}
+        val = self.validate() if self.validates else {}
         self.epoch = self.schedule.epochs = 1
-        self.best_mae = val.get("val_mae", math.inf)
+        self.best_mae = val.get(self.selected_by, math.inf)
         self._end_epoch({}, val, 0.0)
         self._save("best.pt")
         self._close_writer()
@@ -559,7 +715,8 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
-            "best_mae": self.best_mae,
+            "best_mae": self.best_mae,  # the best value of selected_by (val_mae unless a cohort run has no pair)
+            "selected_by": self.selected_by,
             "rng": {"gen": self.gen.get_state(), "torch": torch.get_rng_state()},
             "history": self.history,
             "epoch_losses": self.epoch_losses,

@@ -134,6 +134,26 @@ def tiny_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def cohort_data(tiny_data, tmp_path_factory):
+    """Disjoint cohorts as a user with unpaired scans has them: MR-only subjects (u0, u1: head-only field of view,
+    LAS grid) in mr/, CT-only subjects (u2, u3: another spacing and size, RPI grid) in ct/, no subject in common;
+    plus the tiny phantoms' paired cases s2 (validation) and s3 (test) in the per-subject layout."""
+    root = tmp_path_factory.mktemp("cohorts") / "cases"
+    for n in (0, 1):
+        s = make_subject(300 + n, shape=(48, 48, 16), spacing=(4.6, 4.6, 10.4), axcodes="LAS")
+        top = np.eye(4)
+        top[2, 3] = 5  # the upper 11 slices: no neck
+        write_nifti(root / "mr" / f"u{n}.nii.gz", s.mr.array[..., 5:], s.mr.affine @ top)
+    for n in (2, 3):
+        s = make_subject(300 + n, shape=(40, 40, 14), spacing=(5.5, 5.5, 12.0), axcodes="RPI")
+        write_nifti(root / "ct" / f"u{n}.nii.gz", s.ct.array, s.ct.affine)
+    for case in ("s2", "s3"):
+        shutil.copytree(tiny_data / case, root / case)
+    (root / "split.json").write_text(json.dumps({"train": ["u0", "u1", "u2", "u3"], "val": ["s2"], "test": ["s3"]}))
+    return root
+
+
+@pytest.fixture(scope="session")
 def ldct_data(tiny_data, tmp_path_factory):
     """Low-dose / normal-dose pairs: the tiny phantoms' CTs with and without added noise, same split as tiny_data."""
     root = tmp_path_factory.mktemp("ldct") / "cases"

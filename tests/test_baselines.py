@@ -34,3 +34,15 @@ def test_classical_denoiser_picks_a_strength_that_lowers_the_error():
     after = np.mean([np.abs(o - c).mean() for o, c in zip(out, clean)])
     assert after < 0.6 * before
     assert ClassicalDenoiser(h=float(den.h)).state_dict()["h"] == den.h  # h travels in the checkpoint
+
+
+def test_intensity_map_without_pairs_matches_the_target_distribution():
+    # two cohorts, no voxel pairs: the map takes the source's distribution to the target's, keeping the order
+    rng = np.random.default_rng(0)
+    source = rng.uniform(-0.9, 0.1, 50_000)
+    target = np.clip(rng.normal(0.3, 0.1, 30_000), -1, 1)
+    lut = IntensityMap(256).fit_quantiles(source, target)
+    mapped = lut(torch.as_tensor(source, dtype=torch.float32).view(1, 1, -1, 1)).numpy().ravel()
+    q = np.linspace(0.02, 0.98, 25)
+    assert np.abs(np.quantile(mapped, q) - np.quantile(target, q)).max() < 0.02
+    assert (np.diff(lut.table.numpy()) >= 0).all()

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from medtranslate.checkpoint import load_checkpoint
 from medtranslate.config import ModelConfig
 from medtranslate.errors import ConfigError
 from medtranslate.io import read_volume
@@ -323,3 +324,34 @@ def test_overwrite_never_removes_what_the_pipeline_did_not_write(tmp_path, tiny_
         run_pipeline(path, out, progress=False, overwrite=True)
     assert "pass --overwrite" not in str(err.value)
     assert sorted(p.name for p in (out / "data").iterdir()) == sorted(p.name for p in tiny_data.iterdir())
+
+
+@pytest.mark.slow
+def test_cyclegan_pipeline_on_disjoint_cohorts_trains_translates_and_scores_the_paired_test_case(tmp_path, cohort_data):
+    import shutil
+
+    import yaml
+
+    from medtranslate.errors import InputError
+    from medtranslate.pipeline import run_pipeline
+
+    spec = _tiny_pipeline(cohort_data, "mr2ct", pipeline={"baseline": "intensity_map"})
+    spec["model"] = {"kind": "cyclegan", "task": "mr2ct", "ngf": 4, "ndf": 4, "n_blocks": 1, "calibration": "quantile"}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = run_pipeline(path, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert summary["n_done"] == 1 and summary["baseline"]["kind"] == "intensity_map"
+    sct, mr = read_volume(run / "translated" / "s3_sct.nii.gz"), read_volume(cohort_data / "s3" / "mr.nii.gz")
+    assert sct.shape == mr.shape and np.allclose(sct.affine, mr.affine, atol=1e-4)
+    # trained on the cohorts (the MRs of u0, u1, the CTs of u2, u3), validated on the pair s2
+    best = load_checkpoint(run / "train" / "checkpoints" / "best.pt")
+    assert best["split"]["train"] == ["u0", "u1", "u2", "u3"] and "val_mae" in best["history"][-1]
+    # test cases are scored against their CTs: a test case without its pair is refused, and says why
+    root = tmp_path / "no-pairs"
+    for role in ("mr", "ct"):
+        shutil.copytree(cohort_data / role, root / role)
+    spec["data"]["root"] = str(root)
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(InputError, match=r"test cases u\d have no pair .* evaluation without pairs is not built yet"):
+        run_pipeline(path, tmp_path / "run2", progress=False)

@@ -10,7 +10,7 @@ import torch
 from medtranslate.config import RunConfig
 from medtranslate.errors import InputError
 from medtranslate.cache import CachedCase, open_cached, write_cached
-from medtranslate.slices import PreparedCase, SliceDataset, context_indices
+from medtranslate.slices import PreparedCase, PreparedScan, SliceDataset, context_indices
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_paired_augmentation_moves_source_and_target_alike(case, context):
 
 def test_unpaired_targets_come_from_another_case(case):
     a, b = case("a"), case("bb")
-    ds = SliceDataset([a, b], config(augment=False, patch_size=24), seed=1, paired=False)
+    ds = SliceDataset([a, b], config(augment=False, patch_size=24), seed=1, targets=[a, b])
     for i in range(len(ds)):
         ci, z = ds.index[i]
         own = ds.cases[ci].slices("target", [z])[0]
@@ -99,13 +99,39 @@ def test_unpaired_targets_come_from_another_case(case):
         assert not torch.allclose(target, own)
         # the source's own body mask comes along (for CycleGAN's body-outline loss), cropped like the source
         assert torch.equal(ds[i]["mask"][0, 2:22, :], ds.cases[ci].slices("mask", [z])[0])
-    rotated = SliceDataset([a, b], config(rotate_deg=30.0, scale=0.0, patch_size=24), seed=1, paired=False)
+    rotated = SliceDataset([a, b], config(rotate_deg=30.0, scale=0.0, patch_size=24), seed=1, targets=[a, b])
     for i in range(len(ds)):
         m = rotated[i]["mask"]
         assert m.shape == (1, 24, 24) and float(m.min()) >= 0 and float(m.max()) <= 1  # background padded as 0
         assert float(m.sum()) == pytest.approx(float(ds[i]["mask"].sum()), rel=0.1)  # turned, not lost
-    with pytest.raises(InputError, match="at least 2 training cases"):
-        SliceDataset([a], config(), seed=0, paired=False)
+    with pytest.raises(InputError, match="at least 2 subjects"):
+        SliceDataset([a], config(), seed=0, targets=[a])
+
+
+def test_unpaired_partners_come_from_the_target_cohort_of_other_subjects(case, tmp_path):
+    # cohorts: source scans hold a source and their own mask, target scans a target on their own grid and depth
+    def scan(cid: str, slot: str, shape: tuple[int, int, int], value: float):
+        image = torch.full((1, *shape), value)
+        mask = torch.ones((1, *shape), dtype=torch.bool)
+        return write_cached(PreparedScan(cid, slot, image, mask), tmp_path / "scans" / f"{cid}-{slot}")
+
+    sources = [scan("m0", "source", (20, 24, 5), 0.1), scan("both", "source", (20, 24, 5), 0.2)]
+    targets = [scan("c0", "target", (30, 22, 7), 0.3), scan("both", "target", (18, 24, 3), 0.4)]
+    assert sources[0].arrays == ("mask", "source") and targets[0].arrays == ("mask", "target")
+    ds = SliceDataset(sources, config(augment=False, patch_size=24), seed=0, targets=targets)
+    assert len(ds) == 10  # source slices only
+    drawn = set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item, (ci, _) = ds[i], ds.index[i]
+            value = round(float(item["target"][0, 12, 12]), 3)
+            drawn.add(value)
+            assert float(item["source"][0, 12, 12]) == pytest.approx(0.1 if ci == 0 else 0.2)
+            if ds.cases[ci].case_id == "both":  # never its own subject's CT while the cohort has another
+                assert value == pytest.approx(0.3)
+            assert item["target"].shape == (1, 24, 24) and torch.equal(item["mask"][0, 2:22], torch.ones(20, 24))
+    assert drawn == {0.3, 0.4}  # both target scans serve as partners
 
 
 def test_denoising_augmentation_does_not_interpolate_the_noise_away(case):
@@ -122,14 +148,14 @@ def test_denoising_augmentation_does_not_interpolate_the_noise_away(case):
 
 def test_an_item_depends_only_on_seed_epoch_and_index(case):
     a, b = case("a"), case("bb")
-    ds = SliceDataset([a, b], config(rotate_deg=20.0, scale=0.2), seed=3, paired=False)
+    ds = SliceDataset([a, b], config(rotate_deg=20.0, scale=0.2), seed=3, targets=[a, b])
     first = [ds[i] for i in range(len(ds))]
     again = [ds[i] for i in reversed(range(len(ds)))][::-1]  # another order: the same items
     for x, y in zip(first, again):
         assert all(torch.equal(x[k], y[k]) for k in x)
     ds.set_epoch(1)  # the next epoch draws anew
     assert not all(torch.equal(first[i]["source"], ds[i]["source"]) for i in range(len(ds)))
-    other = SliceDataset([a, b], config(rotate_deg=20.0, scale=0.2), seed=4, paired=False)
+    other = SliceDataset([a, b], config(rotate_deg=20.0, scale=0.2), seed=4, targets=[a, b])
     assert not all(torch.equal(first[i]["source"], other[i]["source"]) for i in range(len(ds)))
 
 

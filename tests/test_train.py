@@ -9,7 +9,9 @@ import time
 
 import csv
 import dataclasses
+import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from medtranslate.config import load_config
 from medtranslate.schedule import note_of
 from medtranslate.errors import ConfigError, GeometryMismatchError, InputError
 from medtranslate.io import read_volume, write_nifti
+from medtranslate.phantom import make_subject
 from medtranslate.train import Trainer
 from medtranslate.calibration import apply_calibration
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
@@ -386,7 +389,7 @@ def test_no_pairs_and_wrong_kind_on_resume(tmp_path, tiny_data):
     result = run_cli(
         "train", str(write_config(tmp_path / "c.yaml", empty)), "--out", str(tmp_path / "r"), "--no-progress"
     )
-    assert result.returncode == 2 and "no mr/ct pairs found" in result.stderr and "unmatched: a" in result.stderr
+    assert result.returncode == 2 and "no mr/ct pairs found" in result.stderr and "(unpaired: a);" in result.stderr
     # a run made by the intensity-mapping baseline cannot be resumed as pix2pix
     base = write_config(tmp_path / "b.yaml", tiny_data, "intensity_map")
     assert run_cli("train", str(base), "--out", str(tmp_path / "run"), "--no-progress").returncode == 0
@@ -527,3 +530,72 @@ def test_l1_warm_up_trains_the_generator_alone_then_the_discriminator_joins(tmp_
     history = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
     assert [bool(row["loss_d"]) for row in history] == [False, True]
     assert all(float(row["loss_g_l1"]) > 0 for row in history)
+
+
+def test_cyclegan_trains_on_disjoint_cohorts_each_scan_on_its_own_grid(tmp_path, cohort_data):
+    # mr/ holds MR-only subjects, ct/ CT-only ones on other grids and fields of view; s2 is a paired validation case
+    cfg = load_config(write_config(tmp_path / "c.yaml", cohort_data, "cyclegan", **{"model.calibration": "quantile"}))
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert [c.case_id for c in trainer.train_cases] == ["u0", "u1"]
+    assert [c.case_id for c in trainer.train_targets] == ["u2", "u3"]
+    # each scan preprocessed on its own: the head-only MRs keep their 11 slices, the CTs their 14, each with a mask
+    assert [c.shape[0] for c in trainer.train_cases + trainer.train_targets] == [11, 11, 14, 14]
+    assert trainer.train_cases[0].arrays == ("mask", "source") and trainer.train_targets[0].arrays == ("mask", "target")
+    for c in trainer.train_cases:  # the MR's body mask is made from the MR itself (no CT on its grid)
+        mr = read_volume(cohort_data / "mr" / f"{c.case_id}.nii.gz")
+        assert c.body_fraction.sum() * c.shape[1] * c.shape[2] == pytest.approx(
+            body_mask(mr.array, "mr", mr.affine).sum(), rel=0.02
+        )
+    val = trainer.fit()
+    # the paired validation case is scored in HU, and every validation source also without its pair
+    assert {"val_mae", "val_w1", "val_outline_dice", "val_artefact"} <= set(val)
+    assert 0 < val["val_outline_dice"] <= 1 and val["val_w1"] > 0
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert history[0].endswith("selected_by") and all(row.endswith(",val_mae") for row in history[1:])
+    # the calibration's reference is the CT cohort's HU inside the body, never a paired case's
+    reference = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["spec"]["calibration"]["reference"]
+    cohort = [read_volume(cohort_data / "ct" / f"u{n}.nii.gz") for n in (2, 3)]
+    inside = np.concatenate([v.array[body_mask(v.array, "ct", v.affine)] for v in cohort])
+    assert (reference[0], reference[-1]) == (pytest.approx(inside.min()), pytest.approx(inside.max()))
+
+
+def test_cohorts_without_a_pair_pick_best_by_the_pair_free_distance(tmp_path, cohort_data):
+    root = tmp_path / "unpaired"
+    for role in ("mr", "ct"):
+        shutil.copytree(cohort_data / role, root / role)
+    cfg = load_config(write_config(tmp_path / "c.yaml", root, "cyclegan", **{"train.epochs": 3}))
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    # the random split drew its validation case from the MR-only cases and kept both cohorts in training
+    assert len(best["split"]["val"]) == 1 and best["split"]["val"][0] in ("u0", "u1")
+    w1 = [row["val_w1"] for row in last["history"]]
+    assert all("val_mae" not in row and row["selected_by"] == "val_w1" for row in last["history"])
+    assert best["selected_by"] == "val_w1" and best["epoch"] == 1 + int(np.argmin(w1)) and best["best_mae"] == min(w1)
+
+
+def test_pix2pix_on_unpaired_scans_names_them_and_what_trains_on_them(tmp_path, cohort_data):
+    root = tmp_path / "unpaired"
+    for role in ("mr", "ct"):
+        shutil.copytree(cohort_data / role, root / role)
+    cfg = load_config(write_config(tmp_path / "c.yaml", root, "pix2pix"))
+    with pytest.raises(InputError) as err:
+        Trainer(cfg, tmp_path / "run", progress=False)
+    message = str(err.value)
+    assert "unpaired: u0, u1, u2, u3" in message and "cyclegan" in message and "preprocess --register" in message
+
+
+def test_low_dose_noise_is_measured_from_cohorts_with_no_subject_in_common(tmp_path, ldct_data):
+    # low-dose scans of two subjects, normal-dose scans of two others: the noise is measured all the same
+    root = tmp_path / "cohorts"
+    (root / "ld").mkdir(parents=True)
+    for n in (0, 1):
+        shutil.copy(ldct_data / f"s{n}" / "ld.nii.gz", root / "ld" / f"s{n}.nii.gz")
+        # other subjects, on a finer grid of their own
+        other = make_subject(400 + n, shape=(96, 96, 16), spacing=(2.3, 2.3, 10.4), axcodes="RAS").ct
+        write_nifti(root / "nd" / f"n{n}.nii.gz", other.array, other.affine)
+    (root / "split.json").write_text(json.dumps({"train": ["s0", "s1", "n0", "n1"]}))
+    extra = {"model.task": "ldct", "model.inverse": "noise", "model.generator": "unet", "model.lambda_identity": 0.0}
+    trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", root, "cyclegan", **extra)), tmp_path / "run")
+    assert {c.case_id for c in trainer.train_targets} == {"n0", "n1"}
+    assert float(np.median(trainer.model.noise.sigmas)) == pytest.approx(30.0, rel=0.15)
