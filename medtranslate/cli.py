@@ -66,6 +66,7 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         misalign_deg=deg,
         misalign_mm=mm,
+        cohorts=args.cohorts,
     )
     print(f"wrote {len(written)} files to {args.out}")
     return 0
@@ -256,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sample-data",
         help="regenerate the procedural MR/CT head phantoms of sample_data/ (deterministic)",
-        description="Write the paired MR/CT head phantoms, their body masks and split.json.",
+        description="Write the paired MR/CT head phantoms, their body masks and split.json, and disjoint cohorts "
+        "(subjects with an MR only or a CT only) with split_cohorts.json.",
     )
     p.add_argument("--out", default="sample_data", help="output folder (default: sample_data)")
     p.add_argument("--subjects", type=int, default=8, help="number of subjects (default: 8)")
@@ -267,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
         nargs=2,
         metavar=("DEG", "MM"),
         help="move each MR by a random rigid transform of up to DEG degrees and MM mm per axis (for preprocess)",
+    )
+    p.add_argument(
+        "--cohorts",
+        type=int,
+        default=5,
+        help="subjects in each of two disjoint cohorts for unpaired training: MR-only / CT-only (and normal-dose-only "
+        "/ low-dose-only), with split_cohorts.json (default: 5, the committed data; 0 for none)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument(

@@ -25,7 +25,16 @@ from scipy import ndimage
 from .atomic import atomic_write_text
 from .io import Volume, write_nifti
 
-__all__ = ["TISSUES", "PhantomSubject", "make_subject", "misalign", "write_sample_data", "SAMPLE_SPLIT"]
+__all__ = [
+    "TISSUES",
+    "PhantomSubject",
+    "make_subject",
+    "misalign",
+    "write_sample_data",
+    "write_cohorts",
+    "SAMPLE_SPLIT",
+    "COHORT_SPLIT",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +285,87 @@ def misalign(volume: Volume, seed: int, max_deg: float, max_mm: float) -> tuple[
 
 
 LDCT_DOSE = 0.25  # dose fraction of the low-dose sample pairs
-LDCT_SLICES = slice(16, 48)  # the central 32 axial slices keep sample_data/ under its 30 MB budget
+LDCT_SLICES = slice(16, 48)  # the central 32 axial slices keep sample_data/ under its 45 MB budget
+
+# Disjoint cohorts for unpaired training: subjects sub-11.. give only an MR (mr2ct) or a normal-dose CT (ldct),
+# subjects sub-21.. only a CT or a low-dose CT; no subject is in both cohorts. The MR cohort is head-only on a
+# coarser grid and the CT cohort head-and-neck on another, as scans from two departments are.
+MR_ONLY_SPACING, MR_ONLY_SLICES = (2.0, 2.0, 3.0), 40  # 120 mm above the skull base's level: no neck
+CT_ONLY_SPACING = (2.0, 2.0, 2.6)
+COHORT_SPLIT = {
+    "train": [f"sub-{n}" for n in (11, 12, 13, 14, 15, 21, 22, 23, 24, 25)],
+    "val": ["sub-06"],
+    "test": ["sub-07", "sub-08"],
+}
+
+
+def _resampled(volume: Volume, spacing: tuple[float, float, float], background: float) -> Volume:
+    """``volume`` on a grid of ``spacing`` covering the same extent (same origin and axes), linearly interpolated."""
+    import SimpleITK as sitk
+
+    from .io import affine_to_sitk, sitk_to_volume
+
+    img = affine_to_sitk(volume.array.astype(np.float32), volume.affine)
+    size = [max(int(round(n * s / t)), 1) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing)]
+    out = sitk.Resample(
+        img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), spacing, img.GetDirection(), background
+    )
+    return sitk_to_volume(out, Path("phantom"), "nifti")
+
+
+def _superior(volume: Volume, n: int) -> Volume:
+    """The ``n`` most superior axial slices of ``volume``."""
+    from .lowdose import axial_slab
+    from .transforms import axial_axis
+
+    axis = axial_axis(volume.affine)
+    depth = volume.shape[axis]
+    upward = volume.affine[2, axis] > 0
+    return axial_slab(volume, depth - n, depth) if upward else axial_slab(volume, 0, n)
+
+
+def write_cohorts(
+    out: str | Path, n_subjects: int = 5, seed: int = 2026, overwrite: bool = False, ldct: bool = True
+) -> list[Path]:
+    """Write disjoint cohorts beside the paired sample data, and ``<out>/split_cohorts.json``.
+
+    - ``<out>/mr2ct/mr/sub-1N.nii.gz``: MR-only subjects, head only (the upper 120 mm) on a 2 x 2 x 3 mm grid;
+    - ``<out>/mr2ct/ct/sub-2N.nii.gz``: CT-only subjects, head and neck on a 2 x 2 x 2.6 mm grid;
+    - ``<out>/ldct/nd/sub-1N.nii.gz`` and ``<out>/ldct/ld/sub-2N.nii.gz``: normal-dose CTs of the first subjects and
+      low-dose CTs of the others, simulated as the paired ones are.
+
+    No mask files: each scan's body mask is made from itself. ``split_cohorts.json`` trains on the cohorts and keeps
+    the paired sample set's validation and test cases, so a model trained on cohorts is scored as a paired one is.
+    """
+    from .checks import require_int
+    from .errors import InputError
+    from .lowdose import axial_slab, simulate_lowdose, write_ct
+
+    require_int("--cohorts", n_subjects, 0, 9, error=InputError)
+    out = Path(out)
+    written = []
+    for k in range(n_subjects):
+        for n, mr2ct_role, ldct_role in ((11 + k, "mr", "nd"), (21 + k, "ct", "ld")):
+            sid = f"sub-{n}"
+            subject = make_subject(seed * 1000 + n)
+            path = out / "mr2ct" / mr2ct_role / f"{sid}.nii.gz"
+            if mr2ct_role == "mr":
+                vol = _superior(_resampled(subject.mr, MR_ONLY_SPACING, 0.0), MR_ONLY_SLICES)
+                written.append(write_nifti(path, np.rint(vol.array), vol.affine, np.int16, overwrite=overwrite))
+            else:
+                vol = _resampled(subject.ct, CT_ONLY_SPACING, -1024.0)
+                written.append(write_ct(path, Volume(np.rint(vol.array), vol.affine), overwrite=overwrite))
+            if ldct:
+                crop = axial_slab(subject.ct, LDCT_SLICES.start, LDCT_SLICES.stop)
+                ld, nd = simulate_lowdose(crop, LDCT_DOSE, seed=seed * 1000 + n, name=f"{sid} CT")
+                image = nd if ldct_role == "nd" else ld
+                written.append(write_ct(out / "ldct" / ldct_role / f"{sid}.nii.gz", image, overwrite=overwrite))
+            logger.info("wrote cohort subject %s", sid)
+    if n_subjects:
+        split = {k: v for k, v in COHORT_SPLIT.items()}
+        split["train"] = [s for s in split["train"] if int(s[4:]) % 10 <= n_subjects]
+        written.append(atomic_write_text(out / "split_cohorts.json", json.dumps(split, indent=2) + "\n"))
+    return written
 
 
 def write_sample_data(
@@ -287,6 +376,7 @@ def write_sample_data(
     ldct: bool = True,
     misalign_deg: float = 0.0,
     misalign_mm: float = 0.0,
+    cohorts: int = 5,
 ) -> list[Path]:
     """Write the sample data set and ``<out>/split.json``.
 
@@ -294,7 +384,8 @@ def write_sample_data(
       or ``misalign_mm`` the MR is moved by a random rigid transform of up to that much per axis (as real MR and CT,
       taken on different days, are), and ``misalignment.json`` beside it says by how much;
     - ``<out>/ldct/sub-XX/{ld,nd}.nii.gz``: low-dose (25 %) / normal-dose pairs simulated in the projection domain
-      from the central 32 slices of each phantom CT (see :mod:`medtranslate.lowdose`).
+      from the central 32 slices of each phantom CT (see :mod:`medtranslate.lowdose`);
+    - ``cohorts`` subjects in each of two disjoint cohorts and ``<out>/split_cohorts.json`` (:func:`write_cohorts`).
 
     Deterministic: the same seed writes the same voxels.
     """
@@ -302,7 +393,7 @@ def write_sample_data(
     from .errors import InputError
     from .lowdose import axial_slab, simulate_lowdose, write_ct
 
-    require_int("--subjects", n_subjects, 1, 999, error=InputError)
+    require_int("--subjects", n_subjects, 1, 10 if cohorts else 999, error=InputError)  # cohorts are sub-11..
     require_int("--seed", seed, 0, 2**31, error=InputError)
     if (Path(out) / "split.json").exists() and not overwrite:  # checked first: it is written last
         from .errors import OutputError
@@ -336,6 +427,7 @@ def write_sample_data(
             for name, vol in (("ld", ld), ("nd", nd)):
                 written.append(write_ct(out / "ldct" / sid / f"{name}.nii.gz", vol, overwrite=overwrite))
         logger.info("wrote %s", sid)
+    written += write_cohorts(out, cohorts, seed, overwrite, ldct)
     split = {k: [s for s in v if int(s[4:]) <= n_subjects] for k, v in SAMPLE_SPLIT.items()}
     written.append(atomic_write_text(out / "split.json", json.dumps(split, indent=2) + "\n"))
     return written

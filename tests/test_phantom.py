@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medtranslate.io import read_volume
-from medtranslate.phantom import LABELS, SAMPLE_SPLIT, make_subject
+from medtranslate.phantom import COHORT_SPLIT, LABELS, SAMPLE_SPLIT, make_subject
 
 from .conftest import SAMPLE, run_cli
 
@@ -80,30 +80,55 @@ def test_mr_is_t1_like_bone_and_air_both_dark(subject):
 def test_committed_sample_data_matches_its_split_and_budget():
     split = json.loads((SAMPLE / "split.json").read_text())
     assert split == SAMPLE_SPLIT
-    subjects = sorted(p.name for p in (SAMPLE / "mr2ct").iterdir())
+    subjects = sorted(p.name for p in (SAMPLE / "mr2ct").iterdir() if p.name.startswith("sub-"))
     assert subjects == sorted(sum(SAMPLE_SPLIT.values(), []))
     assert len(subjects) >= 8
     total = sum(p.stat().st_size for p in SAMPLE.rglob("*") if p.is_file())
-    assert total < 30 * 2**20
+    assert total < 45 * 2**20
     ct = read_volume(SAMPLE / "mr2ct" / "sub-01" / "ct.nii.gz")
     assert ct.shape == (128, 128, 64) and ct.array.dtype == np.int16 and ct.orientation != "RAS"
 
 
+def test_committed_cohorts_share_no_subject_and_differ_in_grid_and_field_of_view():
+    assert json.loads((SAMPLE / "split_cohorts.json").read_text()) == COHORT_SPLIT
+    ids = {
+        (task, role): sorted(p.name.removesuffix(".nii.gz") for p in (SAMPLE / task / role).glob("*.nii.gz"))
+        for task, role in (("mr2ct", "mr"), ("mr2ct", "ct"), ("ldct", "ld"), ("ldct", "nd"))
+    }
+    for task, (a, b) in (("mr2ct", ("mr", "ct")), ("ldct", ("ld", "nd"))):
+        assert len(ids[task, a]) == len(ids[task, b]) == 5 and not set(ids[task, a]) & set(ids[task, b])
+        assert sorted(ids[task, a] + ids[task, b]) == sorted(COHORT_SPLIT["train"])
+        paired = {p.name for p in (SAMPLE / task).iterdir() if p.name.startswith("sub-")}
+        assert not paired & set(ids[task, a] + ids[task, b])
+    mr, ct = (
+        read_volume(SAMPLE / "mr2ct" / "mr" / "sub-11.nii.gz"),
+        read_volume(SAMPLE / "mr2ct" / "ct" / "sub-21.nii.gz"),
+    )
+    assert mr.spacing == pytest.approx((2.0, 2.0, 3.0)) and ct.spacing == pytest.approx((2.0, 2.0, 2.6))
+    assert mr.shape[2] * 3.0 < 0.75 * ct.shape[2] * 2.6  # the MRs are head only, the CTs head and neck
+
+
 @pytest.mark.slow
 def test_sample_data_command_regenerates_committed_files_exactly(tmp_path):
-    result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
+    result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--cohorts", "1")
     assert result.returncode == 0, result.stderr
-    for task, name in (("mr2ct", "mr"), ("mr2ct", "ct"), ("mr2ct", "mask"), ("ldct", "ld"), ("ldct", "nd")):
-        new = read_volume(tmp_path / task / "sub-01" / f"{name}.nii.gz")
-        old = read_volume(SAMPLE / task / "sub-01" / f"{name}.nii.gz")
+    files = [
+        f"{task}/sub-01/{name}.nii.gz"
+        for task, names in (("mr2ct", "mr ct mask"), ("ldct", "ld nd"))
+        for name in names.split()
+    ]
+    files += ["mr2ct/mr/sub-11.nii.gz", "mr2ct/ct/sub-21.nii.gz", "ldct/nd/sub-11.nii.gz", "ldct/ld/sub-21.nii.gz"]
+    for name in files:
+        new, old = read_volume(tmp_path / name), read_volume(SAMPLE / name)
         np.testing.assert_array_equal(new.array, old.array)
         np.testing.assert_allclose(new.affine, old.affine, atol=1e-6)
+    assert json.loads((tmp_path / "split_cohorts.json").read_text())["train"] == ["sub-11", "sub-21"]
     again = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
 def test_misaligned_sample_data_moves_only_the_mr_and_says_by_how_much(tmp_path):
-    result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--misalign", "4", "3")
+    result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--misalign", "4", "3", "--cohorts", "0")
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "mr2ct" / "sub-01"
     moved_by = json.loads((folder / "misalignment.json").read_text())
