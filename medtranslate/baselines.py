@@ -99,6 +99,43 @@ class ClassicalDenoiser(nn.Module):
         self.h.fill_(min(errors, key=errors.get))
         return self
 
+    def fit_unpaired(
+        self,
+        sources: list[np.ndarray],
+        targets: list[np.ndarray],
+        factors: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0, 1.3, 1.7, 2.2),
+    ) -> "ClassicalDenoiser":
+        """Fit without pairs (slices of two cohorts, in [-1, 1]): h = factor x the noise the sources have beyond the
+        targets, the factor whose output keeps the noise the target cohort has in flat soft tissue (noise.py's
+        regions), since without a pair no error can be measured.
+
+        Raises:
+            InputError: too little flat soft tissue in either cohort to measure its noise.
+        """
+        from .errors import InputError
+        from .noise import flat_regions
+        from .transforms import ct_intensity
+
+        ct = ct_intensity()
+
+        def noise(slices: list[np.ndarray], name: str) -> float:
+            regions = flat_regions(ct.inverse(np.stack(slices).astype(np.float32)))
+            if len(regions) == 0:
+                raise InputError(
+                    f"the {name} slices hold no flat soft tissue to measure their noise, which tunes the non-local "
+                    "means baseline without pairs; add cases or use pipeline.baseline: none"
+                )
+            return float(np.median(regions.std(axis=(1, 2))))
+
+        wanted, noisy = noise(targets, "normal-dose"), noise(sources, "low-dose")
+        excess = np.sqrt(max(noisy**2 - wanted**2, 1.0)) * 2.0 / (ct.hi - ct.lo)  # HU -> the [-1, 1] scale
+        kept = {}
+        for f in factors:
+            h = max(f * excess, 1e-6)
+            kept[h] = abs(noise([self._denoise(s, h) for s in sources], "denoised") - wanted)
+        self.h.fill_(min(kept, key=kept.get))
+        return self
+
     def fit_quantiles(self, source: np.ndarray, target: np.ndarray) -> "IntensityMap":
         """Fit without pairs (both scaled to [-1, 1]): each bin to the target quantile at the source's cumulative
         fraction there, so the map takes the source's distribution to the target's (histogram matching)."""

@@ -192,23 +192,24 @@ class Trainer:
         """The split, the validation cases (checked now, so a bad file stops the run at once; read again when
         validated) and the training cases in the slice cache.
 
-        pix2pix and the non-local means baseline learn from pairs. CycleGAN learns from cohorts: every training
-        source image and every training target image, of any subjects and grids, each preprocessed on its own
-        (``train_cases`` the sources, ``train_targets`` the targets). The intensity map learns from pairs when every
-        training case is one, else from the cohorts (by matching quantiles). Validation scores paired cases in HU;
-        a cohort run without a paired validation case picks best.pt by a pair-free measure (``selected_by``).
+        pix2pix learns from pairs. CycleGAN learns from cohorts: every training source image and every training
+        target image, of any subjects and grids, each preprocessed on its own (``train_cases`` the sources,
+        ``train_targets`` the targets). The baselines learn from pairs when every training case is one, else from
+        the cohorts (the intensity map by matching quantiles, non-local means by matching noise). Validation scores
+        paired cases in HU; a cohort run without a paired validation case picks best.pt by a pair-free measure
+        (``selected_by``).
         """
         src_role, tgt_role = cfg.model.roles
         cache = Path(cfg.data.cache) if cfg.data.cache else self.run_dir / "cache"
         self.cohorts: Cohorts | None = None
         self.val_sources: list[Scan] = []
-        if cfg.model.kind in ("cyclegan", "intensity_map"):
+        if cfg.model.kind in ("cyclegan", "intensity_map", "classical"):
             cohorts = discover_cohorts(cfg)
             paired = cohorts.paired_ids
             self.split = split_cohorts(cfg, cohorts)
             if cfg.model.kind == "cyclegan" or not set(self.split["train"]) <= set(paired):
                 self.cohorts = cohorts
-            else:  # an intensity map of paired cases: as from discover_pairs
+            else:  # a baseline of paired cases: as from discover_pairs
                 pairs = {cid: cohorts.pair(cid) for cid in paired}
         else:
             pairs = discover_pairs(cfg)
@@ -686,11 +687,15 @@ class Trainer:
             sources = np.concatenate([c.array("source")[m] for c, m in zip(self.train_cases, body)])
             targets = np.concatenate([c.array("target")[m] for c, m in zip(self.train_cases, body)])
             self.lut.fit(sources, targets)
+        elif self.train_targets is not None:  # the denoiser on cohorts: tuned on a few body slices of each scan
+            sources = [s for c in self.train_cases for s in c.slices("source", self._tuning_slices(c)).numpy()]
+            targets = [s for c in self.train_targets for s in c.slices("target", self._tuning_slices(c)).numpy()]
+            self.lut.fit_unpaired(sources, targets)
+            logger.info("non-local means tuned without pairs: its output keeps the normal-dose cohort's noise")
         else:  # tune the denoiser on a few body slices of every training case
             pairs = []
             for c in self.train_cases:
-                body = np.flatnonzero(c.body_fraction >= max(self.cfg.data.min_body_fraction, 0.2))
-                zs = body[:: max(len(body) // 4, 1)][:4].tolist()
+                zs = self._tuning_slices(c)
                 pairs += zip(c.slices("source", zs).numpy(), c.slices("target", zs).numpy())
             self.lut.fit([p[0] for p in pairs], [p[1] for p in pairs])
         val = self.validate() if self.validates else {}
@@ -700,6 +705,11 @@ class Trainer:
         self._save("best.pt")
         self._close_writer()
         return val
+
+    def _tuning_slices(self, case: CachedCase) -> list[int]:
+        """Four slices spread over the body of a case: what the non-local means baseline is tuned on."""
+        body = np.flatnonzero(case.body_fraction >= max(self.cfg.data.min_body_fraction, 0.2))
+        return body[:: max(len(body) // 4, 1)][:4].tolist()
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:

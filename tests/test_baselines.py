@@ -46,3 +46,23 @@ def test_intensity_map_without_pairs_matches_the_target_distribution():
     q = np.linspace(0.02, 0.98, 25)
     assert np.abs(np.quantile(mapped, q) - np.quantile(target, q)).max() < 0.02
     assert (np.diff(lut.table.numpy()) >= 0).all()
+
+
+def test_classical_denoiser_without_pairs_keeps_the_normal_dose_cohorts_noise():
+    # low-dose slices of some subjects, normal-dose slices of others: the strength is tuned by noise, not by error
+    from medtranslate.noise import flat_regions
+    from medtranslate.transforms import ct_intensity
+
+    ct, rng = ct_intensity(), np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 28**2).astype(np.float32)
+
+    def slices(sigma: float, n: int) -> list[np.ndarray]:
+        hu = [np.where(disc > 0, 40.0, -1000.0) + rng.normal(0, sigma, disc.shape) * disc for _ in range(n)]
+        return [ct.forward(h).astype(np.float32) for h in hu]
+
+    low, normal = slices(40.0, 3), slices(8.0, 3)
+    model = ClassicalDenoiser().fit_unpaired(low, normal)
+    out = [model._denoise(s, float(model.h)) for s in low]
+    left = float(np.median(flat_regions(ct.inverse(np.stack(out))).std(axis=(1, 2))))
+    assert 4.0 < left < 16.0  # about the normal-dose cohort's 8 HU, from the low-dose cohort's 40
