@@ -166,6 +166,22 @@ def ldct_data(tiny_data, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def ldct_cohort_data(ldct_data, tmp_path_factory):
+    """Disjoint low-dose cohorts: the low-dose scans of s0, s1 in ld/, normal-dose scans of two other subjects (n0,
+    n1, on a finer RAS grid) in nd/; plus the paired cases s2 (validation) and s3 (test) of ldct_data."""
+    root = tmp_path_factory.mktemp("ldct_cohorts") / "cases"
+    (root / "ld").mkdir(parents=True)
+    for n in (0, 1):
+        shutil.copy(ldct_data / f"s{n}" / "ld.nii.gz", root / "ld" / f"s{n}.nii.gz")
+        other = make_subject(400 + n, shape=(96, 96, 16), spacing=(2.3, 2.3, 10.4), axcodes="RAS").ct
+        write_nifti(root / "nd" / f"n{n}.nii.gz", other.array, other.affine)
+    for case in ("s2", "s3"):
+        shutil.copytree(ldct_data / case, root / case)
+    (root / "split.json").write_text(json.dumps({"train": ["s0", "s1", "n0", "n1"], "val": ["s2"], "test": ["s3"]}))
+    return root
+
+
 def write_config(path, root, kind="pix2pix", **extra):
     cfg = {"data": {"root": str(root)}, "model": {"kind": kind, "task": "mr2ct"}, "train": {"seed": 3}}
     for dotted, value in {**TINY, **extra}.items():

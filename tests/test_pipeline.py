@@ -327,7 +327,9 @@ def test_overwrite_never_removes_what_the_pipeline_did_not_write(tmp_path, tiny_
 
 
 @pytest.mark.slow
-def test_cyclegan_pipeline_on_disjoint_cohorts_trains_translates_and_scores_the_paired_test_case(tmp_path, cohort_data):
+def test_cyclegan_pipeline_on_disjoint_cohorts_trains_translates_and_scores_the_paired_test_case(
+    tmp_path, cohort_data, ldct_cohort_data
+):
     import shutil
 
     import yaml
@@ -335,13 +337,26 @@ def test_cyclegan_pipeline_on_disjoint_cohorts_trains_translates_and_scores_the_
     from medtranslate.errors import InputError
     from medtranslate.pipeline import run_pipeline
 
+    # low-dose: low-dose scans of s0, s1 and normal-dose ones of n0, n1; the baseline tuned without pairs too
+    spec = _tiny_pipeline(ldct_cohort_data, "ldct", pipeline={"baseline": "classical"})
+    spec["model"] = {"kind": "cyclegan", "task": "ldct", "inverse": "noise", "generator": "unet", "ngf": 4, "ndf": 4}
+    path = tmp_path / "ldct.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    summary = run_pipeline(path, tmp_path / "ldct", progress=False)
+    assert summary["n_done"] == 1 and summary["baseline"]["kind"] == "classical" and "psnr" in summary["metrics"]
+    assert (tmp_path / "ldct" / "report.html").exists() and (
+        tmp_path / "ldct" / "translated" / "s3_denoised.nii.gz"
+    ).exists()
+    best = load_checkpoint(tmp_path / "ldct" / "train" / "checkpoints" / "best.pt")
+    assert best["split"]["train"] == ["s0", "s1", "n0", "n1"]  # the split file's
+    # MR -> CT
     spec = _tiny_pipeline(cohort_data, "mr2ct", pipeline={"baseline": "intensity_map"})
     spec["model"] = {"kind": "cyclegan", "task": "mr2ct", "ngf": 4, "ndf": 4, "n_blocks": 1, "calibration": "quantile"}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(spec))
     summary = run_pipeline(path, tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert summary["n_done"] == 1 and summary["baseline"]["kind"] == "intensity_map"
+    assert summary["n_done"] == 1 and summary["baseline"]["kind"] == "intensity_map" and (run / "report.html").exists()
     sct, mr = read_volume(run / "translated" / "s3_sct.nii.gz"), read_volume(cohort_data / "s3" / "mr.nii.gz")
     assert sct.shape == mr.shape and np.allclose(sct.affine, mr.affine, atol=1e-4)
     # trained on the cohorts (the MRs of u0, u1, the CTs of u2, u3), validated on the pair s2
@@ -355,3 +370,22 @@ def test_cyclegan_pipeline_on_disjoint_cohorts_trains_translates_and_scores_the_
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(InputError, match=r"test cases u\d have no pair .* evaluation without pairs is not built yet"):
         run_pipeline(path, tmp_path / "run2", progress=False)
+
+
+@pytest.mark.slow
+def test_a_pipeline_without_test_cases_tests_on_the_validation_cases(tmp_path, tiny_data):
+    import shutil
+
+    import yaml
+
+    from medtranslate.pipeline import run_pipeline
+
+    root = tmp_path / "cases"
+    for case in ("s0", "s1", "s2"):  # no split.json: a random split, which has no test part
+        shutil.copytree(tiny_data / case, root / case)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(_tiny_pipeline(root, "mr2ct", pipeline={"baseline": "none"})))
+    summary = run_pipeline(path, tmp_path / "run", progress=False)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["test"] == [] and len(split["val"]) == 1  # the file keeps its parts disjoint
+    assert summary["n_done"] == 1 and (tmp_path / "run" / "translated" / f"{split['val'][0]}_sct.nii.gz").exists()

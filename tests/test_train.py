@@ -9,7 +9,6 @@ import time
 
 import csv
 import dataclasses
-import json
 import logging
 import shutil
 
@@ -22,7 +21,6 @@ from medtranslate.config import load_config
 from medtranslate.schedule import note_of
 from medtranslate.errors import ConfigError, GeometryMismatchError, InputError
 from medtranslate.io import read_volume, write_nifti
-from medtranslate.phantom import make_subject
 from medtranslate.train import Trainer
 from medtranslate.calibration import apply_calibration
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
@@ -585,17 +583,10 @@ def test_pix2pix_on_unpaired_scans_names_them_and_what_trains_on_them(tmp_path, 
     assert "unpaired: u0, u1, u2, u3" in message and "cyclegan" in message and "preprocess --register" in message
 
 
-def test_low_dose_noise_is_measured_from_cohorts_with_no_subject_in_common(tmp_path, ldct_data):
-    # low-dose scans of two subjects, normal-dose scans of two others: the noise is measured all the same
-    root = tmp_path / "cohorts"
-    (root / "ld").mkdir(parents=True)
-    for n in (0, 1):
-        shutil.copy(ldct_data / f"s{n}" / "ld.nii.gz", root / "ld" / f"s{n}.nii.gz")
-        # other subjects, on a finer grid of their own
-        other = make_subject(400 + n, shape=(96, 96, 16), spacing=(2.3, 2.3, 10.4), axcodes="RAS").ct
-        write_nifti(root / "nd" / f"n{n}.nii.gz", other.array, other.affine)
-    (root / "split.json").write_text(json.dumps({"train": ["s0", "s1", "n0", "n1"]}))
+def test_low_dose_noise_is_measured_from_cohorts_with_no_subject_in_common(tmp_path, ldct_cohort_data):
+    # low-dose scans of two subjects, normal-dose scans of two others (on another grid): measured all the same
     extra = {"model.task": "ldct", "model.inverse": "noise", "model.generator": "unet", "model.lambda_identity": 0.0}
-    trainer = Trainer(load_config(write_config(tmp_path / "c.yaml", root, "cyclegan", **extra)), tmp_path / "run")
+    cfg = load_config(write_config(tmp_path / "c.yaml", ldct_cohort_data, "cyclegan", **extra))
+    trainer = Trainer(cfg, tmp_path / "run")
     assert {c.case_id for c in trainer.train_targets} == {"n0", "n1"}
     assert float(np.median(trainer.model.noise.sigmas)) == pytest.approx(30.0, rel=0.15)
