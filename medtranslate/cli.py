@@ -74,8 +74,23 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from . import distributed
-    from .evaluate import evaluate_folder, format_summary
+    from .errors import InputError
+    from .evaluate import evaluate_folder, evaluate_without_pairs, format_summary
 
+    if (args.ref is None) == (args.cohort is None):
+        raise InputError("give --ref (references of the same subjects) or --cohort (a CT cohort, no pairs), not both")
+    if args.cohort is not None:
+        if args.input is None:
+            raise InputError("--cohort judges each output against its input's body outline: give --input too")
+        unused = [f"--{k.replace('_', '-')}" for k in ("mask", "hu_to_rsp", "hu_to_red") if getattr(args, k)]
+        if unused or args.resample_to_ref:
+            raise InputError(f"{', '.join(unused or ['--resample-to-ref'])} needs --ref: pairs to compare")
+        result = evaluate_without_pairs(
+            args.pred, args.input, args.cohort, args.out, task=args.task, progress=not args.no_progress
+        )
+        print(format_summary(result))
+        print(f"report: {result.out / 'report.html'}")
+        return 1 if result.failed else 0
     result = evaluate_folder(
         args.pred,
         args.ref,
@@ -447,7 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(MAE, PSNR, SSIM, MS-SSIM) or, for --task ldct, windowed slice SSIM/PSNR and RMSE in HU.",
     )
     p.add_argument("--pred", required=True, help="prediction file or folder (e.g. <case>_sct.nii.gz)")
-    p.add_argument("--ref", required=True, help="reference CT file or folder")
+    p.add_argument("--ref", help="reference CT file or folder (the same subjects as the predictions)")
+    p.add_argument(
+        "--cohort",
+        help="instead of --ref: CTs of other subjects; each prediction is judged without a pair (its HU distribution "
+        "against the cohort's, its outline against --input's, its artefact index; docs/unpaired.md)",
+    )
     p.add_argument(
         "--mask", help="body mask file or folder (default: computed from the reference CT and saved in OUT/masks)"
     )

@@ -33,7 +33,14 @@ from .tasks import TASKS, get_task
 from .wepl import ANGLES, MIN_WEPL_MM, read_calibration, wepl_scores
 from .transforms import axial_axis, body_mask, check_same_grid
 
-__all__ = ["EvaluationResult", "evaluate_folder", "select_cases", "summarise", "format_summary"]
+__all__ = [
+    "EvaluationResult",
+    "evaluate_folder",
+    "evaluate_without_pairs",
+    "select_cases",
+    "summarise",
+    "format_summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -471,8 +478,98 @@ def _similarity_definitions(task: str, edition: int, window: str) -> dict[str, s
     }
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], metric_names: list[str]) -> None:
-    columns = ["case", *metric_names, "window", "status", "error", "pred", "ref", "mask", "uncertainty", "seconds"]
+def evaluate_without_pairs(
+    pred: str | os.PathLike | dict[str, Case],
+    input: str | os.PathLike | dict[str, Case],
+    cohort: str | os.PathLike | dict[str, Case],
+    out: str | os.PathLike,
+    task: str = "mr2ct",
+    figures: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    extra_summary: dict[str, Any] | None = None,
+) -> EvaluationResult:
+    """Judge translations that have no reference of their own subject against a reference CT cohort (pairfree.py):
+    the distance of each output's HU distribution to the cohort's, the overlap of its body outline with its input's,
+    its artefact index. Writes metrics.csv, summary.json (``"evaluation": "without pairs"``) and report.html.
+
+    Args:
+        pred, input: the translations and the scans they were made from (files or folders), matched by case id.
+        cohort: CTs (normal-dose CTs for ldct) of any subjects: the distribution the outputs should have.
+
+    Raises:
+        InputError: a folder holds no usable images, the cohort no body, or an unknown task.
+    """
+    from tqdm import tqdm
+
+    from .pairfree import PAIR_FREE_DEFINITIONS, pair_free_scores, reference_sample
+    from .report import pair_free_figure, write_report
+
+    if task not in TASKS:
+        raise InputError(f"unknown task '{task}'; expected one of: {', '.join(TASKS)}")
+    spec = get_task(task)
+    out = Path(out)
+    preds = select_cases(pred, PRED_ROLES, "prediction")
+    inputs = select_cases(input, spec.input_roles, "input")
+    refs = select_cases(cohort, spec.reference_roles, "reference cohort")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{out}: cannot create the output folder ({exc.strerror or exc}); choose another --out"
+        ) from exc
+
+    def cohort_values() -> Any:
+        for case in refs.values():
+            vol = read_case(case)
+            yield np.asarray(vol.array, dtype=np.float32)[body_mask(vol.array, "ct", vol.affine)]
+
+    try:
+        reference = reference_sample(cohort_values(), len(refs), seed)
+    except ValueError:
+        raise InputError(f"{cohort}: no body (nothing above -500 HU) in the reference cohort's CTs") from None
+    rows: list[dict[str, Any]] = []
+    case_figures: dict[str, Path] = {}
+    for cid in tqdm(sorted(preds), desc="evaluate", unit="case", disable=not progress):
+        row: dict[str, Any] = {"case": cid, "pred": str(preds[cid].label), "input": ""}
+        t0 = time.perf_counter()
+        try:
+            if cid not in inputs:
+                raise InputError(f"case '{cid}': no input in {input}; the outline is judged against the input's")
+            row["input"] = str(inputs[cid].label)
+            p, inp = read_case(preds[cid]), read_case(inputs[cid])
+            check_same_grid(p, inp, names=(f"prediction {preds[cid].label}", f"input {inputs[cid].label}"), case=cid)
+            row.update(pair_free_scores(inp, spec.source_kind, p, reference, seed))
+            row.update(status="done", error="")
+            if figures:
+                body = body_mask(inp.array, spec.source_kind, inp.affine)
+                case_figures[cid] = pair_free_figure(out / "figures" / f"{cid}.png", cid, inp, p, body, reference)
+        except MedTranslateError as exc:
+            row.update(status="failed", error=str(exc))
+            logger.warning("%s", exc)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+    metric_names = ["w1", "outline_dice", "artefact_index"]
+    summary = summarise(rows, metric_names)
+    summary.update(
+        task=task,
+        evaluation="without pairs",
+        reference_cohort=sorted(str(c.label) for c in refs.values()),
+        mask_source="each input's body mask (MR: half-Otsu; CT: -500 HU)",
+        definitions=PAIR_FREE_DEFINITIONS,
+        **(extra_summary or {}),
+    )
+    _write_csv(out / "metrics.csv", rows, metric_names, sources=("pred", "input"))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    result = EvaluationResult(rows=rows, summary=summary, out=out)
+    result.figures = write_report(out, rows, summary, metric_names, case_figures)
+    return result
+
+
+def _write_csv(
+    path: Path, rows: list[dict[str, Any]], metric_names: list[str], sources: tuple[str, ...] = ("pred", "ref", "mask")
+) -> None:
+    columns = ["case", *metric_names, "window", "status", "error", *sources, "uncertainty", "seconds"]
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from .atomic import atomic_write_text
 from .checks import require_number, show
 from .config import ModelConfig, RunConfig, apply_overrides, config_differences, read_yaml
 from .errors import ConfigError, InputError
-from .evaluate import evaluate_folder
+from .cases import Case, Cohorts, Pair
+from .evaluate import evaluate_folder, evaluate_without_pairs
 from .slices import default_split_file, discover_cohorts, discover_pairs, load_split, read_split, split_cohorts
 from .tasks import get_task
 
@@ -232,10 +233,10 @@ def _training_note(run: Path) -> str:
     return (rows[-1].get("note") or "") if rows else ""
 
 
-def _translate_stage(ckpt: Path, pairs: dict[str, Any], test: list[str], out: Path, progress: bool) -> None:
+def _translate_stage(ckpt: Path, inputs: dict[str, Case], out: Path, progress: bool) -> None:
     from .translate import translate_folder
 
-    rows = [row for cid in test for row in translate_folder(ckpt, pairs[cid].source.path, out, progress=False)]
+    rows = [row for case in inputs.values() for row in translate_folder(ckpt, case.path, out, progress=False)]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed", "refused")}
     logger.info("test cases into %s: %s", out, ", ".join(f"{n} {s}" for s, n in counts.items() if n))
 
@@ -257,6 +258,74 @@ def _data_from(cfg: RunConfig, folder: Path) -> RunConfig:
     found = default_split_file(cfg.data.root)
     split = cfg.data.split or (str(found) if found else None)
     return replace(cfg, data=replace(cfg.data, root=str(folder), split=split))
+
+
+@dataclass
+class _Scoring:
+    """How a pipeline scores its test cases: against their own targets (pairs), or, for a cohort run whose test
+    cases have none, without pairs against the training target cohort (evaluate_without_pairs)."""
+
+    task: str
+    inputs: dict[str, Case]
+    refs: dict[str, Case] | None = None
+    masks: dict[str, Case] | None = None
+    cohort: dict[str, Case] | None = None
+
+    def evaluate(self, translated: Path, out: Path, figures: bool = True, extra_summary: Any = None) -> Any:
+        if self.cohort is not None:
+            return evaluate_without_pairs(
+                translated, self.inputs, self.cohort, out, task=self.task, figures=figures, progress=False,
+                extra_summary=extra_summary,
+            )  # fmt: skip
+        return evaluate_folder(
+            translated, self.refs, out, mask=self.masks or None, input=self.inputs, task=self.task, figures=figures,
+            progress=False, extra_summary=extra_summary,
+        )  # fmt: skip
+
+
+def _scoring(
+    cfg: RunConfig,
+    split: dict[str, list[str]],
+    test: list[str],
+    pairs: dict[str, Pair],
+    cohorts: Cohorts | None,
+    split_path: Path,
+) -> _Scoring:
+    """The test cases' scoring: their pairs; for a cohort run whose test cases have no pair at all, without pairs
+    (a paired run, or a test list mixing both, has its unpaired cases refused or left out, and says so)."""
+    task = cfg.model.task
+    unpaired = [c for c in test if c not in pairs]
+    if unpaired and cohorts is not None and len(unpaired) == len(test):
+        sources = [c for c in test if c in cohorts.sources]
+        if len(sources) < len(test):
+            raise InputError(
+                f"{split_path}: test cases {', '.join(sorted(set(test) - set(sources)))} have no "
+                f"{cfg.model.roles[0]} image to translate"
+            )
+        cohort = {c: cohorts.targets[c] for c in split["train"] if c in cohorts.targets}
+        logger.warning(
+            "no test case has a pair: the test cases are judged without pairs, against the training %s cohort "
+            "(docs/unpaired.md)",
+            cfg.model.roles[1],
+        )
+        return _Scoring(
+            task, {c: cohorts.sources[c].image for c in test}, cohort={c: s.image for c, s in cohort.items()}
+        )
+    if unpaired and cohorts is not None:
+        logger.warning("test cases %s have no pair: left out; the paired test cases are scored", ", ".join(unpaired))
+        test = [c for c in test if c in pairs]
+    elif unpaired:
+        raise InputError(
+            f"{split_path}: test cases {', '.join(unpaired)} have no pair under {cfg.data.root}: "
+            f"{cfg.model.kind} is scored against each test case's own {cfg.model.roles[1]}; put paired cases (both "
+            "images of one subject on one grid) in the split's test list"
+        )
+    return _Scoring(
+        task,
+        {c: pairs[c].source for c in test},
+        refs={c: pairs[c].target for c in test},
+        masks={c: pairs[c].mask for c in test if pairs[c].mask is not None},
+    )
 
 
 def baseline_config(cfg: RunConfig, kind: str) -> RunConfig:
@@ -313,49 +382,26 @@ def run_pipeline(
     if not test:  # (split.json keeps its parts disjoint: a case is in one only)
         test = split["val"]
         logger.warning("no test cases in the split: the validation cases %s are used as test cases", ", ".join(test))
-    missing = [c for c in test if c not in pairs]
-    if missing:
-        raise InputError(
-            f"{split_path}: test cases {', '.join(missing)} have no pair under {cfg.data.root}: a pipeline scores its "
-            "test cases against their CTs; put paired cases (both images of one subject on one grid) in the split's "
-            "test list (an evaluation without pairs is not built yet)"
-        )
+    scoring = _scoring(cfg, split, test, pairs, cohorts, split_path)
+    test = list(scoring.inputs)
     cfg = replace(cfg, data=replace(cfg.data, split=str(split_path)))
-    refs = {cid: pairs[cid].target for cid in test}
-    masks = {cid: pairs[cid].mask for cid in test if pairs[cid].mask is not None}
-    inputs = {cid: pairs[cid].source for cid in test}
-    task = cfg.model.task
 
     # the baseline first, so the model's report can show it beside the model
     baseline_summary = None
     if section["baseline"] not in ("none", None):
         bcfg = baseline_config(cfg, section["baseline"])
         bckpt = _train_stage(bcfg, out / "baseline", progress)
-        _translate_stage(bckpt, pairs, test, out / "baseline" / "translated", progress)
-        bres = evaluate_folder(
-            out / "baseline" / "translated",
-            refs,
-            out / "baseline" / "eval",
-            mask=masks or None,
-            input=inputs,
-            task=task,
-            figures=False,
-            progress=False,
-        )
+        _translate_stage(bckpt, scoring.inputs, out / "baseline" / "translated", progress)
+        bres = scoring.evaluate(out / "baseline" / "translated", out / "baseline" / "eval", figures=False)
         baseline_summary = {"kind": section["baseline"], **bres.summary, "training": _training_note(out / "baseline")}
 
     ckpt = _train_stage(cfg, out / "train", progress)
-    suffix = get_task(task).output_suffix
+    suffix = get_task(cfg.model.task).output_suffix
     if _stage("translate", all((out / "translated" / f"{c}_{suffix}.nii.gz").exists() for c in test)):
-        _translate_stage(ckpt, pairs, test, out / "translated", progress)
-    result = evaluate_folder(
+        _translate_stage(ckpt, scoring.inputs, out / "translated", progress)
+    result = scoring.evaluate(
         out / "translated",
-        refs,
         out / "eval",
-        mask=masks or None,
-        input=inputs,
-        task=task,
-        progress=False,
         extra_summary={
             "model": cfg.model.kind,
             "baseline": baseline_summary,

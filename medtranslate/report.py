@@ -116,6 +116,41 @@ def uncertainty_figure(path: Path, case: str, std: np.ndarray, error: np.ndarray
     return path
 
 
+def pair_free_figure(
+    path: Path, case: str, inp: Volume, pred: Volume, body: np.ndarray, reference_hu: np.ndarray
+) -> Path:
+    """An output judged without its pair: the input and the output (axial, through the body's centre, with the
+    input's body outline drawn on the output) and the output's HU distribution inside that outline against the
+    reference cohort's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    i, _ = to_ras(inp.array, inp.affine)
+    p, _ = to_ras(pred.array, pred.affine)
+    m, _ = to_ras(body.astype(np.uint8), inp.affine)
+    z = int(round(np.argwhere(m > 0)[:, 2].mean())) if m.any() else m.shape[2] // 2
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    lo, hi = np.percentile(i, (0.5, 99.5))
+    axes[0].imshow(i[:, :, z].T, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+    axes[0].set_title(f"{case}: input", fontsize=10)
+    axes[1].imshow(p[:, :, z].T, origin="lower", cmap="gray", vmin=CT_DISPLAY[0], vmax=CT_DISPLAY[1])
+    axes[1].contour(m[:, :, z].T, levels=[0.5], colors="#c44e52", linewidths=0.8)
+    axes[1].set_title("output, input's body outline in red", fontsize=10)
+    for ax in axes[:2]:
+        ax.axis("off")
+    bins = np.linspace(CT_DISPLAY[0], CT_DISPLAY[1], 131)
+    axes[2].hist(reference_hu, bins=bins, density=True, histtype="step", color="#4c72b0", label="reference cohort")
+    axes[2].hist(p[m > 0], bins=bins, density=True, histtype="step", color="#c44e52", label="output")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("HU inside the body", fontsize=9)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
 def wepl_figure(path: Path, case: str, maps: dict[float, np.ndarray], limit_mm: float = 10.0) -> Path:
     """Per gantry angle, WEPL(sCT) - WEPL(CT) of every ray (across) in every axial slice (up), in mm."""
     import matplotlib
@@ -189,7 +224,15 @@ def _fmt(value: Any) -> str:
 
 
 # which way is better, for the metrics a model is compared with its baseline on
-BETTER = {"mae": "lower", "rmse": "lower", "psnr": "higher", "ssim": "higher", "ms_ssim": "higher"}
+BETTER = {
+    "mae": "lower",
+    "rmse": "lower",
+    "psnr": "higher",
+    "ssim": "higher",
+    "ms_ssim": "higher",
+    "w1": "lower",  # the measures without pairs (pairfree.py)
+    "outline_dice": "higher",
+}
 
 
 def worse_than_baseline(summary: dict[str, Any]) -> list[str]:
@@ -257,6 +300,18 @@ EMBEDDED_CASES = 50  # up to this many cases report.html embeds every figure; be
 # embedded made a 75 MB page)
 
 
+def _cases_caption(summary: dict[str, Any]) -> str:
+    if summary.get("evaluation") == "without pairs":
+        return (
+            "No reference of the same subject: each output beside its input, with the input's body outline, and its HU "
+            "distribution inside that outline against the reference cohort's."
+        )
+    return (
+        "Axial, coronal and sagittal views through the centre of the body mask; the error is |prediction - "
+        "reference| inside the mask."
+    )
+
+
 def write_report(
     out: Path,
     rows: list[dict[str, Any]],
@@ -297,7 +352,12 @@ def write_report(
             f"<p>{len(rows)} cases: each case's figures are files in <code>figures/</code> beside this report "
             f"(embedded up to {EMBEDDED_CASES} cases); keep the folder together.</p><ul>{links}</ul>"
         )
-    edition = f"SynthRAD {summary['edition']}" if summary.get("edition") else f"window {summary.get('window')}"
+    if summary.get("evaluation") == "without pairs":
+        edition = "judged without pairs, against a reference CT cohort"
+    elif summary.get("edition"):
+        edition = f"SynthRAD {summary['edition']}"
+    else:
+        edition = f"window {summary.get('window')}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>medtranslate evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
@@ -313,8 +373,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <h2>Definitions</h2><ul>{defs}</ul>
 <h2>Per case</h2><table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in cols)}</tr>{crow}</table>
 {_img(figures["_metrics"]) if "_metrics" in figures else ""}
-<h2>Cases</h2><p>Axial, coronal and sagittal views through the centre of the body mask;
-the error is |prediction - reference| inside the mask.</p>
+<h2>Cases</h2><p>{html.escape(_cases_caption(summary))}</p>
 {figs}
 </body></html>
 """

@@ -60,7 +60,7 @@ from .slices import (
     split_cohorts,
 )
 from .tasks import get_task
-from .qa import artefact_index, dice
+from .pairfree import pair_free_scores, reference_sample
 from .transforms import axial_axis, body_mask, ct_intensity
 from .translate import translate_volume
 
@@ -79,7 +79,6 @@ RESUMABLE_CHANGES = (
     "data.cache",
 )
 CALIBRATION_VOXELS = 1_000_000  # body voxels per training case and side for model.calibration's quantiles
-REFERENCE_VOXELS = 200_000  # body voxels of a validation output, and of the target cohort, for the pair-free distance
 
 
 def _ignore_sigint(_worker_id: int) -> None:
@@ -203,6 +202,7 @@ class Trainer:
         cache = Path(cfg.data.cache) if cfg.data.cache else self.run_dir / "cache"
         self.cohorts: Cohorts | None = None
         self.val_sources: list[Scan] = []
+        self._reference: np.ndarray | None = None  # the target cohort's HU sample, made at the first validation
         if cfg.model.kind in ("cyclegan", "intensity_map", "classical"):
             cohorts = discover_cohorts(cfg)
             paired = cohorts.paired_ids
@@ -596,10 +596,8 @@ class Trainer:
         else:  # every validation source, paired or not
             cases = [(s.case_id, s) for s in self.val_sources]
         for i, (cid, scan) in enumerate(cases):
-            if cid in paired:
-                src, tgt, mask = load_pair(
-                    paired[cid], self.cfg
-                )  # the mask file (or CT body mask) on the original grid
+            if cid in paired:  # the mask: the mask file (or the CT's body mask) on the original grid
+                src, tgt, mask = load_pair(paired[cid], self.cfg)
             else:
                 (src, _), tgt, mask = load_scan(scan, "source", self.cfg), None, None
             pred = translate_volume(self.net, src, self.spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
@@ -622,38 +620,16 @@ class Trainer:
         return out
 
     def _pair_free_scores(self, src: Any, pred: Any) -> dict[str, float]:
-        """What a translation can be judged by without its target (docs/unpaired.md):
-
-        - ``w1``: the 1-Wasserstein distance (HU) between the output's values inside the input's body and the training
-          target cohort's inside theirs: 0 when the output has the cohort's HU distribution;
-        - ``outline_dice``: the Dice overlap of the input's body outline and the output's (a CT body mask): below 1
-          when tissue is painted where the input has none, or left out;
-        - ``artefact``: the artefact index (qa.py) of the output, about 1 for a real CT.
-        """
-        from scipy.stats import wasserstein_distance
-
+        """The output judged without its target (pairfree.py): against the training target cohort's HU."""
+        if self._reference is None:  # made once: the cohort's body HU from the slice cache
+            ct = ct_intensity()
+            values = (
+                ct.inverse(np.asarray(c.array("target"))[np.asarray(c.array("mask")) > 0])
+                for c in self.train_targets or []
+            )
+            self._reference = reference_sample(values, len(self.train_targets or []), self.cfg.train.seed)
         task = get_task(self.cfg.model.task)
-        body = body_mask(src.array, task.source_kind, src.affine)
-        values = np.asarray(pred.array, dtype=np.float32)[body]
-        rng = np.random.default_rng(self.cfg.train.seed)
-        return {
-            "w1": float(wasserstein_distance(_sample(values, rng, REFERENCE_VOXELS), self._reference_hu())),
-            "outline_dice": dice(body, body_mask(pred.array, task.target_kind, pred.affine)),
-            "artefact": artefact_index(pred.array, axial_axis(src.affine)),
-        }
-
-    def _reference_hu(self) -> np.ndarray:
-        """A seeded sample of the training target cohort's HU inside their body masks (from the slice cache)."""
-        if getattr(self, "_reference", None) is None:
-            rng, ct = np.random.default_rng(self.cfg.train.seed), ct_intensity()
-            per_case = max(REFERENCE_VOXELS // max(len(self.train_targets or []), 1), 1)
-            self._reference = np.concatenate(
-                [
-                    _sample(ct.inverse(np.asarray(c.array("target"))[np.asarray(c.array("mask")) > 0]), rng, per_case)
-                    for c in self.train_targets or []
-                ]
-            ).astype(np.float32)
-        return self._reference
+        return pair_free_scores(src, task.source_kind, pred, self._reference, self.cfg.train.seed)
 
     def _log_images(self, src: Any, pred: Any, tgt: Any | None, mask: np.ndarray | None) -> None:
         axis = axial_axis(src.affine)

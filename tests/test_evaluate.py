@@ -319,3 +319,42 @@ def test_a_cohort_report_links_its_case_figures_and_summarises_in_histograms(tmp
     assert len(links) == len(cases) and all((tmp_path / "big" / link).is_file() for link in links)
     assert len(page) < len(embedded) / 3
     assert big.summary["metrics"]["mae"]["mean"] == pytest.approx(small.summary["metrics"]["mae"]["mean"])
+
+
+def test_without_pairs_outputs_are_judged_against_a_cohort_and_their_inputs(tmp_path, cohort_data, capsys):
+    # a CT cohort of other subjects (u2, u3), MRs of s2 and s3, and three kinds of "translation" of each MR:
+    # its own CT (what a perfect model would make), tissue painted outside the head, and one flat value
+    from scipy import ndimage
+
+    from medtranslate.cli import main
+    from medtranslate.transforms import body_mask
+
+    preds, inputs = tmp_path / "pred", tmp_path / "inputs"
+    for cid in ("s2", "s3"):
+        mr, ct = read_volume(cohort_data / cid / "mr.nii.gz"), read_volume(cohort_data / cid / "ct.nii.gz")
+        write_nifti(inputs / f"{cid}_mr.nii.gz", mr.array, mr.affine)
+        body = body_mask(ct.array, "ct", ct.affine)
+        painted = np.where(ndimage.binary_dilation(body, iterations=3) & ~body, 40, ct.array)
+        flat = np.where(body, 300, -1000)
+        for kind, array in (("good", ct.array), ("painted", painted), ("flat", flat)):
+            write_nifti(preds / kind / f"{cid}_sct.nii.gz", array.astype(np.int16), ct.affine)
+    scores = {}
+    for kind in ("good", "painted", "flat"):
+        args = ["--pred", str(preds / kind), "--input", str(inputs), "--cohort", str(cohort_data / "ct")]
+        assert main(["evaluate", *args, "--out", str(tmp_path / kind), "--no-progress"]) == 0
+        summary = json.loads((tmp_path / kind / "summary.json").read_text())
+        assert summary["evaluation"] == "without pairs" and summary["n_done"] == 2
+        assert len(summary["reference_cohort"]) == 2
+        scores[kind] = {k: v["mean"] for k, v in summary["metrics"].items()}
+    # (measured: outline Dice 0.99 / 0.77, w1 32 / 321 HU)
+    assert scores["good"]["outline_dice"] > 0.98 and scores["painted"]["outline_dice"] < 0.9
+    assert scores["good"]["w1"] < 0.2 * scores["flat"]["w1"]
+    page = (tmp_path / "good" / "report.html").read_text()
+    assert "judged without pairs" in page and page.count("<img") >= 3  # two cases and the metrics figure
+    header = (tmp_path / "good" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["case", "w1", "outline_dice", "artefact_index"] and "input" in header
+    # --cohort and --ref together, or --cohort without --input: one-line errors
+    both = ["--pred", str(preds / "good"), "--ref", str(inputs), "--cohort", str(inputs), "--out", str(tmp_path / "x")]
+    assert main(["evaluate", *both]) == 2 and "not both" in capsys.readouterr().err
+    alone = ["--pred", str(preds / "good"), "--cohort", str(inputs), "--out", str(tmp_path / "x")]
+    assert main(["evaluate", *alone]) == 2 and "give --input too" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,7 +335,6 @@ def test_cyclegan_pipeline_on_disjoint_cohorts_trains_translates_and_scores_the_
 
     import yaml
 
-    from medtranslate.errors import InputError
     from medtranslate.pipeline import run_pipeline
 
     # low-dose: low-dose scans of s0, s1 and normal-dose ones of n0, n1; the baseline tuned without pairs too
@@ -362,14 +362,18 @@ def test_cyclegan_pipeline_on_disjoint_cohorts_trains_translates_and_scores_the_
     # trained on the cohorts (the MRs of u0, u1, the CTs of u2, u3), validated on the pair s2
     best = load_checkpoint(run / "train" / "checkpoints" / "best.pt")
     assert best["split"]["train"] == ["u0", "u1", "u2", "u3"] and "val_mae" in best["history"][-1]
-    # test cases are scored against their CTs: a test case without its pair is refused, and says why
+    # no pair anywhere: the random split validates and tests on an MR-only case, judged without pairs against the
+    # training CT cohort, the baseline beside it
     root = tmp_path / "no-pairs"
     for role in ("mr", "ct"):
         shutil.copytree(cohort_data / role, root / role)
     spec["data"]["root"] = str(root)
     path.write_text(yaml.safe_dump(spec))
-    with pytest.raises(InputError, match=r"test cases u\d have no pair .* evaluation without pairs is not built yet"):
-        run_pipeline(path, tmp_path / "run2", progress=False)
+    summary = run_pipeline(path, tmp_path / "run2", progress=False)
+    assert summary["evaluation"] == "without pairs" and summary["n_done"] == 1
+    assert {"w1", "outline_dice", "artefact_index"} == set(summary["metrics"]) == set(summary["baseline"]["metrics"])
+    assert [Path(p).name for p in summary["reference_cohort"]] == ["u2.nii.gz", "u3.nii.gz"]
+    assert "judged without pairs" in (tmp_path / "run2" / "report.html").read_text()
 
 
 @pytest.mark.slow

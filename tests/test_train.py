@@ -546,7 +546,7 @@ def test_cyclegan_trains_on_disjoint_cohorts_each_scan_on_its_own_grid(tmp_path,
         )
     val = trainer.fit()
     # the paired validation case is scored in HU, and every validation source also without its pair
-    assert {"val_mae", "val_w1", "val_outline_dice", "val_artefact"} <= set(val)
+    assert {"val_mae", "val_w1", "val_outline_dice", "val_artefact_index"} <= set(val)
     assert 0 < val["val_outline_dice"] <= 1 and val["val_w1"] > 0
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert history[0].endswith("selected_by") and all(row.endswith(",val_mae") for row in history[1:])
