@@ -136,18 +136,6 @@ class ClassicalDenoiser(nn.Module):
         self.h.fill_(min(kept, key=kept.get))
         return self
 
-    def fit_quantiles(self, source: np.ndarray, target: np.ndarray) -> "IntensityMap":
-        """Fit without pairs (both scaled to [-1, 1]): each bin to the target quantile at the source's cumulative
-        fraction there, so the map takes the source's distribution to the target's (histogram matching)."""
-        source = np.sort(np.clip(np.asarray(source, dtype=np.float64).ravel(), -1.0, 1.0))
-        target = np.asarray(target, dtype=np.float64).ravel()
-        if source.size == 0 or target.size == 0:
-            raise ValueError("cannot fit an intensity map: no source or no target voxel inside the body")
-        centres = np.linspace(-1.0, 1.0, self.bins)
-        fraction = np.searchsorted(source, centres, side="right") / source.size
-        self.table.copy_(torch.as_tensor(np.quantile(target, fraction), dtype=torch.float32))
-        return self
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centre = x[:, x.shape[1] // 2].float().cpu().numpy()
         out = np.stack([self._denoise(s, float(self.h)) for s in centre])[:, None]

@@ -198,12 +198,7 @@ def evaluate_folder(
         refs = {cid: next(iter(refs.values()))}
         masks = {cid: next(iter(masks.values()))} if _is_file(mask) and len(masks) == 1 else masks
         inputs = {cid: next(iter(inputs.values()))} if _is_file(input) and len(inputs) == 1 else inputs
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{out}: cannot create the output folder ({exc.strerror or exc}); choose another --out"
-        ) from exc
+    _make_folder(out)
     mask_dir = out / "masks"
 
     from .report import (
@@ -512,12 +507,7 @@ def evaluate_without_pairs(
     preds = select_cases(pred, PRED_ROLES, "prediction")
     inputs = select_cases(input, spec.input_roles, "input")
     refs = select_cases(cohort, spec.reference_roles, "reference cohort")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"{out}: cannot create the output folder ({exc.strerror or exc}); choose another --out"
-        ) from exc
+    _make_folder(out)
 
     def cohort_values() -> Any:
         for case in refs.values():
@@ -564,6 +554,15 @@ def evaluate_without_pairs(
     result = EvaluationResult(rows=rows, summary=summary, out=out)
     result.figures = write_report(out, rows, summary, metric_names, case_figures)
     return result
+
+
+def _make_folder(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{out}: cannot create the output folder ({exc.strerror or exc}); choose another --out"
+        ) from exc
 
 
 def _write_csv(
