@@ -75,33 +75,30 @@ def _file_stamp(case: Case | None) -> list[Any] | None:
     return [case.series_uid, stamps]
 
 
-def cache_key(pair: Pair, cfg: RunConfig) -> str:
-    """The hash that names a case's folder: its input files and every setting that changes the cached arrays."""
+def _digest(case_id: str, cfg: RunConfig, files: list[Any], **more: Any) -> str:
+    """A hash of a cache entry's inputs: its files' stamps and every setting that changes the cached arrays."""
     what = {
         "format": CACHE_FORMAT,
         "version": __version__,
-        "case": pair.case_id,
-        "files": [_file_stamp(pair.source), _file_stamp(pair.target), _file_stamp(pair.mask)],
+        "case": case_id,
+        "files": files,
         "task": cfg.model.task,
         "spacing": list(cfg.data.spacing) if cfg.data.spacing else None,
+        **more,
     }
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
-    return f"{pair.case_id}-{digest}"
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_key(pair: Pair, cfg: RunConfig) -> str:
+    """The name of a pair's folder: its case id and the hash of its input files and settings."""
+    files = [_file_stamp(pair.source), _file_stamp(pair.target), _file_stamp(pair.mask)]
+    return f"{pair.case_id}-{_digest(pair.case_id, cfg, files)}"
 
 
 def scan_key(scan: Scan, slot: str, cfg: RunConfig) -> str:
-    """The hash that names a cohort scan's folder: its files, the slot it fills (source or target) and the settings."""
-    what = {
-        "format": CACHE_FORMAT,
-        "version": __version__,
-        "case": scan.case_id,
-        "slot": slot,
-        "files": [_file_stamp(scan.image), _file_stamp(scan.mask)],
-        "task": cfg.model.task,
-        "spacing": list(cfg.data.spacing) if cfg.data.spacing else None,
-    }
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:24]
-    return f"{scan.case_id}-{slot}-{digest}"
+    """The name of a cohort scan's folder: the hash also holds the slot it fills (source or target)."""
+    files = [_file_stamp(scan.image), _file_stamp(scan.mask)]
+    return f"{scan.case_id}-{slot}-{_digest(scan.case_id, cfg, files, slot=slot)}"
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,14 @@ def find_cases(folder: str | os.PathLike, unique: bool = True) -> list[Case]:
     return cases
 
 
+def _roles_by_id(cases: list[Case]) -> dict[str, dict[str, Case]]:
+    """{case id: {role: case}}; an image whose name names no role is under "?"."""
+    by_id: dict[str, dict[str, Case]] = {}
+    for case in cases:
+        by_id.setdefault(case.case_id, {})[case.role or "?"] = case
+    return by_id
+
+
 def pair_cases(
     cases: list[Case],
     source_role: str,
@@ -256,9 +264,7 @@ def pair_cases(
     Returns:
         The complete pairs sorted by id, and {case id: reason} for every case that could not be paired.
     """
-    by_id: dict[str, dict[str, Case]] = {}
-    for case in cases:
-        by_id.setdefault(case.case_id, {})[case.role or "?"] = case
+    by_id = _roles_by_id(cases)
     pairs, unmatched = [], {}
     for cid in sorted(by_id):
         roles = by_id[cid]
@@ -280,9 +286,7 @@ def cohort_cases(cases: list[Case], source_role: str, target_role: str) -> tuple
     Returns:
         The cohorts, and {case id: reason} for every case that holds neither role.
     """
-    by_id: dict[str, dict[str, Case]] = {}
-    for case in cases:
-        by_id.setdefault(case.case_id, {})[case.role or "?"] = case
+    by_id = _roles_by_id(cases)
     sources, targets, unused = {}, {}, {}
     for cid in sorted(by_id):
         roles = by_id[cid]

@@ -82,29 +82,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.cohort is not None:
         if args.input is None:
             raise InputError("--cohort judges each output against its input's body outline: give --input too")
-        unused = [f"--{k.replace('_', '-')}" for k in ("mask", "hu_to_rsp", "hu_to_red") if getattr(args, k)]
-        if unused or args.resample_to_ref:
-            raise InputError(f"{', '.join(unused or ['--resample-to-ref'])} needs --ref: pairs to compare")
+        keys = ("mask", "hu_to_rsp", "hu_to_red", "resample_to_ref")
+        unused = [f"--{k.replace('_', '-')}" for k in keys if getattr(args, k)]
+        if unused:
+            raise InputError(f"{', '.join(unused)} needs --ref: pairs to compare")
         result = evaluate_without_pairs(
             args.pred, args.input, args.cohort, args.out, task=args.task, progress=not args.no_progress
         )
-        print(format_summary(result))
-        print(f"report: {result.out / 'report.html'}")
-        return 1 if result.failed else 0
-    result = evaluate_folder(
-        args.pred,
-        args.ref,
-        args.out,
-        mask=args.mask,
-        input=args.input,
-        edition=args.edition,
-        task=args.task,
-        window=args.window,
-        resample_to_ref=args.resample_to_ref,
-        progress=not args.no_progress,
-        hu_to_rsp=args.hu_to_rsp,
-        hu_to_red=args.hu_to_red,
-    )
+    else:
+        result = evaluate_folder(
+            args.pred,
+            args.ref,
+            args.out,
+            mask=args.mask,
+            input=args.input,
+            edition=args.edition,
+            task=args.task,
+            window=args.window,
+            resample_to_ref=args.resample_to_ref,
+            progress=not args.no_progress,
+            hu_to_rsp=args.hu_to_rsp,
+            hu_to_red=args.hu_to_red,
+        )
     if distributed.world()[0] == 0:  # under torchrun rank 0 speaks for all: every rank has every case's row
         print(format_summary(result))
         print(f"report: {result.out / 'report.html'}")

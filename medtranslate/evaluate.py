@@ -529,17 +529,17 @@ def evaluate_without_pairs(
             row["input"] = str(inputs[cid].label)
             p, inp = read_case(preds[cid]), read_case(inputs[cid])
             check_same_grid(p, inp, names=(f"prediction {preds[cid].label}", f"input {inputs[cid].label}"), case=cid)
-            row.update(pair_free_scores(inp, spec.source_kind, p, reference, seed))
+            body = body_mask(inp.array, spec.source_kind, inp.affine)
+            row.update(pair_free_scores(inp, spec.source_kind, p, reference, seed, body=body))
             row.update(status="done", error="")
             if figures:
-                body = body_mask(inp.array, spec.source_kind, inp.affine)
                 case_figures[cid] = pair_free_figure(out / "figures" / f"{cid}.png", cid, inp, p, body, reference)
         except MedTranslateError as exc:
             row.update(status="failed", error=str(exc))
             logger.warning("%s", exc)
         row["seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
-    metric_names = ["w1", "outline_dice", "artefact_index"]
+    metric_names = list(PAIR_FREE_DEFINITIONS)
     summary = summarise(rows, metric_names)
     summary.update(
         task=task,

@@ -21,7 +21,7 @@ from .io import Volume
 from .qa import artefact_index, dice
 from .transforms import axial_axis, body_mask
 
-__all__ = ["REFERENCE_VOXELS", "PAIR_FREE_DEFINITIONS", "reference_sample", "pair_free_scores"]
+__all__ = ["REFERENCE_VOXELS", "PAIR_FREE_DEFINITIONS", "sample_values", "reference_sample", "pair_free_scores"]
 
 REFERENCE_VOXELS = 200_000  # body voxels of an output, and of a cohort in all, drawn for the distance
 
@@ -36,7 +36,9 @@ PAIR_FREE_DEFINITIONS = {
 }
 
 
-def _sample(values: np.ndarray, rng: np.random.Generator, cap: int) -> np.ndarray:
+def sample_values(values: np.ndarray, rng: np.random.Generator, cap: int) -> np.ndarray:
+    """At most ``cap`` of ``values``, drawn without replacement (distributions and quantiles need no more; a cohort's
+    voxels would not fit in memory)."""
     return values if values.size <= cap else rng.choice(values, cap, replace=False)
 
 
@@ -45,20 +47,29 @@ def reference_sample(body_values: Iterable[np.ndarray], n_volumes: int, seed: in
     (``body_values`` yields each volume's values inside its body, one volume at a time)."""
     rng = np.random.default_rng(seed)
     per_volume = max(REFERENCE_VOXELS // max(n_volumes, 1), 1)
-    parts = [_sample(np.asarray(v, dtype=np.float32).ravel(), rng, per_volume) for v in body_values]
+    parts = [sample_values(np.asarray(v, dtype=np.float32).ravel(), rng, per_volume) for v in body_values]
     if not parts or not sum(p.size for p in parts):
         raise ValueError("the reference cohort has no voxel inside a body")
     return np.concatenate(parts)
 
 
 def pair_free_scores(
-    source: Volume, source_kind: str, output: Volume, reference_hu: np.ndarray, seed: int = 0
+    source: Volume,
+    source_kind: str,
+    output: Volume,
+    reference_hu: np.ndarray,
+    seed: int = 0,
+    body: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The measures of the module's docstring for one translated volume (``output`` on ``source``'s grid, HU)."""
+    """The measures of the module's docstring for one translated volume (``output`` on ``source``'s grid, HU);
+    ``body``: the source's body mask when the caller has it (else made here)."""
     from scipy.stats import wasserstein_distance
 
-    body = body_mask(source.array, source_kind, source.affine)
-    values = _sample(np.asarray(output.array, dtype=np.float32)[body], np.random.default_rng(seed), REFERENCE_VOXELS)
+    if body is None:
+        body = body_mask(source.array, source_kind, source.affine)
+    values = sample_values(
+        np.asarray(output.array, dtype=np.float32)[body], np.random.default_rng(seed), REFERENCE_VOXELS
+    )
     return {
         "w1": float(wasserstein_distance(values, reference_hu)),
         "outline_dice": dice(body, body_mask(output.array, "ct", output.affine)),

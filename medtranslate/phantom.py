@@ -362,7 +362,7 @@ def write_cohorts(
                 written.append(write_ct(out / "ldct" / ldct_role / f"{sid}.nii.gz", image, overwrite=overwrite))
             logger.info("wrote cohort subject %s", sid)
     if n_subjects:
-        split = {k: v for k, v in COHORT_SPLIT.items()}
+        split = dict(COHORT_SPLIT)
         split["train"] = [s for s in split["train"] if int(s[4:]) % 10 <= n_subjects]
         written.append(atomic_write_text(out / "split_cohorts.json", json.dumps(split, indent=2) + "\n"))
     return written

@@ -28,7 +28,7 @@ from .checks import show
 from .config import RunConfig
 from .describe import check_modality
 from .errors import ConfigError, GeometryMismatchError, InputError
-from .cases import Cohorts, Pair, Scan, cohort_cases, find_cases, pair_cases
+from .cases import Case, Cohorts, Pair, Scan, cohort_cases, find_cases, pair_cases
 from .io import Volume, read_case
 from .tasks import get_task
 from .transforms import (
@@ -235,12 +235,7 @@ def load_pair(pair: Pair, cfg: RunConfig) -> tuple[Volume, Volume, np.ndarray]:
         check_same_grid(
             mvol, tgt, names=(f"mask {pair.mask.label}", f"{task.target_role} {pair.target.label}"), case=pair.case_id
         )
-        mask = np.asarray(mvol.array) > 0
-        if not mask.any():
-            raise InputError(
-                f"{pair.mask.label}: the mask of case '{pair.case_id}' is empty; fix it or remove it (a body mask is "
-                "then computed)"
-            )
+        mask = _mask_in(mvol, pair.mask, pair.case_id)
     else:
         mask = body_mask(tgt.array, "ct", tgt.affine)
         if not mask.any():
@@ -276,6 +271,16 @@ def prepare_case(pair: Pair, cfg: RunConfig) -> PreparedCase:
     return prepared
 
 
+def _mask_in(mvol: Volume, mask: Case, case_id: str) -> np.ndarray:
+    """A mask file's voxels as a boolean mask; an empty one is an error naming the file."""
+    values = np.asarray(mvol.array) > 0
+    if not values.any():
+        raise InputError(
+            f"{mask.label}: the mask of case '{case_id}' is empty; fix it or remove it (a body mask is then computed)"
+        )
+    return values
+
+
 def load_scan(scan: Scan, slot: str, cfg: RunConfig) -> tuple[Volume, np.ndarray]:
     """Read and check one cohort scan: its volume and its body mask (its case's mask file when that lies on its grid,
     else made from the image itself, as the image's modality needs).
@@ -299,13 +304,7 @@ def load_scan(scan: Scan, slot: str, cfg: RunConfig) -> tuple[Volume, np.ndarray
                 exc,
             )
         else:
-            mask = np.asarray(mvol.array) > 0
-            if not mask.any():
-                raise InputError(
-                    f"{scan.mask.label}: the mask of case '{scan.case_id}' is empty; fix it or remove it (a body mask "
-                    "is then computed)"
-                )
-            return vol, mask
+            return vol, _mask_in(mvol, scan.mask, scan.case_id)
     mask = body_mask(vol.array, kind, vol.affine)
     if not mask.any():
         raise InputError(

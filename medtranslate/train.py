@@ -60,7 +60,7 @@ from .slices import (
     split_cohorts,
 )
 from .tasks import get_task
-from .pairfree import pair_free_scores, reference_sample
+from .pairfree import pair_free_scores, reference_sample, sample_values
 from .transforms import axial_axis, body_mask, ct_intensity
 from .translate import translate_volume
 
@@ -219,10 +219,10 @@ class Trainer:
         if self.cohorts is None:
             self.val_pairs = [pairs[cid] for cid in self.split["val"]] if self.rank == 0 else []
             jobs = [(lambda p=pairs[cid]: cached_case(p, cfg, cache)) for cid in self.split["train"]]
-            self.train_pairs = [pairs[cid] for cid in self.split["train"]]
+            train = [pairs[cid] for cid in self.split["train"]]
             self.train_scans = (
-                [Scan(p.case_id, src_role, p.source, p.mask) for p in self.train_pairs],
-                [Scan(p.case_id, tgt_role, p.target, p.mask) for p in self.train_pairs],
+                [Scan(p.case_id, src_role, p.source, p.mask) for p in train],
+                [Scan(p.case_id, tgt_role, p.target, p.mask) for p in train],
             )
         else:
             c = self.cohorts
@@ -236,7 +236,6 @@ class Trainer:
                     ", ".join(unused),
                     src_role,
                 )
-            self.train_pairs = []
             self.train_scans = (
                 [c.sources[cid] for cid in self.split["train"] if cid in c.sources],
                 [c.targets[cid] for cid in self.split["train"] if cid in c.targets],
@@ -557,15 +556,15 @@ class Trainer:
         net = build_inference_net(ckpt, self.device, source=str(path))
         spec = replace(TranslatorSpec.from_dict(ckpt["spec"]), calibration=None)  # the network's own output
         task = get_task(self.cfg.model.task)
-        rng = np.random.default_rng(self.cfg.train.seed)
+        rng, cap = np.random.default_rng(self.cfg.train.seed), CALIBRATION_VOXELS
         produced, reference = [], []
         for scan in self.train_scans[0]:
             src, _ = load_scan(scan, "source", self.cfg)
             out = translate_volume(net, src, spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
-            produced.append(_sample(out.array[body_mask(src.array, task.source_kind, src.affine)], rng))
+            produced.append(sample_values(out.array[body_mask(src.array, task.source_kind, src.affine)], rng, cap))
         for scan in self.train_scans[1]:
             tgt, _ = load_scan(scan, "target", self.cfg)
-            reference.append(_sample(tgt.array[body_mask(tgt.array, task.target_kind, tgt.affine)], rng))
+            reference.append(sample_values(tgt.array[body_mask(tgt.array, task.target_kind, tgt.affine)], rng, cap))
         produced_hu, reference_hu = np.concatenate(produced), np.concatenate(reference)
         calibration = fit_quantile_map(produced_hu, reference_hu)
         ckpt["spec"] = {**ckpt["spec"], "calibration": calibration}
@@ -773,12 +772,6 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.history)
         atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
-
-
-def _sample(values: np.ndarray, rng: np.random.Generator, cap: int = CALIBRATION_VOXELS) -> np.ndarray:
-    """At most ``cap`` of ``values``, drawn without replacement (quantiles need no more; a cohort's voxels would not
-    fit in memory)."""
-    return values if values.size <= cap else rng.choice(values, cap, replace=False)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
