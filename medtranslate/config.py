@@ -119,7 +119,7 @@ class ModelConfig:
     full_res: bool | None = None
     # CT -> CT only: predict a correction to the input in units of RESIDUAL_UNIT_HU; default per task
     residual: bool | None = None
-    d_layers: int = 3  # 3: the 70x70 PatchGAN
+    d_layers: int = 3  # 3: the 70x70 PatchGAN; 2: 34x34; 1: 16x16
     gan_loss: str | None = None  # vanilla | lsgan | hinge | wgangp
     gp_weight: float = 10.0  # WGAN-GP gradient penalty weight (Gulrajani et al. 2017)
     lambda_l1: float = 100.0

@@ -4,7 +4,8 @@
   connections, dropout in the blocks next to the innermost, tanh output. ``num_downs=8`` is the 256 variant.
 - :class:`ResnetGenerator`: the CycleGAN generator (Johnson et al. 2016; Zhu et al. 2017): reflection padding,
   two stride-2 downsamplings, ``n_blocks`` residual blocks (6 or 9), two upsamplings, tanh output.
-- :class:`PatchDiscriminator`: the PatchGAN; ``n_layers=3`` gives 70x70 receptive fields. Returns logits.
+- :class:`PatchDiscriminator`: the PatchGAN; ``n_layers`` 1, 2, 3 give 16x16, 34x34, 70x70 receptive fields. Returns
+  logits.
 
 ``full_res=True`` adds 3x3 convolutions at full resolution before and after the U-Net (whose first layer otherwise
 halves the resolution), as the original U-Net of Ronneberger et al. 2015 has; denoising needs them (config.py,

@@ -32,6 +32,18 @@ def test_patchgan_output_grid_for_odd_and_even_sizes(hw, expected):
     assert d(torch.rand(1, 2, *hw)).shape == (1, 1, *expected)
 
 
+@pytest.mark.parametrize("n_layers,field", [(1, 16), (2, 34), (3, 70)])
+def test_patchgan_receptive_field(n_layers, field):
+    # the input pixels one output logit depends on: 16, 34 and 70 pixels across, as in the pix2pix paper's
+    # comparison of discriminators (the shipped mr2ct_cyclegan.yaml picks the 16x16 one by this size)
+    d = PatchDiscriminator(1, ndf=4, n_layers=n_layers).eval()  # running statistics: no coupling across the image
+    x = torch.rand(1, 1, 128, 128, requires_grad=True)
+    out = d(x)
+    out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
+    rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (field, field)
+
+
 def test_reference_architectures_have_the_papers_sizes():
     # pix2pix unet_256 has 54.4 M parameters and the 70x70 PatchGAN (on 6 input channels) 2.77 M
     unet = UNetGenerator(3, 3, num_downs=8, ngf=64)
