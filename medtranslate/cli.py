@@ -113,15 +113,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .config import load_config
-    from .train import train
+    from .train import Trainer
 
     cfg = load_config(args.config, args.set)
-    val = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    val = trainer.fit()
     if distributed.world()[0] != 0:  # under torchrun rank 0 validates and reports
         return 0
     summary = ", ".join(f"{k} {v:.4g}" for k, v in val.items())
     print(f"trained {cfg.model.kind} into {args.out}" + (f"; validation: {summary}" if summary else ""))
-    print(f"checkpoints: {Path(args.out) / 'checkpoints' / 'best.pt'} (lowest validation MAE), last.pt")
+    # a cohort run without a paired validation case picks best.pt by val_w1, not by an MAE
+    print(f"checkpoints: {Path(args.out) / 'checkpoints' / 'best.pt'} (lowest {trainer.selected_by}), last.pt")
     return 0
 
 

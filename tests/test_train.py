@@ -557,12 +557,16 @@ def test_cyclegan_trains_on_disjoint_cohorts_each_scan_on_its_own_grid(tmp_path,
     assert (reference[0], reference[-1]) == (pytest.approx(inside.min()), pytest.approx(inside.max()))
 
 
-def test_cohorts_without_a_pair_pick_best_by_the_pair_free_distance(tmp_path, cohort_data):
+def test_cohorts_without_a_pair_pick_best_by_the_pair_free_distance(tmp_path, cohort_data, capsys):
     root = tmp_path / "unpaired"
     for role in ("mr", "ct"):
         shutil.copytree(cohort_data / role, root / role)
-    cfg = load_config(write_config(tmp_path / "c.yaml", root, "cyclegan", **{"train.epochs": 3}))
-    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    from medtranslate.cli import main
+
+    config = write_config(tmp_path / "c.yaml", root, "cyclegan", **{"train.epochs": 3})
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    # the command says what picked best.pt
+    assert "best.pt (lowest val_w1), last.pt" in capsys.readouterr().out
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     # the random split drew its validation case from the MR-only cases and kept both cohorts in training
