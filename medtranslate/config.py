@@ -61,7 +61,7 @@ MAX_YAML_NODES = 100_000  # nodes after expanding aliases
 class DataConfig:
     """Where the volumes are and how slices are made from them."""
 
-    root: str = ""
+    root: str = ""  # folder of cases (required; layouts: docs/data.md)
     # JSON with train/val/test lists of case ids; default: <root>/split.json, else <root>/../split.json, else random
     split: str | None = None
     val_fraction: float = 0.2  # used only without a split file
@@ -104,17 +104,17 @@ class DataConfig:
 class ModelConfig:
     """Which model, its networks and losses. None means: the kind's paper default."""
 
-    kind: str = ""
-    task: str = "mr2ct"
+    kind: str = ""  # pix2pix (paired) | cyclegan (unpaired) | intensity_map | classical (baselines); required
+    task: str = "mr2ct"  # mr2ct (MR -> CT) | ldct (low-dose -> normal-dose CT); tasks.py
     generator: str | None = None  # unet | resnet
-    ngf: int = 64
-    ndf: int = 64
+    ngf: int = 64  # generator filters in its first layer (the papers' 64)
+    ndf: int = 64  # discriminator filters in its first layer (the papers' 64)
     num_downs: int | None = None  # U-Net depth; default log2(patch_size)
     n_blocks: int = 9  # ResNet generator blocks (6 or 9)
     norm: str | None = None  # batch | instance
     # resize (nearest 2x + 3x3 convolution; no checkerboard, Odena et al. 2016) | transpose (the papers')
     upsample: str = "resize"
-    dropout: float = 0.5
+    dropout: float = 0.5  # U-Net: dropout in the up-blocks next to the innermost (pix2pix's noise)
     # U-Net only: 3x3 convolutions at full resolution before and after the U; default per task
     full_res: bool | None = None
     # CT -> CT only: predict a correction to the input in units of RESIDUAL_UNIT_HU; default per task
@@ -122,16 +122,16 @@ class ModelConfig:
     d_layers: int = 3  # 3: the 70x70 PatchGAN; 2: 34x34; 1: 16x16
     gan_loss: str | None = None  # vanilla | lsgan | hinge | wgangp
     gp_weight: float = 10.0  # WGAN-GP gradient penalty weight (Gulrajani et al. 2017)
-    lambda_l1: float = 100.0
+    lambda_l1: float = 100.0  # pix2pix: weight of L1 beside the adversarial term (the paper's 100)
     # pix2pix: the first epochs train the generator on L1 alone (a regression: no discriminator, a cheaper step),
     # then the adversarial term joins
     l1_warmup_epochs: int = 0
-    lambda_cycle: float = 10.0
+    lambda_cycle: float = 10.0  # CycleGAN: weight of the cycle-consistency loss (the paper's 10)
     cycle_loss: str = "l1"  # l1 | l1_ssim (ganslate) | lowpass (losses.py)
-    lambda_identity: float = 0.5
+    lambda_identity: float = 0.5  # CycleGAN: identity loss weight, as a fraction of lambda_cycle (the paper's 0.5)
     # CycleGAN: a modality-independent structure loss between each generator's input and output (losses.py)
     structure_loss: str = "none"  # none | mind (Yang et al. 2018) | gc (gradient correlation, Hiasa et al. 2018)
-    lambda_structure: float = 0.0
+    lambda_structure: float = 0.0  # weight of structure_loss
     structure_decay: bool = False  # the structure weight follows the learning rate's linear decay (to 0 at the end)
     # CycleGAN: the CT output's body outline (-500 HU) must match the input's body mask (losses.body_loss)
     lambda_body: float = 0.0
@@ -140,7 +140,7 @@ class ModelConfig:
     # CycleGAN, task ldct: the normal -> low-dose direction is a network (F, with its discriminator), or noise
     # measured on the two cohorts' training scans (noise.py), which G learns to remove
     inverse: str = "network"  # network | noise
-    pool_size: int = 50
+    pool_size: int = 50  # CycleGAN: earlier generated images the discriminators also see (the paper's 50)
     bins: int = 256  # intensity_map look-up table size
 
     def __post_init__(self) -> None:
@@ -217,23 +217,24 @@ class TrainConfig:
     # the run's length (and its learning-rate decay's): the same on every machine, whatever its speed
     epochs: int = DEFAULT_EPOCHS
     steps_per_epoch: int | None = None  # cap on generator updates per epoch
-    batch_size: int = 4
-    lr: float = 2e-4
+    batch_size: int = 4  # slices per step (under torchrun: of all processes together)
+    lr: float = 2e-4  # Adam's learning rate (the papers'), constant, then decaying linearly (decay_epochs)
     lr_d: float | None = None  # the discriminators' learning rate; default: lr
-    beta1: float = 0.5
-    beta2: float = 0.999
+    beta1: float = 0.5  # Adam's beta1 (the papers' 0.5)
+    beta2: float = 0.999  # Adam's beta2
     decay_epochs: int | None = None  # epochs of linear decay to 0 at the end; default: half of epochs
     d_steps: int = 1  # discriminator updates per generator update
-    seed: int = 0
+    seed: int = 0  # every random draw: weights, crops, augmentation, unpaired partners, dropout
     device: str = "auto"  # auto | cpu | cuda
-    # auto (bf16 where the hardware runs it faster, measured where unsure; see precision.py) | fp32 | bf16 | fp16
+    # auto (bf16 where the hardware runs it faster, decided by the CPU's or GPU's features; precision.py) | fp32 |
+    # bf16 | fp16
     precision: str = "auto"
     precision_used: str | None = None  # written by train into config.yaml: what was computed in (read back: ignored)
-    channels_last: bool = True
+    channels_last: bool = True  # channels-last memory layout for the networks (faster convolutions)
     # a cap on training time in minutes, never a plan: no epoch is started that is expected to end past it, and a run
     # it stops says it is under-trained (schedule.py)
     max_minutes: float | None = None
-    val_every: int = 1
+    val_every: int = 1  # validate every N epochs (and always after the last)
     num_threads: int | None = None  # torch CPU threads; default: torch's
     # data-loader worker processes that make the training batches (0: in the training process); any number gives
     # the same batches, since every item's random draws come from (seed, epoch, index)

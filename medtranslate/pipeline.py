@@ -48,6 +48,13 @@ RUN_OUTPUTS = (
     "eval",
     "report.html",
 )
+# The keys of a pipeline file's ``pipeline`` section, with what they do (docs/configuration.md is made from this).
+PIPELINE_KEYS = {
+    "baseline": "the baseline trained, translated and evaluated beside the model: intensity_map, classical (non-local "
+    "means) or none; default: the task's (intensity_map for mr2ct, classical for ldct)",
+    "simulate_dose": "task ldct only: first simulate low-dose / normal-dose pairs at this dose fraction (0-1] from the "
+    "CTs under data.root into RUN_DIR/data (simulate-lowdose), and train on them; default: none (the pairs are given)",
+}
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
@@ -64,15 +71,15 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
     section = raw.pop("pipeline", None) or {}
     if not isinstance(section, dict):
         raise ConfigError(
-            f"{path}: section 'pipeline' must be a mapping (keys baseline, simulate_dose), got {show(section)}"
+            f"{path}: section 'pipeline' must be a mapping (keys {', '.join(PIPELINE_KEYS)}), got {show(section)}"
         )
     section = dict(section)
     prepare = raw.pop("prepare", None)
-    unknown = set(section) - {"baseline", "simulate_dose"}
+    unknown = set(section) - set(PIPELINE_KEYS)
     if unknown:
         raise ConfigError(
-            f"{path}: unknown key pipeline.{show(sorted(map(str, unknown))[0])}; valid keys of 'pipeline': baseline, "
-            "simulate_dose"
+            f"{path}: unknown key pipeline.{show(sorted(map(str, unknown))[0])}; valid keys of 'pipeline': "
+            f"{', '.join(PIPELINE_KEYS)}"
         )
     cfg = RunConfig.from_dict(raw, source=str(path))
     if prepare is not None:

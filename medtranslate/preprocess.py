@@ -58,18 +58,18 @@ OUTLIER_MADS = 3.0  # qc.html flags a case whose final similarity is this many m
 class PreprocessOptions:
     """What ``preprocess`` does to each case (see the module's steps)."""
 
-    reference_role: str = "ct"
+    reference_role: str = "ct"  # the image the others are registered onto
     register: str | None = None  # rigid | affine | deformable
-    n4: bool = False
-    n4_shrink: int = 4
-    n4_iterations: tuple[int, ...] = (50, 50, 30, 20)
+    n4: bool = False  # N4 bias-field correction of MR images
+    n4_shrink: int = 4  # N4 fits on a copy shrunk by this factor
+    n4_iterations: tuple[int, ...] = (50, 50, 30, 20)  # N4 iterations per level
     orient: str = "RAS"  # RAS | keep
-    spacing: tuple[float, float, float] | None = None
-    to_reference: bool = False
-    mask: bool = False
-    crop_margin_mm: float | None = None
-    slabs: int = 1
-    seed: int = 0
+    spacing: tuple[float, float, float] | None = None  # resample to voxels of this size (mm)
+    to_reference: bool = False  # resample the other images onto the reference grid
+    mask: bool = False  # write a body mask (mask.nii.gz) made from the reference
+    crop_margin_mm: float | None = None  # crop to the body plus this margin (mm)
+    slabs: int = 1  # cut each case into this many axial slabs
+    seed: int = 0  # seed of the registration's sampling
     max_rotation_deg: float = 30.0  # a registration rotating further is refused (a head tilts by 10-15 degrees)
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ class Task:
         metrics: "synthrad" (3D MAE, PSNR, SSIM, MS-SSIM) or "ldct" (windowed slice SSIM, PSNR, RMSE).
         input_roles: roles accepted as the source image, in order of preference (None: a file naming no role).
         reference_roles: roles accepted as the reference image, in order of preference.
-        defaults: per-section defaults measured for the task (README, "train").
+        defaults: per-section defaults measured for the task (docs/commands/train.md).
         air_outside_body: ``translate`` sets the output to air farther than ``transforms.BODY_MARGIN_MM`` from the
             input's body outline (synthesis: the network must not paint tissue where the input shows none).
     """
@@ -53,7 +53,7 @@ class Task:
         return "ct"
 
 
-# Defaults measured on the sample data (README, "Low-dose CT"). Denoising differs from synthesis in three ways.
+# Defaults measured on the sample data (docs/results.md, "Low-dose CT"). Denoising differs from synthesis in three ways.
 # Augmentation: rotation and scaling resample by bilinear interpolation, which averages neighbouring pixels and so
 # removes part of the noise from the training input but not at test time; flips keep pixels as they are. Units: the
 # noise the network must remove is ~40 HU, 0.02 of the [-1, 1] CT scale; a U-Net fed that scale stayed at the identity

@@ -50,7 +50,7 @@ TTA_VIEWS = ((False, 0, 0), (True, 0, 0), (False, 2, 0), (True, 0, 2), (False, -
              (True, -2, 0))  # fmt: skip
 UNCERTAINTY_METHODS = ("tta", "mc", "ensemble")
 # slices per forward pass by device: on 2 AMD EPYC cores 4 was 1.06-1.15x faster than 8 for the pix2pix U-Net in every
-# run of benchmarks/bench_translate.py (README, "Translation"); CUDA keeps 8 (not measured here)
+# run of benchmarks/bench_translate.py (docs/benchmarks.md, "Translation"); CUDA keeps 8 (not measured here)
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 8}
 
 

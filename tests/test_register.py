@@ -85,7 +85,7 @@ def test_rigid_misalignment_of_10_degrees_and_8_mm_is_recovered_within_half_a_de
 def test_a_smooth_deformation_of_up_to_6_mm_is_undone_to_a_mean_residual_below_1_mm(subject):
     # a known smooth deformation: a B-spline with control points 60 mm apart and random coefficients, scaled so
     # that the largest displacement inside the head is 6 mm. Same modality (CT onto CT): on MR onto CT the
-    # B-spline stage made the phantom's alignment worse (README, "preprocess"), so deformable is for one modality
+    # B-spline stage made the phantom's alignment worse (docs/commands/preprocess.md), so deformable is for one modality
     ct_img = to_sitk(subject.ct)
     known = sitk.BSplineTransformInitializer(ct_img, [3, 3, 2], order=3)
     rng = np.random.default_rng(0)
