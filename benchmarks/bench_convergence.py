@@ -82,7 +82,7 @@ def main() -> None:
         f"{'CPU s to base':>15}"
     )
     for name, sets, cumulative, errors, cpu, wall in results:
-        reach = next((c for c, e in zip(cumulative, errors) if e <= base_final), None)
+        reach = next((c for c, e in zip(cumulative, errors, strict=True) if e <= base_final), None)
         reach_s = f"{reach:.0f}" if reach is not None else "-"
         ratio = cpu / base_cpu
         best = min((e for e in errors if e == e), default=float("nan"))  # NaN: an epoch not validated

@@ -46,7 +46,7 @@ def main() -> None:
         batches = list(loader)
         seconds = time.perf_counter() - t0
         same = reference is None or all(
-            torch.equal(a[k], b[k]) for a, b in zip(reference, batches) for k in ("source", "target")
+            torch.equal(a[k], b[k]) for a, b in zip(reference, batches, strict=True) for k in ("source", "target")
         )
         reference = reference or batches
         print(

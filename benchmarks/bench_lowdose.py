@@ -23,6 +23,7 @@ import argparse
 import numpy as np
 import torch
 from scipy.ndimage import zoom
+from timing import best_time
 
 from medtranslate.ctproj import ParallelBeam, Projector
 from medtranslate.errors import InputError
@@ -37,7 +38,6 @@ from medtranslate.lowdose import (
 )
 from medtranslate.phantom import make_subject
 from medtranslate.precision import describe_machine
-from timing import best_time
 
 
 def previous_simulator(hu: np.ndarray, pixel_mm: float, dose: float, rng: np.random.Generator):
@@ -151,7 +151,7 @@ def draw(path: str, orig: np.ndarray, rows) -> None:
             (nd - orig, f"{name}: normal dose - original", (-20, 20)),
             (ld, f"{name}: 25 % dose", (-160, 240)),
         ]
-        for ax, (img, title, (lo, hi)) in zip(axes[r], panels):
+        for ax, (img, title, (lo, hi)) in zip(axes[r], panels, strict=False):
             ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
             ax.set_title(f"{title} [{lo}, {hi}] HU", fontsize=8)
             ax.axis("off")

@@ -14,11 +14,11 @@ import time
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
+from timing import median_time
 
 from medtranslate.metrics import synthrad_metrics
 from medtranslate.phantom import make_subject
 from medtranslate.precision import describe_machine
-from timing import median_time
 
 
 def skimage_ssim_2023(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_time
 
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 from medtranslate.io import read_volume, write_nifti
@@ -26,7 +27,6 @@ from medtranslate.phantom import make_subject
 from medtranslate.precision import describe_machine
 from medtranslate.transforms import IntensityParams, Preprocessor, intensity_for
 from medtranslate.translate import translate_volume
-from timing import median_time
 
 VARIANTS = {
     "float32 eager": dict(amp_dtype=None, channels_last=False),

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from medtranslate.io import Volume
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from medtranslate.io import Volume
 from medtranslate.translate import translate_volume
 
 

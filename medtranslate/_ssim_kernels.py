@@ -149,8 +149,10 @@ def _row_terms(a0, a1, a2, a3, a4, mrow, n, cov, c1a, c2a, c1b, c2b, weight, ter
     return sa, sb, cnt, cnt - good
 
 
+# complexity: one compiled pass over the volume computes both SSIM variants, its branches per voxel inside the
+# parallel loop; kept as one function so the whole loop body is numba's to optimise
 @njit(parallel=True, cache=True)
-def masked_ssim_sums(x, y, mask, lo, hi, raw, c1a, c2a, c1b, c2b, weight, n_chunks):  # pragma: no cover - compiled
+def masked_ssim_sums(x, y, mask, lo, hi, raw, c1a, c2a, c1b, c2b, weight, n_chunks):  # noqa: C901  # pragma: no cover - compiled
     """Sum two SSIM variants over mask voxels at least 3 voxels from every border of x.
 
     raw: x and y are the prediction and reference as given; each voxel is prepared as it is read (clipped to

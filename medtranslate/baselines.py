@@ -27,7 +27,7 @@ class IntensityMap(nn.Module):
     def bins(self) -> int:
         return int(self.table.numel())
 
-    def fit(self, source: np.ndarray, target: np.ndarray) -> "IntensityMap":
+    def fit(self, source: np.ndarray, target: np.ndarray) -> IntensityMap:
         """Fit on paired voxel values (both scaled to [-1, 1]): per bin the median target; empty bins interpolated."""
         source = np.clip(np.asarray(source, dtype=np.float64).ravel(), -1.0, 1.0)
         target = np.asarray(target, dtype=np.float64).ravel()
@@ -37,13 +37,13 @@ class IntensityMap(nn.Module):
         starts = np.searchsorted(idx, np.arange(self.bins), side="left")
         ends = np.searchsorted(idx, np.arange(self.bins), side="right")
         filled = ends > starts
-        medians = np.array([np.median(target[s:e]) if e > s else np.nan for s, e in zip(starts, ends)])
+        medians = np.array([np.median(target[s:e]) if e > s else np.nan for s, e in zip(starts, ends, strict=True)])
         centres = np.linspace(-1.0, 1.0, self.bins)
         table = np.interp(centres, centres[filled], medians[filled])
         self.table.copy_(torch.as_tensor(table, dtype=torch.float32))
         return self
 
-    def fit_quantiles(self, source: np.ndarray, target: np.ndarray) -> "IntensityMap":
+    def fit_quantiles(self, source: np.ndarray, target: np.ndarray) -> IntensityMap:
         """Fit without pairs (both scaled to [-1, 1]): each bin to the target quantile at the source's cumulative
         fraction there, so the map takes the source's distribution to the target's (histogram matching)."""
         source = np.sort(np.clip(np.asarray(source, dtype=np.float64).ravel(), -1.0, 1.0))
@@ -89,13 +89,15 @@ class ClassicalDenoiser(nn.Module):
         sources: list[np.ndarray],
         targets: list[np.ndarray],
         factors: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0, 1.3, 1.7, 2.2),
-    ) -> "ClassicalDenoiser":
+    ) -> ClassicalDenoiser:
         """Pick h = factor x noise sigma (the std of source - target) with the lowest mean absolute error."""
-        sigma = float(np.median([np.std(s - t) for s, t in zip(sources, targets)]))
+        sigma = float(np.median([np.std(s - t) for s, t in zip(sources, targets, strict=True)]))
         errors = {}
         for f in factors:
             h = max(f * sigma, 1e-6)
-            errors[h] = float(np.mean([np.abs(self._denoise(s, h) - t).mean() for s, t in zip(sources, targets)]))
+            errors[h] = float(
+                np.mean([np.abs(self._denoise(s, h) - t).mean() for s, t in zip(sources, targets, strict=True)])
+            )
         self.h.fill_(min(errors, key=errors.get))
         return self
 
@@ -104,7 +106,7 @@ class ClassicalDenoiser(nn.Module):
         sources: list[np.ndarray],
         targets: list[np.ndarray],
         factors: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0, 1.3, 1.7, 2.2),
-    ) -> "ClassicalDenoiser":
+    ) -> ClassicalDenoiser:
         """Fit without pairs (slices of two cohorts, in [-1, 1]): h = factor x the noise the sources have beyond the
         targets, the factor whose output keeps the noise the target cohort has in flat soft tissue (noise.py's
         regions), since without a pair no error can be measured.

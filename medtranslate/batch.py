@@ -19,12 +19,13 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from .atomic import atomic_write_text, remove_stale_partials
-from .errors import MedTranslateError, OutputError
 from .cases import Case
+from .errors import MedTranslateError, OutputError
 
 __all__ = ["prepare_output_folder", "run_cases", "read_manifest"]
 

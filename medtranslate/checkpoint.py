@@ -58,7 +58,7 @@ class TranslatorSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TranslatorSpec":
+    def from_dict(cls, d: dict[str, Any]) -> TranslatorSpec:
         return cls(
             task=d["task"],
             source_kind=d["source_kind"],

@@ -180,6 +180,9 @@ class ModelConfig:
                 f"model.inverse: noise is for an unpaired low-dose CT CycleGAN (model.kind cyclegan, model.task ldct), "
                 f"not model.kind {self.kind} with model.task {self.task}: set it to network"
             )
+        self._check_sizes_and_weights()
+
+    def _check_sizes_and_weights(self) -> None:
         require_int("model.ngf", self.ngf, 1, 1024)
         require_int("model.ndf", self.ndf, 1, 1024)
         if self.num_downs is not None:
@@ -326,7 +329,7 @@ class RunConfig:
         }
 
     @classmethod
-    def from_dict(cls, raw: Any, source: str = "config") -> "RunConfig":
+    def from_dict(cls, raw: Any, source: str = "config") -> RunConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping with sections data, model, train; got {show(raw)}")
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}

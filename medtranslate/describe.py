@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, MedTranslateError
 from .cases import find_cases
+from .errors import InputError, MedTranslateError
 from .io import Volume, read_case
 
 __all__ = ["looks_like", "looks_like_hu", "check_modality", "describe_volume", "describe_paths", "format_table"]

@@ -15,10 +15,10 @@ set UTF-8; the folder appears whole or not at all (:func:`medtranslate.atomic.at
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np

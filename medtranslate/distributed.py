@@ -84,7 +84,7 @@ def mean_and_any(values: dict[str, float], flag: bool) -> tuple[dict[str, float]
     t = torch.tensor([*values.values(), float(flag)], dtype=torch.float64)
     dist.all_reduce(t)
     n = world()[1]
-    return dict(zip(values, (t[:-1] / n).tolist())), bool(t[-1] > 0)
+    return dict(zip(values, (t[:-1] / n).tolist(), strict=True)), bool(t[-1] > 0)
 
 
 def all_gather(value: Any) -> list[Any]:

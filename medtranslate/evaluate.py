@@ -24,14 +24,14 @@ import numpy as np
 
 from . import distributed
 from .atomic import atomic_write_text
-from .errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
 from .cases import Case, find_cases
+from .errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
 from .io import Volume, affine_to_sitk, read_case, read_volume, sitk_to_volume, write_nifti
 from .metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
 from .qa import BIG_ERROR_HU, BONE_HU, anatomy_window, artefact_index, dice, slice_consistency, uncertainty_scores
-from .tasks import TASKS, get_task
-from .wepl import ANGLES, MIN_WEPL_MM, read_calibration, wepl_scores
+from .tasks import TASKS, Task, get_task
 from .transforms import axial_axis, body_mask, check_same_grid
+from .wepl import ANGLES, MIN_WEPL_MM, read_calibration, wepl_scores
 
 __all__ = [
     "EvaluationResult",
@@ -176,143 +176,33 @@ def evaluate_folder(
     """
     from tqdm import tqdm
 
-    if task not in TASKS:
-        raise InputError(f"unknown task '{task}'; expected one of: {', '.join(TASKS)}")
-    spec = get_task(task)
-    if edition not in EDITIONS:
-        raise InputError(f"unknown SynthRAD edition {edition}; expected one of: {', '.join(map(str, EDITIONS))}")
-    if window != "auto" and window not in WINDOWS:
-        raise InputError(f"unknown window '{window}'; expected one of: auto, {', '.join(WINDOWS)}")
+    spec = _check_options(task, edition, window)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: is a file; choose a folder for --out")
-    table = read_calibration(hu_to_rsp) if hu_to_rsp is not None else None
-    table_red = read_calibration(hu_to_red, "RED") if hu_to_red is not None else None
-    preds = select_cases(pred, PRED_ROLES, "prediction")
-    refs = select_cases(ref, spec.reference_roles, "reference")
-    masks = select_cases(mask, MASK_ROLES, "mask")
-    inputs = select_cases(input, spec.input_roles, "input")
-    if _is_file(pred) and _is_file(ref) and len(preds) == len(refs) == 1:
-        # two files named by the user are one case, whatever their names say
-        cid = next(iter(preds))
-        refs = {cid: next(iter(refs.values()))}
-        masks = {cid: next(iter(masks.values()))} if _is_file(mask) and len(masks) == 1 else masks
-        inputs = {cid: next(iter(inputs.values()))} if _is_file(input) and len(inputs) == 1 else inputs
-    _make_folder(out)
-    mask_dir = out / "masks"
-
-    from .report import (
-        ERROR_MAX,
-        ERROR_MAX_LDCT,
-        case_figure,
-        display_range,
-        uncertainty_figure,
-        wepl_figure,
-        write_report,
+    ev = _Evaluation(
+        spec=spec,
+        task=task,
+        edition=edition,
+        window=window,
+        resample_to_ref=resample_to_ref,
+        table=read_calibration(hu_to_rsp) if hu_to_rsp is not None else None,
+        table_red=read_calibration(hu_to_red, "RED") if hu_to_red is not None else None,
+        sources={"prediction": pred, "reference": ref, "mask": mask},
+        mask_dir=out / "masks",
+        **_match_cases(pred, ref, mask, input, spec),
     )
+    _make_folder(out)
 
     rows: list[dict[str, Any]] = []
     case_figures: dict[str, Path] = {}  # drawn as each case is scored: volumes are not kept for the report
-    ids = sorted(set(preds) | set(refs))
+    ids = sorted(set(ev.preds) | set(ev.refs))
     rank, ranks = distributed.shard_of(None)  # under torchrun each rank scores every N-th case (the --shard rule)
     for cid in tqdm(ids[rank::ranks], desc="evaluate", unit="case", disable=not progress or rank != 0):
-        row: dict[str, Any] = {
-            "case": cid,
-            "pred": str(preds[cid].label) if cid in preds else "",
-            "ref": str(refs[cid].label) if cid in refs else "",
-        }
-        t0 = time.perf_counter()
-        std = None
-        try:
-            if cid not in preds:
-                raise InputError(f"case '{cid}': no prediction in {pred}")
-            if cid not in refs:
-                raise InputError(
-                    f"case '{cid}': no reference in {ref if not isinstance(ref, dict) else 'the given references'}"
-                )
-            p, r = read_case(preds[cid]), read_case(refs[cid])
-            try:
-                check_same_grid(
-                    p, r, names=(f"prediction {preds[cid].label}", f"reference {refs[cid].label}"), case=cid
-                )
-            except GeometryMismatchError as exc:
-                if not resample_to_ref:
-                    raise GeometryMismatchError(
-                        f"{exc}; pass --resample-to-ref to resample the prediction onto the reference"
-                    ) from None
-                p = _resample_to(p, r)
-            if masks:
-                if cid not in masks:
-                    raise InputError(
-                        f"case '{cid}': no mask in {mask if not isinstance(mask, dict) else 'the given masks'}"
-                    )
-                mvol = read_case(masks[cid])
-                try:
-                    check_same_grid(
-                        mvol, r, names=(f"mask {masks[cid].label}", f"reference {refs[cid].label}"), case=cid
-                    )
-                except GeometryMismatchError as exc:
-                    raise GeometryMismatchError(
-                        f"{exc}; a mask must be on its reference's grid: resample it (nearest neighbour) or leave "
-                        "--mask out"
-                    ) from None
-                m = np.asarray(mvol.array) > 0
-                row["mask"] = str(masks[cid].label)
-            else:
-                m = body_mask(r.array, "ct", r.affine)
-                row["mask"] = str(write_nifti(mask_dir / f"{cid}_mask.nii.gz", m, r.affine, np.uint8, overwrite=True))
-            if not m.any():
-                raise InputError(f"case '{cid}': the mask is empty; check the mask file or the reference CT")
-            inp = None
-            if cid in inputs:
-                inp = read_case(inputs[cid])
-                check_same_grid(inp, r, names=(f"input {inputs[cid].label}", f"reference {refs[cid].label}"), case=cid)
-            case_window = window
-            if spec.metrics == "ldct" and window == "auto":
-                case_window, why = anatomy_window(r.array, m, r.affine, axial_axis(r.affine))
-                if case_window is None:
-                    raise InputError(
-                        f"case '{cid}': cannot tell which window to score it in ({why}); pass --window head, abdomen "
-                        "or chest"
-                    )
-                logger.info("case %s: %s window (%s)", cid, case_window, why)
-            if spec.metrics == "ldct":
-                row["window"] = case_window
-            row.update(_score_case(cid, p, r, m, task, edition, case_window, inp))
-            if table is not None:
-                ranges, wepl_diff = wepl_scores(p.array, r.array, m, r.affine, table)
-                row.update(ranges)
-            if table_red is not None:
-                row.update(wepl_scores(p.array, r.array, m, r.affine, table_red, prefix="rpl")[0])
-            std = _uncertainty_of(preds[cid], p, cid)
-            if std is not None:
-                error = p.array.astype(np.float64) - r.array
-                row.update(uncertainty_scores(std.array, error, m))
-                row["uncertainty"] = str(std.source)
-            row.update(status="done", error="")
-        except MedTranslateError as exc:
-            row.update(status="failed", error=str(exc))
-            logger.warning("%s", exc)
-        except Exception as exc:  # a defect, not bad input: record it and score the other cases
-            row.update(
-                status="failed",
-                error=f"case '{cid}': unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the "
-                "files",
-            )
-            logger.warning("%s", row["error"])
-            logger.debug("traceback of case %s", cid, exc_info=True)
-        row["seconds"] = round(time.perf_counter() - t0, 3)
+        row, drawn = _evaluate_case(ev, cid)
         rows.append(row)
-        if figures and row["status"] == "done":
-            ct_range = display_range(row.get("window"))
-            error_max = ERROR_MAX_LDCT if spec.metrics == "ldct" else ERROR_MAX
-            case_figures[cid] = case_figure(out / "figures" / f"{cid}.png", cid, p, r, m, inp, ct_range, error_max)
-            if table is not None:
-                case_figures[f"{cid}: proton range"] = wepl_figure(out / "figures" / f"{cid}_wepl.png", cid, wepl_diff)
-            if std is not None:
-                case_figures[f"{cid}: error against uncertainty"] = uncertainty_figure(
-                    out / "figures" / f"{cid}_uncertainty.png", cid, std.array, error, m
-                )
+        if figures and drawn is not None:
+            case_figures.update(_case_figures(ev, out / "figures", cid, row, drawn))
 
     if ranks > 1:  # every rank gets every rank's rows (and figures); rank 0 alone writes the tables and the report
         gathered = distributed.all_gather((rows, case_figures))
@@ -320,35 +210,205 @@ def evaluate_folder(
         case_figures = {cid: path for _, part in gathered for cid, path in part.items()}
     metric_names = _metric_columns(rows)
     summary = summarise(rows, metric_names)
-    summary.update(
-        task=task,
-        edition=edition if spec.metrics == "synthrad" else None,
-        window=_windows_used(rows) if spec.metrics == "ldct" else None,
-        mask_source="given (--mask)"
-        if masks
-        else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in "
-        "masks/",
-        definitions={
-            **_definitions(task, edition, _windows_used(rows) or "head"),
-            **(_wepl_definitions(Path(hu_to_rsp)) if table is not None else {}),
-            **(
-                {
-                    "rpl_*": "the same for the radiological path length (relative electron density from "
-                    f"{Path(hu_to_red).name}), a proxy for photon dose errors"
-                }
-                if table_red is not None
-                else {}
-            ),
-        },
-        **(extra_summary or {}),
-    )
+    summary.update(_summary_fields(ev, rows, hu_to_rsp, hu_to_red), **(extra_summary or {}))
     result = EvaluationResult(rows=rows, summary=summary, out=out)
     if rank == 0:
+        from .report import write_report
+
         _write_csv(out / "metrics.csv", rows, metric_names)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
         result.figures = write_report(out, rows, summary, metric_names, case_figures)
     distributed.barrier()  # the others return when the report is written
     return result
+
+
+def _check_options(task: str, edition: int, window: str) -> Task:
+    if task not in TASKS:
+        raise InputError(f"unknown task '{task}'; expected one of: {', '.join(TASKS)}")
+    if edition not in EDITIONS:
+        raise InputError(f"unknown SynthRAD edition {edition}; expected one of: {', '.join(map(str, EDITIONS))}")
+    if window != "auto" and window not in WINDOWS:
+        raise InputError(f"unknown window '{window}'; expected one of: auto, {', '.join(WINDOWS)}")
+    return get_task(task)
+
+
+def _match_cases(pred: Any, ref: Any, mask: Any, input: Any, spec: Task) -> dict[str, dict[str, Case]]:
+    """The cases of each source by id; two files named by the user are one case, whatever their names say."""
+    preds = select_cases(pred, PRED_ROLES, "prediction")
+    refs = select_cases(ref, spec.reference_roles, "reference")
+    masks = select_cases(mask, MASK_ROLES, "mask")
+    inputs = select_cases(input, spec.input_roles, "input")
+    if _is_file(pred) and _is_file(ref) and len(preds) == len(refs) == 1:
+        cid = next(iter(preds))
+        refs = {cid: next(iter(refs.values()))}
+        masks = {cid: next(iter(masks.values()))} if _is_file(mask) and len(masks) == 1 else masks
+        inputs = {cid: next(iter(inputs.values()))} if _is_file(input) and len(inputs) == 1 else inputs
+    return {"preds": preds, "refs": refs, "masks": masks, "inputs": inputs}
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """What every case of one :func:`evaluate_folder` call is matched and scored with."""
+
+    preds: dict[str, Case]
+    refs: dict[str, Case]
+    masks: dict[str, Case]
+    inputs: dict[str, Case]
+    spec: Task
+    task: str
+    edition: int
+    window: str
+    resample_to_ref: bool
+    table: Any  # HU -> RSP calibration, or None
+    table_red: Any  # HU -> RED calibration, or None
+    sources: dict[str, Any]  # what the user gave as predictions, references and masks (for messages)
+    mask_dir: Path
+
+    def source(self, what: str) -> Any:
+        given = self.sources[what]
+        return given if not isinstance(given, dict) else f"the given {what}s"
+
+
+def _evaluate_case(ev: _Evaluation, cid: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One case's row (status done or failed, with the reason) and, when scored, what its figures are drawn from."""
+    row: dict[str, Any] = {
+        "case": cid,
+        "pred": str(ev.preds[cid].label) if cid in ev.preds else "",
+        "ref": str(ev.refs[cid].label) if cid in ev.refs else "",
+    }
+    t0 = time.perf_counter()
+    drawn = None
+    try:
+        drawn = _score_case_files(ev, cid, row)
+        row.update(status="done", error="")
+    except MedTranslateError as exc:
+        row.update(status="failed", error=str(exc))
+        logger.warning("%s", exc)
+    except Exception as exc:  # a defect, not bad input: record it and score the other cases
+        row.update(
+            status="failed",
+            error=f"case '{cid}': unexpected {type(exc).__name__} ({str(exc)[:200]}); please report this with the "
+            "files",
+        )
+        logger.warning("%s", row["error"])
+        logger.debug("traceback of case %s", cid, exc_info=True)
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    return row, drawn if row["status"] == "done" else None
+
+
+def _score_case_files(ev: _Evaluation, cid: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Read one case, score it into ``row``; returns the volumes and maps its figures show."""
+    if cid not in ev.preds:
+        raise InputError(f"case '{cid}': no prediction in {ev.source('prediction')}")
+    if cid not in ev.refs:
+        raise InputError(f"case '{cid}': no reference in {ev.source('reference')}")
+    p, r = read_case(ev.preds[cid]), read_case(ev.refs[cid])
+    try:
+        check_same_grid(p, r, names=(f"prediction {ev.preds[cid].label}", f"reference {ev.refs[cid].label}"), case=cid)
+    except GeometryMismatchError as exc:
+        if not ev.resample_to_ref:
+            raise GeometryMismatchError(
+                f"{exc}; pass --resample-to-ref to resample the prediction onto the reference"
+            ) from None
+        p = _resample_to(p, r)
+    m = _case_mask(ev, cid, r, row)
+    inp = None
+    if cid in ev.inputs:
+        inp = read_case(ev.inputs[cid])
+        check_same_grid(inp, r, names=(f"input {ev.inputs[cid].label}", f"reference {ev.refs[cid].label}"), case=cid)
+    case_window = _case_window(ev, cid, r, m)
+    if ev.spec.metrics == "ldct":
+        row["window"] = case_window
+    row.update(_score_case(cid, p, r, m, ev.task, ev.edition, case_window, inp))
+    drawn: dict[str, Any] = {"p": p, "r": r, "m": m, "inp": inp, "std": None}
+    if ev.table is not None:
+        ranges, drawn["wepl_diff"] = wepl_scores(p.array, r.array, m, r.affine, ev.table)
+        row.update(ranges)
+    if ev.table_red is not None:
+        row.update(wepl_scores(p.array, r.array, m, r.affine, ev.table_red, prefix="rpl")[0])
+    std = _uncertainty_of(ev.preds[cid], p, cid)
+    if std is not None:
+        drawn["std"], drawn["error"] = std, p.array.astype(np.float64) - r.array
+        row.update(uncertainty_scores(std.array, drawn["error"], m))
+        row["uncertainty"] = str(std.source)
+    return drawn
+
+
+def _case_mask(ev: _Evaluation, cid: str, r: Volume, row: dict[str, Any]) -> np.ndarray:
+    """The case's mask: the one given (on its reference's grid), else the reference CT's body, saved in masks/."""
+    if ev.masks:
+        if cid not in ev.masks:
+            raise InputError(f"case '{cid}': no mask in {ev.source('mask')}")
+        mvol = read_case(ev.masks[cid])
+        try:
+            check_same_grid(mvol, r, names=(f"mask {ev.masks[cid].label}", f"reference {ev.refs[cid].label}"), case=cid)
+        except GeometryMismatchError as exc:
+            raise GeometryMismatchError(
+                f"{exc}; a mask must be on its reference's grid: resample it (nearest neighbour) or leave --mask out"
+            ) from None
+        m = np.asarray(mvol.array) > 0
+        row["mask"] = str(ev.masks[cid].label)
+    else:
+        m = body_mask(r.array, "ct", r.affine)
+        row["mask"] = str(write_nifti(ev.mask_dir / f"{cid}_mask.nii.gz", m, r.affine, np.uint8, overwrite=True))
+    if not m.any():
+        raise InputError(f"case '{cid}': the mask is empty; check the mask file or the reference CT")
+    return m
+
+
+def _case_window(ev: _Evaluation, cid: str, r: Volume, m: np.ndarray) -> str:
+    """The display window a low-dose case is scored in: the one asked for, or the one its anatomy says."""
+    if ev.spec.metrics != "ldct" or ev.window != "auto":
+        return ev.window
+    case_window, why = anatomy_window(r.array, m, r.affine, axial_axis(r.affine))
+    if case_window is None:
+        raise InputError(
+            f"case '{cid}': cannot tell which window to score it in ({why}); pass --window head, abdomen or chest"
+        )
+    logger.info("case %s: %s window (%s)", cid, case_window, why)
+    return case_window
+
+
+def _case_figures(
+    ev: _Evaluation, folder: Path, cid: str, row: dict[str, Any], drawn: dict[str, Any]
+) -> dict[str, Path]:
+    from .report import ERROR_MAX, ERROR_MAX_LDCT, case_figure, display_range, uncertainty_figure, wepl_figure
+
+    error_max = ERROR_MAX_LDCT if ev.spec.metrics == "ldct" else ERROR_MAX
+    p, r, m, std = drawn["p"], drawn["r"], drawn["m"], drawn["std"]
+    figs = {
+        cid: case_figure(folder / f"{cid}.png", cid, p, r, m, drawn["inp"], display_range(row.get("window")), error_max)
+    }
+    if ev.table is not None:
+        figs[f"{cid}: proton range"] = wepl_figure(folder / f"{cid}_wepl.png", cid, drawn["wepl_diff"])
+    if std is not None:
+        figs[f"{cid}: error against uncertainty"] = uncertainty_figure(
+            folder / f"{cid}_uncertainty.png", cid, std.array, drawn["error"], m
+        )
+    return figs
+
+
+def _summary_fields(ev: _Evaluation, rows: list[dict[str, Any]], hu_to_rsp: Any, hu_to_red: Any) -> dict[str, Any]:
+    """What summary.json says beside the metrics: task, edition or windows, the mask's source, the definitions."""
+    ldct = ev.spec.metrics == "ldct"
+    definitions = _definitions(ev.task, ev.edition, _windows_used(rows) or "head")
+    if ev.table is not None:
+        definitions.update(_wepl_definitions(Path(hu_to_rsp)))
+    if ev.table_red is not None:
+        definitions["rpl_*"] = (
+            "the same for the radiological path length (relative electron density from "
+            f"{Path(hu_to_red).name}), a proxy for photon dose errors"
+        )
+    return {
+        "task": ev.task,
+        "edition": ev.edition if ev.spec.metrics == "synthrad" else None,
+        "window": _windows_used(rows) if ldct else None,
+        "mask_source": "given (--mask)"
+        if ev.masks
+        else "computed from the reference CT (threshold -500 HU, largest component, closing, hole filling); saved in "
+        "masks/",
+        "definitions": definitions,
+    }
 
 
 def _uncertainty_of(pred: Case, p: Volume, cid: str) -> Volume | None:
@@ -593,7 +653,7 @@ def format_summary(result: EvaluationResult) -> str:
         ]
     )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
+    text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)) for line in lines)
     for row in result.failed:
         named = f"'{row['case']}'" in row["error"]
         text += f"\nFAILED: {row['error']}" if named else f"\nFAILED {row['case']}: {row['error']}"

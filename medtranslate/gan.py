@@ -18,8 +18,8 @@ from torch import nn
 from .config import RESIDUAL_UNIT_HU, RunConfig
 from .errors import ConfigError
 from .losses import body_loss, cycle_loss, structure_loss
-from .noise import NoiseModel
 from .nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
+from .noise import NoiseModel
 from .precision import AMP_DTYPES
 from .transforms import ct_intensity
 
@@ -130,9 +130,9 @@ class WeightAverage:
     def update(self, net: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        for avg, p in zip(self.net.parameters(), net.parameters()):
+        for avg, p in zip(self.net.parameters(), net.parameters(), strict=True):
             avg.lerp_(p.detach(), 1.0 - d)
-        for avg, b in zip(self.net.buffers(), net.buffers()):
+        for avg, b in zip(self.net.buffers(), net.buffers(), strict=True):
             avg.copy_(b)
 
     def state_dict(self) -> dict[str, Any]:

@@ -290,7 +290,7 @@ def simulate_lowdose_folder(
         ld, nd = simulate_lowdose(
             volume, dose, photons, electronic_noise, seed=case_seed, name=case.label, geometry=geometry, device=device
         )
-        for vol, target in zip((ld, nd), targets):
+        for vol, target in zip((ld, nd), targets, strict=True):
             write_ct(target, vol, overwrite=True)
 
     rows = run_cases(

@@ -227,9 +227,9 @@ def _masked_sums(
         return 0.0, 0.0, 0.0
     if isinstance(x, torch.Tensor):
         return _sums_torch(x, y, m, ca, cb, weight, want_a)
-    from . import _ssim_kernels as kern
-
     import numba
+
+    from . import _ssim_kernels as kern
 
     chunks = 2 * numba.get_num_threads()  # a few slabs per thread balance the load; each slab recomputes 6 slices
     lo, hi = clip if clip is not None else (0.0, 0.0)

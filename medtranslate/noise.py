@@ -127,7 +127,7 @@ class NoiseModel:
         return {"nps": torch.from_numpy(self.nps.copy()), "sigmas": torch.from_numpy(self.sigmas.copy())}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> "NoiseModel":
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> NoiseModel:
         return cls(state["nps"].double().numpy(), state["sigmas"].double().numpy())
 
     def describe(self) -> str:

@@ -13,7 +13,7 @@ to get right and what it can get wrong on its own:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -306,7 +306,7 @@ def _resampled(volume: Volume, spacing: tuple[float, float, float], background: 
     from .io import affine_to_sitk, sitk_to_volume
 
     img = affine_to_sitk(volume.array.astype(np.float32), volume.affine)
-    size = [max(int(round(n * s / t)), 1) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing)]
+    size = [max(int(round(n * s / t)), 1) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing, strict=True)]
     out = sitk.Resample(
         img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), spacing, img.GetDirection(), background
     )

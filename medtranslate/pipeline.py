@@ -23,10 +23,10 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
+from .cases import Case, Cohorts, Pair
 from .checks import require_number, show
 from .config import ModelConfig, RunConfig, apply_overrides, config_differences, read_yaml
 from .errors import ConfigError, InputError
-from .cases import Case, Cohorts, Pair
 from .evaluate import evaluate_folder, evaluate_without_pairs
 from .slices import default_split_file, discover_cohorts, discover_pairs, load_split, read_split, split_cohorts
 from .tasks import get_task
@@ -455,7 +455,7 @@ def minutes_left(expected: list[float], taken: list[float]) -> str:
     """How long the stages still to run will take: their minutes on the reference CPU (``expected``, one per stage),
     scaled by this machine's pace so far (the minutes the finished stages took, ``taken``, against their expected).
     A stage that was complete and skipped (under a minute's tenth) says nothing about the pace and is left out."""
-    measured = [(t, e) for t, e in zip(taken, expected) if t > 0.1]
+    measured = [(t, e) for t, e in zip(taken, expected, strict=False) if t > 0.1]
     rest = sum(expected[len(taken) :])
     if not measured:
         return f"about {rest:.0f} min left on the reference CPU (2 cores)"

@@ -31,7 +31,8 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,7 @@ MIN_SLAB_SLICES = 7  # a slab is a volume of its own: at least the 7 slices of t
 
 def _slab_bounds(n_slices: int, slabs: int) -> list[tuple[int, int]]:
     edges = np.linspace(0, n_slices, slabs + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+    return [(int(a), int(b)) for a, b in pairwise(edges)]
 
 
 def output_ids(case_id: str, options: PreprocessOptions) -> list[str]:
@@ -146,13 +147,7 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
         InputError: a missing partner, an unreadable image, a registration that made the alignment worse, or
             images that do not show the same body part.
     """
-    from .lowdose import axial_slab
-    from .qa import dice as qa_dice
-    from .register import crop_to_mask, n4, register, reorient, resample_onto, resample_spacing
-    from .transforms import axial_axis, body_mask
-
     t_case = time.perf_counter()
-    ref_role = options.reference_role
     steps: list[dict[str, Any]] = []
     record: dict[str, Any] = {
         "case": case_id,
@@ -162,6 +157,59 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
         "steps": steps,
     }
     given_mask = images.pop("mask", None)
+    _check_case(case_id, images, options)
+    vols = {role: read_case(c) for role, c in images.items()}
+    work = _CaseWork(
+        case_id,
+        options,
+        vols,
+        {role: _kind(role, v) for role, v in vols.items()},
+        read_case(given_mask) if given_mask is not None else None,
+        steps,
+    )
+    if options.orient == "RAS":
+        _orient(work)
+    if options.n4:
+        _n4(work)
+    if options.register:
+        _register_all(work)
+    _resample(work)
+    qc_after = dict(work.vols) if work.before_views else {}
+    _make_masks(work)
+    if options.crop_margin_mm is not None:
+        _crop(work)
+    if options.slabs > 1:
+        _check_slabs(work)
+    first = next(iter(images.values())).path
+    ids = [usable_id(i, first) for i in output_ids(case_id, options)]
+    _write_case(work, ids, out, record, qc_after, t_case)
+    return record
+
+
+@dataclass
+class _CaseWork:
+    """One case on its way through the steps: its images and their kinds, the mask it came with, the record's steps,
+    and what the steps make (registration transforms, the QC's before-views, body masks)."""
+
+    case_id: str
+    options: PreprocessOptions
+    vols: dict[str, Volume]
+    kinds: dict[str, str]
+    mask_vol: Volume | None
+    steps: list[dict[str, Any]]
+    transforms: dict[str, Any] = field(default_factory=dict)
+    before_views: dict[str, Volume] = field(default_factory=dict)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    home: str = ""  # the image whose mask is the case's mask.nii.gz
+    shared: bool = False  # one grid (and one mask) for every image
+
+    @property
+    def ref_role(self) -> str:
+        return self.options.reference_role
+
+
+def _check_case(case_id: str, images: dict[str, Case], options: PreprocessOptions) -> None:
+    ref_role = options.reference_role
     if ref_role not in images and (options.on_reference_grid or options.mask):
         found = ", ".join(sorted(images)) or "nothing"
         raise InputError(
@@ -173,116 +221,132 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
             f"case {case_id}: only a {next(iter(images))} image, nothing to register onto it; --register needs the "
             "partner (e.g. the MR and the CT of the same subject) in the same case"
         )
-    vols = {role: read_case(c) for role, c in images.items()}
-    kinds = {role: _kind(role, v) for role, v in vols.items()}
-    mask_vol = read_case(given_mask) if given_mask is not None else None
 
-    if options.orient == "RAS":
-        vols = {role: reorient(v) for role, v in vols.items()}
-        mask_vol = reorient(mask_vol) if mask_vol is not None else None
-        steps.append({"step": "orient", "axcodes": "RAS"})
 
-    if options.n4:
-        for role in [r for r in vols if kinds[r] == "mr"]:
-            t0 = time.perf_counter()
-            corrected, bias = n4(vols[role], shrink=options.n4_shrink, iterations=options.n4_iterations)
-            vols[role] = corrected
-            steps.append(
-                {
-                    "step": "n4",
-                    "role": role,
-                    "shrink": options.n4_shrink,
-                    "iterations": list(options.n4_iterations),
-                    "bias_min": round(float(bias.min()), 4),
-                    "bias_max": round(float(bias.max()), 4),
-                    "seconds": round(time.perf_counter() - t0, 2),
-                }
-            )
+def _orient(work: _CaseWork) -> None:
+    from .register import reorient
 
-    transforms: dict[str, Any] = {}
-    before_views: dict[str, Volume] = {}
-    if options.register:
-        ref = vols[ref_role]
-        ref_mask = body_mask(ref.array, kinds[ref_role], ref.affine)
-        for role in [r for r in vols if r != ref_role]:
-            t0 = time.perf_counter()
-            moving = vols[role]
-            mov_mask = body_mask(moving.array, kinds[role], moving.affine)
-            result = register(
-                ref, moving, options.register, fixed_mask=ref_mask, moving_mask=mov_mask, seed=options.seed
-            )
-            moved_mask = (
-                resample_onto(
-                    Volume(mov_mask.astype(np.float32), moving.affine), ref, result.transform, "nearest"
-                ).array
-                > 0.5
-            )
-            dice = qa_dice(moved_mask, ref_mask) if ref_mask.any() else 0.0  # no reference body: no match
-            step = {
-                "step": "register",
+    work.vols = {role: reorient(v) for role, v in work.vols.items()}
+    work.mask_vol = reorient(work.mask_vol) if work.mask_vol is not None else None
+    work.steps.append({"step": "orient", "axcodes": "RAS"})
+
+
+def _n4(work: _CaseWork) -> None:
+    from .register import n4
+
+    options = work.options
+    for role in [r for r in work.vols if work.kinds[r] == "mr"]:
+        t0 = time.perf_counter()
+        corrected, bias = n4(work.vols[role], shrink=options.n4_shrink, iterations=options.n4_iterations)
+        work.vols[role] = corrected
+        work.steps.append(
+            {
+                "step": "n4",
                 "role": role,
-                "onto": ref_role,
-                "kind": options.register,
-                "metric": "negative Mattes mutual information (lower is better)",
-                "metric_before": round(result.metric_before, 6),
-                "metric_after": round(result.metric_after, 6),
-                "body_dice_after": round(dice, 4),
-                "stages": result.stages,
+                "shrink": options.n4_shrink,
+                "iterations": list(options.n4_iterations),
+                "bias_min": round(float(bias.min()), 4),
+                "bias_max": round(float(bias.max()), 4),
                 "seconds": round(time.perf_counter() - t0, 2),
             }
-            if result.kind != "deformable":
-                step["linear"] = result.linear_parameters()
-            steps.append(step)
-            if result.diverged:
-                raise InputError(
-                    f"case {case_id}: registering the {role} onto the {ref_role} made the alignment worse (mutual "
-                    f"information {-result.metric_before:.4f} before, {-result.metric_after:.4f} after); check in a "
-                    "viewer that both show the same subject and body part, or try --register rigid"
-                )
-            if dice < MIN_BODY_DICE:
-                raise InputError(
-                    f"case {case_id}: after registration the {role} and the {ref_role} bodies overlap by Dice "
-                    f"{dice:.2f} (< {MIN_BODY_DICE}); they do not seem to show the same body part; check the images"
-                )
-            # Dice is measured on the reference's grid, which a small reference (a crop) passes trivially: also ask
-            # how much of the moved image's body lands in the reference's field of view at all
-            covered = float(moved_mask.sum() * np.prod(ref.spacing)) / max(
-                float(mov_mask.sum() * np.prod(moving.spacing)), 1e-9
-            )
-            step["body_in_reference_fov"] = round(covered, 4)
-            if covered < MIN_BODY_COVERED:
-                raise InputError(
-                    f"case {case_id}: after registration only {covered:.0%} of the {role}'s body lies in the "
-                    f"{ref_role}'s field of view (at least {MIN_BODY_COVERED:.0%} expected); the {ref_role} shows a "
-                    "much smaller part of the body: check the images, or register onto another --reference-role"
-                )
-            rotation = result.linear_parameters()["rotation_deg"]
-            if rotation > options.max_rotation_deg:
-                raise InputError(
-                    f"case {case_id}: registration rotated the {role} by {rotation:.1f} degrees onto the {ref_role} "
-                    f"(more than --max-rotation {options.max_rotation_deg:g}); a patient is rarely turned that far "
-                    "between scans: check the images (same subject? same orientation in the headers?), or pass "
-                    "--max-rotation if it is real"
-                )
-            transforms[role] = result.transform
+        )
 
-    # the grid every image ends on: the reference's (resampled to new voxel sizes when asked), or each its own
+
+def _register_all(work: _CaseWork) -> None:
+    """Register every other image onto the reference; refuse a registration that cannot be right."""
+    from .qa import dice as qa_dice
+    from .register import register, resample_onto
+    from .transforms import body_mask
+
+    options, ref_role = work.options, work.ref_role
+    ref = work.vols[ref_role]
+    ref_mask = body_mask(ref.array, work.kinds[ref_role], ref.affine)
+    for role in [r for r in work.vols if r != ref_role]:
+        t0 = time.perf_counter()
+        moving = work.vols[role]
+        mov_mask = body_mask(moving.array, work.kinds[role], moving.affine)
+        result = register(ref, moving, options.register, fixed_mask=ref_mask, moving_mask=mov_mask, seed=options.seed)
+        moved_mask = (
+            resample_onto(Volume(mov_mask.astype(np.float32), moving.affine), ref, result.transform, "nearest").array
+            > 0.5
+        )
+        dice = qa_dice(moved_mask, ref_mask) if ref_mask.any() else 0.0  # no reference body: no match
+        step = {
+            "step": "register",
+            "role": role,
+            "onto": ref_role,
+            "kind": options.register,
+            "metric": "negative Mattes mutual information (lower is better)",
+            "metric_before": round(result.metric_before, 6),
+            "metric_after": round(result.metric_after, 6),
+            "body_dice_after": round(dice, 4),
+            "stages": result.stages,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        if result.kind != "deformable":
+            step["linear"] = result.linear_parameters()
+        work.steps.append(step)
+        # Dice is measured on the reference's grid, which a small reference (a crop) passes trivially: also ask
+        # how much of the moved image's body lands in the reference's field of view at all
+        covered = float(moved_mask.sum() * np.prod(ref.spacing)) / max(
+            float(mov_mask.sum() * np.prod(moving.spacing)), 1e-9
+        )
+        _check_registration(work, role, result, dice, covered, step)
+        work.transforms[role] = result.transform
+
+
+def _check_registration(work: _CaseWork, role: str, result: Any, dice: float, covered: float, step: dict) -> None:
+    case_id, ref_role, options = work.case_id, work.ref_role, work.options
+    if result.diverged:
+        raise InputError(
+            f"case {case_id}: registering the {role} onto the {ref_role} made the alignment worse (mutual "
+            f"information {-result.metric_before:.4f} before, {-result.metric_after:.4f} after); check in a "
+            "viewer that both show the same subject and body part, or try --register rigid"
+        )
+    if dice < MIN_BODY_DICE:
+        raise InputError(
+            f"case {case_id}: after registration the {role} and the {ref_role} bodies overlap by Dice "
+            f"{dice:.2f} (< {MIN_BODY_DICE}); they do not seem to show the same body part; check the images"
+        )
+    step["body_in_reference_fov"] = round(covered, 4)
+    if covered < MIN_BODY_COVERED:
+        raise InputError(
+            f"case {case_id}: after registration only {covered:.0%} of the {role}'s body lies in the "
+            f"{ref_role}'s field of view (at least {MIN_BODY_COVERED:.0%} expected); the {ref_role} shows a "
+            "much smaller part of the body: check the images, or register onto another --reference-role"
+        )
+    rotation = result.linear_parameters()["rotation_deg"]
+    if rotation > options.max_rotation_deg:
+        raise InputError(
+            f"case {case_id}: registration rotated the {role} by {rotation:.1f} degrees onto the {ref_role} "
+            f"(more than --max-rotation {options.max_rotation_deg:g}); a patient is rarely turned that far "
+            "between scans: check the images (same subject? same orientation in the headers?), or pass "
+            "--max-rotation if it is real"
+        )
+
+
+def _resample(work: _CaseWork) -> None:
+    """Bring the images onto the grid they end on: the reference's (resampled to new voxel sizes when asked), or
+    each its own."""
+    from .register import resample_onto, resample_spacing
+
+    options, ref_role, kinds = work.options, work.ref_role, work.kinds
     if options.on_reference_grid:
-        grid = vols[ref_role]
+        grid = work.vols[ref_role]
         if options.spacing:
             grid = resample_spacing(grid, options.spacing)
         new = {}
-        for role, vol in vols.items():
+        for role, vol in work.vols.items():
             if role == ref_role and not options.spacing:
                 new[role] = vol
                 continue
-            new[role] = resample_onto(vol, grid, transforms.get(role), background=BACKGROUND[kinds[role]])
-            if role in transforms:  # for the QC figure: the image as its header placed it, on the same grid
-                before_views[role] = resample_onto(vol, grid, None, background=BACKGROUND[kinds[role]])
-        vols = new
-        if mask_vol is not None:
-            mask_vol = resample_onto(mask_vol, grid, None, "nearest")
-        steps.append(
+            new[role] = resample_onto(vol, grid, work.transforms.get(role), background=BACKGROUND[kinds[role]])
+            if role in work.transforms:  # for the QC figure: the image as its header placed it, on the same grid
+                work.before_views[role] = resample_onto(vol, grid, None, background=BACKGROUND[kinds[role]])
+        work.vols = new
+        if work.mask_vol is not None:
+            work.mask_vol = resample_onto(work.mask_vol, grid, None, "nearest")
+        work.steps.append(
             {
                 "step": "resample",
                 "onto": ref_role,
@@ -291,97 +355,125 @@ def preprocess_case(case_id: str, images: dict[str, Case], out: Path, options: P
             }
         )
     elif options.spacing:
-        vols = {
+        work.vols = {
             role: resample_onto(v, resample_spacing(v, options.spacing), None, background=BACKGROUND[kinds[role]])
-            for role, v in vols.items()
+            for role, v in work.vols.items()
         }
-        if mask_vol is not None:
-            mask_vol = resample_onto(mask_vol, resample_spacing(mask_vol, options.spacing), None, "nearest")
-        steps.append({"step": "resample", "spacing_mm": list(options.spacing)})
+        if work.mask_vol is not None:
+            work.mask_vol = resample_onto(
+                work.mask_vol, resample_spacing(work.mask_vol, options.spacing), None, "nearest"
+            )
+        work.steps.append({"step": "resample", "spacing_mm": list(options.spacing)})
 
-    qc_after = dict(vols) if before_views else {}
-    # a mask the case came with is kept when it lies on the grid of the image(s) it belongs to
-    masks: dict[str, np.ndarray] = {}
-    home = ref_role if ref_role in vols else next(iter(vols))
+
+def _make_masks(work: _CaseWork) -> None:
+    """The body masks: the case's own mask when it lies on the grid of the image(s) it belongs to, else made from
+    the images when a mask or a crop is asked for."""
+    from .transforms import body_mask
+
+    vols, options = work.vols, work.options
+    work.home = home = work.ref_role if work.ref_role in vols else next(iter(vols))
+    mask_vol = work.mask_vol
     if mask_vol is not None:
         same_grid = mask_vol.shape == vols[home].shape and np.allclose(mask_vol.affine, vols[home].affine, atol=1e-3)
         if not same_grid:
-            logger.warning("case %s: its mask is not on the %s's grid; not carried over", case_id, home)
+            logger.warning("case %s: its mask is not on the %s's grid; not carried over", work.case_id, home)
             mask_vol = None
-    shared = options.on_reference_grid or len(vols) == 1
+    work.shared = shared = options.on_reference_grid or len(vols) == 1
     if mask_vol is not None:
         given = np.asarray(mask_vol.array) > 0
         for role in vols if shared else [home]:
-            masks[role] = given
-        steps.append({"step": "mask", "source": "the case's own mask"})
+            work.masks[role] = given
+        work.steps.append({"step": "mask", "source": "the case's own mask"})
     elif options.mask or options.crop_margin_mm is not None:
         if shared:
-            common = body_mask(vols[home].array, kinds[home], vols[home].affine)
-            masks = {role: common for role in vols}
+            common = body_mask(vols[home].array, work.kinds[home], vols[home].affine)
+            work.masks = {role: common for role in vols}
             source = f"body mask of the {home}"
         else:
-            masks = {role: body_mask(v.array, kinds[role], v.affine) for role, v in vols.items()}
+            work.masks = {role: body_mask(v.array, work.kinds[role], v.affine) for role, v in vols.items()}
             source = "body mask of each image"
-        steps.append({"step": "mask", "source": source})
-    if options.crop_margin_mm is not None:
-        for role, v in vols.items():
-            if role not in masks:
-                masks[role] = body_mask(v.array, kinds[role], v.affine)
-            mask_image = Volume(masks[role].astype(np.uint8), v.affine)
-            vols[role], cropped_mask = crop_to_mask([v, mask_image], masks[role], options.crop_margin_mm)
-            masks[role] = cropped_mask.array > 0
-        steps.append({"step": "crop", "margin_mm": options.crop_margin_mm})
+        work.steps.append({"step": "mask", "source": source})
 
-    # write: one folder per output case (slabs give several), each complete or not at all
+
+def _crop(work: _CaseWork) -> None:
+    from .register import crop_to_mask
+    from .transforms import body_mask
+
+    margin = work.options.crop_margin_mm
+    for role, v in work.vols.items():
+        if role not in work.masks:
+            work.masks[role] = body_mask(v.array, work.kinds[role], v.affine)
+        mask_image = Volume(work.masks[role].astype(np.uint8), v.affine)
+        work.vols[role], cropped_mask = crop_to_mask([v, mask_image], work.masks[role], margin)
+        work.masks[role] = cropped_mask.array > 0
+    work.steps.append({"step": "crop", "margin_mm": margin})
+
+
+def _check_slabs(work: _CaseWork) -> None:
+    from .transforms import axial_axis
+
+    slabs = work.options.slabs
+    for role, v in work.vols.items():
+        n = v.shape[axial_axis(v.affine)]
+        if n < slabs * MIN_SLAB_SLICES:
+            raise InputError(
+                f"case {work.case_id}: --slabs {slabs} would cut the {role}'s {n} axial slices into slabs of "
+                f"{n // slabs}; each slab needs at least {MIN_SLAB_SLICES} (the 3D SSIM window of "
+                f"evaluate): use --slabs {max(1, n // MIN_SLAB_SLICES)} or fewer"
+            )
+
+
+def _write_case(
+    work: _CaseWork, ids: list[str], out: Path, record: dict[str, Any], qc_after: dict[str, Volume], t_case: float
+) -> None:
+    """One folder per output case (slabs give several), each complete or not at all."""
     from .atomic import atomic_output, atomic_write_text
 
-    if options.slabs > 1:
-        for role, v in vols.items():
-            n = v.shape[axial_axis(v.affine)]
-            if n < options.slabs * MIN_SLAB_SLICES:
-                raise InputError(
-                    f"case {case_id}: --slabs {options.slabs} would cut the {role}'s {n} axial slices into slabs of "
-                    f"{n // options.slabs}; each slab needs at least {MIN_SLAB_SLICES} (the 3D SSIM window of "
-                    f"evaluate): use --slabs {max(1, n // MIN_SLAB_SLICES)} or fewer"
-                )
-    first = next(iter(images.values())).path
-    ids = [usable_id(i, first) for i in output_ids(case_id, options)]
+    options, ref_role = work.options, work.ref_role
     record["outputs"] = {}
     for k, out_id in enumerate(ids):
         final = out / out_id
-        files: list[str] = []
         with atomic_output(final, directory=True, own=PREPROCESSED_CASE) as folder:
-            for role, v in vols.items():
-                part, part_mask = v, masks.get(role)
-                if options.slabs > 1:
-                    start, stop = _slab_bounds(v.shape[axial_axis(v.affine)], options.slabs)[k]
-                    part = axial_slab(v, start, stop)
-                    if part_mask is not None:
-                        part_mask = axial_slab(Volume(part_mask.astype(np.uint8), v.affine), start, stop).array > 0
-                dtype = np.int16 if kinds[role] == "ct" else np.float32
-                write_nifti(folder / f"{role}.nii.gz", part.array, part.affine, dtype, overwrite=True)
-                files.append(f"{role}.nii.gz")
-                if part_mask is not None and (role == home or not shared):
-                    name = "mask.nii.gz" if role == home else f"mask_{role}.nii.gz"
-                    write_nifti(folder / name, part_mask, part.affine, np.uint8, overwrite=True)
-                    files.append(name)
-            for role, tx in transforms.items():
+            files = _write_images(work, folder, k)
+            for role, tx in work.transforms.items():
                 _write_transform(folder / f"{role}_to_{ref_role}.tfm", tx)
                 files.append(f"{role}_to_{ref_role}.tfm")
                 if options.register != "deformable":  # a B-spline has no closed-form inverse
                     _write_transform(folder / f"{ref_role}_to_{role}.tfm", tx.GetInverse())
                     files.append(f"{ref_role}_to_{role}.tfm")
-            if before_views:  # one figure of the whole case, drawn once and copied into every slab's folder
+            if work.before_views:  # one figure of the whole case, drawn once and copied into every slab's folder
                 if k == 0:
-                    _qc_figure(folder / "qc.png", case_id, before_views, qc_after, ref_role, kinds)
-                    first_qc = final / "qc.png"  # where it lands once this folder is renamed into place
+                    _qc_figure(folder / "qc.png", work.case_id, work.before_views, qc_after, ref_role, work.kinds)
                 else:
-                    shutil.copyfile(first_qc, folder / "qc.png")
+                    shutil.copyfile(out / ids[0] / "qc.png", folder / "qc.png")
                 files.append("qc.png")
             record["outputs"][out_id] = files
             record["seconds"] = round(time.perf_counter() - t_case, 2)
             atomic_write_text(folder / "preprocess.json", json.dumps(record, indent=2, default=str) + "\n")
-    return record
+
+
+def _write_images(work: _CaseWork, folder: Path, k: int) -> list[str]:
+    """The images (slab ``k`` of each when cut) and the masks that go with them; returns the file names."""
+    from .lowdose import axial_slab
+    from .transforms import axial_axis
+
+    files = []
+    for role, v in work.vols.items():
+        part, part_mask = v, work.masks.get(role)
+        if work.options.slabs > 1:
+            start, stop = _slab_bounds(v.shape[axial_axis(v.affine)], work.options.slabs)[k]
+            part = axial_slab(v, start, stop)
+            if part_mask is not None:
+                part_mask = axial_slab(Volume(part_mask.astype(np.uint8), v.affine), start, stop).array > 0
+        dtype = np.int16 if work.kinds[role] == "ct" else np.float32
+        write_nifti(folder / f"{role}.nii.gz", part.array, part.affine, dtype, overwrite=True)
+        files.append(f"{role}.nii.gz")
+        if part_mask is not None and (role == work.home or not work.shared):
+            name = "mask.nii.gz" if role == work.home else f"mask_{role}.nii.gz"
+            write_nifti(folder / name, part_mask, part.affine, np.uint8, overwrite=True)
+            files.append(name)
+    return files
 
 
 # what a case folder written by preprocess holds: only such a folder is ever replaced (--overwrite)
@@ -438,7 +530,7 @@ def _qc_figure(
     ref_views = [_display(v, kinds[ref_role]) for v in _views(r, centre)]
     for row, (role, when, vol) in enumerate(rows):
         m, _ = to_ras(vol.array, vol.affine)
-        for col, (rv, mv) in enumerate(zip(ref_views, _views(m, centre))):
+        for col, (rv, mv) in enumerate(zip(ref_views, _views(m, centre), strict=True)):
             ax = axes[row, col]
             board = _checkerboard(rv, _display(mv, kinds[role]))
             ax.imshow(board, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspects[col])

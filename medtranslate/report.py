@@ -79,7 +79,7 @@ def case_figure(
         gridspec_kw={"height_ratios": heights},
     )
     for col, (title, vol, style) in enumerate(columns):
-        for row, (view, aspect) in enumerate(zip(_views(vol, centre), aspects)):
+        for row, (view, aspect) in enumerate(zip(_views(vol, centre), aspects, strict=True)):
             ax = axes[row, col]
             im = ax.imshow(view, origin="lower", aspect=aspect, interpolation="nearest", **style)
             ax.set_xticks([])
@@ -160,7 +160,7 @@ def wepl_figure(path: Path, case: str, maps: dict[float, np.ndarray], limit_mm: 
 
     fig, axes = plt.subplots(1, len(maps), figsize=(3.0 * len(maps), 3.6), squeeze=False)
     fig.subplots_adjust(bottom=0.18, top=0.82, right=0.85)
-    for ax, (angle, diff) in zip(axes[0], maps.items()):
+    for ax, (angle, diff) in zip(axes[0], maps.items(), strict=False):
         im = ax.imshow(diff.T, origin="lower", aspect="auto", cmap="RdBu_r", vmin=-limit_mm, vmax=limit_mm)
         ax.set_title(f"gantry {angle:g} deg", fontsize=9)
         ax.set_xlabel("ray")
@@ -181,7 +181,7 @@ def metrics_figure(path: Path, rows: list[dict[str, Any]], metric_names: list[st
     done = [r for r in rows if r["status"] == "done"]
     names = [n for n in metric_names if any(n in r and np.isfinite(r[n]) for r in done)]
     fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 3.0), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=False):
         cases = [r["case"] for r in done if name in r and np.isfinite(r[name])]
         values = [r[name] for r in done if name in r and np.isfinite(r[name])]
         if len(values) <= LABELLED_CASES:  # a bar per case, named

@@ -80,7 +80,7 @@ class Schedule:
         }
 
     @classmethod
-    def from_train_config(cls, train: Any) -> "Schedule":
+    def from_train_config(cls, train: Any) -> Schedule:
         return cls(epochs=train.epochs, decay_epochs=train.decay_epochs, max_minutes=train.max_minutes)
 
 

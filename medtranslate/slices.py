@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from .cache import CachedCase, cache_key, cached_or_rebuilt, scan_key
+from .cases import Case, Cohorts, Pair, Scan, cohort_cases, find_cases, pair_cases
 from .checks import show
 from .config import RunConfig
 from .describe import check_modality
 from .errors import ConfigError, GeometryMismatchError, InputError
-from .cases import Case, Cohorts, Pair, Scan, cohort_cases, find_cases, pair_cases
 from .io import Volume, read_case
 from .tasks import get_task
 from .transforms import (
@@ -409,7 +409,7 @@ class SliceDataset(torch.utils.data.Dataset):
         source = case.slices("source", context_indices(z, self.cfg.data.context, case.shape[0]))
         if self.paired:
             target = case.slices("target", [z])
-            return dict(zip(("source", "target"), self._augment([source, target], rng)))
+            return dict(zip(("source", "target"), self._augment([source, target], rng), strict=True))
         others = bool(self._target_ids - {case.case_id})
         while True:  # a target slice of another subject, when the cohort has one
             n = len(self.target_index)

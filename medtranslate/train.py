@@ -26,9 +26,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,9 @@ import torch
 from . import distributed
 from .atomic import atomic_copy, atomic_write_text, output_error
 from .baselines import ClassicalDenoiser, IntensityMap
+from .cache import CachedCase
 from .calibration import fit_quantile_map
+from .cases import Cohorts, Scan
 from .checkpoint import CHECKPOINT_FORMAT, TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 from .config import RunConfig, config_differences
 from .device import resolve_device
@@ -44,10 +47,9 @@ from .errors import CheckpointError, ConfigError, InputError
 from .gan import TranslationModel, build_model
 from .metrics import ldct_metrics, synthrad_metrics
 from .noise import NoiseModel, measure_noise
+from .pairfree import pair_free_scores, reference_sample, sample_values
 from .precision import PrecisionChoice, choose_precision, describe_machine
 from .schedule import Schedule
-from .cache import CachedCase
-from .cases import Cohorts, Scan
 from .slices import (
     SliceDataset,
     cached_case,
@@ -60,7 +62,6 @@ from .slices import (
     split_cohorts,
 )
 from .tasks import get_task
-from .pairfree import pair_free_scores, reference_sample, sample_values
 from .transforms import axial_axis, body_mask, ct_intensity
 from .translate import translate_volume
 
@@ -240,7 +241,7 @@ class Trainer:
                 [c.sources[cid] for cid in self.split["train"] if cid in c.sources],
                 [c.targets[cid] for cid in self.split["train"] if cid in c.targets],
             )
-            for role, scans in zip((src_role, tgt_role), self.train_scans):
+            for role, scans in zip((src_role, tgt_role), self.train_scans, strict=True):
                 if not scans:
                     raise InputError(
                         f"{cfg.data.root}: no {role} image among the training cases ({', '.join(self.split['train'])})"
@@ -248,7 +249,7 @@ class Trainer:
                     )
             jobs = [
                 (lambda s=s, slot=slot: cached_scan(s, slot, cfg, cache))
-                for slot, scans in zip(("source", "target"), self.train_scans)
+                for slot, scans in zip(("source", "target"), self.train_scans, strict=True)
                 for s in scans
             ]
         for pair in self.val_pairs:
@@ -659,8 +660,8 @@ class Trainer:
             logger.info("intensity map fitted by matching quantiles: the training cases are not all pairs")
         elif isinstance(self.lut, IntensityMap):
             body = [c.array("mask") > 0 for c in self.train_cases]
-            sources = np.concatenate([c.array("source")[m] for c, m in zip(self.train_cases, body)])
-            targets = np.concatenate([c.array("target")[m] for c, m in zip(self.train_cases, body)])
+            sources = np.concatenate([c.array("source")[m] for c, m in zip(self.train_cases, body, strict=True)])
+            targets = np.concatenate([c.array("target")[m] for c, m in zip(self.train_cases, body, strict=True)])
             self.lut.fit(sources, targets)
         elif self.train_targets is not None:  # the denoiser on cohorts: tuned on a few body slices of each scan
             sources = [s for c in self.train_cases for s in c.slices("source", self._tuning_slices(c)).numpy()]
@@ -671,7 +672,7 @@ class Trainer:
             pairs = []
             for c in self.train_cases:
                 zs = self._tuning_slices(c)
-                pairs += zip(c.slices("source", zs).numpy(), c.slices("target", zs).numpy())
+                pairs += zip(c.slices("source", zs).numpy(), c.slices("target", zs).numpy(), strict=True)
             self.lut.fit([p[0] for p in pairs], [p[1] for p in pairs])
         val = self.validate() if self.validates else {}
         self.epoch = self.schedule.epochs = 1

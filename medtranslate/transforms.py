@@ -94,7 +94,7 @@ class IntensityParams:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IntensityParams":
+    def from_dict(cls, d: dict[str, Any]) -> IntensityParams:
         return cls(kind=str(d["kind"]), lo=float(d["lo"]), hi=float(d["hi"]))
 
 

@@ -131,7 +131,7 @@ def translate_with_uncertainty(
     pre, data, image, outside = _preprocess(volume, spec)
     target = IntensityParams.from_dict(spec.target_intensity)
     total = total_sq = None
-    for member, member_spec, active in zip(nets, specs, dropouts):
+    for member, member_spec, active in zip(nets, specs, dropouts, strict=True):
         for k in range(per_net):
             if method == "mc":
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -176,7 +176,7 @@ def _uncertainty_plan(
     else:
         require_int("--samples", samples, 2, len(TTA_VIEWS) if method == "tta" else 256, error=InputError)
     dropouts = [[m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd)] for net in nets]
-    for source, layers in zip(sources, dropouts):
+    for source, layers in zip(sources, dropouts, strict=True):
         if method == "mc" and not layers:
             raise InputError(
                 f"{source}: --uncertainty mc needs a network with dropout layers (the pix2pix U-Net has them unless "
@@ -304,6 +304,45 @@ def _options_record(tta: bool, uncertainty: str | None, samples: int) -> str:
     return "tta" if tta else "plain"
 
 
+def _check_folder_options(
+    fmt: str, batch_size: int | None, precision: str, tta: bool, uncertainty: str | None, ensemble: list | None
+) -> None:
+    require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
+    if batch_size is not None:
+        require_int("--batch-size", batch_size, 1, 4096, error=InputError)
+    require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
+    if ensemble and uncertainty is None:
+        raise InputError(
+            "--ensemble CKPT... needs --uncertainty: ensemble (one prediction per model), or tta or mc (each model's "
+            "views or dropout samples, pooled)"
+        )
+    if uncertainty is not None and tta:
+        raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
+
+
+def _load_ensemble(
+    ensemble: list[str | Path], digests: list[str], model: Path, ckpt: dict[str, Any], dev: torch.device
+) -> tuple[list[torch.nn.Module], list[TranslatorSpec]]:
+    """The other members of an ensemble (``digests``: the sha256 of ``model`` and then of each member): each a
+    different model of the same task and preprocessing."""
+    members, member_specs = [], []
+    for other, other_digest in zip(ensemble, digests[1:], strict=True):
+        if digests.count(other_digest) > 1:
+            raise InputError(
+                f"{other}: the same model as another member of the ensemble (sha256 {other_digest[:16]}); an ensemble "
+                "needs different models (e.g. trained with other seeds): the same one twice adds no spread"
+            )
+        other_ckpt = load_checkpoint(other)
+        if _uncalibrated(other_ckpt["spec"]) != _uncalibrated(ckpt["spec"]):
+            raise InputError(
+                f"{other}: not the task and preprocessing of {model} (its translator spec differs); an ensemble needs "
+                "models trained with the same data settings"
+            )
+        members.append(build_inference_net(other_ckpt, dev, source=str(other)))
+        member_specs.append(TranslatorSpec.from_dict(other_ckpt["spec"]))
+    return members, member_specs
+
+
 def translate_folder(
     model: str | Path,
     input: str | Path,
@@ -332,25 +371,15 @@ def translate_folder(
     Returns:
         The manifest rows.
     """
+    from . import __version__
     from .batch import prepare_output_folder, run_cases
+    from .dicom import source_context
     from .distributed import from_rank0, is_distributed, merge_shards, shard_manifest, shard_of
     from .evaluate import select_cases
-    from . import __version__
-    from .dicom import source_context
     from .io import read_case, write_dicom_series, write_nifti
 
     model, inp, out = Path(model), Path(input), Path(output)
-    require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
-    if batch_size is not None:
-        require_int("--batch-size", batch_size, 1, 4096, error=InputError)
-    require_choice("--precision", precision, ("auto", "fp32", "bf16"), error=InputError)
-    if ensemble and uncertainty is None:
-        raise InputError(
-            "--ensemble CKPT... needs --uncertainty: ensemble (one prediction per model), or tta or mc (each model's "
-            "views or dropout samples, pooled)"
-        )
-    if uncertainty is not None and tta:
-        raise InputError("--tta and --uncertainty: --uncertainty tta already averages over flips (and shifts)")
+    _check_folder_options(fmt, batch_size, precision, tta, uncertainty, ensemble)
     index, count = shard_of(shard)
     dev = resolve_device(device)
     batch_size = _batch_size(batch_size, dev)
@@ -361,22 +390,8 @@ def translate_folder(
         raise InputError(f"{inp}: no such file or folder; check --input")
     net = build_inference_net(ckpt, dev, source=str(model))
     digest = sha256(model)
-    members, member_specs = [], []
     digests = [digest, *(sha256(p) for p in ensemble or [])]
-    for other, other_digest in zip(ensemble or [], digests[1:]):
-        if digests.count(other_digest) > 1:
-            raise InputError(
-                f"{other}: the same model as another member of the ensemble (sha256 {other_digest[:16]}); an ensemble "
-                "needs different models (e.g. trained with other seeds): the same one twice adds no spread"
-            )
-        other_ckpt = load_checkpoint(other)
-        if _uncalibrated(other_ckpt["spec"]) != _uncalibrated(ckpt["spec"]):
-            raise InputError(
-                f"{other}: not the task and preprocessing of {model} (its translator spec differs); an ensemble needs "
-                "models trained with the same data settings"
-            )
-        members.append(build_inference_net(other_ckpt, dev, source=str(other)))
-        member_specs.append(TranslatorSpec.from_dict(other_ckpt["spec"]))
+    members, member_specs = _load_ensemble(ensemble or [], digests, model, ckpt, dev)
     if uncertainty is not None:
         _uncertainty_plan([net, *members], uncertainty, samples, [str(model), *map(str, ensemble or [])])
     prepare_output_folder(inp, out)

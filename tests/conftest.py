@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import json
-import shutil
 
 import numpy as np
 import pytest

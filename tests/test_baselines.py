@@ -30,8 +30,8 @@ def test_classical_denoiser_picks_a_strength_that_lowers_the_error():
     den = ClassicalDenoiser().fit(noisy, clean)
     assert 0.005 < float(den.h) < 0.2
     out = den(torch.tensor(np.stack(noisy)[:, None], dtype=torch.float32)).numpy()[:, 0]
-    before = np.mean([np.abs(n - c).mean() for n, c in zip(noisy, clean)])
-    after = np.mean([np.abs(o - c).mean() for o, c in zip(out, clean)])
+    before = np.mean([np.abs(n - c).mean() for n, c in zip(noisy, clean, strict=True)])
+    after = np.mean([np.abs(o - c).mean() for o, c in zip(out, clean, strict=True)])
     assert after < 0.6 * before
     assert ClassicalDenoiser(h=float(den.h)).state_dict()["h"] == den.h  # h travels in the checkpoint
 

@@ -12,8 +12,8 @@ import pytest
 
 from medtranslate.atomic import atomic_write_text
 from medtranslate.batch import prepare_output_folder, read_manifest, run_cases, summary_line
-from medtranslate.errors import InputError, OutputError
 from medtranslate.cases import Case
+from medtranslate.errors import InputError, OutputError
 
 
 def _cases(tmp_path, n=3):

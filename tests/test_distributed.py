@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def _cancelled_biases(net: nn.Module, prefix: str) -> set[str]:
     leaves = [(name, m) for name, m in net.named_modules() if not list(m.children())]  # in the order they run
     return {
         f"{prefix}.{name}.bias"
-        for (name, m), (_, after) in zip(leaves, leaves[1:])
+        for (name, m), (_, after) in pairwise(leaves)
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(after, nn.InstanceNorm2d)
     }
 
@@ -51,7 +52,7 @@ def _assert_same_run(cfg, a: dict, b: dict) -> None:
     1 exactly as much as 1 thread from 2 threads in one process (after 14 steps: losses 3e-6, validation MAE 4e-4,
     weights 2e-5; after 15-30 steps validation MAE up to 1e-3, weights 2e-4)."""
     assert [r["epoch"] for r in a["history"]] == [r["epoch"] for r in b["history"]]
-    for ra, rb in zip(a["history"], b["history"]):
+    for ra, rb in zip(a["history"], b["history"], strict=True):
         first = ra["epoch"] == 1
         for key in ("loss_d", "loss_g", "loss_g_l1", "val_mae"):
             tol = 1e-2 if key == "val_mae" else 1e-5 if first else 1e-3

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from medtranslate.baselines import IntensityMap
 from medtranslate.config import RunConfig
-from medtranslate.losses import body_loss
 from medtranslate.gan import GANLoss, ImagePool, build_model, gradient_penalty
+from medtranslate.losses import body_loss
 
 
 def tiny_config(kind: str, **model) -> RunConfig:

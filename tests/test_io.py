@@ -11,8 +11,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from medtranslate.errors import InputError, OutputError
 from medtranslate.cases import find_cases, pair_cases
+from medtranslate.errors import InputError, OutputError
 from medtranslate.io import Volume, affine_to_sitk, read_case, read_volume, write_dicom_series, write_nifti
 
 from .conftest import ct_like, oblique_affine

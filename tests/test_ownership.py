@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from medtranslate.atomic import atomic_output
-from medtranslate.cli import main
 from medtranslate.cases import Case
+from medtranslate.cli import main
 from medtranslate.errors import ConfigError, InputError, OutputError
 from medtranslate.io import write_dicom_series, write_nifti
 from medtranslate.phantom import make_subject

@@ -78,7 +78,7 @@ def test_preprocess_registers_each_pair_writes_what_train_reads_and_records_ever
         assert mr.shape == ct.shape == mask.shape and mr.orientation == "RAS"
         np.testing.assert_allclose(mr.affine, ct.affine)
         np.testing.assert_allclose(mask.affine, ct.affine)
-        assert np.prod(ct.shape) < 0.8 * np.prod(SHAPE) and all(c <= s for c, s in zip(ct.shape, SHAPE))
+        assert np.prod(ct.shape) < 0.8 * np.prod(SHAPE) and all(c <= s for c, s in zip(ct.shape, SHAPE, strict=True))
         # the CT is the input CT, moved by nothing: its voxels sit at the same world points
         original_ct = resample_onto(subject.ct, ct, None, "nearest")
         assert np.array_equal(original_ct.array.astype(np.int16), ct.array)

@@ -147,7 +147,7 @@ def test_grid_operations_keep_world_coordinates(subject):
         assert ras.array[back] == ct.array[ijk]
     mask = body_mask(ct.array, "ct", ct.affine)
     (cropped,) = crop_to_mask([ct], mask, 5.0)
-    assert all(c < s for c, s in zip(cropped.shape, ct.shape))
+    assert all(c < s for c, s in zip(cropped.shape, ct.shape, strict=True))
     lo = np.argwhere(mask).min(axis=0) - np.ceil(5.0 / np.array(ct.spacing)).astype(int)
     lo = np.maximum(lo, 0)
     np.testing.assert_allclose(cropped.affine[:3, 3], (ct.affine @ np.append(lo, 1))[:3])

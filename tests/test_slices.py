@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from medtranslate.cache import CachedCase, open_cached, write_cached
 from medtranslate.config import RunConfig
 from medtranslate.errors import InputError
-from medtranslate.cache import CachedCase, open_cached, write_cached
 from medtranslate.slices import PreparedCase, PreparedScan, SliceDataset, context_indices
 
 
@@ -151,7 +151,7 @@ def test_an_item_depends_only_on_seed_epoch_and_index(case):
     ds = SliceDataset([a, b], config(rotate_deg=20.0, scale=0.2), seed=3, targets=[a, b])
     first = [ds[i] for i in range(len(ds))]
     again = [ds[i] for i in reversed(range(len(ds)))][::-1]  # another order: the same items
-    for x, y in zip(first, again):
+    for x, y in zip(first, again, strict=True):
         assert all(torch.equal(x[k], y[k]) for k in x)
     ds.set_epoch(1)  # the next epoch draws anew
     assert not all(torch.equal(first[i]["source"], ds[i]["source"]) for i in range(len(ds)))
@@ -168,5 +168,5 @@ def test_data_loader_workers_give_the_same_batches_as_the_main_process(case):
 
     main, two = batches(0), batches(2)
     assert len(main) == len(two) == -(-len(ds) // 3)
-    for x, y in zip(main, two):
+    for x, y in zip(main, two, strict=True):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

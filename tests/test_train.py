@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import csv
 import dataclasses
 import logging
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from medtranslate.config import load_config
-from medtranslate.schedule import note_of
-from medtranslate.errors import ConfigError, GeometryMismatchError, InputError
-from medtranslate.io import read_volume, write_nifti
-from medtranslate.train import Trainer
 from medtranslate.calibration import apply_calibration
 from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from medtranslate.config import load_config
+from medtranslate.errors import ConfigError, GeometryMismatchError, InputError
+from medtranslate.io import read_volume, write_nifti
+from medtranslate.schedule import note_of
+from medtranslate.train import Trainer
 from medtranslate.transforms import body_mask
 from medtranslate.translate import translate_volume
 
@@ -507,7 +506,7 @@ def test_a_damaged_cache_entry_is_reported_and_rebuilt(tmp_path, tiny_data, capl
     damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
     assert len(damaged) == 2 and "target.npy" in damaged[0] and "source.npy" in damaged[1]
     assert [c.folder for c in again.train_cases] == [deleted.folder, truncated.folder]
-    assert all(torch.equal(c.slices("source", [2]), e) for c, e in zip(again.train_cases, expected))
+    assert all(torch.equal(c.slices("source", [2]), e) for c, e in zip(again.train_cases, expected, strict=True))
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # nothing left aside
 
 

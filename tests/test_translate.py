@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 from medtranslate.errors import CheckpointError, InputError
 from medtranslate.io import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
 from medtranslate.phantom import make_subject
-from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 from medtranslate.translate import translate_volume
 
 from .conftest import oblique_affine, run_cli, torchrun_cli, translate_cli
