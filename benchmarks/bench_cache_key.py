@@ -3,7 +3,7 @@
 The slice cache names an entry by the content of its input files, so that a file rewritten with its size and
 modification time restored is never served stale. This times, on this machine and in one run, the hash of a
 512 x 512 x 300 int16 CT (as ``.nii.gz`` and ``.nii``) against reading the same file into memory with
-:func:`medtranslate.io.read_volume`, which a cache miss costs anyway. The ratio is the claim; seconds are context.
+:func:`medtranslate.io.files.read_volume`, which a cache miss costs anyway. The ratio is the claim; seconds are context.
 Run: python benchmarks/bench_cache_key.py [--size 512 --slices 300 --repeats 3]
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtranslate.io import read_volume, write_nifti
-from medtranslate.precision import describe_machine
+from medtranslate.io.files import read_volume, write_nifti
+from medtranslate.runtime.precision import describe_machine
 
 
 def _best(fn, repeats: int) -> float:

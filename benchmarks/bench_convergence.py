@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from medtranslate.device import resolve_device
-from medtranslate.precision import describe_machine
+from medtranslate.runtime.device import resolve_device
+from medtranslate.runtime.precision import describe_machine
 
 
 def cpu_seconds_of_children() -> float:

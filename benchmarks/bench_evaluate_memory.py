@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtranslate.io import write_nifti
-from medtranslate.precision import describe_machine
+from medtranslate.io.files import write_nifti
+from medtranslate.runtime.precision import describe_machine
 
 SCORE = """
 import json, resource, sys, time
 from pathlib import Path
-from medtranslate.evaluate import evaluate_folder
+from medtranslate.evaluation.evaluate import evaluate_folder
 root = Path(sys.argv[1])
 t0 = time.perf_counter()
 evaluate_folder(root / "pred", root / "ref", root / "out", progress=False)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from medtranslate.config import load_config
-from medtranslate.precision import describe_machine
-from medtranslate.slices import SliceDataset, cached_case, discover_pairs, load_split
+from medtranslate.core.config import load_config
+from medtranslate.data.slices import SliceDataset, cached_case, discover_pairs, load_split
+from medtranslate.runtime.precision import describe_machine
 
 
 def main() -> None:

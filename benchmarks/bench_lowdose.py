@@ -25,10 +25,12 @@ import torch
 from scipy.ndimage import zoom
 from timing import best_time
 
-from medtranslate.ctproj import ParallelBeam, Projector
-from medtranslate.errors import InputError
-from medtranslate.io import Volume
-from medtranslate.lowdose import (
+from medtranslate.core.errors import InputError
+from medtranslate.data.phantom import make_subject
+from medtranslate.io.files import Volume
+from medtranslate.runtime.precision import describe_machine
+from medtranslate.simulation.ctproj import ParallelBeam, Projector
+from medtranslate.simulation.lowdose import (
     DEFAULT_ELECTRONIC_NOISE,
     DEFAULT_PHOTONS,
     MU_WATER_PER_MM,
@@ -36,8 +38,6 @@ from medtranslate.lowdose import (
     read_invesalius,
     simulate_lowdose,
 )
-from medtranslate.phantom import make_subject
-from medtranslate.precision import describe_machine
 
 
 def previous_simulator(hu: np.ndarray, pixel_mm: float, dose: float, rng: np.random.Generator):

@@ -16,9 +16,9 @@ import torch
 from skimage.metrics import structural_similarity
 from timing import median_time
 
-from medtranslate.metrics import synthrad_metrics
-from medtranslate.phantom import make_subject
-from medtranslate.precision import describe_machine
+from medtranslate.data.phantom import make_subject
+from medtranslate.evaluation.metrics import synthrad_metrics
+from medtranslate.runtime.precision import describe_machine
 
 
 def skimage_ssim_2023(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:

@@ -20,12 +20,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from medtranslate import register as reg
-from medtranslate.io import Volume
-from medtranslate.phantom import LABELS, make_subject, misalign
-from medtranslate.precision import describe_machine
-from medtranslate.register import n4, register, to_sitk
-from medtranslate.transforms import body_mask
+from medtranslate.data.phantom import LABELS, make_subject, misalign
+from medtranslate.imaging.transforms import body_mask
+from medtranslate.io.files import Volume
+from medtranslate.preprocessing import register as reg
+from medtranslate.preprocessing.register import n4, register, to_sitk
+from medtranslate.runtime.precision import describe_machine
 
 
 def residual_mm(moved_by: sitk.Transform, found: sitk.Transform, points: list) -> float:
@@ -35,9 +35,9 @@ def residual_mm(moved_by: sitk.Transform, found: sitk.Transform, points: list) -
 
 
 def real_ct_check() -> None:
-    from medtranslate.errors import InputError
-    from medtranslate.lowdose import find_invesalius_cranium, read_invesalius
-    from medtranslate.register import resample_onto
+    from medtranslate.core.errors import InputError
+    from medtranslate.preprocessing.register import resample_onto
+    from medtranslate.simulation.lowdose import find_invesalius_cranium, read_invesalius
 
     try:
         ct = read_invesalius(find_invesalius_cranium())

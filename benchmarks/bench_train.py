@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from medtranslate.config import RunConfig
-from medtranslate.device import resolve_device
-from medtranslate.gan import build_model
-from medtranslate.precision import describe_machine
+from medtranslate.core.config import RunConfig
+from medtranslate.models.gan import build_model
+from medtranslate.runtime.device import resolve_device
+from medtranslate.runtime.precision import describe_machine
 
 SETUPS = {
     "pix2pix": dict(

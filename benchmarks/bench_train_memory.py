@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from medtranslate.phantom import write_sample_data
-from medtranslate.precision import describe_machine
+from medtranslate.data.phantom import write_sample_data
+from medtranslate.runtime.precision import describe_machine
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURE = (

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from timing import median_time
 
-from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
-from medtranslate.io import read_volume, write_nifti
-from medtranslate.phantom import make_subject
-from medtranslate.precision import describe_machine
-from medtranslate.transforms import IntensityParams, Preprocessor, intensity_for
-from medtranslate.translate import translate_volume
+from medtranslate.data.phantom import make_subject
+from medtranslate.imaging.transforms import IntensityParams, Preprocessor, intensity_for
+from medtranslate.inference.translate import translate_volume
+from medtranslate.io.files import read_volume, write_nifti
+from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from medtranslate.runtime.precision import describe_machine
 
 VARIANTS = {
     "float32 eager": dict(amp_dtype=None, channels_last=False),

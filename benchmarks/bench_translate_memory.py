@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
-from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
-from medtranslate.io import Volume
-from medtranslate.translate import translate_volume
+from medtranslate.inference.translate import translate_volume
+from medtranslate.io.files import Volume
+from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 
 
 def peak_mb() -> float:
@@ -62,7 +62,7 @@ def _cli(checkpoint: str, volume: Volume, batch_size: int) -> None:
     import tempfile
     from pathlib import Path
 
-    from medtranslate.io import write_nifti
+    from medtranslate.io.files import write_nifti
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_nifti(Path(tmp) / "in" / "big_mr.nii.gz", volume.array, volume.affine)

@@ -12,14 +12,14 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import MedTranslateError
-from .tasks import TASKS
+from medtranslate.core.errors import MedTranslateError
+from medtranslate.core.tasks import TASKS
 
 logger = logging.getLogger("medtranslate")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .describe import describe_paths, format_table
+    from medtranslate.io.describe import describe_paths, format_table
 
     rows = describe_paths(args.paths)
     print(format_table(rows))
@@ -30,7 +30,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .io import convert_to_nifti
+    from medtranslate.io.files import convert_to_nifti
 
     out = convert_to_nifti(args.input, args.output, overwrite=args.overwrite)
     print(f"wrote {out}")
@@ -38,7 +38,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_bundle
+    from medtranslate.inference.export import export_bundle
 
     out = export_bundle(args.model, args.out, overwrite=args.overwrite)
     print(f"wrote the MONAI bundle {out}; run it with:")
@@ -50,10 +50,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_data(args: argparse.Namespace) -> int:
-    from .phantom import write_sample_data
+    from medtranslate.data.phantom import write_sample_data
 
     if args.ldct_from_invesalius:
-        from .lowdose import write_invesalius_pairs
+        from medtranslate.simulation.lowdose import write_invesalius_pairs
 
         written = write_invesalius_pairs(Path(args.out) / "ldct_invesalius", dose=0.25, overwrite=args.overwrite)
         print(f"wrote {len(written)} files to {Path(args.out) / 'ldct_invesalius'}")
@@ -73,9 +73,9 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .errors import InputError
-    from .evaluate import evaluate_folder, evaluate_without_pairs, format_summary
+    from medtranslate.core.errors import InputError
+    from medtranslate.evaluation.evaluate import evaluate_folder, evaluate_without_pairs, format_summary
+    from medtranslate.runtime import distributed
 
     if (args.ref is None) == (args.cohort is None):
         raise InputError("give --ref (references of the same subjects) or --cohort (a CT cohort, no pairs), not both")
@@ -111,9 +111,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import distributed
-    from .config import load_config
-    from .train import Trainer
+    from medtranslate.core.config import load_config
+    from medtranslate.runtime import distributed
+    from medtranslate.training.train import Trainer
 
     cfg = load_config(args.config, args.set)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.no_progress)
@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from .translate import translate_folder
+    from medtranslate.inference.translate import translate_folder
 
     rows = translate_folder(
         args.model,
@@ -150,7 +150,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _report_batch(rows: list, out: str) -> int:
-    from .batch import summary_line
+    from medtranslate.runtime.batch import summary_line
 
     for row in rows:
         if row["status"] in ("failed", "refused"):
@@ -161,7 +161,7 @@ def _report_batch(rows: list, out: str) -> int:
 
 
 def cmd_simulate_lowdose(args: argparse.Namespace) -> int:
-    from .lowdose import simulate_lowdose_folder
+    from medtranslate.simulation.lowdose import simulate_lowdose_folder
 
     rows = simulate_lowdose_folder(
         args.input,
@@ -179,7 +179,7 @@ def cmd_simulate_lowdose(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from .preprocess import PreprocessOptions, preprocess_folder
+    from medtranslate.preprocessing.preprocess import PreprocessOptions, preprocess_folder
 
     options = PreprocessOptions(
         reference_role=args.reference_role,
@@ -203,7 +203,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import run_pipeline
+    from medtranslate.pipeline import run_pipeline
 
     summary = run_pipeline(args.pipeline, args.out, args.set, progress=not args.no_progress, overwrite=args.overwrite)
     print(_summary_table([(Path(args.pipeline).stem, summary)]))
@@ -212,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .pipeline import run_demo
+    from medtranslate.pipeline import run_demo
 
     results = run_demo(args.out, quick=args.quick, progress=not args.no_progress, overwrite=args.overwrite)
     print(_summary_table(results))
@@ -224,7 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _summary_table(results: list) -> str:
     """Each pipeline's mean metrics beside its baseline's; a metric on which the model is worse is marked, and an
     under-trained model or a model worse than its baseline gets a WARNING line under its table."""
-    from .report import warnings_of, worse_than_baseline
+    from medtranslate.evaluation.report import warnings_of, worse_than_baseline
 
     lines = []
     for name, summary in results:

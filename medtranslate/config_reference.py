@@ -16,9 +16,11 @@ import tokenize
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from . import config, pipeline, preprocess
-from .config import MODEL_DEFAULTS
-from .tasks import TASKS
+from medtranslate import pipeline
+from medtranslate.core import config
+from medtranslate.core.config import MODEL_DEFAULTS
+from medtranslate.core.tasks import TASKS
+from medtranslate.preprocessing import preprocess
 
 __all__ = ["FieldDoc", "field_docs", "reference_markdown"]
 

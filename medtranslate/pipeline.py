@@ -22,14 +22,21 @@ from typing import Any
 
 import yaml
 
-from .atomic import atomic_write_text
-from .cases import Case, Cohorts, Pair
-from .checks import require_number, show
-from .config import ModelConfig, RunConfig, apply_overrides, config_differences, read_yaml
-from .errors import ConfigError, InputError
-from .evaluate import evaluate_folder, evaluate_without_pairs
-from .slices import default_split_file, discover_cohorts, discover_pairs, load_split, read_split, split_cohorts
-from .tasks import get_task
+from medtranslate.core.atomic import atomic_write_text
+from medtranslate.core.checks import require_number, show
+from medtranslate.core.config import ModelConfig, RunConfig, apply_overrides, config_differences, read_yaml
+from medtranslate.core.errors import ConfigError, InputError
+from medtranslate.core.tasks import get_task
+from medtranslate.data.slices import (
+    default_split_file,
+    discover_cohorts,
+    discover_pairs,
+    load_split,
+    read_split,
+    split_cohorts,
+)
+from medtranslate.evaluation.evaluate import evaluate_folder, evaluate_without_pairs
+from medtranslate.io.cases import Case, Cohorts, Pair
 
 __all__ = ["run_pipeline", "load_pipeline", "run_demo"]
 
@@ -60,7 +67,7 @@ PIPELINE_KEYS = {
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
     """The experiment config and the ``pipeline`` section (baseline, simulate_dose, prepare) of a pipeline file.
 
-    A top-level ``prepare`` section (keys of :class:`~medtranslate.preprocess.PreprocessOptions`, e.g.
+    A top-level ``prepare`` section (keys of :class:`~medtranslate.preprocessing.preprocess.PreprocessOptions`, e.g.
     ``prepare: {register: affine, n4: true}``) is returned as ``section["prepare"]``, already checked.
     """
     path = Path(path)
@@ -100,7 +107,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple
 def _prepare_options(path: Path, prepare: Any) -> dict[str, Any]:
     from dataclasses import asdict, fields
 
-    from .preprocess import PreprocessOptions
+    from medtranslate.preprocessing.preprocess import PreprocessOptions
 
     valid = [f.name for f in fields(PreprocessOptions)]
     if not isinstance(prepare, dict):
@@ -121,7 +128,7 @@ def _tuples(options: dict[str, Any]) -> dict[str, Any]:
 
 def _prepare(cfg: RunConfig, options: dict[str, Any], folder: Path) -> RunConfig:
     """Run ``preprocess`` on data.root into ``folder`` and train on that (finished cases are kept)."""
-    from .preprocess import PreprocessOptions, preprocess_folder
+    from medtranslate.preprocessing.preprocess import PreprocessOptions, preprocess_folder
 
     root = Path(cfg.data.root)
     logger.info("stage prepare: preprocessing %s into %s (%s)", root, folder, options)
@@ -217,7 +224,7 @@ def _stage(name: str, done: bool) -> bool:
 
 
 def _train_stage(cfg: RunConfig, run: Path, progress: bool) -> Path:
-    from .train import Trainer
+    from medtranslate.training.train import Trainer
 
     marker = run / "DONE"
     if _stage(f"train {cfg.model.kind}", marker.exists()):
@@ -241,7 +248,7 @@ def _training_note(run: Path) -> str:
 
 
 def _translate_stage(ckpt: Path, inputs: dict[str, Case], out: Path, progress: bool) -> None:
-    from .translate import translate_folder
+    from medtranslate.inference.translate import translate_folder
 
     rows = [row for case in inputs.values() for row in translate_folder(ckpt, case.path, out, progress=False)]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed", "refused")}
@@ -250,7 +257,7 @@ def _translate_stage(ckpt: Path, inputs: dict[str, Case], out: Path, progress: b
 
 def _simulate(cfg: RunConfig, dose: float, folder: Path) -> RunConfig:
     """Low-dose / normal-dose pairs from every CT under data.root into ``folder`` (finished cases are kept)."""
-    from .lowdose import simulate_lowdose_folder
+    from medtranslate.simulation.lowdose import simulate_lowdose_folder
 
     root = Path(cfg.data.root)
     logger.info("stage prepare: simulating %.0f %% dose pairs from %s", 100 * dose, root)
@@ -354,7 +361,7 @@ def run_pipeline(
     Raises:
         ConfigError: the file is invalid, or ``out`` holds a run made with other settings (without ``overwrite``).
     """
-    from .distributed import is_distributed
+    from medtranslate.runtime.distributed import is_distributed
 
     if is_distributed():
         raise ConfigError(

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from medtranslate.config import load_config
-from medtranslate.io import Volume, read_volume, write_nifti
-from medtranslate.phantom import make_subject
-from medtranslate.train import Trainer
+from medtranslate.core.config import load_config
+from medtranslate.data.phantom import make_subject
+from medtranslate.io.files import Volume, read_volume, write_nifti
+from medtranslate.training.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from medtranslate.atomic import atomic_output, atomic_write_text, partial_name, remove_stale_partials
-from medtranslate.errors import OutputError
+from medtranslate.core.atomic import atomic_output, atomic_write_text, partial_name, remove_stale_partials
+from medtranslate.core.errors import OutputError
 
 from .conftest import SAMPLE, TINY, run_cli
 
@@ -143,7 +143,7 @@ def test_an_unwritable_output_location_is_one_line(tmp_path, command):
 def test_long_names_get_a_temporary_name_that_fits_or_a_clear_error(tmp_path):
     """Case ids of 227-244 characters made the temporary name overflow the 255-byte limit, and the error blamed
     permissions."""
-    from medtranslate.errors import OutputError
+    from medtranslate.core.errors import OutputError
 
     for n in (227, 244):
         target = tmp_path / ("k" * n + "_sct.nii.gz")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medtranslate.baselines import ClassicalDenoiser, IntensityMap
+from medtranslate.models.baselines import ClassicalDenoiser, IntensityMap
 
 
 def test_intensity_map_learns_the_median_per_bin_and_fills_empty_bins():
@@ -50,8 +50,8 @@ def test_intensity_map_without_pairs_matches_the_target_distribution():
 
 def test_classical_denoiser_without_pairs_keeps_the_normal_dose_cohorts_noise():
     # low-dose slices of some subjects, normal-dose slices of others: the strength is tuned by noise, not by error
-    from medtranslate.noise import flat_regions
-    from medtranslate.transforms import ct_intensity
+    from medtranslate.imaging.transforms import ct_intensity
+    from medtranslate.models.noise import flat_regions
 
     ct, rng = ct_intensity(), np.random.default_rng(0)
     yy, xx = np.mgrid[:64, :64]

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from medtranslate.atomic import atomic_write_text
-from medtranslate.batch import prepare_output_folder, read_manifest, run_cases, summary_line
-from medtranslate.cases import Case
-from medtranslate.errors import InputError, OutputError
+from medtranslate.core.atomic import atomic_write_text
+from medtranslate.core.errors import InputError, OutputError
+from medtranslate.io.cases import Case
+from medtranslate.runtime.batch import prepare_output_folder, read_manifest, run_cases, summary_line
 
 
 def _cases(tmp_path, n=3):
@@ -109,8 +109,8 @@ def test_a_second_process_on_the_same_manifest_is_refused_while_the_first_runs(t
 SECOND_BATCH = """
 import sys
 from pathlib import Path
-from medtranslate.batch import run_cases
-from medtranslate.errors import OutputError
+from medtranslate.runtime.batch import run_cases
+from medtranslate.core.errors import OutputError
 try:
     run_cases([], Path(sys.argv[1]), lambda c: [], lambda c, t: None, progress=False)
 except OutputError as exc:

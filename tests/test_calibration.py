@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medtranslate.calibration import apply_calibration, check_calibration, fit_quantile_map
-from medtranslate.checkpoint import TranslatorSpec, load_checkpoint
-from medtranslate.errors import CheckpointError
+from medtranslate.core.errors import CheckpointError
+from medtranslate.models.calibration import apply_calibration, check_calibration, fit_quantile_map
+from medtranslate.models.checkpoint import TranslatorSpec, load_checkpoint
 
 
 def _truth(hu: np.ndarray) -> np.ndarray:

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from medtranslate.checkpoint import (
+from medtranslate.core.config import load_config
+from medtranslate.core.errors import CheckpointError
+from medtranslate.models.checkpoint import (
     TranslatorSpec,
     build_inference_net,
     load_checkpoint,
@@ -19,9 +21,7 @@ from medtranslate.checkpoint import (
     save_checkpoint,
     state_sha256,
 )
-from medtranslate.config import load_config
-from medtranslate.errors import CheckpointError
-from medtranslate.train import Trainer
+from medtranslate.training.train import Trainer
 
 from .conftest import translate_cli, write_config
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medtranslate.cli import build_parser
-from medtranslate.io import Volume, read_volume, write_dicom_series
+from medtranslate.io.files import Volume, read_volume, write_dicom_series
 
 from .conftest import SAMPLE, ct_like, oblique_affine, run_cli
 from .test_io import _bad_inputs

@@ -7,9 +7,9 @@ import time
 import pytest
 import yaml
 
-from medtranslate.checks import show
-from medtranslate.config import RunConfig, config_differences, load_config
-from medtranslate.errors import ConfigError
+from medtranslate.core.checks import show
+from medtranslate.core.config import RunConfig, config_differences, load_config
+from medtranslate.core.errors import ConfigError
 
 from .conftest import REPO, run_cli
 

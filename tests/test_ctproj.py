@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from skimage.data import shepp_logan_phantom
 from skimage.transform import radon, resize
 
-from medtranslate.ctproj import FanBeam, ParallelBeam, Projector, fan_to_parallel, parallel_to_fan
+from medtranslate.simulation.ctproj import FanBeam, ParallelBeam, Projector, fan_to_parallel, parallel_to_fan
 
 
 def smooth_phantom(n: int) -> np.ndarray:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtranslate.describe import check_modality, describe_paths, format_table, looks_like
-from medtranslate.errors import InputError
-from medtranslate.io import Volume, read_volume, write_nifti
+from medtranslate.core.errors import InputError
+from medtranslate.io.describe import check_modality, describe_paths, format_table, looks_like
+from medtranslate.io.files import Volume, read_volume, write_nifti
 
 from .conftest import SAMPLE, ct_like, oblique_affine
 
@@ -75,7 +75,7 @@ def test_nifti_spatial_units_are_honoured_and_shown(tmp_path, unit, scale):
     """A NIfTI whose header declares metres (xyzt_units) was read as mm: a head 0.2 mm wide. Now readers get mm."""
     import nibabel as nib
 
-    from medtranslate.io import read_volume
+    from medtranslate.io.files import read_volume
 
     affine = oblique_affine()
     img = nib.Nifti1Image(ct_like(), np.diag([scale] * 3 + [1.0]) @ affine)

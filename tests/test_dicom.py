@@ -9,8 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from medtranslate.errors import InputError, OutputError
-from medtranslate.io import Volume, read_volume, write_dicom_series
+from medtranslate.core.errors import InputError, OutputError
+from medtranslate.io.files import Volume, read_volume, write_dicom_series
 
 from .conftest import ct_like, oblique_affine, run_cli
 

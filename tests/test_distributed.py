@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch import nn
 
-from medtranslate.checkpoint import load_checkpoint
-from medtranslate.config import load_config
-from medtranslate.errors import ConfigError
-from medtranslate.gan import build_discriminator, build_generator, build_model
+from medtranslate.core.config import load_config
+from medtranslate.core.errors import ConfigError
+from medtranslate.models.checkpoint import load_checkpoint
+from medtranslate.models.gan import build_discriminator, build_generator, build_model
 
 from .conftest import run_cli, torchrun_cli, write_config
 

@@ -10,9 +10,9 @@ import shutil
 import numpy as np
 import pytest
 
-from medtranslate.evaluate import evaluate_folder
-from medtranslate.io import read_volume, write_nifti
-from medtranslate.metrics import synthrad_metrics
+from medtranslate.evaluation.evaluate import evaluate_folder
+from medtranslate.evaluation.metrics import synthrad_metrics
+from medtranslate.io.files import read_volume, write_nifti
 
 from .conftest import SAMPLE, run_cli, torchrun_cli
 
@@ -302,7 +302,7 @@ def test_a_cohort_report_links_its_case_figures_and_summarises_in_histograms(tmp
     LABELLED_CASES the metrics figure is a histogram (both limits lowered here, so four cases are a cohort)."""
     import re
 
-    from medtranslate import report
+    from medtranslate.evaluation import report
 
     cases = ["sub-01", "sub-02", "sub-03", "sub-04"]
     fake_predictions(tmp_path / "pred", cases)
@@ -327,7 +327,7 @@ def test_without_pairs_outputs_are_judged_against_a_cohort_and_their_inputs(tmp_
     from scipy import ndimage
 
     from medtranslate.cli import main
-    from medtranslate.transforms import body_mask
+    from medtranslate.imaging.transforms import body_mask
 
     preds, inputs = tmp_path / "pred", tmp_path / "inputs"
     for cid in ("s2", "s3"):

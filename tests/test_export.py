@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from medtranslate.io import read_volume
+from medtranslate.io.files import read_volume
 
 from .conftest import run_cli, translate_cli
 
@@ -34,13 +34,29 @@ def test_the_exported_bundle_runs_under_monai_and_gives_translates_volumes(tmp_p
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    # a bundle exported before the package moved into stage subpackages names medtranslate.translate: it still runs
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert config["translate"]["_target_"] == "medtranslate.inference.translate.translate_folder"
+    config["imports"] = ["$import medtranslate.translate"]
+    config["translate"]["_target_"] = "medtranslate.translate.translate_folder"
+    (tmp_path / "old_inference.json").write_text(json.dumps(config))
+    old = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tmp_path / "old_inference.json")]
+        + ["--bundle_root", str(bundle), "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "old")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert old.returncode == 0, old.stderr[-3000:]
     ours = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(tmp_path / "ours"))
     assert ours.returncode == 0, ours.stderr
     for case in ("s2", "s3"):
-        a = read_volume(tmp_path / "monai" / f"{case}_sct.nii.gz")
         b = read_volume(tmp_path / "ours" / f"{case}_sct.nii.gz")
-        assert a.shape == b.shape and abs(a.array.astype(int) - b.array.astype(int)).max() <= 1  # within 1 HU
-        assert (a.affine == b.affine).all()
+        for made_by in ("monai", "old"):
+            a = read_volume(tmp_path / made_by / f"{case}_sct.nii.gz")
+            assert a.shape == b.shape and abs(a.array.astype(int) - b.array.astype(int)).max() <= 1  # within 1 HU
+            assert (a.affine == b.affine).all()
     again = run_cli("export", "--model", str(checkpoints["pix2pix"]), "--out", str(bundle))
     assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
     bad = tmp_path / "not_a_model.pt"

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtranslate.baselines import IntensityMap
-from medtranslate.config import RunConfig
-from medtranslate.gan import GANLoss, ImagePool, build_model, gradient_penalty
-from medtranslate.losses import body_loss
+from medtranslate.core.config import RunConfig
+from medtranslate.models.baselines import IntensityMap
+from medtranslate.models.gan import GANLoss, ImagePool, build_model, gradient_penalty
+from medtranslate.models.losses import body_loss
 
 
 def tiny_config(kind: str, **model) -> RunConfig:
@@ -146,7 +146,7 @@ def test_cyclegan_with_measured_noise_learns_to_remove_the_noise_it_adds():
     # model.inverse noise: no second generator; G sees normal-dose slices plus noise of the measured spectrum and level
     import numpy as np
 
-    from medtranslate.noise import NoiseModel
+    from medtranslate.models.noise import NoiseModel
 
     torch.manual_seed(0)
     cfg = tiny_config("cyclegan", task="ldct", inverse="noise", generator="unet", lambda_cycle=100, lambda_identity=0)
@@ -184,8 +184,8 @@ def test_intensity_map_recovers_a_known_mapping():
 
 
 def test_weight_average_follows_the_weights_with_a_growing_decay():
-    from medtranslate.checkpoint import build_inference_net
-    from medtranslate.gan import WeightAverage
+    from medtranslate.models.checkpoint import build_inference_net
+    from medtranslate.models.gan import WeightAverage
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     avg = WeightAverage(net, decay=0.99)

@@ -19,10 +19,10 @@ import pydicom
 import pytest
 
 from medtranslate.cli import main
-from medtranslate.config import load_config
-from medtranslate.io import Volume, read_volume, write_dicom_series, write_nifti
-from medtranslate.phantom import make_subject
-from medtranslate.train import Trainer
+from medtranslate.core.config import load_config
+from medtranslate.data.phantom import make_subject
+from medtranslate.io.files import Volume, read_volume, write_dicom_series, write_nifti
+from medtranslate.training.train import Trainer
 
 from .conftest import ct_like, oblique_affine, run_cli, translate_cli, write_config
 from .test_io import _nan_origin, _zero_spacing, raw_nifti

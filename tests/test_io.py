@@ -11,9 +11,9 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from medtranslate.cases import find_cases, pair_cases
-from medtranslate.errors import InputError, OutputError
-from medtranslate.io import Volume, affine_to_sitk, read_case, read_volume, write_dicom_series, write_nifti
+from medtranslate.core.errors import InputError, OutputError
+from medtranslate.io.cases import find_cases, pair_cases
+from medtranslate.io.files import Volume, affine_to_sitk, read_case, read_volume, write_dicom_series, write_nifti
 
 from .conftest import ct_like, oblique_affine
 

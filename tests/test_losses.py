@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtranslate.losses import body_loss, cycle_loss, gradient_correlation_loss, mind, mind_loss, structure_loss
+from medtranslate.models.losses import body_loss, cycle_loss, gradient_correlation_loss, mind, mind_loss, structure_loss
 
 
 def _phantom(shift: int = 0) -> torch.Tensor:

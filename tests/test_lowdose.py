@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from medtranslate.describe import looks_like
-from medtranslate.errors import InputError
-from medtranslate.io import Volume, read_volume, write_nifti
-from medtranslate.lowdose import axial_slab, simulate_lowdose
+from medtranslate.core.errors import InputError
+from medtranslate.io.describe import looks_like
+from medtranslate.io.files import Volume, read_volume, write_nifti
+from medtranslate.simulation.lowdose import axial_slab, simulate_lowdose
 
 from .conftest import SAMPLE, oblique_affine, run_cli, torchrun_cli
 

@@ -11,9 +11,9 @@ from scipy.ndimage import uniform_filter
 from scipy.signal import fftconvolve
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from medtranslate.errors import InputError
-from medtranslate.io import read_volume
-from medtranslate.metrics import ldct_metrics, mae, ms_ssim, psnr, ssim, synthrad_metrics
+from medtranslate.core.errors import InputError
+from medtranslate.evaluation.metrics import ldct_metrics, mae, ms_ssim, psnr, ssim, synthrad_metrics
+from medtranslate.io.files import read_volume
 
 from .conftest import SAMPLE
 
@@ -141,7 +141,7 @@ def test_all_metrics_agree_on_phantom_ct(phantom_case):
 
 def test_torch_path_matches_numpy_path(phantom_case):
     """CUDA tensors take the torch path; here it is forced on the CPU to check it against the numba kernels."""
-    from medtranslate import metrics as mod
+    from medtranslate.evaluation import metrics as mod
 
     pred, ref, mask = phantom_case
     expected = synthrad_metrics(pred, ref, mask)
@@ -225,7 +225,7 @@ def test_ldct_metrics_against_skimage_per_slice():
 
 def test_kernel_power_series_matches_libm_on_both_sides_of_its_floor():
     """The SIMD kernel's series for term ** weight (terms >= 0.5) and its libm fallback (below) against numpy."""
-    from medtranslate import _ssim_kernels as kern
+    from medtranslate.evaluation import _ssim_kernels as kern
 
     pred, ref, mask = random_case((30, 34, 26), 5)
     pred[:15] = np.random.default_rng(6).normal(0, 300, pred[:15].shape)  # unrelated there: low terms

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medtranslate.nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
+from medtranslate.models.nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
 
 
 @pytest.mark.parametrize("upsample", ["transpose", "resize"])

@@ -5,8 +5,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from medtranslate.errors import InputError
-from medtranslate.noise import NoiseModel, flat_regions, measure_noise
+from medtranslate.core.errors import InputError
+from medtranslate.models.noise import NoiseModel, flat_regions, measure_noise
 
 KERNEL = np.array([[0.0, -0.25, 0.0], [-0.25, 1.0, -0.25], [0.0, -0.25, 0.0]])  # a ramp-like (high-pass) colour
 

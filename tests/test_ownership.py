@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medtranslate.atomic import atomic_output
-from medtranslate.cases import Case
 from medtranslate.cli import main
-from medtranslate.errors import ConfigError, InputError, OutputError
-from medtranslate.io import write_dicom_series, write_nifti
-from medtranslate.phantom import make_subject
+from medtranslate.core.atomic import atomic_output
+from medtranslate.core.errors import ConfigError, InputError, OutputError
+from medtranslate.data.phantom import make_subject
+from medtranslate.io.cases import Case
+from medtranslate.io.files import write_dicom_series, write_nifti
 from medtranslate.pipeline import _claim_run_dir
-from medtranslate.preprocess import PREPROCESSED_CASE, PreprocessOptions, preprocess_case
+from medtranslate.preprocessing.preprocess import PREPROCESSED_CASE, PreprocessOptions, preprocess_case
 
 from .conftest import SAMPLE, ct_like, oblique_affine
 
@@ -197,7 +197,7 @@ def test_export_to_the_current_folder_is_a_clear_error(tmp_path, checkpoints, mo
 
 
 def test_a_dicom_series_replaces_only_a_series_it_wrote(tmp_path):
-    from medtranslate.io import Volume
+    from medtranslate.io.files import Volume
 
     vol = Volume(ct_like(shape=(8, 9, 3)), oblique_affine())
     folder = tmp_path / "series"

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from medtranslate.io import read_volume
-from medtranslate.phantom import COHORT_SPLIT, LABELS, SAMPLE_SPLIT, make_subject
+from medtranslate.data.phantom import COHORT_SPLIT, LABELS, SAMPLE_SPLIT, make_subject
+from medtranslate.io.files import read_volume
 
 from .conftest import SAMPLE, run_cli
 

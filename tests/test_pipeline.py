@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtranslate.checkpoint import load_checkpoint
-from medtranslate.config import ModelConfig
-from medtranslate.errors import ConfigError
-from medtranslate.io import read_volume
+from medtranslate.core.config import ModelConfig
+from medtranslate.core.errors import ConfigError
+from medtranslate.evaluation.report import warnings_of, worse_than_baseline
+from medtranslate.io.files import read_volume
+from medtranslate.models.checkpoint import load_checkpoint
 from medtranslate.pipeline import baseline_config, load_pipeline, minutes_left
-from medtranslate.report import warnings_of, worse_than_baseline
 
 from .conftest import REPO, SAMPLE, run_cli
 
@@ -214,7 +214,7 @@ def test_pipeline_preprocesses_the_cases_in_prepare(tmp_path, tiny_data):
 def test_a_run_folder_refuses_other_settings_unless_overwrite(tmp_path, tiny_data):
     import yaml
 
-    from medtranslate.checkpoint import load_checkpoint
+    from medtranslate.models.checkpoint import load_checkpoint
 
     spec = {
         "data": {"root": str(tiny_data), "patch_size": 32},

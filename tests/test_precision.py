@@ -6,11 +6,11 @@ import pytest
 import torch
 import yaml
 
-from medtranslate.checkpoint import load_checkpoint
-from medtranslate.config import load_config
-from medtranslate.nets import ResnetGenerator, UNetGenerator
-from medtranslate.precision import PrecisionChoice, choose_precision, describe_machine
-from medtranslate.train import Trainer
+from medtranslate.core.config import load_config
+from medtranslate.models.checkpoint import load_checkpoint
+from medtranslate.models.nets import ResnetGenerator, UNetGenerator
+from medtranslate.runtime.precision import PrecisionChoice, choose_precision, describe_machine
+from medtranslate.training.train import Trainer
 
 from .conftest import write_config
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medtranslate.cases import find_cases, pair_cases
-from medtranslate.io import read_volume, write_nifti
-from medtranslate.phantom import make_subject, misalign
-from medtranslate.register import resample_onto, to_sitk
+from medtranslate.data.phantom import make_subject, misalign
+from medtranslate.io.cases import find_cases, pair_cases
+from medtranslate.io.files import read_volume, write_nifti
+from medtranslate.preprocessing.register import resample_onto, to_sitk
 
 from .conftest import run_cli
 
@@ -197,9 +197,9 @@ def test_bad_options_are_refused_before_any_work(tmp_path, cohort, extra, messag
 
 
 def test_registration_without_a_partner_in_the_api_is_an_input_error(tmp_path, cohort):
-    from medtranslate.cases import Case
-    from medtranslate.errors import InputError
-    from medtranslate.preprocess import PreprocessOptions, preprocess_case
+    from medtranslate.core.errors import InputError
+    from medtranslate.io.cases import Case
+    from medtranslate.preprocessing.preprocess import PreprocessOptions, preprocess_case
 
     root, _ = cohort
     only_ct = {"ct": Case("sub-1", root / "sub-1" / "ct.nii.gz", "ct")}

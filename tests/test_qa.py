@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtranslate.errors import InputError
-from medtranslate.io import read_volume
-from medtranslate.qa import artefact_index, dice, slice_consistency
-from medtranslate.transforms import axial_axis
+from medtranslate.core.errors import InputError
+from medtranslate.evaluation.qa import artefact_index, dice, slice_consistency
+from medtranslate.imaging.transforms import axial_axis
+from medtranslate.io.files import read_volume
 
 from .conftest import SAMPLE
 
@@ -63,7 +63,7 @@ def test_dice():
 
 
 def test_uncertainty_scores_reward_a_map_that_ranks_the_errors():
-    from medtranslate.qa import uncertainty_scores
+    from medtranslate.evaluation.qa import uncertainty_scores
 
     rng = np.random.default_rng(0)
     error = rng.normal(0, 80, (30, 30, 20))  # about 21 % of voxels beyond 100 HU
@@ -98,7 +98,7 @@ def _body(width_mm: float, lungs: bool, spacing: float = 2.0, size: int = 200, d
     [(180, False, "head"), (340, True, "chest"), (340, False, "abdomen"), (250, False, None), (230, True, "chest")],
 )
 def test_the_window_follows_the_anatomy(width, lungs, expected):
-    from medtranslate.qa import anatomy_window
+    from medtranslate.evaluation.qa import anatomy_window
 
     hu, body, affine = _body(width, lungs)
     window, why = anatomy_window(hu, body, affine)

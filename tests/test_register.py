@@ -1,4 +1,5 @@
-"""Registration, N4 and grid operations (medtranslate.register) on phantoms with known transforms and bias fields."""
+"""Registration, N4 and grid operations (medtranslate.preprocessing.register) on phantoms with known transforms and
+bias fields."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medtranslate.errors import InputError
-from medtranslate.io import Volume
-from medtranslate.phantom import LABELS, make_subject
-from medtranslate.register import (
+from medtranslate.core.errors import InputError
+from medtranslate.data.phantom import LABELS, make_subject
+from medtranslate.imaging.transforms import body_mask
+from medtranslate.io.files import Volume
+from medtranslate.preprocessing.register import (
     crop_to_mask,
     n4,
     register,
@@ -18,7 +20,6 @@ from medtranslate.register import (
     resample_spacing,
     to_sitk,
 )
-from medtranslate.transforms import body_mask
 
 # a head phantom on a coarser grid than the sample data's (96 x 96 x 48 voxels of 2.33 x 2.33 x 3.47 mm), for speed
 SHAPE, SPACING = (96, 96, 48), (2.33, 2.33, 3.47)

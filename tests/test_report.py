@@ -7,8 +7,8 @@ import re
 
 import numpy as np
 
-from medtranslate.io import Volume
-from medtranslate.report import case_figure, write_report
+from medtranslate.evaluation.report import case_figure, write_report
+from medtranslate.io.files import Volume
 
 from .conftest import ct_like
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from medtranslate.config import load_config
-from medtranslate.errors import ConfigError
-from medtranslate.schedule import Schedule, note_of
+from medtranslate.core.config import load_config
+from medtranslate.core.errors import ConfigError
+from medtranslate.training.schedule import Schedule, note_of
 
 from .conftest import write_config
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from medtranslate.cache import CachedCase, open_cached, write_cached
-from medtranslate.config import RunConfig
-from medtranslate.errors import InputError
-from medtranslate.slices import PreparedCase, PreparedScan, SliceDataset, context_indices
+from medtranslate.core.config import RunConfig
+from medtranslate.core.errors import InputError
+from medtranslate.data.cache import CachedCase, open_cached, write_cached
+from medtranslate.data.slices import PreparedCase, PreparedScan, SliceDataset, context_indices
 
 
 @pytest.fixture

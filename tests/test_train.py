@@ -16,15 +16,15 @@ import pytest
 import torch
 import yaml
 
-from medtranslate.calibration import apply_calibration
-from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
-from medtranslate.config import load_config
-from medtranslate.errors import ConfigError, GeometryMismatchError, InputError
-from medtranslate.io import read_volume, write_nifti
-from medtranslate.schedule import note_of
-from medtranslate.train import Trainer
-from medtranslate.transforms import body_mask
-from medtranslate.translate import translate_volume
+from medtranslate.core.config import load_config
+from medtranslate.core.errors import ConfigError, GeometryMismatchError, InputError
+from medtranslate.imaging.transforms import body_mask
+from medtranslate.inference.translate import translate_volume
+from medtranslate.io.files import read_volume, write_nifti
+from medtranslate.models.calibration import apply_calibration
+from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
+from medtranslate.training.schedule import note_of
+from medtranslate.training.train import Trainer
 
 from .conftest import SAMPLE, run_cli, write_config
 
@@ -94,7 +94,7 @@ def test_train_cli_on_sample_data_writes_run_folder(tmp_path):
     result = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--set", "train.steps_per_epoch=2")
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "it/s" not in result.stderr
-    epochs = [line for line in result.stderr.splitlines() if "medtranslate.train: epoch " in line]
+    epochs = [line for line in result.stderr.splitlines() if "medtranslate.training.train: epoch " in line]
     assert len(epochs) == 2 and epochs[0].endswith("min left") and "left" not in epochs[1], epochs
     run = tmp_path / "run"
     assert {"config.yaml", "split.json", "history.csv", "checkpoints", "tensorboard"} <= {p.name for p in run.iterdir()}
@@ -216,7 +216,7 @@ def test_the_time_cap_starts_no_epoch_that_would_overrun_it_and_says_the_run_is_
 ):
     capped = tmp_path / "capped.yaml"
     write_config(capped, tiny_data, **{"train.epochs": 3, "train.max_minutes": 1e-6})  # any epoch takes over 60 us
-    with caplog.at_level(logging.WARNING, logger="medtranslate.train"):
+    with caplog.at_level(logging.WARNING, logger="medtranslate.training.train"):
         Trainer(load_config(capped), tmp_path / "short", progress=False).fit()
     note = "stopped by train.max_minutes (1e-06) after 1 of 3 epochs: under-trained"
     assert any(m.startswith(note) for m in caplog.messages), caplog.messages
@@ -274,7 +274,7 @@ def test_each_epoch_line_names_the_total_its_progress_bar_showed(tmp_path, tiny_
         return fit_epoch()
 
     trainer._train_epoch = watched
-    with caplog.at_level(logging.INFO, logger="medtranslate.train"):
+    with caplog.at_level(logging.INFO, logger="medtranslate.training.train"):
         trainer.fit()
     logged = [m.split(":")[0] for m in caplog.messages if m.startswith("epoch ")]
     assert shown == [3] and logged == ["epoch 1/3"]  # the cap (60 us) stopped the run after its first epoch

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medtranslate.errors import GeometryMismatchError, InputError
-from medtranslate.io import Volume, read_volume
-from medtranslate.phantom import LABELS, make_subject
-from medtranslate.transforms import (
+from medtranslate.core.errors import GeometryMismatchError, InputError
+from medtranslate.data.phantom import LABELS, make_subject
+from medtranslate.imaging.transforms import (
     IntensityParams,
     Preprocessor,
     body_mask,
@@ -17,6 +16,7 @@ from medtranslate.transforms import (
     ct_intensity,
     mr_intensity,
 )
+from medtranslate.io.files import Volume, read_volume
 
 from .conftest import SAMPLE, ct_like, oblique_affine
 
@@ -134,7 +134,7 @@ def test_identity_network_inverts_to_input_grid_and_hu(oblique_ct, kwargs, toler
 
 
 def test_inverted_volume_writes_and_reads_back_on_input_grid(tmp_path):
-    from medtranslate.io import write_nifti
+    from medtranslate.io.files import write_nifti
 
     volume = Volume(ct_like(shape=(30, 26, 12), seed=5), oblique_affine(spacing=(0.7, 1.1, 3.0)))
     pre = Preprocessor(spacing=(1.2, 1.2, 1.2), divisible=8)
@@ -165,7 +165,7 @@ def test_outside_body_in_slabs_is_the_whole_volume_distance_transform(spacing_z)
     exactly what one distance transform of the whole volume gives, across slab borders and slabs without body."""
     from scipy import ndimage
 
-    from medtranslate.transforms import SLAB, outside_body, voxel_spacing
+    from medtranslate.imaging.transforms import SLAB, outside_body, voxel_spacing
 
     mask = np.zeros((30, 34, 3 * SLAB + 5), bool)
     mask[8:22, 10:25, SLAB - 3 : SLAB + 9] = True  # across a slab border

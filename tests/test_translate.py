@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from medtranslate.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
-from medtranslate.errors import CheckpointError, InputError
-from medtranslate.io import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
-from medtranslate.phantom import make_subject
-from medtranslate.translate import translate_volume
+from medtranslate.core.errors import CheckpointError, InputError
+from medtranslate.data.phantom import make_subject
+from medtranslate.inference.translate import translate_volume
+from medtranslate.io.files import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
+from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 
 from .conftest import oblique_affine, run_cli, torchrun_cli, translate_cli
 
@@ -72,9 +72,10 @@ def test_translate_volume_api_odd_shapes_and_tta(checkpoints):
 def test_a_synthetic_ct_is_air_where_the_input_shows_no_body(checkpoints, monkeypatch):
     from scipy import ndimage
 
-    from medtranslate import transforms, translate
-    from medtranslate.transforms import IntensityParams, body_mask
-    from medtranslate.translate import _predict, _preprocess, translate_with_uncertainty
+    from medtranslate.imaging import transforms
+    from medtranslate.imaging.transforms import IntensityParams, body_mask
+    from medtranslate.inference import translate
+    from medtranslate.inference.translate import _predict, _preprocess, translate_with_uncertainty
 
     ckpt = load_checkpoint(checkpoints["pix2pix"])
     net, spec = build_inference_net(ckpt, torch.device("cpu")), TranslatorSpec.from_dict(ckpt["spec"])
@@ -106,9 +107,9 @@ def test_a_synthetic_ct_is_air_where_the_input_shows_no_body(checkpoints, monkey
 
 
 def test_uncertainty_maps_from_views_and_from_dropout(tmp_path, checkpoints):
-    from medtranslate.config import RunConfig
-    from medtranslate.gan import build_generator
-    from medtranslate.translate import translate_with_uncertainty
+    from medtranslate.core.config import RunConfig
+    from medtranslate.inference.translate import translate_with_uncertainty
+    from medtranslate.models.gan import build_generator
 
     ckpt = load_checkpoint(checkpoints["pix2pix"])
     net, spec = build_inference_net(ckpt, torch.device("cpu")), TranslatorSpec.from_dict(ckpt["spec"])
@@ -161,8 +162,8 @@ def test_translate_writes_the_uncertainty_map_and_evaluate_scores_it(tmp_path, c
 
 
 def test_an_ensemble_of_checkpoints_gives_their_spread(tmp_path, checkpoints, tiny_data):
-    from medtranslate.config import load_config
-    from medtranslate.train import Trainer
+    from medtranslate.core.config import load_config
+    from medtranslate.training.train import Trainer
 
     from .conftest import write_config
 
@@ -423,7 +424,7 @@ def test_a_ct_series_context_carries_its_tube_voltage_to_the_derived_series(tmp_
     """A denoised low-dose CT keeps the CT's series context, its kVp included (the same code as translate's)."""
     import pydicom
 
-    from medtranslate.dicom import source_context
+    from medtranslate.io.dicom import source_context
 
     ldct = write_dicom_series(tmp_path / "ld", ct_volume, context={**MR_CONTEXT, "0018|0060": "120"}, derived=False)
     context = source_context(tmp_path / "ld")
@@ -525,7 +526,7 @@ def test_outputs_of_another_checkpoint_keep_its_hash(tmp_path, checkpoints):
 
 
 def test_a_shard_leaves_the_temporary_files_of_a_running_shard_alone(tmp_path, checkpoints):
-    from medtranslate.atomic import partial_name
+    from medtranslate.core.atomic import partial_name
 
     inputs, out = tmp_path / "in", tmp_path / "out"
     _batch(inputs, 2)
@@ -571,7 +572,7 @@ def test_every_written_attribute_fits_its_value_representation(tmp_path, ct_volu
 
     import pydicom
 
-    from medtranslate.dicom import source_context
+    from medtranslate.io.dicom import source_context
 
     long_id = "pt\\" + "x" * 80
     mine = write_dicom_series(

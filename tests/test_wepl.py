@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtranslate.errors import InputError
-from medtranslate.wepl import read_calibration, wepl_maps, wepl_scores
+from medtranslate.core.errors import InputError
+from medtranslate.evaluation.wepl import read_calibration, wepl_maps, wepl_scores
 
 # a test calibration: air 0, water 1, and 0.5 per 1000 HU above water (only its shape matters here)
 TABLE = (np.array([-1000.0, 0.0, 1000.0]), np.array([0.0, 1.0, 1.5]))
@@ -75,7 +75,7 @@ def test_calibration_files_are_checked(tmp_path):
 def test_evaluate_reports_the_range_difference_with_a_calibration(tmp_path):
     import csv
 
-    from medtranslate.io import read_volume, write_nifti
+    from medtranslate.io.files import read_volume, write_nifti
 
     from .conftest import SAMPLE, run_cli
 
@@ -103,7 +103,7 @@ def test_evaluate_reports_the_range_difference_with_a_calibration(tmp_path):
 
 
 def test_shipped_calibrations_read_and_put_water_near_one():
-    from medtranslate.wepl import hu_to_rsp
+    from medtranslate.evaluation.wepl import hu_to_rsp
 
     from .conftest import REPO
 

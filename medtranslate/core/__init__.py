@@ -1,0 +1,1 @@
+"""What every layer uses: errors, value checks, atomic writes, the task registry, the configuration."""

@@ -1,0 +1,1 @@
+"""Training data: pairs and cohorts as slices, the slice cache, the sample phantoms."""

@@ -1,0 +1,1 @@
+"""Scoring against a reference or a cohort: metrics, quality checks, proton range, the report."""

@@ -1,0 +1,1 @@
+"""Volumes on a grid: geometry, orientation, resampling, body masks."""

@@ -1,0 +1,1 @@
+"""Reading and writing scans: NIfTI, NRRD, MetaImage, DICOM; finding cases in folders."""

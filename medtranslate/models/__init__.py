@@ -1,0 +1,1 @@
+"""Networks, losses, the model kinds (pix2pix, CycleGAN, baselines), calibration, checkpoints."""

@@ -1,0 +1,479 @@
+"""Adversarial losses on logits, the image pool, and the pix2pix and CycleGAN update steps.
+
+Losses (``GANLoss``): vanilla (BCE with logits; Goodfellow et al. 2014, as pix2pix uses it), least squares
+(Mao et al. 2017; CycleGAN), hinge (Lim & Ye 2017), and Wasserstein with gradient penalty (Gulrajani et al. 2017),
+the stabler objective when the discriminator wins too fast. Losses see raw logits: no activation is added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medtranslate.core.config import RESIDUAL_UNIT_HU, RunConfig
+from medtranslate.core.errors import ConfigError
+from medtranslate.imaging.transforms import ct_intensity
+from medtranslate.models.losses import body_loss, cycle_loss, structure_loss
+from medtranslate.models.nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
+from medtranslate.models.noise import NoiseModel
+from medtranslate.runtime.precision import AMP_DTYPES
+
+__all__ = [
+    "WeightAverage",
+    "GANLoss",
+    "gradient_penalty",
+    "ImagePool",
+    "Pix2Pix",
+    "CycleGAN",
+    "build_generator",
+    "build_discriminator",
+    "build_model",
+    "TranslationModel",
+]
+
+
+class GANLoss:
+    """Generator and discriminator losses computed from discriminator logits (float32)."""
+
+    def __init__(self, mode: str):
+        if mode not in ("vanilla", "lsgan", "hinge", "wgangp"):
+            raise ConfigError(f"unknown gan_loss '{mode}'; expected one of: hinge, lsgan, vanilla, wgangp")
+        self.mode = mode
+
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        real, fake = real.float(), fake.float()
+        if self.mode == "vanilla":
+            return 0.5 * (
+                F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+            )
+        if self.mode == "lsgan":
+            return 0.5 * (F.mse_loss(real, torch.ones_like(real)) + F.mse_loss(fake, torch.zeros_like(fake)))
+        if self.mode == "hinge":
+            return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+        return fake.mean() - real.mean()  # wgangp; the penalty is added by the caller
+
+    def g_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        fake = fake.float()
+        if self.mode == "vanilla":
+            return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+        if self.mode == "lsgan":
+            return F.mse_loss(fake, torch.ones_like(fake))
+        return -fake.mean()  # hinge and wgangp
+
+
+def gradient_penalty(
+    disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """WGAN-GP: mean of (||grad D(x_hat)|| - 1)^2 at random interpolates x_hat between real and fake."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device="cpu").to(real.device, real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    out = disc(x_hat).float()
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+class ImagePool:
+    """A buffer of past fakes (Shrivastava et al. 2017; CycleGAN uses 50): the discriminator sees old and new ones."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.generator = generator
+
+    def query(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch
+        out = []
+        for image in batch.detach():
+            image = image[None]
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+            elif torch.rand(1, generator=self.generator).item() < 0.5:
+                i = int(torch.randint(0, self.size, (1,), generator=self.generator).item())
+                out.append(self.images[i].clone())
+                self.images[i] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state(self) -> torch.Tensor:
+        return torch.cat(self.images, 0).cpu() if self.images else torch.zeros(0)
+
+    def load(self, images: torch.Tensor, device: torch.device) -> None:
+        self.images = [img[None].to(device) for img in images] if images.numel() else []
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights (Yazici et al. 2019, "The unusual effectiveness of
+    averaging in GAN training"): a GAN's generator moves from step to step as the discriminator does, and its average
+    is steadier and often better than its last weights. Parameters are averaged; buffers (batch-norm statistics) are
+    copied. The decay grows with the updates, min(decay, (1 + n) / (10 + n)), so a short run is not dominated by its
+    random start (as TensorFlow's ExponentialMovingAverage does with num_updates).
+    """
+
+    def __init__(self, net: nn.Module, decay: float):
+        import copy
+
+        self.decay, self.updates = float(decay), 0
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        for avg, p in zip(self.net.parameters(), net.parameters(), strict=True):
+            avg.lerp_(p.detach(), 1.0 - d)
+        for avg, b in zip(self.net.buffers(), net.buffers(), strict=True):
+            avg.copy_(b)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"G": self.net.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["G"])
+        self.updates = int(state["updates"])
+
+
+def build_generator(cfg: RunConfig, in_channels: int, out_channels: int = 1) -> nn.Module:
+    """The generator of ``cfg.model``; residual models wrap it in :class:`Rescaled` (HU / RESIDUAL_UNIT_HU units)."""
+    m = cfg.model
+    tanh = not m.residual
+    if m.generator == "unet":
+        num_downs = m.num_downs or max(int(cfg.data.patch_size).bit_length() - 1, 2)
+        net: nn.Module = UNetGenerator(
+            in_channels,
+            out_channels,
+            num_downs=num_downs,
+            ngf=m.ngf,
+            norm=m.norm,
+            dropout=m.dropout,
+            upsample=m.upsample,
+            full_res=m.full_res,
+            tanh=tanh,
+        )
+    else:
+        net = ResnetGenerator(
+            in_channels, out_channels, ngf=m.ngf, n_blocks=m.n_blocks, norm=m.norm, upsample=m.upsample, tanh=tanh
+        )
+    net = init_weights(net)
+    return _in_residual_units(net, cfg, residual=True) if m.residual else net
+
+
+def build_discriminator(cfg: RunConfig, in_channels: int) -> nn.Module:
+    """A PatchGAN; for residual models it sees images in the generator's units, where the noise is visible."""
+    m = cfg.model
+    net = init_weights(PatchDiscriminator(in_channels, m.ndf, m.d_layers, m.norm))
+    return _in_residual_units(net, cfg, residual=False) if m.residual else net
+
+
+def _in_residual_units(net: nn.Module, cfg: RunConfig, residual: bool) -> nn.Module:
+    ct = ct_intensity()
+    offset = float(ct.forward(np.float64(0.0)))  # water
+    gain = (ct.hi - ct.lo) / 2.0 / RESIDUAL_UNIT_HU
+    return Rescaled(net, offset, gain, residual=residual)
+
+
+class TranslationModel:
+    """Networks, optimisers and the update step of one model kind; ``generator`` translates source -> target."""
+
+    kind = ""
+
+    def __init__(self, cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator):
+        self.cfg, self.device, self.rng = cfg, device, generator
+        self.in_channels = in_channels
+        self.nets: dict[str, nn.Module] = {}
+        self.parallel: dict[str, nn.Module] = {}  # DistributedDataParallel wrappers under torchrun (distribute)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.structure_scale = 1.0  # the trainer lowers it with the learning rate under model.structure_decay
+        self.gan = GANLoss(cfg.model.gan_loss)
+        precision = cfg.train.precision
+        self.amp_dtype = AMP_DTYPES.get(precision)
+        if precision == "fp16" and device.type != "cuda":
+            raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 or auto on the CPU")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.nets["G"]
+
+    @property
+    def inference_generator(self) -> nn.Module:
+        """What translates after training: the weight average when there is one, else the generator itself."""
+        return self.average.net if self.average is not None else self.nets["G"]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _finish(self) -> None:
+        fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+        for net in self.nets.values():
+            net.to(self.device, memory_format=fmt)
+        t = self.cfg.train
+        # one Adam for all generators ("G", "G_inv") and one for all discriminators ("D", "D_src"); the fused
+        # kernel: an Adam step of pix2pix's 42 M parameters 0.040 s instead of 0.075 s on the EPYC (bench_train.py)
+        self.base_lr = {"G": t.lr, "D": t.lr if t.lr_d is None else t.lr_d}
+        for group in ("G", "D"):
+            params = [p for name, net in self.nets.items() if name.startswith(group) for p in net.parameters()]
+            self.optimizers[group] = torch.optim.Adam(
+                params, lr=self.base_lr[group], betas=(t.beta1, t.beta2), fused=True
+            )
+        self.average = WeightAverage(self.nets["G"], t.ema) if t.ema > 0 else None
+
+    def distribute(self, sync_batchnorm: bool = False) -> None:
+        """Under torchrun: wrap every network in DistributedDataParallel, so each backward averages its gradients
+        over the ranks (each rank holds its share of the batch; the result is one step on the whole batch).
+
+        The update steps call a wrapper where its network's gradients are computed and the bare network where they
+        are not (a discriminator judging the generator's output), so every wrapped forward is followed by its
+        backward. ``sync_batchnorm``: batch-norm statistics over all ranks' images (PyTorch's SyncBatchNorm, which
+        runs on CUDA only); without it each rank normalises by its own share of the batch.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        if sync_batchnorm:
+            if self.device.type != "cuda":
+                raise ConfigError(
+                    "train.sync_batchnorm needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only); turn it off, or "
+                    "use model.norm: instance, which has no batch statistics"
+                )
+            # the converted layers keep the same parameters, so the optimisers need not change
+            self.nets = {k: nn.SyncBatchNorm.convert_sync_batchnorm(v) for k, v in self.nets.items()}
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.parallel = {k: DistributedDataParallel(v, device_ids=ids) for k, v in self.nets.items()}
+
+    def _trained(self, name: str) -> nn.Module:
+        """The network as called where its own gradients are computed: its DDP wrapper under torchrun."""
+        return self.parallel.get(name, self.nets[name])
+
+    def _step(self, name: str, loss: torch.Tensor) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(opt)
+        self.scaler.update()
+        if name == "G" and self.average is not None:
+            self.average.update(self.nets["G"])
+
+    def _requires_grad(self, prefix: str, flag: bool) -> None:
+        for name, net in self.nets.items():
+            if name.startswith(prefix):
+                for p in net.parameters():
+                    p.requires_grad_(flag)
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.train.channels_last else x
+
+    def _d_update(self, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+        with self.autocast():
+            loss = self.gan.d_loss(disc(real), disc(fake.detach()))
+        if self.gan.mode == "wgangp":
+            loss = loss + self.cfg.model.gp_weight * gradient_penalty(disc, real, fake, self.rng)
+        return loss * weight
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.nets.values():
+            net.train(mode)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "nets": {k: v.state_dict() for k, v in self.nets.items()},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "scaler": self.scaler.state_dict(),
+        }
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in state["nets"].items():
+            self.nets[k].load_state_dict(v)
+        for k, v in state.get("optimizers", {}).items():
+            self.optimizers[k].load_state_dict(v)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None and state.get("average"):
+            self.average.load_state_dict(state["average"])
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Pix2Pix(TranslationModel):
+    """Conditional GAN on paired slices: U-Net generator, PatchGAN on (input, output), L1 weight 100."""
+
+    kind = "pix2pix"
+
+    def __init__(self, cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator):
+        super().__init__(cfg, in_channels, device, generator)
+        self.nets["G"] = build_generator(cfg, in_channels)
+        self.nets["D"] = build_discriminator(cfg, in_channels + 1)
+        self.adversarial = True  # the trainer turns it off during model.l1_warmup_epochs
+        self._finish()
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
+        G, D = self._trained("G"), self.nets["D"]
+        with self.autocast():
+            fake_b = G(real_a)
+        loss_l1 = F.l1_loss(fake_b.float(), real_b.float()) * self.cfg.model.lambda_l1
+        if not self.adversarial:  # L1 warm-up: a regression step, the discriminator untouched
+            self._step("G", loss_l1)
+            return _floats(loss_g_l1=loss_l1, loss_g=loss_l1)
+        # discriminator: real pairs vs generated pairs, conditioned on the input
+        self._requires_grad("D", True)
+        real_ab, fake_ab = torch.cat([real_a, real_b], 1), torch.cat([real_a, fake_b.detach()], 1)
+        for _ in range(self.cfg.train.d_steps):
+            loss_d = self._d_update(self._trained("D"), real_ab, fake_ab)
+            self._step("D", loss_d)
+        # generator: fool D and stay close to the target in L1
+        self._requires_grad("D", False)
+        with self.autocast():
+            loss_adv = self.gan.g_loss(D(torch.cat([real_a, fake_b], 1)))
+        self._step("G", loss_adv + loss_l1)
+        return _floats(loss_d=loss_d, loss_g_adv=loss_adv, loss_g_l1=loss_l1, loss_g=loss_adv + loss_l1)
+
+
+class CycleGAN(TranslationModel):
+    """Unpaired translation: G (source -> target) and F (target -> source), discriminators D (target) and D_src.
+
+    With ``model.inverse: noise`` (low-dose CT) there is no F and no D_src: the target -> source direction adds noise
+    measured on the training scans (:mod:`medtranslate.models.noise`, given by :meth:`set_noise`).
+    """
+
+    kind = "cyclegan"
+
+    def __init__(self, cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator):
+        super().__init__(cfg, in_channels, device, generator)
+        m = cfg.model
+        self.nets["G"] = build_generator(cfg, in_channels)
+        self.nets["D"] = build_discriminator(cfg, 1)
+        self.pools = {"target": ImagePool(m.pool_size, generator)}
+        # model.inverse noise: the target -> source direction adds measured noise (set_noise) instead of a network
+        self.noise: NoiseModel | None = None
+        if m.inverse == "network":
+            self.nets["G_inv"] = build_generator(cfg, 1, in_channels)
+            self.nets["D_src"] = build_discriminator(cfg, in_channels)
+            self.pools["source"] = ImagePool(m.pool_size, generator)
+        self._finish()
+
+    def set_noise(self, noise: NoiseModel) -> None:
+        """The noise the target -> source direction adds (model.inverse: noise; see noise.py)."""
+        self.noise = noise
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        if self.cfg.model.inverse == "noise":
+            return self._noise_step(batch)
+        m = self.cfg.model
+        real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
+        G, Finv, D_b, D_a = self._trained("G"), self._trained("G_inv"), self.nets["D"], self.nets["D_src"]
+        self._requires_grad("D", False)
+        with self.autocast():
+            fake_b, fake_a = G(real_a), Finv(real_b)
+            rec_a, rec_b = Finv(fake_b), G(fake_a)
+            loss_adv = self.gan.g_loss(D_b(fake_b)) + self.gan.g_loss(D_a(fake_a))
+            loss_idt = torch.zeros((), device=self.device)
+            if m.lambda_identity > 0:
+                loss_idt = (
+                    (F.l1_loss(G(real_b).float(), real_b.float()) + F.l1_loss(Finv(real_a).float(), real_a.float()))
+                    * m.lambda_cycle
+                    * m.lambda_identity
+                )
+        loss_cycle = (
+            cycle_loss(m.cycle_loss, rec_a, real_a) + cycle_loss(m.cycle_loss, rec_b, real_b)
+        ) * m.lambda_cycle
+        losses = dict(loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
+        losses.update(self._extra_terms(batch, (real_a, fake_b), (real_b, fake_a)))
+        return self._update(losses, [("D", real_b, "target", fake_b), ("D_src", real_a, "source", fake_a)])
+
+    def _noise_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One step with measured noise as the inverse: G removes noise added to normal-dose slices (the normal-dose
+        cycle, in the configured cycle loss) and makes of real low-dose slices what D takes for normal-dose ones.
+
+        The low-dose cycle (low -> normal -> low) is left out: it would ask for the removed noise back.
+        """
+        m = self.cfg.model
+        if self.noise is None:
+            raise RuntimeError("CycleGAN with model.inverse noise: set_noise() was not called before training")
+        real_a, real_b = self._prep(batch["source"]), self._prep(batch["target"])
+        ct = ct_intensity()
+        noise_hu = self.noise.sample(tuple(batch["target"].shape), self.rng)
+        noisy_b = self._prep((batch["target"] + noise_hu * (2.0 / (ct.hi - ct.lo))).clamp(-1.0, 1.0))
+        G, D_b = self._trained("G"), self.nets["D"]
+        self._requires_grad("D", False)
+        with self.autocast():
+            fake_b, rec_b = G(real_a), G(noisy_b)
+            loss_adv = self.gan.g_loss(D_b(fake_b))
+            loss_idt = torch.zeros((), device=self.device)
+            if m.lambda_identity > 0:
+                loss_idt = F.l1_loss(G(real_b).float(), real_b.float()) * m.lambda_cycle * m.lambda_identity
+        loss_cycle = cycle_loss(m.cycle_loss, rec_b, real_b) * m.lambda_cycle
+        losses = dict(loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
+        losses.update(self._extra_terms(batch, (real_a, fake_b)))
+        return self._update(losses, [("D", real_b, "target", fake_b)])
+
+    def _extra_terms(
+        self, batch: dict[str, torch.Tensor], *input_output: tuple[torch.Tensor, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The configured structure and body terms of the generator loss; ``input_output``: (input, output) of each
+        generator, the source -> target one first."""
+        m, terms = self.cfg.model, {}
+        if m.structure_loss != "none" and m.lambda_structure > 0:
+            # the output keeps the input's edges whatever their contrast: anatomy is neither moved nor invented
+            total = sum(structure_loss(m.structure_loss, x, y) for x, y in input_output)
+            terms["loss_g_struct"] = total * (m.lambda_structure * self.structure_scale)
+        if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
+            terms["loss_g_body"] = body_loss(input_output[0][1], batch["mask"].to(self.device)) * m.lambda_body
+        return terms
+
+    def _update(
+        self, losses: dict[str, torch.Tensor], judged: list[tuple[str, torch.Tensor, str, torch.Tensor]]
+    ) -> dict[str, float]:
+        """Step the generators on the sum of ``losses``, then each discriminator of ``judged`` (name, real images,
+        pool, fakes) on its real images against pooled fakes, weighted 0.5 each as in the CycleGAN paper."""
+        loss_g = sum(losses.values())
+        self._step("G", loss_g)
+        self._requires_grad("D", True)
+        pooled = [(name, real, self.pools[pool].query(fake)) for name, real, pool, fake in judged]
+        for _ in range(self.cfg.train.d_steps):
+            loss_d = sum(self._d_update(self._trained(name), real, fake, 0.5) for name, real, fake in pooled)
+            self._step("D", loss_d)
+        return _floats(loss_d=loss_d, **losses, loss_g=loss_g)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["pools"] = {k: p.state() for k, p in self.pools.items()}
+        if self.noise is not None:
+            state["noise"] = self.noise.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for k, images in state.get("pools", {}).items():
+            self.pools[k].load(images, self.device)
+        if "noise" in state:
+            self.noise = NoiseModel.from_state_dict(state["noise"])
+
+
+def _floats(**losses: torch.Tensor) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in losses.items()}
+
+
+def build_model(cfg: RunConfig, in_channels: int, device: torch.device, generator: torch.Generator) -> TranslationModel:
+    """The model of ``cfg.model.kind`` (pix2pix or cyclegan) with freshly initialised networks and optimisers."""
+    if cfg.model.kind == "pix2pix":
+        return Pix2Pix(cfg, in_channels, device, generator)
+    if cfg.model.kind == "cyclegan":
+        return CycleGAN(cfg, in_channels, device, generator)
+    raise ConfigError(f"model.kind '{cfg.model.kind}' is not a GAN; expected one of: cyclegan, pix2pix")

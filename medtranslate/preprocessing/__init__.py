@@ -1,0 +1,1 @@
+"""Registration, bias-field correction, resampling, masking and cropping of cohorts."""

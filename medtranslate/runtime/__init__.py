@@ -1,0 +1,1 @@
+"""Where and how work runs: device, precision, several processes, the folder-command runner."""
