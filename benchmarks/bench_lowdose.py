@@ -27,7 +27,7 @@ from timing import best_time
 
 from medtranslate.core.errors import InputError
 from medtranslate.data.phantom import make_subject
-from medtranslate.io.files import Volume
+from medtranslate.imaging.volume import Volume
 from medtranslate.runtime.precision import describe_machine
 from medtranslate.simulation.ctproj import ParallelBeam, Projector
 from medtranslate.simulation.lowdose import (

@@ -22,7 +22,7 @@ import torch
 
 from medtranslate.data.phantom import LABELS, make_subject, misalign
 from medtranslate.imaging.transforms import body_mask
-from medtranslate.io.files import Volume
+from medtranslate.imaging.volume import Volume
 from medtranslate.preprocessing import register as reg
 from medtranslate.preprocessing.register import n4, register, to_sitk
 from medtranslate.runtime.precision import describe_machine

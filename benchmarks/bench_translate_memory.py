@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
+from medtranslate.imaging.volume import Volume
 from medtranslate.inference.translate import translate_volume
-from medtranslate.io.files import Volume
 from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 
 

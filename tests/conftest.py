@@ -14,7 +14,8 @@ import yaml
 
 from medtranslate.core.config import load_config
 from medtranslate.data.phantom import make_subject
-from medtranslate.io.files import Volume, read_volume, write_nifti
+from medtranslate.imaging.volume import Volume
+from medtranslate.io.files import read_volume, write_nifti
 from medtranslate.training.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

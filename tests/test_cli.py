@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from medtranslate.cli import build_parser
-from medtranslate.io.files import Volume, read_volume, write_dicom_series
+from medtranslate.imaging.volume import Volume
+from medtranslate.io.files import read_volume, write_dicom_series
 
 from .conftest import SAMPLE, ct_like, oblique_affine, run_cli
 from .test_io import _bad_inputs

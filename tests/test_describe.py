@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from medtranslate.core.errors import InputError
+from medtranslate.imaging.volume import Volume
 from medtranslate.io.describe import check_modality, describe_paths, format_table, looks_like
-from medtranslate.io.files import Volume, read_volume, write_nifti
+from medtranslate.io.files import read_volume, write_nifti
 
 from .conftest import SAMPLE, ct_like, oblique_affine
 

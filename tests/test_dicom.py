@@ -10,7 +10,8 @@ import pydicom
 import pytest
 
 from medtranslate.core.errors import InputError, OutputError
-from medtranslate.io.files import Volume, read_volume, write_dicom_series
+from medtranslate.imaging.volume import Volume
+from medtranslate.io.files import read_volume, write_dicom_series
 
 from .conftest import ct_like, oblique_affine, run_cli
 

@@ -21,7 +21,8 @@ import pytest
 from medtranslate.cli import main
 from medtranslate.core.config import load_config
 from medtranslate.data.phantom import make_subject
-from medtranslate.io.files import Volume, read_volume, write_dicom_series, write_nifti
+from medtranslate.imaging.volume import Volume
+from medtranslate.io.files import read_volume, write_dicom_series, write_nifti
 from medtranslate.training.train import Trainer
 
 from .conftest import ct_like, oblique_affine, run_cli, translate_cli, write_config

@@ -12,8 +12,9 @@ import pytest
 import SimpleITK as sitk
 
 from medtranslate.core.errors import InputError, OutputError
+from medtranslate.imaging.volume import Volume, affine_to_sitk
 from medtranslate.io.cases import find_cases, pair_cases
-from medtranslate.io.files import Volume, affine_to_sitk, read_case, read_volume, write_dicom_series, write_nifti
+from medtranslate.io.files import read_case, read_volume, write_dicom_series, write_nifti
 
 from .conftest import ct_like, oblique_affine
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from medtranslate.core.errors import InputError
+from medtranslate.imaging.transforms import axial_slab
+from medtranslate.imaging.volume import Volume
 from medtranslate.io.describe import looks_like
-from medtranslate.io.files import Volume, read_volume, write_nifti
-from medtranslate.simulation.lowdose import axial_slab, simulate_lowdose
+from medtranslate.io.files import read_volume, write_nifti
+from medtranslate.simulation.lowdose import simulate_lowdose
 
 from .conftest import SAMPLE, oblique_affine, run_cli, torchrun_cli
 

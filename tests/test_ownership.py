@@ -197,7 +197,7 @@ def test_export_to_the_current_folder_is_a_clear_error(tmp_path, checkpoints, mo
 
 
 def test_a_dicom_series_replaces_only_a_series_it_wrote(tmp_path):
-    from medtranslate.io.files import Volume
+    from medtranslate.imaging.volume import Volume
 
     vol = Volume(ct_like(shape=(8, 9, 3)), oblique_affine())
     folder = tmp_path / "series"

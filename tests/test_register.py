@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from medtranslate.core.errors import InputError
 from medtranslate.data.phantom import LABELS, make_subject
 from medtranslate.imaging.transforms import body_mask
-from medtranslate.io.files import Volume
+from medtranslate.imaging.volume import Volume
 from medtranslate.preprocessing.register import (
     crop_to_mask,
     n4,

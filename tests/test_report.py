@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from medtranslate.evaluation.report import case_figure, write_report
-from medtranslate.io.files import Volume
+from medtranslate.imaging.volume import Volume
 
 from .conftest import ct_like
 

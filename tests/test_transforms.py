@@ -16,7 +16,8 @@ from medtranslate.imaging.transforms import (
     ct_intensity,
     mr_intensity,
 )
-from medtranslate.io.files import Volume, read_volume
+from medtranslate.imaging.volume import Volume
+from medtranslate.io.files import read_volume
 
 from .conftest import SAMPLE, ct_like, oblique_affine
 

@@ -16,8 +16,9 @@ import torch
 
 from medtranslate.core.errors import CheckpointError, InputError
 from medtranslate.data.phantom import make_subject
+from medtranslate.imaging.volume import Volume, affine_to_sitk
 from medtranslate.inference.translate import translate_volume
-from medtranslate.io.files import Volume, affine_to_sitk, read_volume, write_dicom_series, write_nifti
+from medtranslate.io.files import read_volume, write_dicom_series, write_nifti
 from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 
 from .conftest import oblique_affine, run_cli, torchrun_cli, translate_cli

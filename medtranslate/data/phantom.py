@@ -23,7 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from medtranslate.core.atomic import atomic_write_text
-from medtranslate.io.files import Volume, write_nifti
+from medtranslate.imaging.volume import Volume
+from medtranslate.io.files import write_nifti
 
 __all__ = [
     "TISSUES",
@@ -303,7 +304,7 @@ def _resampled(volume: Volume, spacing: tuple[float, float, float], background: 
     """``volume`` on a grid of ``spacing`` covering the same extent (same origin and axes), linearly interpolated."""
     import SimpleITK as sitk
 
-    from medtranslate.io.files import affine_to_sitk, sitk_to_volume
+    from medtranslate.imaging.volume import affine_to_sitk, sitk_to_volume
 
     img = affine_to_sitk(volume.array.astype(np.float32), volume.affine)
     size = [max(int(round(n * s / t)), 1) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing, strict=True)]
@@ -315,8 +316,7 @@ def _resampled(volume: Volume, spacing: tuple[float, float, float], background: 
 
 def _superior(volume: Volume, n: int) -> Volume:
     """The ``n`` most superior axial slices of ``volume``."""
-    from medtranslate.imaging.transforms import axial_axis
-    from medtranslate.simulation.lowdose import axial_slab
+    from medtranslate.imaging.transforms import axial_axis, axial_slab
 
     axis = axial_axis(volume.affine)
     depth = volume.shape[axis]
@@ -339,7 +339,8 @@ def write_cohorts(
     """
     from medtranslate.core.checks import require_int
     from medtranslate.core.errors import InputError
-    from medtranslate.simulation.lowdose import axial_slab, simulate_lowdose, write_ct
+    from medtranslate.imaging.transforms import axial_slab
+    from medtranslate.simulation.lowdose import simulate_lowdose, write_ct
 
     require_int("--cohorts", n_subjects, 0, 9, error=InputError)
     out = Path(out)
@@ -391,7 +392,8 @@ def write_sample_data(
     """
     from medtranslate.core.checks import require_int
     from medtranslate.core.errors import InputError
-    from medtranslate.simulation.lowdose import axial_slab, simulate_lowdose, write_ct
+    from medtranslate.imaging.transforms import axial_slab
+    from medtranslate.simulation.lowdose import simulate_lowdose, write_ct
 
     require_int("--subjects", n_subjects, 1, 10 if cohorts else 999, error=InputError)  # cohorts are sub-11..
     require_int("--seed", seed, 0, 2**31, error=InputError)

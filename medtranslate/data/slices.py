@@ -37,9 +37,10 @@ from medtranslate.imaging.transforms import (
     ct_intensity,
     intensity_for,
 )
+from medtranslate.imaging.volume import Volume
 from medtranslate.io.cases import Case, Cohorts, Pair, Scan, cohort_cases, find_cases, pair_cases
 from medtranslate.io.describe import check_modality
-from medtranslate.io.files import Volume, read_case
+from medtranslate.io.files import read_case
 
 __all__ = [
     "PreparedCase",

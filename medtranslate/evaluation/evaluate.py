@@ -37,15 +37,15 @@ from medtranslate.evaluation.qa import (
 )
 from medtranslate.evaluation.wepl import ANGLES, MIN_WEPL_MM, read_calibration, wepl_scores
 from medtranslate.imaging.transforms import axial_axis, body_mask, check_same_grid
-from medtranslate.io.cases import Case, find_cases
-from medtranslate.io.files import Volume, affine_to_sitk, read_case, read_volume, sitk_to_volume, write_nifti
+from medtranslate.imaging.volume import Volume, affine_to_sitk, sitk_to_volume
+from medtranslate.io.cases import Case, select_cases
+from medtranslate.io.files import read_case, read_volume, write_nifti
 from medtranslate.runtime import distributed
 
 __all__ = [
     "EvaluationResult",
     "evaluate_folder",
     "evaluate_without_pairs",
-    "select_cases",
     "summarise",
     "format_summary",
 ]
@@ -70,32 +70,6 @@ class EvaluationResult:
     @property
     def failed(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["status"] != "done"]
-
-
-def select_cases(
-    path: str | os.PathLike | dict[str, Case] | None, roles: tuple[str | None, ...], what: str
-) -> dict[str, Case]:
-    """One case per id from ``path``, taking the first role in ``roles`` that the id has (a dict is taken as it is)."""
-    if path is None:
-        return {}
-    if isinstance(path, dict):
-        return dict(path)
-    by_id: dict[str, dict[str | None, Case]] = {}
-    for case in find_cases(path):
-        by_id.setdefault(case.case_id, {})[case.role] = case
-    chosen = {}
-    for cid, available in by_id.items():
-        for role in roles:
-            if role in available:
-                chosen[cid] = available[role]
-                break
-    if not chosen:
-        found = sorted({str(r) for a in by_id.values() for r in a})
-        raise InputError(
-            f"{path}: no {what} images found (roles looked for: {', '.join(str(r) for r in roles if r)}; found: "
-            f"{', '.join(found)})"
-        )
-    return chosen
 
 
 def _resample_to(volume: Volume, target: Volume) -> Volume:

@@ -19,7 +19,7 @@ import numpy as np
 
 from medtranslate.evaluation.qa import artefact_index, dice
 from medtranslate.imaging.transforms import axial_axis, body_mask
-from medtranslate.io.files import Volume
+from medtranslate.imaging.volume import Volume
 
 __all__ = ["REFERENCE_VOXELS", "PAIR_FREE_DEFINITIONS", "sample_values", "reference_sample", "pair_free_scores"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from medtranslate.core.errors import InputError
-from medtranslate.io.files import voxel_spacing
+from medtranslate.imaging.volume import voxel_spacing
 
 __all__ = [
     "BONE_HU",

@@ -12,9 +12,19 @@ from typing import Any
 import numpy as np
 
 from medtranslate.core.atomic import atomic_output, atomic_write_text
-from medtranslate.io.files import Volume, to_ras
+from medtranslate.imaging.volume import Volume, to_ras
 
-__all__ = ["case_figure", "display_range", "metrics_figure", "warnings_of", "worse_than_baseline", "write_report"]
+__all__ = [
+    "case_figure",
+    "display_range",
+    "embedded_png",
+    "metrics_figure",
+    "orthogonal_views",
+    "save_figure",
+    "warnings_of",
+    "worse_than_baseline",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +33,8 @@ ERROR_MAX = 300.0  # HU at the top of the error colour bar (MR -> CT: errors of 
 ERROR_MAX_LDCT = 100.0  # the same for denoising, whose errors are noise of a few tens of HU
 
 
-def _views(vol: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
+def orthogonal_views(vol: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
+    """The axial, coronal and sagittal planes through ``centre`` of a RAS-ordered array, each ready for imshow."""
     x, y, z = centre
     # images shown with origin="lower": first array axis horizontal after transpose
     return [vol[:, :, z].T, vol[:, y, :].T, vol[x, :, :].T]
@@ -79,7 +90,7 @@ def case_figure(
         gridspec_kw={"height_ratios": heights},
     )
     for col, (title, vol, style) in enumerate(columns):
-        for row, (view, aspect) in enumerate(zip(_views(vol, centre), aspects, strict=True)):
+        for row, (view, aspect) in enumerate(zip(orthogonal_views(vol, centre), aspects, strict=True)):
             ax = axes[row, col]
             im = ax.imshow(view, origin="lower", aspect=aspect, interpolation="nearest", **style)
             ax.set_xticks([])
@@ -91,7 +102,7 @@ def case_figure(
         if title.startswith("|error|"):
             fig.colorbar(im, ax=axes[:, col].tolist(), shrink=0.6, label="HU")
     fig.suptitle(f"{case}: CT shown from {ct_range[0]:g} to {ct_range[1]:g} HU", fontsize=11)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -112,7 +123,7 @@ def uncertainty_figure(path: Path, case: str, std: np.ndarray, error: np.ndarray
     ax.set_ylabel("mean |error| (HU)")
     ax.set_title(f"{case}: error against uncertainty (deciles)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -147,7 +158,7 @@ def pair_free_figure(
     axes[2].set_xlabel("HU inside the body", fontsize=9)
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -167,7 +178,7 @@ def wepl_figure(path: Path, case: str, maps: dict[float, np.ndarray], limit_mm: 
         ax.set_ylabel("axial slice")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="WEPL sCT - CT (mm)")
     fig.suptitle(f"{case}: proton range difference along parallel beams", fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -198,11 +209,12 @@ def metrics_figure(path: Path, rows: list[dict[str, Any]], metric_names: list[st
             ax.set_ylabel("cases", fontsize=9)
             ax.set_title(f"{name} ({len(values)} cases)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as a PNG atomically, and close it."""
     import matplotlib.pyplot as plt
 
     try:
@@ -212,7 +224,8 @@ def _save(fig: Any, path: Path) -> None:
         plt.close(fig)
 
 
-def _img(path: Path) -> str:
+def embedded_png(path: Path) -> str:
+    """An <img> tag holding the PNG itself, so an HTML page opens from disk with its figures."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
 
@@ -342,7 +355,7 @@ def write_report(
     crow = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
     case_figs = [(c, p) for c, p in figures.items() if c != "_metrics"]
     if len(rows) <= EMBEDDED_CASES:  # the report opens from disk alone, every figure in it
-        figs = "".join(f"<h3>{html.escape(c)}</h3>{_img(p)}" for c, p in case_figs)
+        figs = "".join(f"<h3>{html.escape(c)}</h3>{embedded_png(p)}" for c, p in case_figs)
     else:  # a cohort: one page of links, so the report's size and memory do not grow with the figures
         links = "".join(
             f'<li><a href="{html.escape(p.relative_to(out).as_posix())}">{html.escape(c)}</a></li>'
@@ -372,7 +385,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <h2>Summary</h2><table><tr>{head}</tr>{srows}</table>
 <h2>Definitions</h2><ul>{defs}</ul>
 <h2>Per case</h2><table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in cols)}</tr>{crow}</table>
-{_img(figures["_metrics"]) if "_metrics" in figures else ""}
+{embedded_png(figures["_metrics"]) if "_metrics" in figures else ""}
 <h2>Cases</h2><p>{html.escape(_cases_caption(summary))}</p>
 {figs}
 </body></html>

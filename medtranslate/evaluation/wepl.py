@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from medtranslate.core.errors import InputError
-from medtranslate.io.files import to_ras
+from medtranslate.imaging.volume import to_ras
 
 __all__ = ["ANGLES", "MIN_WEPL_MM", "read_calibration", "hu_to_rsp", "wepl_maps", "wepl_scores"]
 

@@ -20,7 +20,7 @@ from monai.transforms import Compose, CropForegroundd, DivisiblePadd, Orientatio
 from scipy import ndimage
 
 from medtranslate.core.errors import GeometryMismatchError, InputError
-from medtranslate.io.files import Volume, voxel_spacing
+from medtranslate.imaging.volume import Volume, voxel_spacing
 
 __all__ = [
     "CT_RANGE",
@@ -32,6 +32,7 @@ __all__ = [
     "outside_body",
     "BODY_MARGIN_MM",
     "axial_axis",
+    "axial_slab",
     "Preprocessor",
     "check_same_grid",
 ]
@@ -372,3 +373,13 @@ class Preprocessor:
             source=original.source,
             format="memory",
         )
+
+
+def axial_slab(volume: Volume, start: int, stop: int) -> Volume:
+    """Axial slices ``start:stop`` of a volume, with the affine moved so every voxel keeps its place in the world."""
+    axis = axial_axis(volume.affine)
+    index = [slice(None)] * 3
+    index[axis] = slice(start, stop)
+    shift = np.eye(4)
+    shift[axis, 3] = start
+    return Volume(volume.array[tuple(index)], volume.affine @ shift, source=volume.source)

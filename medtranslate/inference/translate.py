@@ -31,8 +31,9 @@ from medtranslate.imaging.transforms import (
     intensity_for,
     outside_body,
 )
+from medtranslate.imaging.volume import Volume
 from medtranslate.io.describe import check_modality
-from medtranslate.io.files import Volume, sha256
+from medtranslate.io.files import sha256
 from medtranslate.models.calibration import apply_calibration
 from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 from medtranslate.runtime.device import resolve_device
@@ -372,7 +373,7 @@ def translate_folder(
         The manifest rows.
     """
     from medtranslate import __version__
-    from medtranslate.evaluation.evaluate import select_cases
+    from medtranslate.io.cases import select_cases
     from medtranslate.io.dicom import source_context
     from medtranslate.io.files import read_case, write_dicom_series, write_nifti
     from medtranslate.runtime.batch import prepare_output_folder, run_cases

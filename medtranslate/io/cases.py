@@ -20,6 +20,7 @@ __all__ = [
     "ROLE_ALIASES",
     "NIFTI_SUFFIXES",
     "SITK_SUFFIXES",
+    "select_cases",
     "Case",
     "Cohorts",
     "Pair",
@@ -296,3 +297,29 @@ def cohort_cases(cases: list[Case], source_role: str, target_role: str) -> tuple
         if source_role not in roles and target_role not in roles:
             unused[cid] = f"no {source_role} or {target_role} image (found: {', '.join(sorted(roles))})"
     return Cohorts(sources, targets), unused
+
+
+def select_cases(
+    path: str | os.PathLike | dict[str, Case] | None, roles: tuple[str | None, ...], what: str
+) -> dict[str, Case]:
+    """One case per id from ``path``, taking the first role in ``roles`` that the id has (a dict is taken as it is)."""
+    if path is None:
+        return {}
+    if isinstance(path, dict):
+        return dict(path)
+    by_id: dict[str, dict[str | None, Case]] = {}
+    for case in find_cases(path):
+        by_id.setdefault(case.case_id, {})[case.role] = case
+    chosen = {}
+    for cid, available in by_id.items():
+        for role in roles:
+            if role in available:
+                chosen[cid] = available[role]
+                break
+    if not chosen:
+        found = sorted({str(r) for a in by_id.values() for r in a})
+        raise InputError(
+            f"{path}: no {what} images found (roles looked for: {', '.join(str(r) for r in roles if r)}; found: "
+            f"{', '.join(found)})"
+        )
+    return chosen

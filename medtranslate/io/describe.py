@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from medtranslate.core.errors import InputError, MedTranslateError
+from medtranslate.imaging.volume import Volume
 from medtranslate.io.cases import find_cases
-from medtranslate.io.files import Volume, read_case
+from medtranslate.io.files import read_case
 
 __all__ = ["looks_like", "looks_like_hu", "check_modality", "describe_volume", "describe_paths", "format_table"]
 

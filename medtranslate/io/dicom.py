@@ -192,13 +192,13 @@ def _check_and_sort(slices: list[_Slice], folder: Path) -> tuple[list[_Slice], f
 
 
 def read_series(folder: str | os.PathLike, series_uid: str | None = None):
-    """Read one DICOM series from a folder into a :class:`~medtranslate.io.files.Volume`, its geometry checked.
+    """Read one DICOM series from a folder into a :class:`~medtranslate.imaging.volume.Volume`, its geometry checked.
 
     Raises:
         InputError: no series, several series and none chosen, an unreadable or truncated file, or slices that do not
             form one evenly spaced stack.
     """
-    from medtranslate.io.files import sitk_to_volume
+    from medtranslate.imaging.volume import sitk_to_volume
 
     folder = Path(folder)
     series = series_ids(folder)
@@ -379,7 +379,7 @@ def write_series(
     The series is a complete CT (or MR) Image IOD: every module's type 1 and 2 attributes are present, as
     ``dciodvfy`` checks in the tests.
     """
-    from medtranslate.io.files import affine_to_sitk, check_affine
+    from medtranslate.imaging.volume import affine_to_sitk, check_affine
 
     folder = Path(folder)
     check_affine(volume.affine, str(folder))

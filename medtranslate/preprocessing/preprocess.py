@@ -41,8 +41,9 @@ import numpy as np
 from medtranslate.core.atomic import OwnFolder
 from medtranslate.core.checks import require_choice, require_int, require_number
 from medtranslate.core.errors import InputError
+from medtranslate.imaging.volume import Volume
 from medtranslate.io.cases import Case, find_cases, usable_id
-from medtranslate.io.files import Volume, read_case, sha256, write_nifti
+from medtranslate.io.files import read_case, sha256, write_nifti
 
 __all__ = ["PreprocessOptions", "preprocess_case", "preprocess_folder", "write_qc_page"]
 
@@ -455,8 +456,7 @@ def _write_case(
 
 def _write_images(work: _CaseWork, folder: Path, k: int) -> list[str]:
     """The images (slab ``k`` of each when cut) and the masks that go with them; returns the file names."""
-    from medtranslate.imaging.transforms import axial_axis
-    from medtranslate.simulation.lowdose import axial_slab
+    from medtranslate.imaging.transforms import axial_axis, axial_slab
 
     files = []
     for role, v in work.vols.items():
@@ -518,8 +518,8 @@ def _qc_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medtranslate.evaluation.report import _save, _views
-    from medtranslate.io.files import to_ras
+    from medtranslate.evaluation.report import orthogonal_views, save_figure
+    from medtranslate.imaging.volume import to_ras
 
     ref = after[ref_role]
     r, sp = to_ras(ref.array, ref.affine)
@@ -527,10 +527,10 @@ def _qc_figure(
     centre = tuple(s // 2 for s in r.shape)
     rows = [(role, when, vol) for role in before for when, vol in (("before", before[role]), ("after", after[role]))]
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
-    ref_views = [_display(v, kinds[ref_role]) for v in _views(r, centre)]
+    ref_views = [_display(v, kinds[ref_role]) for v in orthogonal_views(r, centre)]
     for row, (role, when, vol) in enumerate(rows):
         m, _ = to_ras(vol.array, vol.affine)
-        for col, (rv, mv) in enumerate(zip(ref_views, _views(m, centre), strict=True)):
+        for col, (rv, mv) in enumerate(zip(ref_views, orthogonal_views(m, centre), strict=True)):
             ax = axes[row, col]
             board = _checkerboard(rv, _display(mv, kinds[role]))
             ax.imshow(board, cmap="gray", origin="lower", vmin=0, vmax=1, aspect=aspects[col])
@@ -538,7 +538,7 @@ def _qc_figure(
             ax.set_title(f"{role} on {ref_role}, {when}" if col == 0 else "", fontsize=9, loc="left")
     fig.suptitle(f"{case_id}: registration check (checkerboard)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -609,7 +609,7 @@ def write_qc_page(out: Path) -> Path:
     """``qc.html``: one row per case of the manifests (all shards'), its registration numbers, outliers flagged,
     QC images."""
     from medtranslate.core.atomic import atomic_write_text
-    from medtranslate.evaluation.report import _img
+    from medtranslate.evaluation.report import embedded_png
     from medtranslate.runtime.batch import read_manifest
 
     rows = [r for path in sorted(out.glob("manifest*.csv")) for r in read_manifest(path)]
@@ -662,5 +662,5 @@ def write_qc_page(out: Path) -> Path:
     for row in rows:
         png = out / row["case"] / "qc.png"
         if png.is_file():
-            lines.append(f"<h3>{html.escape(row['case'])}</h3>{_img(png)}")
+            lines.append(f"<h3>{html.escape(row['case'])}</h3>{embedded_png(png)}")
     return atomic_write_text(out / "qc.html", "\n".join(lines) + "\n")

@@ -1,4 +1,4 @@
-"""Registration, bias-field correction and grid operations on :class:`~medtranslate.io.files.Volume` (SimpleITK).
+"""Registration, bias-field correction and grid operations on :class:`~medtranslate.imaging.volume.Volume` (SimpleITK).
 
 - :func:`register` aligns a moving image (e.g. MR) onto a fixed one (e.g. CT of the same subject): Mattes mutual
   information (Mattes et al. 2003, IEEE TMI 22(1)), which works across modalities; a three-level image pyramid
@@ -27,7 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medtranslate.core.errors import InputError
-from medtranslate.io.files import Volume, affine_to_sitk, sitk_to_volume
+from medtranslate.imaging.volume import Volume, affine_to_sitk, sitk_to_volume
 
 __all__ = [
     "KINDS",

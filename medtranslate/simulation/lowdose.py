@@ -32,16 +32,15 @@ import torch
 
 from medtranslate.core.checks import require_int, require_number
 from medtranslate.core.errors import InputError
-from medtranslate.imaging.transforms import CT_RANGE, axial_axis
+from medtranslate.imaging.transforms import CT_RANGE, axial_axis, axial_slab
+from medtranslate.imaging.volume import Volume, voxel_spacing
 from medtranslate.io.describe import check_modality
-from medtranslate.io.files import Volume, voxel_spacing
 
 __all__ = [
     "MU_WATER_PER_MM",
     "DEFAULT_PHOTONS",
     "DEFAULT_ELECTRONIC_NOISE",
     "simulate_lowdose",
-    "axial_slab",
     "write_ct",
 ]
 
@@ -53,16 +52,6 @@ DEFAULT_PHOTONS = 1.0e5
 MAX_PHOTONS = 1.0e10
 DEFAULT_ELECTRONIC_NOISE = math.sqrt(10.0)  # standard deviation in counts
 AIR_HU = -1000.0
-
-
-def axial_slab(volume: Volume, start: int, stop: int) -> Volume:
-    """Axial slices ``start:stop`` of a volume, with the affine moved so every voxel keeps its place in the world."""
-    axis = axial_axis(volume.affine)
-    index = [slice(None)] * 3
-    index[axis] = slice(start, stop)
-    shift = np.eye(4)
-    shift[axis, 3] = start
-    return Volume(volume.array[tuple(index)], volume.affine @ shift, source=volume.source)
 
 
 def write_ct(path: str | Path, volume: Volume, overwrite: bool = False) -> Path:
@@ -262,7 +251,7 @@ def simulate_lowdose_folder(
     """
     import zlib
 
-    from medtranslate.evaluation.evaluate import select_cases
+    from medtranslate.io.cases import select_cases
     from medtranslate.io.files import read_case
     from medtranslate.runtime.batch import prepare_output_folder, run_cases
 
