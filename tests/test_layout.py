@@ -89,6 +89,11 @@ def test_every_subpackage_is_a_layer() -> None:
     assert subpackages == set(LAYERS) - {"top"}
 
 
+def test_the_layout_page_names_every_subpackage() -> None:
+    page = (PACKAGE.parent / "docs" / "layout.md").read_text()
+    assert all(f"`{name}/`" in page for name in LAYERS if name != "top")
+
+
 def test_imports_go_down() -> None:
     assert upward_edges(graph()) == []
 
