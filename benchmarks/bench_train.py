@@ -18,7 +18,7 @@ import time
 import torch
 
 from medtranslate.core.config import RunConfig
-from medtranslate.models.gan import build_model
+from medtranslate.models.base import build_model
 from medtranslate.runtime.device import resolve_device
 from medtranslate.runtime.precision import describe_machine
 

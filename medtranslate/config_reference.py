@@ -18,7 +18,7 @@ from pathlib import Path
 
 from medtranslate import pipeline
 from medtranslate.core import config
-from medtranslate.core.config import MODEL_DEFAULTS
+from medtranslate.core.kinds import MODEL_KINDS
 from medtranslate.core.tasks import TASKS
 from medtranslate.preprocessing import preprocess
 
@@ -98,9 +98,11 @@ def reference_markdown() -> str:
         out.append("")
     out += ["## `pipeline`: what `run` adds around training", "", "| key | meaning |", "| --- | --- |"]
     out += [f"| `pipeline.{key}` | {_cell(doc)} |" for key, doc in pipeline.PIPELINE_KEYS.items()]
-    out += ["", "## Defaults per model kind", "", "| `model.kind` | defaults |", "| --- | --- |"]
-    for kind, defaults in MODEL_DEFAULTS.items():
-        out.append(f"| `{kind}` | {', '.join(f'`model.{k}`: {v}' for k, v in defaults.items())} |")
+    out += ["", "## Model kinds and their defaults", "", "| `model.kind` | what it is | learns from | defaults |"]
+    out.append("| --- | --- | --- | --- |")
+    for kind in MODEL_KINDS.values():
+        defaults = ", ".join(f"`model.{k}`: {v}" for k, v in kind.defaults.items())
+        out.append(f"| `{kind.name}` | {_cell(kind.summary)} | {kind.learns_from} | {defaults} |")
     out += ["", "## Defaults per task", "", "| `model.task` | defaults |", "| --- | --- |"]
     for name, task in TASKS.items():
         items = [f"`{s}.{k}`: {v}" for s, d in task.defaults.items() for k, v in d.items()]

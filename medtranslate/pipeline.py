@@ -26,6 +26,7 @@ from medtranslate.core.atomic import atomic_write_text
 from medtranslate.core.checks import require_number, show
 from medtranslate.core.config import ModelConfig, RunConfig, apply_overrides, config_differences, read_yaml
 from medtranslate.core.errors import ConfigError, InputError
+from medtranslate.core.kinds import get_kind
 from medtranslate.core.tasks import get_task
 from medtranslate.data.slices import (
     default_split_file,
@@ -382,7 +383,7 @@ def run_pipeline(
         cfg = _simulate(cfg, float(section["simulate_dose"]), out / "data")
     if section.get("prepare") is not None:
         cfg = _prepare(cfg, section["prepare"], out / "prepared")
-    if cfg.model.kind == "cyclegan":  # cohorts: the split as train draws it (slices.load_split), pairs to test
+    if get_kind(cfg.model.kind).learns_from == "cohorts":  # the split as train draws it, pairs to test
         cohorts = discover_cohorts(cfg)
         pairs = {cid: cohorts.pair(cid) for cid in cohorts.paired_ids}
     else:

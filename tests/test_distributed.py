@@ -19,8 +19,8 @@ from torch import nn
 
 from medtranslate.core.config import load_config
 from medtranslate.core.errors import ConfigError
+from medtranslate.models.base import build_discriminator, build_generator, build_model
 from medtranslate.models.checkpoint import load_checkpoint
-from medtranslate.models.gan import build_discriminator, build_generator, build_model
 
 from .conftest import run_cli, torchrun_cli, write_config
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from medtranslate.core.config import RunConfig
+from medtranslate.models.base import GANLoss, ImagePool, build_model, gradient_penalty
 from medtranslate.models.baselines import IntensityMap
-from medtranslate.models.gan import GANLoss, ImagePool, build_model, gradient_penalty
 from medtranslate.models.losses import body_loss
 
 
@@ -184,8 +184,8 @@ def test_intensity_map_recovers_a_known_mapping():
 
 
 def test_weight_average_follows_the_weights_with_a_growing_decay():
+    from medtranslate.models.base import WeightAverage
     from medtranslate.models.checkpoint import build_inference_net
-    from medtranslate.models.gan import WeightAverage
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     avg = WeightAverage(net, decay=0.99)

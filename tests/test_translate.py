@@ -110,7 +110,7 @@ def test_a_synthetic_ct_is_air_where_the_input_shows_no_body(checkpoints, monkey
 def test_uncertainty_maps_from_views_and_from_dropout(tmp_path, checkpoints):
     from medtranslate.core.config import RunConfig
     from medtranslate.inference.translate import translate_with_uncertainty
-    from medtranslate.models.gan import build_generator
+    from medtranslate.models.base import build_generator
 
     ckpt = load_checkpoint(checkpoints["pix2pix"])
     net, spec = build_inference_net(ckpt, torch.device("cpu")), TranslatorSpec.from_dict(ckpt["spec"])

@@ -2,8 +2,8 @@
 
 A YAML file has the sections ``data``, ``model`` and ``train``; every key is optional except ``model.kind`` and
 ``data.root``. ``--set section.key=value`` overrides a key (the value is parsed as YAML). Defaults per model kind
-follow the papers: pix2pix (Isola et al. 2017) and CycleGAN (Zhu et al. 2017), see ``MODEL_DEFAULTS``; defaults per
-task are in :mod:`medtranslate.core.tasks`.
+follow the papers: pix2pix (Isola et al. 2017) and CycleGAN (Zhu et al. 2017), see :mod:`medtranslate.core.kinds`;
+defaults per task are in :mod:`medtranslate.core.tasks`.
 
 Every value is checked for its type and range when the config is built, before any data is read, and an error shows
 the bad value in bounded length. YAML is read with a size limit and refuses aliases that expand beyond it (a
@@ -21,6 +21,7 @@ import yaml
 
 from medtranslate.core.checks import require_bool, require_choice, require_int, require_number, require_text, show
 from medtranslate.core.errors import ConfigError
+from medtranslate.core.kinds import MODEL_KINDS, get_kind
 from medtranslate.core.tasks import get_task
 
 __all__ = [
@@ -33,21 +34,9 @@ __all__ = [
     "read_yaml",
     "parse_yaml",
     "config_differences",
-    "MODEL_DEFAULTS",
     "RESIDUAL_UNIT_HU",
-    "KINDS",
 ]
 
-KINDS = ("pix2pix", "cyclegan", "intensity_map", "classical")
-
-# Paper defaults (DESIGN.md, "Reference points"): pix2pix: U-Net, batch norm, BCE-with-logits GAN loss, L1 weight 100;
-# CycleGAN: ResNet with 9 blocks, instance norm, least-squares GAN, cycle weight 10, identity 0.5, image pool 50.
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pix2pix": {"generator": "unet", "norm": "batch", "gan_loss": "vanilla"},
-    "cyclegan": {"generator": "resnet", "norm": "instance", "gan_loss": "lsgan"},
-    "intensity_map": {"generator": "lut", "norm": "batch", "gan_loss": "vanilla"},
-    "classical": {"generator": "nlmeans", "norm": "batch", "gan_loss": "vanilla"},
-}
 DEFAULT_EPOCHS = 10  # train.epochs when not given
 RESIDUAL_UNIT_HU = 100.0  # a residual generator sees and predicts HU / RESIDUAL_UNIT_HU (centred on water)
 
@@ -145,10 +134,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not self.kind:
-            raise ConfigError(f"model.kind is required; expected one of: {', '.join(KINDS)}")
-        require_choice("model.kind", self.kind, KINDS)
+            raise ConfigError(f"model.kind is required; expected one of: {', '.join(MODEL_KINDS)}")
+        require_choice("model.kind", self.kind, tuple(MODEL_KINDS))
         task = get_task(self.task)
-        for key, value in MODEL_DEFAULTS[self.kind].items():
+        for key, value in get_kind(self.kind).defaults.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         for key, value in task.defaults["model"].items():
@@ -161,7 +150,7 @@ class ModelConfig:
                 f"model.residual needs the same modality in and out (task ldct); task {self.task} translates "
                 f"{self.roles[0]} to {self.roles[1]}"
             )
-        if self.kind in ("pix2pix", "cyclegan"):
+        if get_kind(self.kind).network:
             require_choice("model.generator", self.generator, ("unet", "resnet"))
         require_choice("model.norm", self.norm, ("batch", "instance"))
         require_choice("model.upsample", self.upsample, ("transpose", "resize"))
@@ -300,7 +289,7 @@ class RunConfig:
                 "data.context (2.5D) is supported for pix2pix only: CycleGAN's cycle maps images back to their own "
                 "channels; set data.context: 0"
             )
-        if m.kind not in ("pix2pix", "cyclegan"):
+        if not get_kind(m.kind).network:
             return
         # sizes the networks accept: the U-Net halves a patch num_downs times, the ResNet twice; the PatchGAN
         # discriminator shrinks it by 2**d_layers and two 4x4 convolutions, which must leave at least one patch

@@ -20,6 +20,7 @@ from torch import nn
 
 from medtranslate.core.checks import require_choice, require_int
 from medtranslate.core.errors import CheckpointError, InputError
+from medtranslate.core.kinds import get_kind
 from medtranslate.core.tasks import get_task
 from medtranslate.imaging.transforms import (
     CT_RANGE,
@@ -398,7 +399,7 @@ def translate_folder(
     prepare_output_folder(inp, out)
     chosen = None
     if index == 0 or not is_distributed():  # under torchrun rank 0 decides, and every rank computes alike
-        if ckpt["kind"] in ("pix2pix", "cyclegan"):
+        if get_kind(ckpt["kind"]).network:
             chosen = choose_precision(precision, dev)
         else:
             chosen = PrecisionChoice("fp32", "no network to speed up")

@@ -9,6 +9,9 @@ context: bone and air, both dark in T1 MR, get the same HU, which is what makes 
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -16,8 +19,35 @@ from torch import nn
 __all__ = ["IntensityMap", "ClassicalDenoiser"]
 
 
+logger = logging.getLogger(__name__)
+
+
 class IntensityMap(nn.Module):
     """Piecewise-linear look-up table on [-1, 1] -> [-1, 1]; uses the centre channel of a 2.5D input."""
+
+    @classmethod
+    def from_config(cls, model: Any) -> IntensityMap:
+        """An unfitted map of ``model.bins`` bins (``model``: the ``model`` section of a config)."""
+        return cls(model.bins)
+
+    @classmethod
+    def inference_net(cls, ckpt: dict[str, Any], source: str) -> IntensityMap:
+        """An empty map of the checkpoint's size, for its table."""
+        return cls(int(ckpt["model"]["nets"]["G"]["table"].numel()))
+
+    def fit_cases(self, cases: list[Any], cohort: list[Any] | None, min_body_fraction: float) -> None:
+        """Fit on the training cases' body voxels: on their voxel pairs, or, given the target ``cohort`` (cases of
+        other subjects), by matching the two cohorts' quantiles."""
+        if cohort is not None:
+            sources = np.concatenate([c.array("source")[c.array("mask") > 0] for c in cases])
+            targets = np.concatenate([c.array("target")[c.array("mask") > 0] for c in cohort])
+            self.fit_quantiles(sources, targets)
+            logger.info("intensity map fitted by matching quantiles: the training cases are not all pairs")
+            return
+        body = [c.array("mask") > 0 for c in cases]
+        sources = np.concatenate([c.array("source")[m] for c, m in zip(cases, body, strict=True)])
+        targets = np.concatenate([c.array("target")[m] for c, m in zip(cases, body, strict=True)])
+        self.fit(sources, targets)
 
     def __init__(self, bins: int = 256):
         super().__init__()
@@ -72,6 +102,29 @@ class ClassicalDenoiser(nn.Module):
     """
 
     PATCH_SIZE, PATCH_DISTANCE = 5, 6
+
+    @classmethod
+    def from_config(cls, model: Any) -> ClassicalDenoiser:
+        return cls()
+
+    @classmethod
+    def inference_net(cls, ckpt: dict[str, Any], source: str) -> ClassicalDenoiser:
+        return cls()
+
+    def fit_cases(self, cases: list[Any], cohort: list[Any] | None, min_body_fraction: float) -> None:
+        """Tune on four body slices of every training case: against their own targets, or, given the target
+        ``cohort`` (scans of other subjects), without pairs."""
+        if cohort is not None:
+            sources = [s for c in cases for s in c.slices("source", tuning_slices(c, min_body_fraction)).numpy()]
+            targets = [s for c in cohort for s in c.slices("target", tuning_slices(c, min_body_fraction)).numpy()]
+            self.fit_unpaired(sources, targets)
+            logger.info("non-local means tuned without pairs: its output keeps the normal-dose cohort's noise")
+            return
+        pairs = []
+        for c in cases:
+            zs = tuning_slices(c, min_body_fraction)
+            pairs += zip(c.slices("source", zs).numpy(), c.slices("target", zs).numpy(), strict=True)
+        self.fit([p[0] for p in pairs], [p[1] for p in pairs])
 
     def __init__(self, h: float = 0.01):
         super().__init__()
@@ -142,3 +195,9 @@ class ClassicalDenoiser(nn.Module):
         centre = x[:, x.shape[1] // 2].float().cpu().numpy()
         out = np.stack([self._denoise(s, float(self.h)) for s in centre])[:, None]
         return torch.as_tensor(out, dtype=torch.float32, device=x.device)
+
+
+def tuning_slices(case: Any, min_body_fraction: float) -> list[int]:
+    """Four slices spread over the body of a cached case: what the non-local means baseline is tuned on."""
+    body = np.flatnonzero(case.body_fraction >= max(min_body_fraction, 0.2))
+    return body[:: max(len(body) // 4, 1)][:4].tolist()

@@ -27,8 +27,8 @@ from torch import nn
 
 from medtranslate.core.atomic import atomic_output
 from medtranslate.core.checks import show
-from medtranslate.core.config import KINDS
 from medtranslate.core.errors import CheckpointError, ConfigError
+from medtranslate.core.kinds import MODEL_KINDS, get_kind, model_class
 from medtranslate.core.tasks import TASKS
 from medtranslate.models.calibration import check_calibration
 
@@ -186,9 +186,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: its contents do not match the checksum stored when it was written (sha256 of the state); the "
             "file was changed or damaged since: use another copy, or train again"
         )
-    if ckpt.get("kind") not in KINDS:
+    if ckpt.get("kind") not in MODEL_KINDS:
         raise CheckpointError(
-            f"{path}: unknown model kind {show(ckpt.get('kind'))}; expected one of: {', '.join(KINDS)}"
+            f"{path}: unknown model kind {show(ckpt.get('kind'))}; expected one of: {', '.join(MODEL_KINDS)}"
         )
     if ckpt["spec"].get("task") not in TASKS:
         raise CheckpointError(
@@ -225,22 +225,13 @@ def _check_archive(path: Path) -> None:
 
 def build_inference_net(ckpt: dict[str, Any], device: torch.device, source: str = "checkpoint") -> nn.Module:
     """The source -> target network of a checkpoint, in eval mode on ``device``."""
-    from medtranslate.core.config import RunConfig
-    from medtranslate.models.baselines import ClassicalDenoiser, IntensityMap
-    from medtranslate.models.gan import build_generator
-
     kind = ckpt.get("kind")
     try:
-        if kind == "intensity_map":
-            net: nn.Module = IntensityMap(int(ckpt["model"]["nets"]["G"]["table"].numel()))
-        elif kind == "classical":
-            net = ClassicalDenoiser()
-        elif kind in ("pix2pix", "cyclegan"):
-            net = build_generator(
-                RunConfig.from_dict(ckpt["config"], source=f"{source} (its config)"), int(ckpt["in_channels"])
+        if kind not in MODEL_KINDS:
+            raise CheckpointError(
+                f"{source}: unknown model kind {show(kind)}; expected one of: {', '.join(MODEL_KINDS)}"
             )
-        else:
-            raise CheckpointError(f"{source}: unknown model kind {show(kind)}; expected one of: {', '.join(KINDS)}")
+        net: nn.Module = model_class(get_kind(kind)).inference_net(ckpt, source)
         average = ckpt["model"].get("average")  # the weight average translates when training kept one
         net.load_state_dict(average["G"] if average else ckpt["model"]["nets"]["G"])
     except (KeyError, RuntimeError, TypeError, AttributeError, ConfigError) as exc:

@@ -37,6 +37,7 @@ import torch
 from medtranslate.core.atomic import atomic_copy, atomic_write_text, output_error
 from medtranslate.core.config import RunConfig, config_differences
 from medtranslate.core.errors import CheckpointError, ConfigError, InputError
+from medtranslate.core.kinds import get_kind, model_class
 from medtranslate.core.tasks import get_task
 from medtranslate.data.cache import CachedCase
 from medtranslate.data.slices import (
@@ -55,7 +56,7 @@ from medtranslate.evaluation.pairfree import pair_free_scores, reference_sample,
 from medtranslate.imaging.transforms import axial_axis, body_mask, ct_intensity
 from medtranslate.inference.translate import translate_volume
 from medtranslate.io.cases import Cohorts, Scan
-from medtranslate.models.baselines import ClassicalDenoiser, IntensityMap
+from medtranslate.models.base import TranslationModel, build_model
 from medtranslate.models.calibration import fit_quantile_map
 from medtranslate.models.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -64,7 +65,6 @@ from medtranslate.models.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from medtranslate.models.gan import TranslationModel, build_model
 from medtranslate.models.noise import NoiseModel, measure_noise
 from medtranslate.runtime import distributed
 from medtranslate.runtime.device import resolve_device
@@ -149,9 +149,10 @@ class Trainer:
         model_cfg = replace(cfg, train=replace(t, precision=self.precision.precision))
 
         # model
-        if cfg.model.kind in ("intensity_map", "classical"):
+        kind = get_kind(cfg.model.kind)
+        if not kind.network:  # a baseline, fitted in one pass
             self.model: TranslationModel | None = None
-            self.lut = IntensityMap(cfg.model.bins) if cfg.model.kind == "intensity_map" else ClassicalDenoiser()
+            self.lut = model_class(kind).from_config(cfg.model)
             self.net = self.lut
             divisor = 1
         else:
@@ -162,8 +163,8 @@ class Trainer:
                 self.model.distribute(sync_batchnorm=t.sync_batchnorm)
             self.net = self.model.inference_generator
             divisor = getattr(self.net, "divisor", 1)
-            # pix2pix: each source slice with its own target; CycleGAN: with a slice of the target cohort
-            targets = None if cfg.model.kind == "pix2pix" else self.train_targets
+            # a kind learning from pairs: each source slice with its own target; else with a slice of the target cohort
+            targets = None if kind.learns_from == "pairs" else self.train_targets
             self.dataset = SliceDataset(self.train_cases, cfg, t.seed, targets=targets)
             if cfg.train.batch_size > len(self.dataset):
                 raise ConfigError(
@@ -210,11 +211,12 @@ class Trainer:
         self.cohorts: Cohorts | None = None
         self.val_sources: list[Scan] = []
         self._reference: np.ndarray | None = None  # the target cohort's HU sample, made at the first validation
-        if cfg.model.kind in ("cyclegan", "intensity_map", "classical"):
+        learns_from = get_kind(cfg.model.kind).learns_from
+        if learns_from != "pairs":
             cohorts = discover_cohorts(cfg)
             paired = cohorts.paired_ids
             self.split = split_cohorts(cfg, cohorts)
-            if cfg.model.kind == "cyclegan" or not set(self.split["train"]) <= set(paired):
+            if learns_from == "cohorts" or not set(self.split["train"]) <= set(paired):
                 self.cohorts = cohorts
             else:  # a baseline of paired cases: as from discover_pairs
                 pairs = {cid: cohorts.pair(cid) for cid in paired}
@@ -287,7 +289,7 @@ class Trainer:
     def _check_distributable(self) -> None:
         """What torchrun cannot split: a model without a network, and a batch that does not divide by the ranks."""
         t = self.cfg.train
-        if self.cfg.model.kind not in ("pix2pix", "cyclegan"):
+        if not get_kind(self.cfg.model.kind).network:
             raise ConfigError(
                 f"model.kind {self.cfg.model.kind} has no network to train in parallel; run it without torchrun"
             )
@@ -463,8 +465,7 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = self.model.base_lr[name] * factor
         self.model.structure_scale = factor if self.cfg.model.structure_decay else 1.0
-        if self.cfg.model.kind == "pix2pix":
-            self.model.adversarial = self.epoch >= self.cfg.model.l1_warmup_epochs
+        self.model.begin_epoch(self.epoch)
         n_batches = len(order) // t.batch_size or 1
         if t.steps_per_epoch:
             n_batches = min(n_batches, t.steps_per_epoch)
@@ -659,27 +660,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ baseline
     def _fit_baseline(self) -> dict[str, float]:
-        if isinstance(self.lut, IntensityMap) and self.train_targets is not None:  # cohorts: no voxel pairs
-            sources = np.concatenate([c.array("source")[c.array("mask") > 0] for c in self.train_cases])
-            targets = np.concatenate([c.array("target")[c.array("mask") > 0] for c in self.train_targets])
-            self.lut.fit_quantiles(sources, targets)
-            logger.info("intensity map fitted by matching quantiles: the training cases are not all pairs")
-        elif isinstance(self.lut, IntensityMap):
-            body = [c.array("mask") > 0 for c in self.train_cases]
-            sources = np.concatenate([c.array("source")[m] for c, m in zip(self.train_cases, body, strict=True)])
-            targets = np.concatenate([c.array("target")[m] for c, m in zip(self.train_cases, body, strict=True)])
-            self.lut.fit(sources, targets)
-        elif self.train_targets is not None:  # the denoiser on cohorts: tuned on a few body slices of each scan
-            sources = [s for c in self.train_cases for s in c.slices("source", self._tuning_slices(c)).numpy()]
-            targets = [s for c in self.train_targets for s in c.slices("target", self._tuning_slices(c)).numpy()]
-            self.lut.fit_unpaired(sources, targets)
-            logger.info("non-local means tuned without pairs: its output keeps the normal-dose cohort's noise")
-        else:  # tune the denoiser on a few body slices of every training case
-            pairs = []
-            for c in self.train_cases:
-                zs = self._tuning_slices(c)
-                pairs += zip(c.slices("source", zs).numpy(), c.slices("target", zs).numpy(), strict=True)
-            self.lut.fit([p[0] for p in pairs], [p[1] for p in pairs])
+        self.lut.fit_cases(self.train_cases, self.train_targets, self.cfg.data.min_body_fraction)
         val = self.validate() if self.validates else {}
         self.epoch = self.schedule.epochs = 1
         self.best_mae = val.get(self.selected_by, math.inf)
@@ -687,11 +668,6 @@ class Trainer:
         self._save("best.pt")
         self._close_writer()
         return val
-
-    def _tuning_slices(self, case: CachedCase) -> list[int]:
-        """Four slices spread over the body of a case: what the non-local means baseline is tuned on."""
-        body = np.flatnonzero(case.body_fraction >= max(self.cfg.data.min_body_fraction, 0.2))
-        return body[:: max(len(body) // 4, 1)][:4].tolist()
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -720,7 +696,7 @@ class Trainer:
 
     def _choose_precision(self, ckpt: dict[str, Any] | None) -> PrecisionChoice:
         t = self.cfg.train
-        if self.cfg.model.kind not in ("pix2pix", "cyclegan"):
+        if not get_kind(self.cfg.model.kind).network:
             return PrecisionChoice("fp32", "no network to speed up")
         if ckpt is not None and ckpt.get("precision") and t.precision == "auto":
             return PrecisionChoice(str(ckpt["precision"]), "as the run being resumed")
