@@ -25,7 +25,7 @@ import numpy as np
 from medtranslate.core.atomic import atomic_write_text
 from medtranslate.core.errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
 from medtranslate.core.tasks import TASKS, Task, get_task
-from medtranslate.evaluation.metrics import EDITIONS, WINDOWS, ldct_metrics, synthrad_metrics
+from medtranslate.evaluation.metrics import EDITIONS, WINDOWS, ldct_metrics, similarity_scores
 from medtranslate.evaluation.qa import (
     BIG_ERROR_HU,
     BONE_HU,
@@ -100,11 +100,8 @@ def _metrics_of(
 ) -> dict[str, float]:
     spec = get_task(task)
     axis = axial_axis(ref.affine)
-    if spec.metrics == "synthrad":
-        scores = synthrad_metrics(pred.array, ref.array, mask, edition=edition)
-    else:
-        scores = ldct_metrics(pred.array, ref.array, axial_axis=axis, window=window, mask=mask)
-        scores["mae"] = float(np.abs(pred.array.astype(np.float64) - ref.array)[mask].mean())
+    scores = similarity_scores(pred.array, ref.array, mask, task, axis, edition=edition, window=window)
+    if spec.metrics == "ldct":
         if inp is not None:
             for key, value in ldct_metrics(inp.array, ref.array, axial_axis=axis, window=window, mask=mask).items():
                 scores[f"input_{key}"] = value

@@ -38,6 +38,7 @@ __all__ = [
     "ms_ssim",
     "synthrad_metrics",
     "ldct_metrics",
+    "similarity_scores",
 ]
 
 K1, K2 = 0.01, 0.03
@@ -398,3 +399,22 @@ def ldct_metrics(
         "psnr": float(finite.mean()) if finite.size else math.inf,
         "rmse": float(np.sqrt(np.mean(diff**2))),
     }
+
+
+def similarity_scores(
+    pred: Any, ref: Any, mask: Any, task: str, axial_axis: int, edition: int = 2023, window: str = "head"
+) -> dict[str, float]:
+    """The similarity metrics of ``task`` for one case, as validation and ``evaluate`` both report them: the SynthRAD
+    metrics for MR -> CT; for low-dose CT the windowed slice metrics and the MAE in HU inside the mask.
+
+    Args:
+        pred, ref: volumes in HU (arrays). mask: voxels to score. axial_axis: the array axis of the axial slices.
+        edition: SynthRAD edition (mr2ct). window: display window of the slice metrics (ldct).
+    """
+    from medtranslate.core.tasks import get_task
+
+    if get_task(task).metrics == "synthrad":
+        return synthrad_metrics(pred, ref, mask, edition=edition)
+    scores = ldct_metrics(pred, ref, axial_axis=axial_axis, window=window, mask=mask)
+    scores["mae"] = float(np.abs(np.asarray(pred, dtype=np.float64) - ref)[np.asarray(mask) > 0].mean())
+    return scores
