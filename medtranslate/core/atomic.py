@@ -12,9 +12,11 @@ that no longer runs left behind: two shards writing into one folder never delete
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import fnmatch
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -22,12 +24,14 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medtranslate.core.errors import OutputError
 
 __all__ = [
     "atomic_output",
     "atomic_write_text",
+    "atomic_write_csv",
     "atomic_copy",
     "partial_name",
     "remove_stale_partials",
@@ -208,6 +212,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def atomic_write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], columns: list[str]) -> Path:
+    """Write rows as CSV atomically: a header of ``columns``, then one line per row (keys not in ``columns`` are
+    left out, missing ones left empty)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
 
 
 def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:

@@ -9,8 +9,6 @@ slices for the SSIM window, NaN) is failed with the reason, never reported as do
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
 import logging
 import math
@@ -22,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medtranslate.core.atomic import atomic_write_text
+from medtranslate.core.atomic import atomic_write_csv, atomic_write_text
 from medtranslate.core.errors import GeometryMismatchError, InputError, MedTranslateError, OutputError
 from medtranslate.core.tasks import TASKS, Task, get_task
 from medtranslate.evaluation.metrics import EDITIONS, WINDOWS, ldct_metrics, similarity_scores
@@ -615,12 +613,8 @@ def _write_csv(
     path: Path, rows: list[dict[str, Any]], metric_names: list[str], sources: tuple[str, ...] = ("pred", "ref", "mask")
 ) -> None:
     columns = ["case", *metric_names, "window", "status", "error", *sources, "uncertainty", "seconds"]
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+    shown = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+    atomic_write_csv(path, shown, columns)
 
 
 def format_summary(result: EvaluationResult) -> str:

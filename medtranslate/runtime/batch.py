@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import io as _io
 import logging
 import os
 import socket
@@ -23,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medtranslate.core.atomic import atomic_write_text, remove_stale_partials
+from medtranslate.core.atomic import atomic_write_csv, remove_stale_partials
 from medtranslate.core.errors import MedTranslateError, OutputError
 from medtranslate.io.cases import Case
 
@@ -74,11 +73,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, rows, columns)
 
 
 def merge_manifests(parts: list[Path], merged: Path) -> Path:

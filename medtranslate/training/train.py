@@ -16,8 +16,6 @@ hold across ranks (precision, the epoch plan, a stop request) is rank 0's or all
 from __future__ import annotations
 
 import contextlib
-import csv
-import io as _io
 import json
 import logging
 import math
@@ -34,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtranslate.core.atomic import atomic_copy, atomic_write_text, output_error
+from medtranslate.core.atomic import atomic_copy, atomic_write_csv, atomic_write_text, output_error
 from medtranslate.core.config import RunConfig, config_differences
 from medtranslate.core.errors import CheckpointError, ConfigError, InputError
 from medtranslate.core.kinds import get_kind, model_class
@@ -746,11 +744,7 @@ class Trainer:
         if not self.history:
             return
         columns = list(dict.fromkeys(k for row in self.history for k in row))
-        buf = _io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.history)
-        atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
+        atomic_write_csv(self.run_dir / "history.csv", self.history, columns)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
