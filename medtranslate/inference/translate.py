@@ -51,8 +51,7 @@ logger = logging.getLogger(__name__)
 TTA_VIEWS = ((False, 0, 0), (True, 0, 0), (False, 2, 0), (True, 0, 2), (False, -2, -2), (True, 2, 2), (False, 0, -2),
              (True, -2, 0))  # fmt: skip
 UNCERTAINTY_METHODS = ("tta", "mc", "ensemble")
-# slices per forward pass by device: on 2 AMD EPYC cores 4 was 1.06-1.15x faster than 8 for the pix2pix U-Net in every
-# run of benchmarks/bench_translate.py (docs/benchmarks.md, "Translation"); CUDA keeps 8 (not measured here)
+# slices per forward pass by device: 4 measured fastest on a 2-core CPU (docs/benchmarks.md, "Translation"); CUDA 8
 DEFAULT_BATCH_SIZE = {"cpu": 4, "cuda": 8}
 
 
@@ -268,8 +267,8 @@ def _predict(
                 batch = torch.roll(batch, shifts=(dx, dy), dims=(2, 3))
             if flip:
                 batch = torch.flip(batch, dims=[2])
-            # channels-last input (the network's own weights are left as they are: the convolutions follow the
-            # input's layout): 1.5-1.9x faster for the demo's U-Net on the EPYC in float32 and bf16 (bench_translate)
+            # channels-last input (the convolutions follow the input's layout; the weights are left as they are):
+            # faster on a CPU in float32 and bf16 (docs/benchmarks.md, "Translation")
             out = _forward(net, batch.contiguous(memory_format=torch.channels_last), amp_dtype, device)
             if flip:
                 out = torch.flip(out, dims=[2])

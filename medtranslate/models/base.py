@@ -219,8 +219,8 @@ class TranslationModel:
         for net in self.nets.values():
             net.to(self.device, memory_format=fmt)
         t = self.cfg.train
-        # one Adam for all generators ("G", "G_inv") and one for all discriminators ("D", "D_src"); the fused
-        # kernel: an Adam step of pix2pix's 42 M parameters 0.040 s instead of 0.075 s on the EPYC (bench_train.py)
+        # one Adam for all generators ("G", "G_inv") and one for all discriminators ("D", "D_src"); the fused kernel
+        # halves the optimiser's step (benchmarks/bench_train.py)
         self.base_lr = {"G": t.lr, "D": t.lr if t.lr_d is None else t.lr_d}
         for group in ("G", "D"):
             params = [p for name, net in self.nets.items() if name.startswith(group) for p in net.parameters()]
