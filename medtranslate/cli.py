@@ -112,10 +112,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from medtranslate.core.config import load_config
+    from medtranslate.pipeline import find_pipeline
     from medtranslate.runtime import distributed
     from medtranslate.training.train import Trainer
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(find_pipeline(args.config), args.set)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     val = trainer.fit()
     if distributed.world()[0] != 0:  # under torchrun rank 0 validates and reports
@@ -203,9 +204,10 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from medtranslate.pipeline import run_pipeline
+    from medtranslate.pipeline import find_pipeline, run_pipeline
 
-    summary = run_pipeline(args.pipeline, args.out, args.set, progress=not args.no_progress, overwrite=args.overwrite)
+    pipeline = find_pipeline(args.pipeline)
+    summary = run_pipeline(pipeline, args.out, args.set, progress=not args.no_progress, overwrite=args.overwrite)
     print(_summary_table([(Path(args.pipeline).stem, summary)]))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 1 if summary["n_failed"] else 0
@@ -307,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train on slices of 3D volumes; validate whole volumes in HU each epoch; keep checkpoints/last.pt "
         "and best.pt.",
     )
-    p.add_argument("config", help="YAML file with sections data, model, train (see pipelines/)")
+    p.add_argument(
+        "config", help="YAML file with sections data, model, train, or a shipped pipeline's name (e.g. mr2ct_pix2pix)"
+    )
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)"
@@ -429,7 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every stage of a pipeline file (pipelines/*.yaml) into RUN_DIR; an interrupted run continues "
         "where it stopped.",
     )
-    p.add_argument("pipeline", help="pipeline YAML (an experiment file with an optional 'pipeline' section)")
+    p.add_argument(
+        "pipeline",
+        help="pipeline YAML (an experiment file with an optional 'pipeline' section), or a shipped pipeline's name "
+        "(mr2ct_pix2pix, mr2ct_cyclegan, ldct_pix2pix, ldct_cyclegan, ...)",
+    )
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument(
         "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)"

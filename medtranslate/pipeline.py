@@ -39,7 +39,7 @@ from medtranslate.data.slices import (
 from medtranslate.evaluation.evaluate import evaluate_folder, evaluate_without_pairs
 from medtranslate.io.cases import Case, Cohorts, Pair
 
-__all__ = ["run_pipeline", "load_pipeline", "run_demo"]
+__all__ = ["run_pipeline", "load_pipeline", "run_demo", "find_pipeline", "shipped_pipelines"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,39 @@ PIPELINE_KEYS = {
     "simulate_dose": "task ldct only: first simulate low-dose / normal-dose pairs at this dose fraction (0-1] from the "
     "CTs under data.root into RUN_DIR/data (simulate-lowdose), and train on them; default: none (the pairs are given)",
 }
+
+
+def shipped_pipelines() -> dict[str, Path]:
+    """The pipeline files that come with the package (``pipelines/`` of the repository, ``medtranslate.pipelines``
+    once installed), by file name."""
+    import importlib.resources
+
+    try:
+        folder = importlib.resources.files("medtranslate.pipelines")
+    except ModuleNotFoundError:  # a source tree used without installing: its pipelines/ folder
+        return {p.name: p for p in sorted((REPO / "pipelines").glob("*.yaml"))}
+    return {p.name: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".yaml")}
+
+
+def find_pipeline(path: str | Path) -> Path:
+    """A pipeline file: ``path`` when it exists, else the shipped pipeline of that name (``mr2ct_pix2pix`` or
+    ``mr2ct_pix2pix.yaml``), so an installed medtranslate runs its pipelines from anywhere.
+
+    Raises:
+        ConfigError: neither a file nor the name of a shipped pipeline.
+    """
+    given = Path(path)
+    if given.exists():
+        return given
+    name = given.name if given.suffix in (".yaml", ".yml") else f"{given.name}.yaml"
+    shipped = shipped_pipelines()
+    if given.parent == Path(".") and name in shipped:
+        logger.info("pipeline %s: the shipped %s", path, shipped[name])
+        return shipped[name]
+    raise ConfigError(
+        f"{path}: no such file; give a pipeline file, or the name of a shipped one: "
+        f"{', '.join(n.removesuffix('.yaml') for n in shipped if n != 'demo.yaml')}"
+    )
 
 
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, dict[str, Any]]:
@@ -432,10 +465,12 @@ def run_demo(
     out: str | Path, quick: bool = False, progress: bool = True, overwrite: bool = False
 ) -> list[tuple[str, dict[str, Any]]]:
     """The demo of ``pipelines/demo.yaml``: MR -> CT and low-dose denoising on the sample data, with their baselines."""
-    spec_path = REPO / "pipelines" / "demo.yaml"
-    if not spec_path.is_file():
+    shipped = shipped_pipelines()
+    spec_path = shipped.get("demo.yaml", REPO / "pipelines" / "demo.yaml")
+    if not spec_path.is_file() or not (REPO / "sample_data").is_dir():
         raise ConfigError(
-            f"{spec_path}: demo definition not found; run the demo from a clone of the medtranslate repository"
+            f"{REPO / 'sample_data'}: the demo's sample data is not here; run the demo from a clone of the "
+            "medtranslate repository"
         )
     spec = read_yaml(spec_path, "demo definition")
     entries = spec["pipelines"]
@@ -451,7 +486,7 @@ def run_demo(
         logger.info("demo %d/%d: %s; %s", i + 1, len(entries), name, minutes_left(expected, taken))
         start = time.perf_counter()
         summary = run_pipeline(
-            REPO / "pipelines" / entry["file"], Path(out) / name, overrides, progress=progress, overwrite=overwrite
+            shipped[entry["file"]], Path(out) / name, overrides, progress=progress, overwrite=overwrite
         )
         taken.append((time.perf_counter() - start) / 60)
         logger.info("demo %d/%d: %s done in %.1f min", i + 1, len(entries), name, taken[-1])

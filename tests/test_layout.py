@@ -127,3 +127,12 @@ def test_no_import_circle() -> None:
 def test_the_checks_find_what_they_look_for(edges, upward, circular) -> None:
     assert upward_edges(edges) == upward
     assert bool(circles(edges)) == circular
+
+
+def test_the_wheel_lists_every_subpackage_and_the_pipelines() -> None:
+    import tomllib
+
+    setup = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    subpackages = {f"medtranslate.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    assert set(setup["packages"]) == {"medtranslate", "medtranslate.pipelines"} | subpackages
+    assert setup["package-dir"] == {"medtranslate.pipelines": "pipelines"}

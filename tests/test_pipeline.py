@@ -14,7 +14,7 @@ from medtranslate.core.errors import ConfigError
 from medtranslate.evaluation.report import warnings_of, worse_than_baseline
 from medtranslate.io.files import read_volume
 from medtranslate.models.checkpoint import load_checkpoint
-from medtranslate.pipeline import baseline_config, load_pipeline, minutes_left
+from medtranslate.pipeline import baseline_config, find_pipeline, load_pipeline, minutes_left, shipped_pipelines
 
 from .conftest import REPO, SAMPLE, run_cli
 
@@ -393,3 +393,35 @@ def test_a_pipeline_without_test_cases_tests_on_the_validation_cases(tmp_path, t
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["test"] == [] and len(split["val"]) == 1  # the file keeps its parts disjoint
     assert summary["n_done"] == 1 and (tmp_path / "run" / "translated" / f"{split['val'][0]}_sct.nii.gz").exists()
+
+
+def test_a_shipped_pipeline_is_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no pipelines/ folder here
+    for name in ("mr2ct_pix2pix", "mr2ct_pix2pix.yaml"):
+        found = find_pipeline(name)
+        assert found.read_text() == (REPO / "pipelines" / "mr2ct_pix2pix.yaml").read_text()
+    assert set(shipped_pipelines()) == {p.name for p in (REPO / "pipelines").glob("*.yaml")}
+    (tmp_path / "mr2ct_pix2pix.yaml").write_text("model: {kind: pix2pix}\n")  # a file of the user's wins
+    assert find_pipeline("mr2ct_pix2pix.yaml") == Path("mr2ct_pix2pix.yaml")
+    with pytest.raises(ConfigError, match="no such file.*shipped one: .*mr2ct_cyclegan"):
+        find_pipeline("mr2ct_pix2px")
+    with pytest.raises(ConfigError, match="elsewhere/mr2ct_pix2pix.yaml: no such file"):
+        find_pipeline("elsewhere/mr2ct_pix2pix.yaml")  # a path is a path, never a name
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_shipped_pipelines(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("medtranslate-*.whl"))).namelist()
+    assert {f"medtranslate/pipelines/{p.name}" for p in (REPO / "pipelines").glob("*.yaml")} <= set(names)
+    assert "medtranslate/core/kinds.py" in names and not any(n.startswith(("tests/", "sample_data/")) for n in names)
