@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from medtranslate.core.errors import MedTranslateError
 from medtranslate.core.tasks import TASKS
@@ -253,7 +254,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (
+        _add_info,
+        _add_convert,
+        _add_sample_data,
+        _add_train,
+        _add_translate,
+        _add_simulate_lowdose,
+        _add_preprocess,
+        _add_run,
+        _add_demo,
+        _add_evaluate,
+        _add_export,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_info(sub: Any) -> None:
     p = sub.add_parser(
         "info",
         help="describe scans: format, shape, spacing, orientation, intensities, CT or MR",
@@ -262,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.set_defaults(func=cmd_info)
 
+
+def _add_convert(sub: Any) -> None:
     p = sub.add_parser(
         "convert",
         help="convert any readable scan (file or DICOM folder) to NIfTI, geometry preserved",
@@ -272,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(func=cmd_convert)
 
+
+def _add_sample_data(sub: Any) -> None:
     p = sub.add_parser(
         "sample-data",
         help="regenerate the procedural MR/CT head phantoms of sample_data/ (deterministic)",
@@ -303,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
         "package into OUT/ldct_invesalius",
     )
     p.set_defaults(func=cmd_sample_data)
+
+
+def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train pix2pix, CycleGAN or the intensity-mapping baseline from a YAML experiment file",
@@ -320,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+
+def _add_translate(sub: Any) -> None:
     p = sub.add_parser(
         "translate",
         help="translate scans (MR -> synthetic CT, low-dose -> denoised CT) with a trained checkpoint",
@@ -368,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_translate)
 
+
+def _add_simulate_lowdose(sub: Any) -> None:
     p = sub.add_parser(
         "simulate-lowdose",
         help="simulate low-dose / normal-dose CT pairs in the projection domain (Poisson + electronic noise, FBP)",
@@ -390,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_simulate_lowdose)
 
+
+def _add_preprocess(sub: Any) -> None:
     p = sub.add_parser(
         "preprocess",
         help="register, bias-correct, reorient, resample, mask, crop and cut a folder of cases (SimpleITK)",
@@ -427,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_preprocess)
 
+
+def _add_run(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="run a pipeline: prepare, train, translate, evaluate and report (finished stages are skipped)",
@@ -450,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
+
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="the demo: MR -> CT and low-dose denoising on sample_data/ with baselines, ending in report.html",
@@ -463,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score synthetic or denoised CT against reference CT: metrics.csv, summary.json, report.html",
@@ -517,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="export a checkpoint as a MONAI bundle (python -m monai.bundle run)",
@@ -527,7 +566,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_export)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
