@@ -119,6 +119,8 @@ def _ellipsoid(u: np.ndarray, centre: tuple[float, float, float], radii: tuple[f
     return np.sqrt(sum(((u[i] - centre[i]) / radii[i]) ** 2 for i in range(3)))
 
 
+# length: one structure after another, each drawing from ``rng`` in turn; that order makes the committed sample data
+# (sample-data regenerates it voxel for voxel), so the steps stay in one readable sequence
 def _labels(rng: np.random.Generator, u: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """Tissue label map from head-frame coordinates ``u`` (mm; x right, y anterior, z superior)."""
     shape = u.shape[1:]

@@ -76,6 +76,7 @@ _FAST = {"reassoc", "contract", "arcp", "nsz"}
 POW_SERIES_FLOOR = 0.5  # power series below are exact to ~1e-15 for terms in [0.5, 1]
 
 
+# length: the per-voxel SSIM terms of one image row, written out for numba to compile into one loop
 @njit(fastmath=_FAST, error_model="numpy", cache=True)
 def _row_terms(a0, a1, a2, a3, a4, mrow, n, cov, c1a, c2a, c1b, c2b, weight, terms):  # pragma: no cover - compiled
     """One output row of the SSIM formulas (box sums a0..a4 of x, y, xx, yy, xy), computed for every voxel (SIMD)

@@ -344,6 +344,44 @@ def _load_ensemble(
     return members, member_specs
 
 
+def _folder_precision(ckpt: dict[str, Any], precision: str, dev: torch.device, index: int) -> PrecisionChoice:
+    """What a folder is translated in: under torchrun rank 0 decides, and every rank computes alike."""
+    from medtranslate.runtime.distributed import from_rank0, is_distributed
+
+    chosen = None
+    if index == 0 or not is_distributed():
+        if get_kind(ckpt["kind"]).network:
+            chosen = choose_precision(precision, dev)
+        else:
+            chosen = PrecisionChoice("fp32", "no network to speed up")
+    return from_rank0(chosen)
+
+
+def _write_dicom(target: Path, hu: Volume, case: Any, task: Any, kind: str, digest: str) -> None:
+    """The output as a DICOM CT series: in the source's patient, study and frame of reference when the input was a
+    DICOM series, else in a study of its own that says there was no patient context."""
+    from medtranslate import __version__
+    from medtranslate.io.dicom import source_context
+    from medtranslate.io.files import write_dicom_series
+
+    what = "Synthetic CT" if task.name == "mr2ct" else "Denoised CT"
+    if case.series_uid:
+        context = source_context(case.path, case.series_uid)
+    else:
+        context = {"0008|1030": f"{what} of {case.case_id} from a non-DICOM file (no patient context)"}
+    write_dicom_series(
+        target,
+        hu,
+        modality="CT",
+        series_description=f"{what} (medtranslate)",
+        overwrite=True,
+        context=context,
+        patient_id=case.case_id,
+        comments=f"{what}: computed by medtranslate {__version__} ({kind}, checkpoint sha256 {digest[:16]}) from "
+        f"{case.label}; not an acquired scan",
+    )
+
+
 def translate_folder(
     model: str | Path,
     input: str | Path,
@@ -372,12 +410,10 @@ def translate_folder(
     Returns:
         The manifest rows.
     """
-    from medtranslate import __version__
     from medtranslate.io.cases import select_cases
-    from medtranslate.io.dicom import source_context
-    from medtranslate.io.files import read_case, write_dicom_series, write_nifti
+    from medtranslate.io.files import read_case, write_nifti
     from medtranslate.runtime.batch import prepare_output_folder, run_cases
-    from medtranslate.runtime.distributed import from_rank0, is_distributed, merge_shards, shard_manifest, shard_of
+    from medtranslate.runtime.distributed import merge_shards, shard_manifest, shard_of
 
     model, inp, out = Path(model), Path(input), Path(output)
     _check_folder_options(fmt, batch_size, precision, tta, uncertainty, ensemble)
@@ -396,13 +432,7 @@ def translate_folder(
     if uncertainty is not None:
         _uncertainty_plan([net, *members], uncertainty, samples, [str(model), *map(str, ensemble or [])])
     prepare_output_folder(inp, out)
-    chosen = None
-    if index == 0 or not is_distributed():  # under torchrun rank 0 decides, and every rank computes alike
-        if get_kind(ckpt["kind"]).network:
-            chosen = choose_precision(precision, dev)
-        else:
-            chosen = PrecisionChoice("fp32", "no network to speed up")
-    chosen = from_rank0(chosen)
+    chosen = _folder_precision(ckpt, precision, dev, index)
     logger.info(
         "precision %s (%s), batches of %d slices; %s",
         chosen.precision,
@@ -440,22 +470,7 @@ def translate_folder(
             write_nifti(targets[1], std.array, std.affine, np.float32, overwrite=True)
         hu = np.clip(result.array, -1024, 3071, out=result.array)  # in place: the result is this case's own
         if fmt == "dicom":
-            what = "Synthetic CT" if task.name == "mr2ct" else "Denoised CT"
-            if case.series_uid:  # a DICOM series in: the output joins its patient, study and frame of reference
-                context = source_context(case.path, case.series_uid)
-            else:
-                context = {"0008|1030": f"{what} of {case.case_id} from a non-DICOM file (no patient context)"}
-            write_dicom_series(
-                targets[-1],
-                Volume(hu, result.affine),
-                modality="CT",
-                series_description=f"{what} (medtranslate)",
-                overwrite=True,
-                context=context,
-                patient_id=case.case_id,
-                comments=f"{what}: computed by medtranslate {__version__} ({ckpt['kind']}, checkpoint sha256 "
-                f"{digest[:16]}) from {case.label}; not an acquired scan",
-            )
+            _write_dicom(targets[-1], Volume(hu, result.affine), case, task, ckpt["kind"], digest)
         write_nifti(targets[0], hu, result.affine, np.int16, overwrite=True)
 
     rows = run_cases(

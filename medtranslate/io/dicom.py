@@ -355,38 +355,17 @@ def new_uid() -> str:
 DICOM_SERIES = OwnFolder("slice_0000.dcm", ("slice_[0-9]*.dcm",), "a DICOM series written by medtranslate")
 
 
-def write_series(
-    folder: str | os.PathLike,
-    volume,
-    modality: str = "CT",
-    series_description: str = "medtranslate",
-    rescale_intercept: float = 0.0,
-    comments: str | None = None,
-    overwrite: bool = False,
-    context: dict[str, str] | None = None,
-    patient_id: str = "",
-    derived: bool = True,
-) -> list[Path]:
-    """Write a volume as a DICOM series (one file per slice along k), keeping its geometry.
-
-    Values are stored as int16 (or uint16 when ``rescale_intercept`` makes them non-negative) with RescaleSlope 1 and
-    the given RescaleIntercept, so readers recover the values (HU for CT) exactly. The folder is written under a
-    temporary name and renamed into place; without ``overwrite`` an existing folder is an error.
-
-    ``context`` (from :func:`source_context`): the series joins its source's patient, study and frame of reference,
-    with a new Series Instance UID; without one it gets a new study and frame of reference, and ``patient_id`` as
-    patient name and ID. ``derived``: ImageType DERIVED\\SECONDARY (a computed image), else ORIGINAL\\PRIMARY.
-    The series is a complete CT (or MR) Image IOD: every module's type 1 and 2 attributes are present, as
-    ``dciodvfy`` checks in the tests.
-    """
-    from medtranslate.imaging.volume import affine_to_sitk, check_affine
-
-    folder = Path(folder)
-    check_affine(volume.affine, str(folder))
-    # ITK's DICOM writer applies the inverse rescale itself, (value - intercept) / slope, from the tags we set:
-    # hand it the values in output units, as int16 (HU fit), and it stores them as unsigned when intercept allows.
-    values = np.clip(np.rint(np.asarray(volume.array, dtype=np.float64)), -32768, 32767).astype(np.int16)
-    img = affine_to_sitk(values, volume.affine)
+def _series_tags(
+    modality: str,
+    series_description: str,
+    rescale_intercept: float,
+    comments: str | None,
+    context: dict[str, str] | None,
+    patient_id: str,
+    derived: bool,
+) -> dict[str, str]:
+    """The tags every slice of a new series shares: patient, study and frame of reference (the source's, or new
+    ones), a new series, the equipment, and the image module's attributes for CT or MR."""
     series_uid = new_uid()
     now = datetime.now()
     date, time_ = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
@@ -439,6 +418,42 @@ def write_series(
         )  # fmt: skip
     if comments:
         shared["0020|4000"] = fit_vr("0020|4000", comments)
+    return shared
+
+
+def write_series(
+    folder: str | os.PathLike,
+    volume,
+    modality: str = "CT",
+    series_description: str = "medtranslate",
+    rescale_intercept: float = 0.0,
+    comments: str | None = None,
+    overwrite: bool = False,
+    context: dict[str, str] | None = None,
+    patient_id: str = "",
+    derived: bool = True,
+) -> list[Path]:
+    """Write a volume as a DICOM series (one file per slice along k), keeping its geometry.
+
+    Values are stored as int16 (or uint16 when ``rescale_intercept`` makes them non-negative) with RescaleSlope 1 and
+    the given RescaleIntercept, so readers recover the values (HU for CT) exactly. The folder is written under a
+    temporary name and renamed into place; without ``overwrite`` an existing folder is an error.
+
+    ``context`` (from :func:`source_context`): the series joins its source's patient, study and frame of reference,
+    with a new Series Instance UID; without one it gets a new study and frame of reference, and ``patient_id`` as
+    patient name and ID. ``derived``: ImageType DERIVED\\SECONDARY (a computed image), else ORIGINAL\\PRIMARY.
+    The series is a complete CT (or MR) Image IOD: every module's type 1 and 2 attributes are present, as
+    ``dciodvfy`` checks in the tests.
+    """
+    from medtranslate.imaging.volume import affine_to_sitk, check_affine
+
+    folder = Path(folder)
+    check_affine(volume.affine, str(folder))
+    # ITK's DICOM writer applies the inverse rescale itself, (value - intercept) / slope, from the tags we set:
+    # hand it the values in output units, as int16 (HU fit), and it stores them as unsigned when intercept allows.
+    values = np.clip(np.rint(np.asarray(volume.array, dtype=np.float64)), -32768, 32767).astype(np.int16)
+    img = affine_to_sitk(values, volume.affine)
+    shared = _series_tags(modality, series_description, rescale_intercept, comments, context, patient_id, derived)
     direction = img.GetDirection()
     iop = "\\".join(
         f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])

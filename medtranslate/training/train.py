@@ -53,7 +53,7 @@ from medtranslate.evaluation.metrics import similarity_scores
 from medtranslate.evaluation.pairfree import pair_free_scores, reference_sample, sample_values
 from medtranslate.imaging.transforms import axial_axis, body_mask, ct_intensity
 from medtranslate.inference.translate import translate_volume
-from medtranslate.io.cases import Cohorts, Scan
+from medtranslate.io.cases import Cohorts, Pair, Scan
 from medtranslate.models.base import TranslationModel, build_model
 from medtranslate.models.calibration import fit_quantile_map
 from medtranslate.models.checkpoint import (
@@ -108,31 +108,9 @@ class Trainer:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.ckpt_dir = self.run_dir / "checkpoints"
         last = self.ckpt_dir / "last.pt"
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(f"{self.run_dir}: is a file; choose a folder for --out")
-        if resume and not last.is_file():
-            raise CheckpointError(f"{last}: nothing to resume; train without --resume first")
-        if not resume and last.is_file():
-            raise ConfigError(
-                f"{self.run_dir}: already holds a run (checkpoints/last.pt); pass --resume to continue it or choose "
-                "another --out"
-            )
-        ckpt = load_checkpoint(last) if resume else None
-        if ckpt is not None:
-            self._check_same_run(ckpt, last)
+        ckpt = self._run_to_resume(last, resume)
         t = cfg.train
-        self.rank, self.world = distributed.world()
-        if self.world > 1:
-            self._check_distributable()
-        if t.num_threads:
-            torch.set_num_threads(t.num_threads)
-        self.device = resolve_device(t.device)
-        if self.world > 1 and self.device.type == "cuda":  # one GPU per process, as torchrun numbers them
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
-        distributed.setup(cuda=self.device.type == "cuda")
-        self.gen = torch.Generator().manual_seed(t.seed)
-        torch.manual_seed(t.seed)
+        self._set_up_runtime()
 
         # data: every training case read and preprocessed once into the slice cache (each rank makes its share)
         self._load_data(cfg)
@@ -146,30 +124,7 @@ class Trainer:
         self.amp_dtype = self.precision.amp_dtype
         model_cfg = replace(cfg, train=replace(t, precision=self.precision.precision))
 
-        # model
-        kind = get_kind(cfg.model.kind)
-        if not kind.network:  # a baseline, fitted in one pass
-            self.model: TranslationModel | None = None
-            self.lut = model_class(kind).from_config(cfg.model)
-            self.net = self.lut
-            divisor = 1
-        else:
-            self.model = build_model(model_cfg, in_channels, self.device, self.gen)
-            if cfg.model.inverse == "noise" and ckpt is None:  # a resumed run has its own in last.pt
-                self.model.set_noise(self._measure_noise())
-            if self.world > 1:
-                self.model.distribute(sync_batchnorm=t.sync_batchnorm)
-            self.net = self.model.inference_generator
-            divisor = getattr(self.net, "divisor", 1)
-            # a kind learning from pairs: each source slice with its own target; else with a slice of the target cohort
-            targets = None if kind.learns_from == "pairs" else self.train_targets
-            self.dataset = SliceDataset(self.train_cases, cfg, t.seed, targets=targets)
-            if cfg.train.batch_size > len(self.dataset):
-                raise ConfigError(
-                    f"train.batch_size {cfg.train.batch_size} is more than the {len(self.dataset)} training slices "
-                    "with enough body; "
-                    f"use at most {len(self.dataset)}, or add cases"
-                )
+        divisor = self._build_model(model_cfg, in_channels, fresh=ckpt is None)
         self.spec = TranslatorSpec(
             task.name, task.source_kind, ct_intensity().to_dict(), cfg.data.context, divisor, cfg.data.spacing
         )
@@ -192,6 +147,64 @@ class Trainer:
                 describe_machine(self.device),
                 f"; {self.world} processes" if self.world > 1 else "",
             )
+
+    def _run_to_resume(self, last: Path, resume: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from (checked against this config), or None for a new run in an empty folder."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir}: is a file; choose a folder for --out")
+        if resume and not last.is_file():
+            raise CheckpointError(f"{last}: nothing to resume; train without --resume first")
+        if not resume and last.is_file():
+            raise ConfigError(
+                f"{self.run_dir}: already holds a run (checkpoints/last.pt); pass --resume to continue it or choose "
+                "another --out"
+            )
+        ckpt = load_checkpoint(last) if resume else None
+        if ckpt is not None:
+            self._check_same_run(ckpt, last)
+        return ckpt
+
+    def _set_up_runtime(self) -> None:
+        """Processes, threads, device and seeds."""
+        t = self.cfg.train
+        self.rank, self.world = distributed.world()
+        if self.world > 1:
+            self._check_distributable()
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        self.device = resolve_device(t.device)
+        if self.world > 1 and self.device.type == "cuda":  # one GPU per process, as torchrun numbers them
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        distributed.setup(cuda=self.device.type == "cuda")
+        self.gen = torch.Generator().manual_seed(t.seed)
+        torch.manual_seed(t.seed)
+
+    def _build_model(self, model_cfg: RunConfig, in_channels: int, fresh: bool) -> int:
+        """The kind's model (a network with its optimisers and training slices, or a baseline to fit); returns the
+        size the network's input must divide by. ``fresh``: a new run, not one resumed (which has its noise model)."""
+        cfg, t = self.cfg, self.cfg.train
+        kind = get_kind(cfg.model.kind)
+        if not kind.network:  # a baseline, fitted in one pass
+            self.model: TranslationModel | None = None
+            self.lut = model_class(kind).from_config(cfg.model)
+            self.net = self.lut
+            return 1
+        self.model = build_model(model_cfg, in_channels, self.device, self.gen)
+        if cfg.model.inverse == "noise" and fresh:
+            self.model.set_noise(self._measure_noise())
+        if self.world > 1:
+            self.model.distribute(sync_batchnorm=t.sync_batchnorm)
+        self.net = self.model.inference_generator
+        # a kind learning from pairs: each source slice with its own target; else with a slice of the target cohort
+        targets = None if kind.learns_from == "pairs" else self.train_targets
+        self.dataset = SliceDataset(self.train_cases, cfg, t.seed, targets=targets)
+        if t.batch_size > len(self.dataset):
+            raise ConfigError(
+                f"train.batch_size {t.batch_size} is more than the {len(self.dataset)} training slices with enough "
+                f"body; use at most {len(self.dataset)}, or add cases"
+            )
+        return getattr(self.net, "divisor", 1)
 
     def _load_data(self, cfg: RunConfig) -> None:
         """The split, the validation cases (checked now, so a bad file stops the run at once; read again when
@@ -223,41 +236,7 @@ class Trainer:
             self.split = load_split(cfg, sorted(pairs))
         if not self.split["train"]:
             raise InputError(f"{cfg.data.root}: no training cases in the split; add cases or fix data.split")
-        if self.cohorts is None:
-            self.val_pairs = [pairs[cid] for cid in self.split["val"]] if self.rank == 0 else []
-            jobs = [(lambda p=pairs[cid]: cached_case(p, cfg, cache)) for cid in self.split["train"]]
-            train = [pairs[cid] for cid in self.split["train"]]
-            self.train_scans = (
-                [Scan(p.case_id, src_role, p.source, p.mask) for p in train],
-                [Scan(p.case_id, tgt_role, p.target, p.mask) for p in train],
-            )
-        else:
-            c = self.cohorts
-            val = self.split["val"] if self.rank == 0 else []
-            self.val_pairs = [c.pair(cid) for cid in val if cid in c.sources and cid in c.targets]
-            self.val_sources = [c.sources[cid] for cid in val if cid in c.sources]
-            unused = [cid for cid in val if cid not in c.sources]
-            if unused:
-                logger.warning(
-                    "validation cases %s hold no %s image: nothing to translate, not validated",
-                    ", ".join(unused),
-                    src_role,
-                )
-            self.train_scans = (
-                [c.sources[cid] for cid in self.split["train"] if cid in c.sources],
-                [c.targets[cid] for cid in self.split["train"] if cid in c.targets],
-            )
-            for role, scans in zip((src_role, tgt_role), self.train_scans, strict=True):
-                if not scans:
-                    raise InputError(
-                        f"{cfg.data.root}: no {role} image among the training cases ({', '.join(self.split['train'])})"
-                        f"; unpaired training needs both cohorts: add {role} scans or fix data.split"
-                    )
-            jobs = [
-                (lambda s=s, slot=slot: cached_scan(s, slot, cfg, cache))
-                for slot, scans in zip(("source", "target"), self.train_scans, strict=True)
-                for s in scans
-            ]
+        jobs = self._pair_jobs(pairs, cache) if self.cohorts is None else self._cohort_jobs(self.cohorts, cache)
         for pair in self.val_pairs:
             load_pair(pair, cfg)
         for scan in self.val_sources:
@@ -279,6 +258,45 @@ class Trainer:
                 else f" (no paired validation case: the distance between the HU distribution of the translated "
                 f"{src_role} validation scans and that of the training {tgt_role} cohort, inside the body)",
             )
+
+    def _pair_jobs(self, pairs: dict[str, Pair], cache: Path) -> list[Any]:
+        """Training and validation from pairs: the jobs that put each training pair in the slice cache."""
+        cfg, (src_role, tgt_role) = self.cfg, self.cfg.model.roles
+        self.val_pairs = [pairs[cid] for cid in self.split["val"]] if self.rank == 0 else []
+        train = [pairs[cid] for cid in self.split["train"]]
+        self.train_scans = (
+            [Scan(p.case_id, src_role, p.source, p.mask) for p in train],
+            [Scan(p.case_id, tgt_role, p.target, p.mask) for p in train],
+        )
+        return [(lambda p=p: cached_case(p, cfg, cache)) for p in train]
+
+    def _cohort_jobs(self, c: Cohorts, cache: Path) -> list[Any]:
+        """Training from the two cohorts, validation on the validation cases (paired or source-only): the jobs that
+        put each training scan in the slice cache, sources first."""
+        cfg, (src_role, tgt_role) = self.cfg, self.cfg.model.roles
+        val = self.split["val"] if self.rank == 0 else []
+        self.val_pairs = [c.pair(cid) for cid in val if cid in c.sources and cid in c.targets]
+        self.val_sources = [c.sources[cid] for cid in val if cid in c.sources]
+        unused = [cid for cid in val if cid not in c.sources]
+        if unused:
+            logger.warning(
+                "validation cases %s hold no %s image: nothing to translate, not validated", ", ".join(unused), src_role
+            )
+        self.train_scans = (
+            [c.sources[cid] for cid in self.split["train"] if cid in c.sources],
+            [c.targets[cid] for cid in self.split["train"] if cid in c.targets],
+        )
+        for role, scans in zip((src_role, tgt_role), self.train_scans, strict=True):
+            if not scans:
+                raise InputError(
+                    f"{cfg.data.root}: no {role} image among the training cases ({', '.join(self.split['train'])})"
+                    f"; unpaired training needs both cohorts: add {role} scans or fix data.split"
+                )
+        return [
+            (lambda s=s, slot=slot: cached_scan(s, slot, cfg, cache))
+            for slot, scans in zip(("source", "target"), self.train_scans, strict=True)
+            for s in scans
+        ]
 
     @property
     def validates(self) -> bool:
