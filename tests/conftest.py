@@ -78,6 +78,36 @@ def run_cli(
     )
 
 
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the command line in this process (``medtranslate.cli.main``), as a subprocess of ``run_cli`` would but
+    without starting Python, torch and MONAI again: exit status, stdout, and stderr with the log lines as the console
+    shows them. For what a process is needed for (signals, torchrun, a fresh interpreter, the environment), run_cli."""
+    import contextlib
+    import io
+    import logging
+
+    from medtranslate import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("medtranslate")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if "--verbose" in args or "-v" in args else logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+                try:
+                    code = cli_module.main(list(args))
+                except SystemExit as exc:  # argparse's usage errors
+                    code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return subprocess.CompletedProcess(["medtranslate", *args], code, out.getvalue(), err.getvalue())
+
+
 def torchrun_cli(*args: str, nproc: int = 2, env=None) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node NPROC -m medtranslate ARGS`` (PyTorch's launcher) in a subprocess."""
     return subprocess.run(
@@ -92,19 +122,12 @@ def torchrun_cli(*args: str, nproc: int = 2, env=None) -> subprocess.CompletedPr
 
 
 def translate_cli(model, inputs, output, *extra: str, **kwargs) -> subprocess.CompletedProcess:
-    """``medtranslate translate --model M --input I --output O --no-progress EXTRA...`` in a subprocess."""
-    return run_cli(
-        "translate",
-        "--model",
-        str(model),
-        "--input",
-        str(inputs),
-        "--output",
-        str(output),
-        "--no-progress",
-        *extra,
-        **kwargs,
-    )
+    """``medtranslate translate --model M --input I --output O --no-progress EXTRA...``: in this process, or in a
+    subprocess when the call needs one (an environment, a timeout, a signal)."""
+    args = ("translate", "--model", str(model), "--input", str(inputs), "--output", str(output), "--no-progress")
+    if set(kwargs) - {"cwd"}:
+        return run_cli(*args, *extra, **kwargs)
+    return cli(*args, *extra, **kwargs)
 
 
 TINY = {

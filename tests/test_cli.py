@@ -9,23 +9,23 @@ from medtranslate.cli import build_parser
 from medtranslate.imaging.volume import Volume
 from medtranslate.io.files import read_volume, write_dicom_series
 
-from .conftest import SAMPLE, ct_like, oblique_affine, run_cli
+from .conftest import SAMPLE, cli, ct_like, oblique_affine
 from .test_io import _bad_inputs
 
 
 def test_help_lists_every_subcommand_and_each_has_help():
-    result = run_cli("--help")
+    result = cli("--help")
     assert result.returncode == 0
     commands = list(build_parser()._subparsers._group_actions[0].choices)
     assert {"info", "convert", "sample-data"} <= set(commands)
     for name in commands:
         assert name in result.stdout
-        sub = run_cli(name, "--help")
+        sub = cli(name, "--help")
         assert sub.returncode == 0 and "usage: medtranslate " + name in sub.stdout
 
 
 def test_info_on_sample_data_describes_every_case():
-    result = run_cli("info", str(SAMPLE / "mr2ct" / "sub-01"))
+    result = cli("info", str(SAMPLE / "mr2ct" / "sub-01"))
     assert result.returncode == 0, result.stderr
     lines = {line.split()[0] + " " + line.split()[1]: line for line in result.stdout.splitlines()[1:]}
     assert "128x128x64" in lines["sub-01 (ct)"] and "1.75x1.75x2.6" in lines["sub-01 (ct)"]
@@ -37,23 +37,23 @@ def test_convert_dicom_folder_keeps_geometry_and_hu(tmp_path):
     volume = Volume(ct_like(), oblique_affine())
     write_dicom_series(tmp_path / "series", volume, modality="CT", rescale_intercept=-1024)
     out = tmp_path / "out.nii.gz"
-    result = run_cli("convert", str(tmp_path / "series"), str(out))
+    result = cli("convert", str(tmp_path / "series"), str(out))
     assert result.returncode == 0, result.stderr
     back = read_volume(out)
     np.testing.assert_array_equal(back.array, volume.array)
     np.testing.assert_allclose(back.affine, volume.affine, atol=1e-4)
-    again = run_cli("convert", str(tmp_path / "series"), str(out))
+    again = cli("convert", str(tmp_path / "series"), str(out))
     assert again.returncode == 2 and "already exists" in again.stderr
-    same = run_cli("convert", str(out), str(out), "--overwrite")
+    same = cli("convert", str(out), str(out), "--overwrite")
     assert same.returncode == 2 and "overwrite" in same.stderr
     assert read_volume(out).shape == volume.shape
 
 
 def test_info_reports_a_bad_case_and_goes_on(tmp_path):
     good = tmp_path / "good.nii.gz"
-    run_cli("convert", str(SAMPLE / "mr2ct" / "sub-02" / "ct.nii.gz"), str(good))
+    cli("convert", str(SAMPLE / "mr2ct" / "sub-02" / "ct.nii.gz"), str(good))
     (tmp_path / "bad.nii.gz").write_bytes(b"garbage")
-    result = run_cli("info", str(tmp_path))
+    result = cli("info", str(tmp_path))
     assert result.returncode == 1
     assert "good" in result.stdout and "FAILED" in result.stdout and "bad.nii.gz" in result.stdout
 
@@ -64,7 +64,7 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     inputs.mkdir()
     for name, (path, text) in _bad_inputs(inputs).items():
         out = tmp_path / f"{name}.nii.gz"
-        result = run_cli("convert", str(path), str(out))
+        result = cli("convert", str(path), str(out))
         assert result.returncode == 2, (name, result.stderr)
         assert "Traceback" not in result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -11,7 +11,7 @@ from medtranslate.core.checks import show
 from medtranslate.core.config import RunConfig, config_differences, load_config
 from medtranslate.core.errors import ConfigError
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, cli
 
 
 def _write(tmp_path, **values):
@@ -103,7 +103,7 @@ def test_billion_laughs_is_refused_quickly_without_printing_the_expansion(tmp_pa
     with pytest.raises(ConfigError, match="expands to more than") as info:
         load_config(path)
     assert time.perf_counter() - t0 < 2 and len(str(info.value)) < 400
-    result = run_cli("train", str(path), "--out", str(tmp_path / "run"))
+    result = cli("train", str(path), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and len(result.stderr) < 400 and "Traceback" not in result.stderr
 
 
@@ -174,7 +174,7 @@ def test_every_cli_config_error_is_one_line(tmp_path, capsys):
             assert main(command) == 2, command
             err = capsys.readouterr().err
             assert len(err.strip().splitlines()) == 1 and "error" in err, err
-    unclosed = run_cli(
+    unclosed = cli(
         "run",
         str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"),
         "--out",

@@ -10,7 +10,7 @@ from medtranslate.imaging.volume import Volume
 from medtranslate.io.describe import check_modality, describe_paths, format_table, looks_like
 from medtranslate.io.files import read_volume, write_nifti
 
-from .conftest import SAMPLE, ct_like, oblique_affine
+from .conftest import SAMPLE, cli, ct_like, oblique_affine
 
 
 @pytest.mark.parametrize(
@@ -110,12 +110,11 @@ def test_info_on_a_real_world_folder_skips_environments_and_lists_duplicates(tmp
 
 def test_info_quotes_a_c_librarys_messages_with_the_file_they_are_about(tmp_path):
     """MetaIO (inside ITK) printed "MetaImage: Read: Cannot open data file" on the terminal, naming no file."""
-    from .conftest import run_cli
 
     write_nifti(tmp_path / "good_ct.nii.gz", ct_like(), np.eye(4))
     header = "ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_SHORT\nElementDataFile = gone.raw\n"
     (tmp_path / "lost_ct.mha").write_text(header)
-    result = run_cli("info", str(tmp_path))
+    result = cli("info", str(tmp_path))
     assert result.returncode == 1, result.stderr  # one file of two failed
     lines = (result.stdout + result.stderr).splitlines()
     quoted = [line for line in lines if "Cannot open data file" in line]

@@ -13,7 +13,7 @@ from medtranslate.core.errors import InputError, OutputError
 from medtranslate.imaging.volume import Volume
 from medtranslate.io.files import read_volume, write_dicom_series
 
-from .conftest import ct_like, oblique_affine, run_cli
+from .conftest import cli, ct_like, oblique_affine
 
 
 @pytest.fixture
@@ -100,11 +100,11 @@ def test_a_geometry_problem_is_a_one_line_error_in_every_command(series, tmp_pat
     case = tmp_path / "in" / "pt01"
     shutil.copytree(folder, case)
     before = sorted((p.name, p.read_bytes()) for p in case.iterdir())
-    info = run_cli("info", str(tmp_path / "in"))
+    info = cli("info", str(tmp_path / "in"))
     assert info.returncode == 2 and "slice(s) missing" in info.stdout and "Traceback" not in info.stderr
-    convert = run_cli("convert", str(case), str(tmp_path / "x.nii.gz"))
+    convert = cli("convert", str(case), str(tmp_path / "x.nii.gz"))
     assert convert.returncode == 2 and "slice(s) missing" in convert.stderr and not (tmp_path / "x.nii.gz").exists()
-    sim = run_cli(
+    sim = cli(
         "simulate-lowdose",
         "--dose",
         "0.5",

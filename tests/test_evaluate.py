@@ -14,7 +14,7 @@ from medtranslate.evaluation.evaluate import evaluate_folder
 from medtranslate.evaluation.metrics import synthrad_metrics
 from medtranslate.io.files import read_volume, write_nifti
 
-from .conftest import SAMPLE, run_cli, torchrun_cli
+from .conftest import SAMPLE, cli, torchrun_cli
 
 CASES = ["sub-07", "sub-08"]
 
@@ -41,7 +41,7 @@ def test_evaluate_cli_writes_table_summary_and_self_contained_report(tmp_path):
     fake_predictions(tmp_path / "pred")
     ref = refs(tmp_path)
     out = tmp_path / "eval"
-    result = run_cli(
+    result = cli(
         "evaluate",
         "--pred",
         str(tmp_path / "pred"),
@@ -118,7 +118,7 @@ def test_bad_cases_are_recorded_and_the_rest_scored(tmp_path):
         write_nifti(masks / f"{cid}.nii.gz", m.array * (cid != "sub-07"), m.affine, np.uint8)
 
     out = tmp_path / "eval"
-    result = run_cli(
+    result = cli(
         "evaluate",
         "--pred",
         str(tmp_path / "pred"),
@@ -154,7 +154,7 @@ def test_nothing_readable_exits_1_with_each_case_recorded_and_bad_input_exits_2(
     """Every case failing once exited 2 (which promises nothing was written) with report.html written."""
     (tmp_path / "pred").mkdir()
     (tmp_path / "pred" / "x_sct.nii.gz").write_bytes(b"not a nifti")
-    result = run_cli(
+    result = cli(
         "evaluate",
         "--pred",
         str(tmp_path / "pred"),
@@ -167,7 +167,7 @@ def test_nothing_readable_exits_1_with_each_case_recorded_and_bad_input_exits_2(
     assert result.returncode == 1 and "FAILED" in result.stdout
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert summary["n_done"] == 0 and summary["n_failed"] == 2  # the unreadable prediction, the unmatched reference
-    missing = run_cli("evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(SAMPLE), "--out", str(tmp_path / "e2"))
+    missing = cli("evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(SAMPLE), "--out", str(tmp_path / "e2"))
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -229,7 +229,7 @@ def test_two_files_given_explicitly_are_paired_whatever_their_names(tmp_path):
     pred = tmp_path / "pred" / "sub-07_sct.nii.gz"
     renamed = tmp_path / "synthetic_final_v2.nii.gz"
     shutil.copy(pred, renamed)
-    result = run_cli(
+    result = cli(
         "evaluate",
         "--pred",
         str(renamed),
@@ -261,7 +261,7 @@ def test_grid_mismatch_names_both_files_and_the_option_that_resamples(tmp_path):
 def test_out_that_is_a_file_is_a_one_line_error(tmp_path):
     fake_predictions(tmp_path / "pred", ["sub-07"])
     (tmp_path / "taken").write_text("my notes")
-    result = run_cli(
+    result = cli(
         "evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(SAMPLE / "mr2ct"), "--out", str(tmp_path / "taken")
     )
     assert (
@@ -278,7 +278,7 @@ def test_torchrun_ranks_split_the_cases_and_rank_0_writes_what_one_process_write
     ref = refs(tmp_path)
     (tmp_path / "pred" / "sub-99_sct.nii.gz").write_bytes(b"not a volume")  # a failed case is gathered too
     args = ("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(ref), "--input", str(ref), "--no-progress")
-    one = run_cli(*args, "--out", str(tmp_path / "one"))
+    one = cli(*args, "--out", str(tmp_path / "one"))
     two = torchrun_cli(*args, "--out", str(tmp_path / "two"))
     assert one.returncode == two.returncode == 1, two.stderr[-2000:]
     assert two.stdout.count("report.html") == 1  # rank 0 speaks for all

@@ -8,12 +8,12 @@ import sys
 
 from medtranslate.io.files import read_volume
 
-from .conftest import run_cli, translate_cli
+from .conftest import cli, translate_cli
 
 
 def test_the_exported_bundle_runs_under_monai_and_gives_translates_volumes(tmp_path, checkpoints, tiny_data):
     bundle = tmp_path / "bundle"
-    made = run_cli("export", "--model", str(checkpoints["pix2pix"]), "--out", str(bundle))
+    made = cli("export", "--model", str(checkpoints["pix2pix"]), "--out", str(bundle))
     assert made.returncode == 0, made.stderr
     names = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
     assert names == ["configs/inference.json", "configs/metadata.json", "docs/README.md", "models/model.pt"]
@@ -57,9 +57,9 @@ def test_the_exported_bundle_runs_under_monai_and_gives_translates_volumes(tmp_p
             a = read_volume(tmp_path / made_by / f"{case}_sct.nii.gz")
             assert a.shape == b.shape and abs(a.array.astype(int) - b.array.astype(int)).max() <= 1  # within 1 HU
             assert (a.affine == b.affine).all()
-    again = run_cli("export", "--model", str(checkpoints["pix2pix"]), "--out", str(bundle))
+    again = cli("export", "--model", str(checkpoints["pix2pix"]), "--out", str(bundle))
     assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
     bad = tmp_path / "not_a_model.pt"
     bad.write_bytes(b"nonsense")
-    refused = run_cli("export", "--model", str(bad), "--out", str(tmp_path / "b2"))
+    refused = cli("export", "--model", str(bad), "--out", str(tmp_path / "b2"))
     assert refused.returncode == 2 and "not_a_model.pt" in refused.stderr and not (tmp_path / "b2").exists()

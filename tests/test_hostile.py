@@ -25,7 +25,7 @@ from medtranslate.imaging.volume import Volume
 from medtranslate.io.files import read_volume, write_dicom_series, write_nifti
 from medtranslate.training.train import Trainer
 
-from .conftest import ct_like, oblique_affine, run_cli, translate_cli, write_config
+from .conftest import cli, ct_like, oblique_affine, run_cli, translate_cli, write_config
 from .test_io import _nan_origin, _zero_spacing, raw_nifti
 
 TIMEOUT = 180  # seconds per command; the symlink loops alone once made info and translate run forever
@@ -211,7 +211,7 @@ def test_simulate_lowdose(tmp_path):
     assert result.returncode == 1
     _check_cli(result, hostile)
     assert "2 done" in result.stdout
-    alone = run_cli(
+    alone = cli(
         "simulate-lowdose", "--dose", "0.5", "--input", str(clean), "--output", str(tmp_path / "alone"), "--no-progress"
     )
     assert alone.returncode == 0

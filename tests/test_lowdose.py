@@ -15,7 +15,7 @@ from medtranslate.io.describe import looks_like
 from medtranslate.io.files import read_volume, write_nifti
 from medtranslate.simulation.lowdose import simulate_lowdose
 
-from .conftest import SAMPLE, oblique_affine, run_cli, torchrun_cli
+from .conftest import SAMPLE, cli, oblique_affine, run_cli, torchrun_cli
 
 
 def water_cylinder(n: int = 96, slices: int = 3) -> Volume:
@@ -108,7 +108,7 @@ def test_simulate_lowdose_cli_writes_pairs_on_the_inputs_grid(tmp_path):
     write_nifti(
         inputs / "c2_ct.nii.gz", read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz").array[:40, :40, :3], np.eye(4)
     )  # MR: fails
-    result = run_cli(
+    result = cli(
         "simulate-lowdose", "--dose", "0.25", "--input", str(inputs), "--output", str(tmp_path / "out"), "--no-progress"
     )
     assert result.returncode == 1, result.stderr
@@ -119,7 +119,7 @@ def test_simulate_lowdose_cli_writes_pairs_on_the_inputs_grid(tmp_path):
     rows = list(csv.DictReader((tmp_path / "out" / "manifest.csv").open()))
     assert [r["status"] for r in rows] == ["done", "failed"] and rows[0]["dose"] == "0.25"
     assert rows[0]["geometry"] == "fan"
-    bad = run_cli("simulate-lowdose", "--dose", "2", "--input", str(inputs), "--output", str(tmp_path / "o2"))
+    bad = cli("simulate-lowdose", "--dose", "2", "--input", str(inputs), "--output", str(tmp_path / "o2"))
     assert bad.returncode == 2 and "must be a finite number > 0 and <= 1" in bad.stderr
 
 
@@ -159,7 +159,7 @@ def test_torchrun_ranks_simulate_what_one_process_simulates(tmp_path):
 )
 def test_every_numeric_option_is_checked_before_any_work(tmp_path, option, value):
     args = {"--dose": "0.25", "--photons": "1e5", "--seed": "0", "--geometry": "fan", option: value}
-    result = run_cli(
+    result = cli(
         "simulate-lowdose",
         "--input",
         str(SAMPLE / "mr2ct" / "sub-01" / "ct.nii.gz"),

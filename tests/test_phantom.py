@@ -10,7 +10,7 @@ import pytest
 from medtranslate.data.phantom import COHORT_SPLIT, LABELS, SAMPLE_SPLIT, make_subject
 from medtranslate.io.files import read_volume
 
-from .conftest import SAMPLE, run_cli
+from .conftest import SAMPLE, cli
 
 SMALL = dict(shape=(64, 64, 32), spacing=(3.5, 3.5, 5.2))
 
@@ -110,7 +110,7 @@ def test_committed_cohorts_share_no_subject_and_differ_in_grid_and_field_of_view
 
 @pytest.mark.slow
 def test_sample_data_command_regenerates_committed_files_exactly(tmp_path):
-    result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--cohorts", "1")
+    result = cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--cohorts", "1")
     assert result.returncode == 0, result.stderr
     files = [
         f"{task}/sub-01/{name}.nii.gz"
@@ -123,12 +123,12 @@ def test_sample_data_command_regenerates_committed_files_exactly(tmp_path):
         np.testing.assert_array_equal(new.array, old.array)
         np.testing.assert_allclose(new.affine, old.affine, atol=1e-6)
     assert json.loads((tmp_path / "split_cohorts.json").read_text())["train"] == ["sub-11", "sub-21"]
-    again = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
+    again = cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
 def test_misaligned_sample_data_moves_only_the_mr_and_says_by_how_much(tmp_path):
-    result = run_cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--misalign", "4", "3", "--cohorts", "0")
+    result = cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--misalign", "4", "3", "--cohorts", "0")
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "mr2ct" / "sub-01"
     moved_by = json.loads((folder / "misalignment.json").read_text())
@@ -140,7 +140,7 @@ def test_misaligned_sample_data_moves_only_the_mr_and_says_by_how_much(tmp_path)
     mr, committed = read_volume(folder / "mr.nii.gz"), read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz")
     np.testing.assert_allclose(mr.affine, committed.affine, atol=1e-6)  # same grid, moved content
     assert mr.array.dtype == np.int16 and np.abs(mr.array.astype(float) - committed.array).mean() > 10
-    bad = run_cli("sample-data", "--out", str(tmp_path / "x"), "--misalign", "90", "3")
+    bad = cli("sample-data", "--out", str(tmp_path / "x"), "--misalign", "90", "3")
     assert bad.returncode == 2 and "--misalign degrees" in bad.stderr
 
 

@@ -16,7 +16,7 @@ from medtranslate.io.files import read_volume
 from medtranslate.models.checkpoint import load_checkpoint
 from medtranslate.pipeline import baseline_config, find_pipeline, load_pipeline, minutes_left, shipped_pipelines
 
-from .conftest import REPO, SAMPLE, run_cli
+from .conftest import REPO, SAMPLE, cli
 
 QUICK = ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=3", "--set", "model.ngf=8", "--set", "model.ndf=8"]
 
@@ -24,7 +24,7 @@ QUICK = ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=3", "--set",
 @pytest.mark.slow
 def test_run_pipeline_makes_every_output_and_skips_finished_stages(tmp_path):
     out = tmp_path / "run"
-    result = run_cli(
+    result = cli(
         "run",
         str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"),
         "--out",
@@ -60,7 +60,7 @@ def test_run_pipeline_makes_every_output_and_skips_finished_stages(tmp_path):
     assert "Model and baseline" in page and "intensity_map (baseline)" in page
     # a second run finds every stage complete and retrains nothing
     stamp = (out / "train" / "checkpoints" / "best.pt").stat().st_mtime_ns
-    again = run_cli(
+    again = cli(
         "run",
         str(REPO / "pipelines" / "mr2ct_pix2pix.yaml"),
         "--out",
@@ -126,7 +126,7 @@ def test_every_shipped_pipeline_has_a_valid_baseline_config():
 @pytest.mark.slow
 def test_quick_demo_writes_reports_with_baselines(tmp_path):
     t0 = time.perf_counter()
-    result = run_cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
+    result = cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
     seconds = time.perf_counter() - t0
     assert result.returncode == 0, result.stderr
     runs = (("mr2ct_pix2pix", "intensity_map"), ("mr2ct_cyclegan", "intensity_map"), ("ldct_pix2pix", "classical"))
@@ -224,9 +224,9 @@ def test_a_run_folder_refuses_other_settings_unless_overwrite(tmp_path, tiny_dat
     }
     path, out = tmp_path / "p.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(spec))
-    assert run_cli("run", str(path), "--out", str(out), "--no-progress").returncode == 0
+    assert cli("run", str(path), "--out", str(out), "--no-progress").returncode == 0
     saved = (out / "config.yaml").read_text()
-    changed = run_cli(
+    changed = cli(
         "run",
         str(path),
         "--out",
@@ -243,7 +243,7 @@ def test_a_run_folder_refuses_other_settings_unless_overwrite(tmp_path, tiny_dat
         in changed.stderr
     )
     assert "--overwrite" in changed.stderr and (out / "config.yaml").read_text() == saved  # nothing rewritten
-    redone = run_cli("run", str(path), "--out", str(out), "--no-progress", "--set", "model.ngf=8", "--overwrite")
+    redone = cli("run", str(path), "--out", str(out), "--no-progress", "--set", "model.ngf=8", "--overwrite")
     assert redone.returncode == 0, redone.stderr
     assert load_checkpoint(out / "train" / "checkpoints" / "best.pt")["config"]["model"]["ngf"] == 8
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["ngf"] == 8
@@ -256,7 +256,7 @@ def test_a_run_the_time_cap_stopped_says_it_is_under_trained_in_the_table_summar
     spec["train"].update(epochs=3, max_minutes=1e-6)  # any epoch takes longer than 60 us: stopped after the first
     path, out = tmp_path / "p.yaml", tmp_path / "run"
     path.write_text(yaml.safe_dump(spec))
-    result = run_cli("run", str(path), "--out", str(out), "--no-progress")
+    result = cli("run", str(path), "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
     note = "stopped by train.max_minutes (1e-06) after 1 of 3 epochs: under-trained"
     assert f"WARNING: pix2pix: {note}" in result.stdout and note in result.stderr  # the table, and the log

@@ -16,7 +16,7 @@ from medtranslate.io.cases import find_cases, pair_cases
 from medtranslate.io.files import read_volume, write_nifti
 from medtranslate.preprocessing.register import resample_onto, to_sitk
 
-from .conftest import run_cli
+from .conftest import cli
 
 SHAPE, SPACING = (80, 80, 40), (2.8, 2.8, 4.16)
 
@@ -56,7 +56,7 @@ def test_preprocess_registers_each_pair_writes_what_train_reads_and_records_ever
     before = _digest(root)
     out = tmp_path / "out"
     args = ["preprocess", "--input", str(root), "--output", str(out), "--register", "rigid", "--mask"]
-    proc = run_cli(*args, "--crop-to-body", "10", "--no-progress")
+    proc = cli(*args, "--crop-to-body", "10", "--no-progress")
     assert proc.returncode == 1, proc.stderr  # two cases fail, two are done
     rows = {r["case"]: r for r in csv.DictReader(open(out / "manifest.csv"))}
     assert {k: r["status"] for k, r in rows.items()} == {
@@ -124,13 +124,13 @@ def test_preprocess_registers_each_pair_writes_what_train_reads_and_records_ever
     assert [p.case_id for p in pairs] == ["sub-1", "sub-2"] and all(p.mask for p in pairs) and not unmatched
 
     # run again: finished cases are skipped, failed ones tried again
-    proc = run_cli(*args, "--crop-to-body", "10", "--no-progress")
+    proc = cli(*args, "--crop-to-body", "10", "--no-progress")
     assert "0 done, 2 skipped, 2 failed" in proc.stdout
 
     # two shards split the cohort between them; the QC page gathers both
     sharded = tmp_path / "sharded"
     for shard in ("0/2", "1/2"):
-        run_cli("preprocess", "--input", str(root), "--output", str(sharded), "--register", "rigid", "--shard", shard)
+        cli("preprocess", "--input", str(root), "--output", str(sharded), "--register", "rigid", "--shard", shard)
     halves = [list(csv.DictReader(open(sharded / f"manifest.shard{i}of2.csv"))) for i in (0, 1)]
     assert sorted(r["case"] for half in halves for r in half) == ["sub-1", "sub-2", "sub-3", "sub-4"]
     assert all(len(half) == 2 for half in halves)
@@ -141,7 +141,7 @@ def test_preprocess_registers_each_pair_writes_what_train_reads_and_records_ever
 def test_resampling_slabs_n4_and_keeping_the_orientation(tmp_path, cohort):
     root, _ = cohort
     out = tmp_path / "out"
-    proc = run_cli(
+    proc = cli(
         "preprocess",
         "--input",
         str(root / "sub-1"),
@@ -190,7 +190,7 @@ def test_resampling_slabs_n4_and_keeping_the_orientation(tmp_path, cohort):
 def test_bad_options_are_refused_before_any_work(tmp_path, cohort, extra, message):
     root, _ = cohort
     out = tmp_path / "out"
-    proc = run_cli("preprocess", "--input", str(root), "--output", str(out), "--no-progress", *extra)
+    proc = cli("preprocess", "--input", str(root), "--output", str(out), "--no-progress", *extra)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()

@@ -26,7 +26,7 @@ from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, 
 from medtranslate.training.schedule import note_of
 from medtranslate.training.train import Trainer
 
-from .conftest import SAMPLE, run_cli, write_config
+from .conftest import SAMPLE, cli, run_cli, write_config
 
 
 def weights(run_dir):
@@ -91,7 +91,7 @@ def test_data_loader_workers_and_a_resume_with_another_count_change_nothing(tmp_
 def test_train_cli_on_sample_data_writes_run_folder(tmp_path):
     cfg = write_config(tmp_path / "c.yaml", SAMPLE / "mr2ct", **{"data.patch_size": 64, "train.epochs": 2})
     # no --no-progress: stderr is a pipe here, as a log file or CI is, so it gets one line per epoch and no bar
-    result = run_cli("train", str(cfg), "--out", str(tmp_path / "run"), "--set", "train.steps_per_epoch=2")
+    result = cli("train", str(cfg), "--out", str(tmp_path / "run"), "--set", "train.steps_per_epoch=2")
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "it/s" not in result.stderr
     epochs = [line for line in result.stderr.splitlines() if "medtranslate.training.train: epoch " in line]
@@ -109,7 +109,7 @@ def test_train_cli_on_sample_data_writes_run_folder(tmp_path):
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     assert ckpt["kind"] == "pix2pix" and ckpt["spec"]["divisor"] == 8 and np.isfinite(ckpt["best_mae"])
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
-    again = run_cli("train", str(cfg), "--out", str(run), "--no-progress")
+    again = cli("train", str(cfg), "--out", str(run), "--no-progress")
     assert again.returncode == 2 and "--resume" in again.stderr
 
 
@@ -139,7 +139,7 @@ def test_ctrl_c_leaves_a_loadable_last_checkpoint_and_resume_finishes(tmp_path, 
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert 1 <= ckpt["epoch"] < 50
     # the same config resumes; another one is refused with the keys that differ
-    other = run_cli(
+    other = cli(
         "train",
         str(cfg),
         "--out",
@@ -375,7 +375,7 @@ def test_bad_configs_are_one_line_errors(tmp_path, tiny_data, extra, match):
     cfg = write_config(tmp_path / "c.yaml", tiny_data, **extra)
     with pytest.raises(ConfigError, match=match):
         Trainer(load_config(cfg), tmp_path / "run", progress=False)
-    result = run_cli("train", str(cfg), "--out", str(tmp_path / "run2"), "--no-progress")
+    result = cli("train", str(cfg), "--out", str(tmp_path / "run2"), "--no-progress")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
 
@@ -383,14 +383,12 @@ def test_bad_configs_are_one_line_errors(tmp_path, tiny_data, extra, match):
 def test_no_pairs_and_wrong_kind_on_resume(tmp_path, tiny_data):
     empty = tmp_path / "empty"
     write_nifti(empty / "a" / "mr.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
-    result = run_cli(
-        "train", str(write_config(tmp_path / "c.yaml", empty)), "--out", str(tmp_path / "r"), "--no-progress"
-    )
+    result = cli("train", str(write_config(tmp_path / "c.yaml", empty)), "--out", str(tmp_path / "r"), "--no-progress")
     assert result.returncode == 2 and "no mr/ct pairs found" in result.stderr and "(unpaired: a);" in result.stderr
     # a run made by the intensity-mapping baseline cannot be resumed as pix2pix
     base = write_config(tmp_path / "b.yaml", tiny_data, "intensity_map")
-    assert run_cli("train", str(base), "--out", str(tmp_path / "run"), "--no-progress").returncode == 0
-    wrong = run_cli(
+    assert cli("train", str(base), "--out", str(tmp_path / "run"), "--no-progress").returncode == 0
+    wrong = cli(
         "train",
         str(write_config(tmp_path / "p.yaml", tiny_data)),
         "--out",

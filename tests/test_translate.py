@@ -21,7 +21,7 @@ from medtranslate.inference.translate import translate_volume
 from medtranslate.io.files import read_volume, write_dicom_series, write_nifti
 from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 
-from .conftest import oblique_affine, run_cli, torchrun_cli, translate_cli
+from .conftest import cli, oblique_affine, torchrun_cli, translate_cli
 
 
 def mr_volume(seed: int, shape=(40, 36, 14)) -> Volume:
@@ -147,7 +147,7 @@ def test_translate_writes_the_uncertainty_map_and_evaluate_scores_it(tmp_path, c
     sct = read_volume(out / "s3_sct.nii.gz")
     assert std.shape == sct.shape and std.array.dtype == np.float32 and std.array.max() > 0
     np.testing.assert_allclose(std.affine, sct.affine, atol=1e-4)
-    ev = run_cli(
+    ev = cli(
         *("evaluate", "--pred", str(out), "--ref", str(tiny_data / "s3" / "ct.nii.gz"), "--out", str(tmp_path / "ev")),
         "--no-progress",
     )

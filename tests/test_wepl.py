@@ -77,7 +77,7 @@ def test_evaluate_reports_the_range_difference_with_a_calibration(tmp_path):
 
     from medtranslate.io.files import read_volume, write_nifti
 
-    from .conftest import SAMPLE, run_cli
+    from .conftest import SAMPLE, cli
 
     ref = SAMPLE / "mr2ct" / "sub-07" / "ct.nii.gz"
     ct = read_volume(ref)
@@ -87,7 +87,7 @@ def test_evaluate_reports_the_range_difference_with_a_calibration(tmp_path):
     args = ("evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(ref), "--no-progress")
     red = tmp_path / "hu_red.csv"
     red.write_text("-1000,0\n0,1\n1500,1.8\n")
-    run = run_cli(*args, "--out", str(tmp_path / "e"), "--hu-to-rsp", str(table), "--hu-to-red", str(red))
+    run = cli(*args, "--out", str(tmp_path / "e"), "--hu-to-rsp", str(table), "--hu-to-red", str(red))
     assert run.returncode == 0, run.stderr
     row = next(csv.DictReader((tmp_path / "e" / "metrics.csv").open()))
     # +40 HU: RSP +0.04 below water, +0.02 above, so every ray lengthens by 2-4 % of its WEPL
@@ -98,7 +98,7 @@ def test_evaluate_reports_the_range_difference_with_a_calibration(tmp_path):
     assert "proton range" in page and "hu_rsp.csv" in page
     bad = tmp_path / "bad.csv"
     bad.write_text("0,1\n")
-    refused = run_cli(*args, "--out", str(tmp_path / "e2"), "--hu-to-rsp", str(bad))
+    refused = cli(*args, "--out", str(tmp_path / "e2"), "--hu-to-rsp", str(bad))
     assert refused.returncode == 2 and "bad.csv" in refused.stderr and "at least two" in refused.stderr
 
 
