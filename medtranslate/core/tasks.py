@@ -30,6 +30,8 @@ class Task:
         defaults: per-section defaults measured for the task (docs/commands/train.md).
         air_outside_body: ``translate`` sets the output to air farther than ``transforms.BODY_MARGIN_MM`` from the
             input's body outline (synthesis: the network must not paint tissue where the input shows none).
+        output_name: what an output is called in a DICOM series description and a bundle ("Synthetic CT").
+        summary: the translation in a few words, for a bundle's metadata.
     """
 
     name: str
@@ -43,6 +45,8 @@ class Task:
     reference_roles: tuple[str | None, ...]
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     air_outside_body: bool = False
+    output_name: str = ""
+    summary: str = ""
 
     @property
     def roles(self) -> tuple[str, str]:
@@ -73,6 +77,8 @@ TASKS: dict[str, Task] = {
         reference_roles=("ct", None),
         defaults={"data": {"rotate_deg": 5.0, "scale": 0.05}, "model": {"full_res": False, "residual": False}},
         air_outside_body=True,
+        output_name="Synthetic CT",
+        summary="MR -> synthetic CT",
     ),
     "ldct": Task(
         name="ldct",
@@ -85,6 +91,8 @@ TASKS: dict[str, Task] = {
         input_roles=("ld", None),
         reference_roles=("nd", "ct", None),
         defaults={"data": {"rotate_deg": 0.0, "scale": 0.0}, "model": {"full_res": True, "residual": True}},
+        output_name="Denoised CT",
+        summary="low-dose CT -> denoised CT",
     ),
 }
 

@@ -65,7 +65,7 @@ def _metadata(ckpt: dict[str, Any], digest: str) -> dict[str, Any]:
     task = get_task(spec.task)
     channels = 2 * int(spec.context) + 1
     side = [f"{spec.divisor}*n", f"{spec.divisor}*n"]
-    what = "MR -> synthetic CT" if task.name == "mr2ct" else "low-dose CT -> denoised CT"
+    what = task.summary
     return {
         "version": "0.1.0",
         "changelog": {"0.1.0": f"exported by medtranslate {__version__} from a checkpoint with sha256 {digest}"},

@@ -364,7 +364,7 @@ def _write_dicom(target: Path, hu: Volume, case: Any, task: Any, kind: str, dige
     from medtranslate.io.dicom import source_context
     from medtranslate.io.files import write_dicom_series
 
-    what = "Synthetic CT" if task.name == "mr2ct" else "Denoised CT"
+    what = task.output_name
     if case.series_uid:
         context = source_context(case.path, case.series_uid)
     else:
