@@ -273,3 +273,11 @@ def test_write_nifti_refuses_a_degenerate_affine_and_leaves_nothing(tmp_path):
     with pytest.raises(InputError, match="spacing is zero"):
         write_nifti(tmp_path / "x.nii.gz", np.zeros((4, 4, 4), np.int16), np.diag([1.0, 1.0, 0.0, 1.0]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_in_a_folder_named_for_its_role_may_say_the_role_again(tmp_path, ct_volume):
+    # translate --output sct writes sct/<id>_sct.nii.gz: evaluate must find case <id> there, as sct/<id>.nii.gz
+    for name in ("sct/pt01_sct.nii.gz", "sct/pt02.nii.gz", "ct/pt03_mr.nii.gz", "mr/pt04_t1w.nii.gz"):
+        write_nifti(tmp_path / name, ct_volume.array, ct_volume.affine)
+    found = {(c.case_id, c.role) for c in find_cases(tmp_path)}
+    assert found == {("pt01", "sct"), ("pt02", "sct"), ("pt03_mr", "ct"), ("pt04", "mr")}

@@ -138,15 +138,18 @@ def _role_of(name: str) -> str | None:
 def case_id_from_name(name: str, parent: str) -> tuple[str, str | None]:
     """Case id and role from a file (or DICOM folder) name and its parent folder's name.
 
-    ``<id>/mr.nii.gz`` and ``mr/<id>.nii.gz`` both give (``<id>``, ``"mr"``); ``<id>_ct.nii.gz`` gives
-    (``<id>``, ``"ct"``); anything else gives (stem, None).
+    ``<id>/mr.nii.gz``, ``mr/<id>.nii.gz`` and ``mr/<id>_mr.nii.gz`` give (``<id>``, ``"mr"``);
+    ``<id>_ct.nii.gz`` gives (``<id>``, ``"ct"``); anything else gives (stem, None).
     """
     stem = _strip_suffix(name)
     if _role_of(stem):
         return parent, _role_of(stem)
-    if _role_of(parent):
-        return stem, _role_of(parent)
     match = re.match(r"^(.+?)[_\-.]([A-Za-z0-9]+)$", stem)
+    if _role_of(parent):
+        # sct/<id>_sct.nii.gz (translate's output in a folder named for its role): the role said twice
+        if match and _role_of(match.group(2)) == _role_of(parent):
+            return match.group(1), _role_of(parent)
+        return stem, _role_of(parent)
     if match and _role_of(match.group(2)):
         return match.group(1), _role_of(match.group(2))
     return stem, None
