@@ -170,3 +170,27 @@ def test_data_loader_workers_give_the_same_batches_as_the_main_process(case):
     assert len(main) == len(two) == -(-len(ds) // 3)
     for x, y in zip(main, two, strict=True):
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_unpaired_cases_beside_the_pairs_warn_unless_the_split_leaves_them_out(tmp_path, tiny_data, caplog):
+    import logging
+    import shutil
+
+    from medtranslate.core.config import load_config
+    from medtranslate.data.slices import discover_pairs
+
+    from .conftest import write_config
+
+    root = tmp_path / "cases"
+    shutil.copytree(tiny_data, root)
+    (root / "u9").mkdir()
+    shutil.copy(root / "s0" / "mr.nii.gz", root / "u9" / "mr.nii.gz")  # an MR-only subject beside the pairs
+    cfg = load_config(write_config(tmp_path / "c.yaml", root))
+    for split, level in ((True, logging.INFO), (False, logging.WARNING)):
+        if not split:  # without a split file the run may well have meant to use it: a warning
+            (root / "split.json").unlink()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="medtranslate.data.slices"):
+            assert sorted(discover_pairs(cfg)) == ["s0", "s1", "s2", "s3"]
+        told = [r for r in caplog.records if "without a pair left out" in r.getMessage()]
+        assert [r.levelno for r in told] == [level] and "u9" in told[0].getMessage()

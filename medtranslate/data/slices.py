@@ -164,6 +164,16 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
     return split
 
 
+def _split_names_none(cfg: RunConfig, ids: set[str]) -> bool:
+    """True when the run's split file exists and lists none of ``ids``."""
+    path = Path(cfg.data.split) if cfg.data.split else default_split_file(cfg.data.root)
+    try:
+        split = read_split(path) if path is not None else None
+    except InputError:  # load_split reports a bad split file, naming it
+        return False
+    return split is not None and not ids & {cid for part in split.values() for cid in part}
+
+
 def discover_pairs(cfg: RunConfig) -> dict[str, Pair]:
     """All complete source/target pairs under data.root; unmatched cases are reported by id.
 
@@ -181,7 +191,9 @@ def discover_pairs(cfg: RunConfig) -> dict[str, Pair]:
     if unmatched and pairs:  # one line: a folder may hold whole cohorts beside its pairs
         reasons = "; ".join(f"{cid}: {why}" for cid, why in list(unmatched.items())[:3])
         more = f"; and {len(unmatched) - 3} more" if len(unmatched) > 3 else ""
-        logger.warning("%d cases without a pair left out (%s%s): %s", len(unmatched), reasons, more, unpaired_help)
+        # a split file that names none of them: they are another run's data (the cohorts beside the sample pairs)
+        level = logging.INFO if _split_names_none(cfg, set(unmatched)) else logging.WARNING
+        logger.log(level, "%d cases without a pair left out (%s%s): %s", len(unmatched), reasons, more, unpaired_help)
     if not pairs:
         raise InputError(
             f"{cfg.data.root}: no {src_role}/{tgt_role} pairs found; expected {src_role}/<id>.nii.gz + "
