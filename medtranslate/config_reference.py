@@ -55,14 +55,14 @@ def field_docs(cls: type, module: object) -> list[FieldDoc]:
     for stmt in node.body:
         if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.target.id in names):
             continue
+        if isinstance(stmt.value, ast.Call):  # field(default_factory=...): a nested section, not a key
+            continue
         above, row = [], stmt.lineno - 1
         while row >= 1 and lines[row - 1].lstrip().startswith("#"):
             above.insert(0, comments[row])
             row -= 1
         parts = above + ([comments[stmt.lineno]] if stmt.lineno in comments else [])
         default = ast.unparse(stmt.value) if stmt.value is not None else "(required)"
-        if isinstance(stmt.value, ast.Call):  # field(default_factory=...): a nested section, not a key
-            continue
         out.append(FieldDoc(stmt.target.id, ast.unparse(stmt.annotation), default, " ".join(parts)))
     return out
 

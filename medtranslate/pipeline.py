@@ -466,8 +466,8 @@ def run_demo(
 ) -> list[tuple[str, dict[str, Any]]]:
     """The demo of ``pipelines/demo.yaml``: MR -> CT and low-dose denoising on the sample data, with their baselines."""
     shipped = shipped_pipelines()
-    spec_path = shipped.get("demo.yaml", REPO / "pipelines" / "demo.yaml")
-    if not spec_path.is_file() or not (REPO / "sample_data").is_dir():
+    spec_path = shipped.get("demo.yaml")
+    if spec_path is None or not (REPO / "sample_data").is_dir():
         raise ConfigError(
             f"{REPO / 'sample_data'}: the demo's sample data is not here; run the demo from a clone of the "
             "medtranslate repository"

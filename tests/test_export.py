@@ -24,31 +24,27 @@ def test_the_exported_bundle_runs_under_monai_and_gives_translates_volumes(tmp_p
     inputs.mkdir()
     for case in ("s2", "s3"):
         (inputs / f"{case}_mr.nii.gz").write_bytes((tiny_data / case / "mr.nii.gz").read_bytes())
+
     # the model-zoo overrides on MONAI's own command line, from another working directory
-    run = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json")]
-        + ["--bundle_root", str(bundle), "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "monai")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    def monai_run(config_file, output):
+        run = subprocess.run(
+            [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config_file), "--bundle_root"]
+            + [str(bundle), "--dataset_dir", str(inputs), "--output_dir", str(output)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    monai_run(bundle / "configs" / "inference.json", tmp_path / "monai")
     # a bundle exported before the package moved into stage subpackages names medtranslate.translate: it still runs
     config = json.loads((bundle / "configs" / "inference.json").read_text())
     assert config["translate"]["_target_"] == "medtranslate.inference.translate.translate_folder"
     config["imports"] = ["$import medtranslate.translate"]
     config["translate"]["_target_"] = "medtranslate.translate.translate_folder"
     (tmp_path / "old_inference.json").write_text(json.dumps(config))
-    old = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(tmp_path / "old_inference.json")]
-        + ["--bundle_root", str(bundle), "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "old")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert old.returncode == 0, old.stderr[-3000:]
+    monai_run(tmp_path / "old_inference.json", tmp_path / "old")
     ours = translate_cli(str(checkpoints["pix2pix"]), str(inputs), str(tmp_path / "ours"))
     assert ours.returncode == 0, ours.stderr
     for case in ("s2", "s3"):

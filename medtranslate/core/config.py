@@ -136,8 +136,8 @@ class ModelConfig:
         if not self.kind:
             raise ConfigError(f"model.kind is required; expected one of: {', '.join(MODEL_KINDS)}")
         require_choice("model.kind", self.kind, tuple(MODEL_KINDS))
-        task = get_task(self.task)
-        for key, value in get_kind(self.kind).defaults.items():
+        kind, task = get_kind(self.kind), get_task(self.task)
+        for key, value in kind.defaults.items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         for key, value in task.defaults["model"].items():
@@ -150,7 +150,7 @@ class ModelConfig:
                 f"model.residual needs the same modality in and out (task ldct); task {self.task} translates "
                 f"{self.roles[0]} to {self.roles[1]}"
             )
-        if get_kind(self.kind).network:
+        if kind.network:
             require_choice("model.generator", self.generator, ("unet", "resnet"))
         require_choice("model.norm", self.norm, ("batch", "instance"))
         require_choice("model.upsample", self.upsample, ("transpose", "resize"))

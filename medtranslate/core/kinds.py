@@ -13,6 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from medtranslate.core.checks import show
 from medtranslate.core.errors import ConfigError
 
 __all__ = ["ModelKind", "MODEL_KINDS", "get_kind", "register_kind", "model_class"]
@@ -85,8 +86,7 @@ LEARNS_FROM = ("pairs", "cohorts", "either")
 def get_kind(name: object, where: str = "model.kind") -> ModelKind:
     """The registered kind called ``name``; a ConfigError listing the kinds otherwise."""
     if not isinstance(name, str) or name not in MODEL_KINDS:
-        shown = repr(name)[:80]
-        raise ConfigError(f"unknown {where} {shown}; expected one of: {', '.join(MODEL_KINDS)}")
+        raise ConfigError(f"unknown {where} {show(name)}; expected one of: {', '.join(MODEL_KINDS)}")
     return MODEL_KINDS[name]
 
 

@@ -99,13 +99,18 @@ def default_split_file(root: str | Path) -> Path | None:
     return next((p for p in (root / "split.json", root.parent / "split.json") if p.is_file()), None)
 
 
+def split_file(cfg: RunConfig) -> Path | None:
+    """The run's split file: data.split, else the split.json in or above data.root; None for a random split."""
+    return Path(cfg.data.split) if cfg.data.split else default_split_file(cfg.data.root)
+
+
 def load_split(cfg: RunConfig, ids: list[str], val_pool: list[str] | None = None) -> dict[str, list[str]]:
     """train/val/test case ids: from data.split (or split.json in or above data.root), else a seeded random split.
 
     ``val_pool``: the ids a random split may draw validation cases from (default: all of ``ids``); the rest train.
     """
     root = Path(cfg.data.root)
-    path = Path(cfg.data.split) if cfg.data.split else default_split_file(root)
+    path = split_file(cfg)
     if path is not None:
         split = read_split(path)
         missing = sorted(set(split["train"] + split["val"]) - set(ids))
@@ -128,7 +133,7 @@ def split_cohorts(cfg: RunConfig, cohorts: Cohorts) -> dict[str, list[str]]:
     paired = cohorts.paired_ids
     pool = paired or sorted(set(cohorts.sources) - set(cohorts.targets))
     split = load_split(cfg, cohorts.ids, val_pool=pool)
-    if not (cfg.data.split or default_split_file(cfg.data.root)) and split["val"]:
+    if split_file(cfg) is None and split["val"]:
         src_role = cfg.model.roles[0]
         kind = "paired" if paired else f"{src_role}-only"
         logger.info("random split: validation cases %s drawn from the %s cases", ", ".join(split["val"]), kind)
@@ -166,7 +171,7 @@ def read_split(path: str | Path) -> dict[str, list[str]]:
 
 def _split_names_none(cfg: RunConfig, ids: set[str]) -> bool:
     """True when the run's split file exists and lists none of ``ids``."""
-    path = Path(cfg.data.split) if cfg.data.split else default_split_file(cfg.data.root)
+    path = split_file(cfg)
     try:
         split = read_split(path) if path is not None else None
     except InputError:  # load_split reports a bad split file, naming it

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from medtranslate.core.errors import InputError
+from medtranslate.core.tasks import get_task
 
 __all__ = [
     "EDITIONS",
@@ -411,8 +412,6 @@ def similarity_scores(
         pred, ref: volumes in HU (arrays). mask: voxels to score. axial_axis: the array axis of the axial slices.
         edition: SynthRAD edition (mr2ct). window: display window of the slice metrics (ldct).
     """
-    from medtranslate.core.tasks import get_task
-
     if get_task(task).metrics == "synthrad":
         return synthrad_metrics(pred, ref, mask, edition=edition)
     scores = ldct_metrics(pred, ref, axial_axis=axial_axis, window=window, mask=mask)

@@ -38,7 +38,7 @@ from medtranslate.io.files import sha256
 from medtranslate.models.calibration import apply_calibration
 from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 from medtranslate.runtime.device import resolve_device
-from medtranslate.runtime.precision import PrecisionChoice, choose_precision, describe_machine
+from medtranslate.runtime.precision import NO_NETWORK, PrecisionChoice, choose_precision, describe_machine
 
 __all__ = ["translate_volume", "translate_with_uncertainty", "translate_folder"]
 
@@ -350,10 +350,7 @@ def _folder_precision(ckpt: dict[str, Any], precision: str, dev: torch.device, i
 
     chosen = None
     if index == 0 or not is_distributed():
-        if get_kind(ckpt["kind"]).network:
-            chosen = choose_precision(precision, dev)
-        else:
-            chosen = PrecisionChoice("fp32", "no network to speed up")
+        chosen = choose_precision(precision, dev) if get_kind(ckpt["kind"]).network else NO_NETWORK
     return from_rank0(chosen)
 
 

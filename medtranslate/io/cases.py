@@ -145,11 +145,12 @@ def case_id_from_name(name: str, parent: str) -> tuple[str, str | None]:
     if _role_of(stem):
         return parent, _role_of(stem)
     match = re.match(r"^(.+?)[_\-.]([A-Za-z0-9]+)$", stem)
-    if _role_of(parent):
+    parent_role = _role_of(parent)
+    if parent_role:
         # sct/<id>_sct.nii.gz (translate's output in a folder named for its role): the role said twice
-        if match and _role_of(match.group(2)) == _role_of(parent):
-            return match.group(1), _role_of(parent)
-        return stem, _role_of(parent)
+        if match and _role_of(match.group(2)) == parent_role:
+            return match.group(1), parent_role
+        return stem, parent_role
     if match and _role_of(match.group(2)):
         return match.group(1), _role_of(match.group(2))
     return stem, None

@@ -21,6 +21,7 @@ __all__ = [
     "cpu_info",
     "describe_machine",
     "choose_precision",
+    "NO_NETWORK",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -35,6 +36,10 @@ class PrecisionChoice:
     @property
     def amp_dtype(self) -> torch.dtype | None:
         return AMP_DTYPES.get(self.precision)
+
+
+# what a model without a network (a baseline) computes in: there is nothing to speed up
+NO_NETWORK = PrecisionChoice("fp32", "no network to speed up")
 
 
 def cpu_info() -> tuple[str, set[str]]:

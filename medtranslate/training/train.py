@@ -66,7 +66,7 @@ from medtranslate.models.checkpoint import (
 from medtranslate.models.noise import NoiseModel, measure_noise
 from medtranslate.runtime import distributed
 from medtranslate.runtime.device import resolve_device
-from medtranslate.runtime.precision import PrecisionChoice, choose_precision, describe_machine
+from medtranslate.runtime.precision import NO_NETWORK, PrecisionChoice, choose_precision, describe_machine
 from medtranslate.training.schedule import Schedule
 
 __all__ = ["Trainer", "train"]
@@ -106,6 +106,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.kind = get_kind(cfg.model.kind)
         self.ckpt_dir = self.run_dir / "checkpoints"
         last = self.ckpt_dir / "last.pt"
         ckpt = self._run_to_resume(last, resume)
@@ -184,7 +185,7 @@ class Trainer:
         """The kind's model (a network with its optimisers and training slices, or a baseline to fit); returns the
         size the network's input must divide by. ``fresh``: a new run, not one resumed (which has its noise model)."""
         cfg, t = self.cfg, self.cfg.train
-        kind = get_kind(cfg.model.kind)
+        kind = self.kind
         if not kind.network:  # a baseline, fitted in one pass
             self.model: TranslationModel | None = None
             self.lut = model_class(kind).from_config(cfg.model)
@@ -222,7 +223,7 @@ class Trainer:
         self.cohorts: Cohorts | None = None
         self.val_sources: list[Scan] = []
         self._reference: np.ndarray | None = None  # the target cohort's HU sample, made at the first validation
-        learns_from = get_kind(cfg.model.kind).learns_from
+        learns_from = self.kind.learns_from
         if learns_from != "pairs":
             cohorts = discover_cohorts(cfg)
             paired = cohorts.paired_ids
@@ -305,7 +306,7 @@ class Trainer:
     def _check_distributable(self) -> None:
         """What torchrun cannot split: a model without a network, and a batch that does not divide by the ranks."""
         t = self.cfg.train
-        if not get_kind(self.cfg.model.kind).network:
+        if not self.kind.network:
             raise ConfigError(
                 f"model.kind {self.cfg.model.kind} has no network to train in parallel; run it without torchrun"
             )
@@ -708,8 +709,8 @@ class Trainer:
 
     def _choose_precision(self, ckpt: dict[str, Any] | None) -> PrecisionChoice:
         t = self.cfg.train
-        if not get_kind(self.cfg.model.kind).network:
-            return PrecisionChoice("fp32", "no network to speed up")
+        if not self.kind.network:
+            return NO_NETWORK
         if ckpt is not None and ckpt.get("precision") and t.precision == "auto":
             return PrecisionChoice(str(ckpt["precision"]), "as the run being resumed")
         return choose_precision(t.precision, self.device)  # fp16 off CUDA is refused by the model it is built for
