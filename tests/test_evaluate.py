@@ -358,3 +358,29 @@ def test_without_pairs_outputs_are_judged_against_a_cohort_and_their_inputs(tmp_
     assert main(["evaluate", *both]) == 2 and "not both" in capsys.readouterr().err
     alone = ["--pred", str(preds / "good"), "--cohort", str(inputs), "--out", str(tmp_path / "x")]
     assert main(["evaluate", *alone]) == 2 and "give --input too" in capsys.readouterr().err
+
+
+def test_without_pairs_a_defect_in_one_case_fails_that_case_only(tmp_path, cohort_data, monkeypatch):
+    """A scoring defect (not bad input) on one case is that case's failed row; the batch scores the others, as the
+    paired evaluation does."""
+    from medtranslate.evaluation import evaluate, pairfree
+
+    preds, inputs = tmp_path / "pred", tmp_path / "inputs"
+    for cid in ("s2", "s3"):
+        mr, ct = read_volume(cohort_data / cid / "mr.nii.gz"), read_volume(cohort_data / cid / "ct.nii.gz")
+        write_nifti(inputs / f"{cid}_mr.nii.gz", mr.array, mr.affine)
+        write_nifti(preds / f"{cid}_sct.nii.gz", ct.array, ct.affine)
+    real, calls = pairfree.pair_free_scores, []
+
+    def broken_on_the_second_case(*args, **kwargs):  # cases are scored in order: s2, then s3
+        calls.append(1)
+        if len(calls) == 2:
+            raise ZeroDivisionError("division by zero")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pairfree, "pair_free_scores", broken_on_the_second_case)
+    result = evaluate.evaluate_without_pairs(preds, inputs, cohort_data / "ct", tmp_path / "out", progress=False)
+    rows = {row["case"]: row for row in result.rows}
+    assert rows["s2"]["status"] == "done" and rows["s3"]["status"] == "failed"
+    assert "unexpected ZeroDivisionError (division by zero)" in rows["s3"]["error"]
+    assert result.summary["n_done"] == 1 and (tmp_path / "out" / "report.html").is_file()

@@ -14,7 +14,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -253,10 +255,17 @@ def _evaluate_case(ev: _Evaluation, cid: str) -> tuple[dict[str, Any], dict[str,
         "pred": str(ev.preds[cid].label) if cid in ev.preds else "",
         "ref": str(ev.refs[cid].label) if cid in ev.refs else "",
     }
+    drawn = _isolated(row, cid, lambda: _score_case_files(ev, cid, row))
+    return row, drawn if row["status"] == "done" else None
+
+
+def _isolated(row: dict[str, Any], cid: str, score: Callable[[], Any]) -> Any:
+    """``score()`` for one case, its outcome in ``row`` (status, error, seconds): a failure is the case's, never the
+    batch's. Returns what ``score`` returned, or None when it failed."""
     t0 = time.perf_counter()
-    drawn = None
+    result = None
     try:
-        drawn = _score_case_files(ev, cid, row)
+        result = score()
         row.update(status="done", error="")
     except MedTranslateError as exc:
         row.update(status="failed", error=str(exc))
@@ -270,7 +279,7 @@ def _evaluate_case(ev: _Evaluation, cid: str) -> tuple[dict[str, Any], dict[str,
         logger.warning("%s", row["error"])
         logger.debug("traceback of case %s", cid, exc_info=True)
     row["seconds"] = round(time.perf_counter() - t0, 3)
-    return row, drawn if row["status"] == "done" else None
+    return result
 
 
 def _score_case_files(ev: _Evaluation, cid: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -564,24 +573,22 @@ def evaluate_without_pairs(
         raise InputError(f"{cohort}: no body (nothing above -500 HU) in the reference cohort's CTs") from None
     rows: list[dict[str, Any]] = []
     case_figures: dict[str, Path] = {}
+
+    def score(cid: str, row: dict[str, Any]) -> Path | None:
+        if cid not in inputs:
+            raise InputError(f"case '{cid}': no input in {input}; the outline is judged against the input's")
+        row["input"] = str(inputs[cid].label)
+        p, inp = read_case(preds[cid]), read_case(inputs[cid])
+        check_same_grid(p, inp, names=(f"prediction {preds[cid].label}", f"input {inputs[cid].label}"), case=cid)
+        body = body_mask(inp.array, spec.source_kind, inp.affine)
+        row.update(pair_free_scores(inp, spec.source_kind, p, reference, seed, body=body))
+        return pair_free_figure(out / "figures" / f"{cid}.png", cid, inp, p, body, reference) if figures else None
+
     for cid in tqdm(sorted(preds), desc="evaluate", unit="case", disable=not progress):
         row: dict[str, Any] = {"case": cid, "pred": str(preds[cid].label), "input": ""}
-        t0 = time.perf_counter()
-        try:
-            if cid not in inputs:
-                raise InputError(f"case '{cid}': no input in {input}; the outline is judged against the input's")
-            row["input"] = str(inputs[cid].label)
-            p, inp = read_case(preds[cid]), read_case(inputs[cid])
-            check_same_grid(p, inp, names=(f"prediction {preds[cid].label}", f"input {inputs[cid].label}"), case=cid)
-            body = body_mask(inp.array, spec.source_kind, inp.affine)
-            row.update(pair_free_scores(inp, spec.source_kind, p, reference, seed, body=body))
-            row.update(status="done", error="")
-            if figures:
-                case_figures[cid] = pair_free_figure(out / "figures" / f"{cid}.png", cid, inp, p, body, reference)
-        except MedTranslateError as exc:
-            row.update(status="failed", error=str(exc))
-            logger.warning("%s", exc)
-        row["seconds"] = round(time.perf_counter() - t0, 3)
+        figure = _isolated(row, cid, partial(score, cid, row))
+        if figure is not None:
+            case_figures[cid] = figure
         rows.append(row)
     metric_names = list(PAIR_FREE_DEFINITIONS)
     summary = summarise(rows, metric_names)
