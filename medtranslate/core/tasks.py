@@ -57,13 +57,12 @@ class Task:
         return "ct"
 
 
-# Defaults measured on the sample data (docs/results.md, "Low-dose CT"). Denoising differs from synthesis in three ways.
+# Denoising differs from synthesis in three ways (each measured on the sample data: docs/results.md, "Low-dose CT").
 # Augmentation: rotation and scaling resample by bilinear interpolation, which averages neighbouring pixels and so
 # removes part of the noise from the training input but not at test time; flips keep pixels as they are. Units: the
-# noise the network must remove is ~40 HU, 0.02 of the [-1, 1] CT scale; a U-Net fed that scale stayed at the identity
-# (PSNR of the input) for 15 epochs, the same U-Net fed HU / 100 (``residual``) learnt. Resolution: the pix2pix U-Net's
-# first layer is a stride-2 convolution, so no layer works at full resolution, where the noise is; adding 3x3
-# convolutions there (``full_res``) raised validation PSNR from 20.4 to 23.7 dB in 3 minutes.
+# noise the network must remove is ~40 HU, 0.02 of the [-1, 1] CT scale, too small a signal for a U-Net to leave the
+# identity; fed HU / 100 (``residual``) it learns. Resolution: the pix2pix U-Net's first layer is a stride-2
+# convolution, so no layer works at full resolution, where the noise is; ``full_res`` adds 3x3 convolutions there.
 TASKS: dict[str, Task] = {
     "mr2ct": Task(
         name="mr2ct",

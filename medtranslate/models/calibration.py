@@ -3,7 +3,7 @@ real CTs have, fitted by matching quantiles (the histogram matching that standar
 Udupa 1999, Magnetic Resonance in Medicine 42(6)).
 
 A CycleGAN learns the CT's intensities only through its discriminator, patch by patch; on the sample phantoms the
-20-minute model makes soft tissue too spread and bone 230-260 HU too dark (docs/results.md, "CycleGAN on a CPU"). After
+20-minute model makes soft tissue too spread and bone too dark (docs/results.md, "CycleGAN on a CPU"). After
 training, the generator translates the training MRs; the quantiles of its HU inside their body masks are matched to
 the quantiles of the training CTs inside theirs. Only the two distributions enter, never a voxel pair, so it needs
 no registered or paired data: it assumes what the CycleGAN itself assumes, that both cohorts show the same anatomy.

@@ -88,5 +88,5 @@ def choose_precision(requested: str, device: torch.device, flags: set[str] | Non
         return PrecisionChoice("bf16", "auto: the CPU has AMX bf16 units")
     if "avx512_bf16" not in flags:
         return PrecisionChoice("fp32", "auto: the CPU has no bf16 instructions (bf16 would be emulated, slower)")
-    # measured 1.4-1.85x faster than fp32 for whole training steps on such a CPU (benchmarks/bench_train.py)
+    # faster than fp32 for whole training steps on such a CPU (docs/benchmarks.md)
     return PrecisionChoice("bf16", "auto: the CPU has AVX512-BF16 instructions")

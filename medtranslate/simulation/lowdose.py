@@ -11,9 +11,8 @@ isocentre, 1085.6 mm to the detector, 736 channels, 1152 views per turn;
 :class:`~medtranslate.simulation.ctproj.FanBeam`) and rebins to parallel rays before filtering, as that scanner does;
 ``parallel`` acquires parallel rays (2 x the image size views over 180 degrees, detectors 1/sqrt(2) pixel apart).
 Projection and reconstruction use the Fourier-slice projector of :mod:`medtranslate.simulation.ctproj` (band-limited,
-batched over slices): projection + FBP 50x faster than scikit-image's radon + iradon on 512^2 slices at the same view
-count, the whole fan-beam simulation 14x faster than the previous scikit-image one, and the normal-dose image of a real
-head CT within 0.3 HU of the original on average inside the body (``benchmarks/bench_lowdose.py``).
+batched over slices), far faster than scikit-image's radon + iradon at the same view count; speed and fidelity are
+measured by ``benchmarks/bench_lowdose.py`` (docs/benchmarks.md).
 
 Assumptions (stated, not measured): a monoenergetic beam at about 70 keV effective energy, where water attenuates
 0.0193 / mm (NIST XCOM: mu/rho 0.193 cm^2/g); ``DEFAULT_PHOTONS`` = 1e5 incident photons per ray at full dose and
@@ -90,7 +89,7 @@ class _Simulator:
         if geometry == "parallel":
             # detectors 1/sqrt(2) pixel apart: their Nyquist reaches the image's diagonal frequencies, so
             # reconstructing noise-free projections gives the image back (one per pixel loses the corners of its
-            # spectrum: 12 HU mean error on the sample phantom instead of 0.8, measured)
+            # spectrum, and the round trip then blurs the phantom's edges)
             g = ParallelBeam.covering(size, views or 2 * size, PARALLEL_DETECTOR_PX)
             self.fine = Projector(size, g, device, batch=SLICE_BATCH)
             return
