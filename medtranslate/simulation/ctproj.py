@@ -112,9 +112,12 @@ class _Finufft:
     def __init__(self, size: int, kr: np.ndarray, kc: np.ndarray, batch: int):
         import finufft
 
-        threads = max(torch.get_num_threads(), 1)
-        self.type2 = finufft.Plan(2, (size, size), n_trans=batch, eps=NUFFT_EPS, dtype="complex128", nthreads=threads)
-        self.type1 = finufft.Plan(1, (size, size), n_trans=batch, eps=NUFFT_EPS, dtype="complex128", nthreads=threads)
+        # the oversampling fixed (1.25, FINUFFT's low-memory choice, which it made on 2 threads), not left to FINUFFT:
+        # it chooses by the thread count, and its two choices differ by up to 1e-3 HU, enough to round some voxels of
+        # the int16 outputs the other way on a machine with another number of cores
+        options = {"eps": NUFFT_EPS, "dtype": "complex128", "nthreads": max(torch.get_num_threads(), 1)}
+        self.type2 = finufft.Plan(2, (size, size), n_trans=batch, upsampfac=1.25, **options)
+        self.type1 = finufft.Plan(1, (size, size), n_trans=batch, upsampfac=1.25, **options)
         for plan in (self.type2, self.type1):
             plan.setpts(kr, kc)
         self.batch = batch
