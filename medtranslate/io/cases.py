@@ -63,6 +63,8 @@ ROLE_ALIASES: dict[str, str] = {
     "sct": "sct",
     "std": "std",  # <case>_sct_std.nii.gz: translate --uncertainty's standard deviation map
     "denoised": "denoised",
+    "target": "target",  # a planning target for `medtranslate dose`
+    "ptv": "target",
 }
 
 
