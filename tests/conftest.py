@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import yaml
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n runs one worker per core: each worker and the processes it starts take one thread, set before torch,
+    # numba or BLAS start their pools, or the workers' pools oversubscribe the cores (the suite then ran slower on 2
+    # workers than on one process)
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from medtranslate.core.config import load_config
 from medtranslate.data.phantom import make_subject
