@@ -106,6 +106,7 @@ def test_dose_command_writes_doses_and_metrics_and_resumes(tmp_path, head):
     assert "1 skipped" in again.stdout
     other = cli(*args, "--no-progress", "--prescription", "50")
     assert "refused" in other.stdout
+    assert not list(csv.DictReader((out / "metrics.csv").open()))  # h1's doses are of 60 Gy: not in a 50 Gy table
 
 
 def test_dose_arguments_are_checked(tmp_path, head):

@@ -343,7 +343,7 @@ def dose_folder(
     from medtranslate.evaluation.evaluate import PRED_ROLES
     from medtranslate.io.cases import select_cases
     from medtranslate.io.files import read_case, write_nifti
-    from medtranslate.runtime.batch import prepare_output_folder, run_cases
+    from medtranslate.runtime.batch import prepare_output_folder, read_manifest, run_cases
     from medtranslate.runtime.distributed import merge_shards, shard_manifest, shard_of
 
     settings.check()
@@ -356,7 +356,7 @@ def dose_folder(
     prepare_output_folder(ref, out)
     refs = select_cases(ref, ("ct", None), "reference CT")
     preds = select_cases(pred, PRED_ROLES, "synthetic CT")
-    targets = select_cases(target, ("target", "mask", None), "target mask") if target is not None else {}
+    targets = select_cases(target, ("target", None), "target mask") if target is not None else {}
     cases = sorted(refs.values(), key=lambda c: c.case_id)[index::count]
 
     def outputs(case: Any) -> list[Path]:
@@ -379,6 +379,7 @@ def dose_folder(
             write_nifti(dose_sct, result.dose_sct.array, result.dose_sct.affine, np.float32, overwrite=True)
             atomic_write_text(metrics, json.dumps({"case": cid, "modality": modality, **result.metrics}) + "\n")
 
+    key = _settings_key(settings)
     rows = run_cases(
         cases,
         shard_manifest(out, index, count),
@@ -386,11 +387,19 @@ def dose_folder(
         work,
         overwrite=overwrite,
         progress=progress,
-        extra={"settings": _settings_key(settings), "pred": str(pred)},
+        extra={"settings": key, "pred": str(pred)},
         desc="dose",
     )
     merge_shards(out, index, count)
-    found = [json.loads(p.read_text()) for p in sorted(out.glob("*/*_metrics.json"))]
+    # every case made with these settings, by this run or an earlier one or another shard; never one a manifest says
+    # was made with other settings (a refused case keeps its files, not its place in the table)
+    made = {
+        r["case"]
+        for m in sorted(out.glob("manifest*.csv"))
+        for r in read_manifest(m)
+        if r.get("status") in ("done", "skipped") and r.get("settings") == key
+    }
+    found = [json.loads(p.read_text()) for p in sorted(out.glob("*/*_metrics.json")) if p.parent.name in made]
     columns = ["case", "modality", *[k for k in (found[0] if found else {}) if k not in ("case", "modality")]]
     atomic_write_csv(out / "metrics.csv", found, columns)
     summary = {
