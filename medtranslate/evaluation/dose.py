@@ -22,8 +22,11 @@ metrics. A dose difference is then only the sCT's: its HU change the radiologica
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,11 +103,30 @@ class CaseDose:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@contextlib.contextmanager
+def _engine_quiet() -> Iterator[None]:
+    """The engines' own noise kept out of our output: deprecation notices of their dependencies, numpy's divide
+    warnings inside pyRadPlan's ray tracer, "no GPU, using the CPU", and pyRadPlan's log lines about the defaults this
+    module chose on purpose (its generator and engine, the dose grid it was given)."""
+    engine_log = logging.getLogger("pyRadPlan")
+    level = engine_log.level
+    engine_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.filterwarnings("ignore", "Requested GPU device is not available", UserWarning)
+            yield
+    finally:
+        engine_log.setLevel(level)
+
+
 def require_engine() -> tuple[Any, Any]:
     """pyRadPlan and pymedphys, or a ConfigError that says how to install them."""
     try:
-        import pymedphys
-        import pyRadPlan
+        with _engine_quiet():
+            import pymedphys
+            import pyRadPlan
     except ImportError as exc:
         raise ConfigError(
             f'dose evaluation needs the dose extra ({exc.name} is not installed): pip install -e ".[dose]" '
@@ -236,13 +258,14 @@ def make_plan(ct: Volume, settings: DoseSettings, modality: str, target: Volume 
             raise InputError(f"{target.source}: the target mask is empty on the {settings.grid_mm:g} mm dose grid")
     else:
         tmask = default_target(body, settings.grid_mm, settings.target_radius_mm)
-    ct_e = _engine_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid)
-    cst = _structures(pyRadPlan, ct_e, tmask, body, grid, settings)
-    pln = _plan(pyRadPlan, modality, settings)
-    stf = pyRadPlan.generate_stf(ct_e, cst, pln)
-    dij = pyRadPlan.calc_dose_influence(ct_e, cst, stf, pln)
-    weights = pyRadPlan.fluence_optimization(ct_e, cst, stf, dij, pln)
-    dose_ct = _dose_array(dij.compute_result_ct_grid(weights))
+    with _engine_quiet():
+        ct_e = _engine_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid)
+        cst = _structures(pyRadPlan, ct_e, tmask, body, grid, settings)
+        pln = _plan(pyRadPlan, modality, settings)
+        stf = pyRadPlan.generate_stf(ct_e, cst, pln)
+        dij = pyRadPlan.calc_dose_influence(ct_e, cst, stf, pln)
+        weights = pyRadPlan.fluence_optimization(ct_e, cst, stf, dij, pln)
+        dose_ct = _dose_array(dij.compute_result_ct_grid(weights))
     return Plan(modality, settings, grid, tmask, body, {"pln": pln, "stf": stf, "weights": weights}, dose_ct)
 
 
@@ -250,10 +273,12 @@ def recompute(plan: Plan, sct: Volume) -> CaseDose:
     """The plan's beamlet weights recomputed on ``sct`` (on the reference CT's grid); doses, masks and metrics."""
     pyRadPlan, _ = require_engine()
     s = plan.settings
-    sct_e = _engine_ct(pyRadPlan, sitk.GetArrayFromImage(_resampled(sct, s.grid_mm, plan.grid, False)), plan.grid)
-    cst = _structures(pyRadPlan, sct_e, plan.target, plan.body, plan.grid, s)
     e = plan.engine
-    dose_sct = _dose_array(pyRadPlan.calc_dose_forward(sct_e, cst, e["stf"], e["pln"], e["weights"]))
+    with _engine_quiet():
+        hu = sitk.GetArrayFromImage(_resampled(sct, s.grid_mm, plan.grid, False))
+        sct_e = _engine_ct(pyRadPlan, hu, plan.grid)
+        cst = _structures(pyRadPlan, sct_e, plan.target, plan.body, plan.grid, s)
+        dose_sct = _dose_array(pyRadPlan.calc_dose_forward(sct_e, cst, e["stf"], e["pln"], e["weights"]))
 
     def as_volume(array: np.ndarray, name: str) -> Volume:
         image = sitk.GetImageFromArray(array.astype(np.float32))
@@ -280,18 +305,19 @@ def gamma_pass_rate(
     ``local``), both doses on one isotropic grid."""
     _, pymedphys = require_engine()
     axes = tuple(np.arange(n, dtype=np.float64) * spacing_mm for n in reference.shape)
-    gamma = pymedphys.gamma(
-        axes,
-        np.asarray(reference, dtype=np.float64),
-        axes,
-        np.asarray(evaluated, dtype=np.float64),
-        dose_percent_threshold=percent,
-        distance_mm_threshold=mm,
-        lower_percent_dose_cutoff=LOW_DOSE_CUTOFF_PERCENT,
-        local_gamma=local,
-        max_gamma=2.0,  # a point is failed once gamma passes 2; searching further only costs time
-        quiet=True,
-    )
+    with _engine_quiet():  # quiet=True: no progress lines on stdout (pymedphys announces a change of that option)
+        gamma = pymedphys.gamma(
+            axes,
+            np.asarray(reference, dtype=np.float64),
+            axes,
+            np.asarray(evaluated, dtype=np.float64),
+            dose_percent_threshold=percent,
+            distance_mm_threshold=mm,
+            lower_percent_dose_cutoff=LOW_DOSE_CUTOFF_PERCENT,
+            local_gamma=local,
+            max_gamma=2.0,  # a point is failed once gamma passes 2; searching further only costs time
+            quiet=True,
+        )
     judged = np.isfinite(gamma)
     if not judged.any():
         raise InputError("no dose above the low-dose cutoff to compare; the plan delivered nothing")
