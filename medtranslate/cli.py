@@ -189,9 +189,13 @@ def cmd_dose(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         shard=args.shard,
     )
-    for modality, metrics in summary["metrics"].items():
-        rates = ", ".join(f"{k[6:]} {v:.1f} %" for k, v in metrics.items() if k.startswith("gamma_"))
-        print(f"{modality}: gamma pass rate {rates}; target D95 sCT - CT {metrics['target_d95_diff']:+.2f} Gy")
+    means = {k: v["mean"] for k, v in summary["metrics"].items()}
+    for modality in settings.modalities:
+        if f"{modality}_target_d95_diff" in means:
+            rates = ", ".join(f"{p}/{p} mm {means[f'{modality}_gamma_{p}pct_{p}mm']:.1f} %" for p in (2, 3))
+            d95 = means[f"{modality}_target_d95_diff"]
+            print(f"{modality}: gamma pass rate {rates}; target D95 sCT - CT {d95:+.2f} Gy (means over the cases)")
+    print(f"report: {Path(args.out) / 'report.html'}")
     return _report_batch(rows, args.out)
 
 

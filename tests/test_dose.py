@@ -94,19 +94,23 @@ def test_dose_command_writes_doses_and_metrics_and_resumes(tmp_path, head):
     assert result.returncode == 1, result.stderr  # one case failed
     assert "FAILED h2" in result.stdout and "no synthetic CT" in result.stdout and "1 done" in result.stdout
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert [(r["case"], r["modality"]) for r in rows] == [("h1", "photon")]
-    assert 0.0 <= float(rows[0]["gamma_2pct_2mm"]) <= float(rows[0]["gamma_3pct_3mm"]) <= 100.0
+    assert [r["case"] for r in rows] == ["h1", "h2"] and rows[1]["status"] == "failed"
+    assert 0.0 <= float(rows[0]["photon_gamma_2pct_2mm"]) <= float(rows[0]["photon_gamma_3pct_3mm"]) <= 100.0
+    page = (out / "report.html").read_text()
+    assert "dose on the sCT against dose on the CT" in page and page.count("<img") >= 2  # h1's figure, the metrics
+    assert (out / "h1" / "photon_dose.png").stat().st_size > 10_000
     dose = read_volume(out / "h1" / "photon_dose_ct.nii.gz")
     assert dose.array.max() > 10.0 and np.allclose(np.linalg.norm(dose.affine[:3, :3], axis=0), GRID_MM)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_cases"] == 1 and "photon" in summary["metrics"]
+    assert summary["n_done"] == 1 and summary["n_failed"] == 1 and "photon_target_d95_diff" in summary["metrics"]
     assert "engine default" in summary["settings"]["hlut"]
     # a second run skips the finished case; other settings are refused, not mixed in
     again = cli(*args, "--no-progress")
     assert "1 skipped" in again.stdout
     other = cli(*args, "--no-progress", "--prescription", "50")
     assert "refused" in other.stdout
-    assert not list(csv.DictReader((out / "metrics.csv").open()))  # h1's doses are of 60 Gy: not in a 50 Gy table
+    # h1's doses are of 60 Gy: not in a 50 Gy table
+    assert [r["status"] for r in csv.DictReader((out / "metrics.csv").open())] == ["failed"]
 
 
 def test_dose_arguments_are_checked(tmp_path, head):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -101,6 +102,8 @@ class CaseDose:
     target: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # z, y, x on the dose grid
     body: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     metrics: dict[str, float] = field(default_factory=dict)
+    gamma: dict[str, np.ndarray] = field(default_factory=dict)  # z, y, x on the dose grid, per criterion
+    hu: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # the reference CT on the dose grid
 
 
 @contextlib.contextmanager
@@ -108,17 +111,26 @@ def _engine_quiet() -> Iterator[None]:
     """The engines' own noise kept out of our output: deprecation notices of their dependencies, numpy's divide
     warnings inside pyRadPlan's ray tracer, "no GPU, using the CPU", and pyRadPlan's log lines about the defaults this
     module chose on purpose (its generator and engine, the dose grid it was given)."""
-    engine_log = logging.getLogger("pyRadPlan")
-    level = engine_log.level
+    # pyRadPlan logs through its own logger, pymedphys through the root logger (a line per gamma option)
+    engine_log, root = logging.getLogger("pyRadPlan"), logging.getLogger()
+    level, root_level = engine_log.level, root.level
     engine_log.setLevel(logging.ERROR)
+    root.setLevel(max(root_level, logging.WARNING))
+    reporter = sys.modules.get("pyRadPlan.core")  # its progress bars (a tqdm per beam and ray), once it is imported
+    bars = reporter.ProgressReporter.console_progress if reporter else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
             warnings.filterwarnings("ignore", "Requested GPU device is not available", UserWarning)
+            if reporter:
+                reporter.ProgressReporter.console_progress = False
             yield
     finally:
         engine_log.setLevel(level)
+        root.setLevel(root_level)
+        if reporter:
+            reporter.ProgressReporter.console_progress = bars
 
 
 def require_engine() -> tuple[Any, Any]:
@@ -287,7 +299,8 @@ def recompute(plan: Plan, sct: Volume) -> CaseDose:
 
     case = CaseDose(plan.modality, as_volume(plan.dose_ct, "dose_ct"), as_volume(dose_sct, "dose_sct"))
     case.target, case.body = plan.target, plan.body
-    case.metrics = compare_doses(plan.dose_ct, dose_sct, plan.target, plan.body, s.grid_mm, s.local_gamma)
+    case.hu = sitk.GetArrayFromImage(plan.grid)
+    case.metrics = compare_doses(plan.dose_ct, dose_sct, plan.target, plan.body, s.grid_mm, s.local_gamma, case.gamma)
     return case
 
 
@@ -298,15 +311,15 @@ def plan_and_recompute(
     return recompute(make_plan(ct, settings, modality, target), sct)
 
 
-def gamma_pass_rate(
+def gamma_index(
     reference: np.ndarray, evaluated: np.ndarray, spacing_mm: float, percent: float, mm: float, local: bool = False
-) -> float:
-    """Percentage of the reference's points above the low-dose cutoff with gamma <= 1 (pymedphys; global unless
-    ``local``), both doses on one isotropic grid."""
+) -> np.ndarray:
+    """Gamma of each point of the reference dose (pymedphys; global unless ``local``; NaN below the low-dose cutoff,
+    at most 2), both doses on one isotropic grid."""
     _, pymedphys = require_engine()
     axes = tuple(np.arange(n, dtype=np.float64) * spacing_mm for n in reference.shape)
     with _engine_quiet():  # quiet=True: no progress lines on stdout (pymedphys announces a change of that option)
-        gamma = pymedphys.gamma(
+        return pymedphys.gamma(
             axes,
             np.asarray(reference, dtype=np.float64),
             axes,
@@ -318,10 +331,21 @@ def gamma_pass_rate(
             max_gamma=2.0,  # a point is failed once gamma passes 2; searching further only costs time
             quiet=True,
         )
+
+
+def pass_rate(gamma: np.ndarray) -> float:
+    """Percentage of the judged points (gamma not NaN) with gamma <= 1."""
     judged = np.isfinite(gamma)
     if not judged.any():
         raise InputError("no dose above the low-dose cutoff to compare; the plan delivered nothing")
     return float(100.0 * np.mean(gamma[judged] <= 1.0))
+
+
+def gamma_pass_rate(
+    reference: np.ndarray, evaluated: np.ndarray, spacing_mm: float, percent: float, mm: float, local: bool = False
+) -> float:
+    """Percentage of the reference's points above the low-dose cutoff with gamma <= 1."""
+    return pass_rate(gamma_index(reference, evaluated, spacing_mm, percent, mm, local))
 
 
 def dvh_metrics(dose: np.ndarray, target: np.ndarray, organ: np.ndarray) -> dict[str, float]:
@@ -336,18 +360,84 @@ def dvh_metrics(dose: np.ndarray, target: np.ndarray, organ: np.ndarray) -> dict
 
 
 def compare_doses(
-    dose_ct: np.ndarray, dose_sct: np.ndarray, target: np.ndarray, body: np.ndarray, spacing_mm: float, local: bool
+    dose_ct: np.ndarray,
+    dose_sct: np.ndarray,
+    target: np.ndarray,
+    body: np.ndarray,
+    spacing_mm: float,
+    local: bool,
+    gamma_maps: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Gamma pass rates at each criterion and DVH metrics of both doses with their differences (sCT - CT, Gy)."""
+    """Gamma pass rates at each criterion and DVH metrics of both doses with their differences (sCT - CT, Gy); the
+    gamma of every point goes into ``gamma_maps`` when given (for the figures)."""
     out: dict[str, float] = {}
     for percent, mm in GAMMA_CRITERIA:
-        out[f"gamma_{percent:g}pct_{mm:g}mm"] = gamma_pass_rate(dose_ct, dose_sct, spacing_mm, percent, mm, local)
+        name = f"gamma_{percent:g}pct_{mm:g}mm"
+        gamma = gamma_index(dose_ct, dose_sct, spacing_mm, percent, mm, local)
+        out[name] = pass_rate(gamma)
+        if gamma_maps is not None:
+            gamma_maps[name] = gamma
     organ = body & ~target
     on_ct, on_sct = dvh_metrics(dose_ct, target, organ), dvh_metrics(dose_sct, target, organ)
     for key in on_ct:
         out[f"{key}_ct"], out[f"{key}_sct"] = on_ct[key], on_sct[key]
         out[f"{key}_diff"] = on_sct[key] - on_ct[key]
     return out
+
+
+def dose_figure(path: Path, title: str, case: CaseDose, spacing_mm: float) -> Path:
+    """Three planes through the target's centre: the CT, the dose difference (sCT - CT) over it, and gamma at 2 %/2 mm;
+    beside them the DVHs of target and body on both CTs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medtranslate.evaluation.report import save_figure
+
+    ct_dose, sct_dose = (np.asarray(v.array).transpose(2, 1, 0) for v in (case.dose_ct, case.dose_sct))  # z, y, x
+    diff = sct_dose - ct_dose
+    gamma = case.gamma.get("gamma_2pct_2mm", np.full(diff.shape, np.nan))
+    centre = [int(round(c)) for c in np.argwhere(case.target).mean(axis=0)]
+    limit = max(float(np.abs(diff).max()), 1e-3)
+    fig, axes = plt.subplots(2, 4, figsize=(13, 6.2))
+    planes = (
+        ("axial", lambda a: a[centre[0]]),
+        ("coronal", lambda a: a[:, centre[1]]),
+        ("sagittal", lambda a: a[:, :, centre[2]]),
+    )
+    for col, (name, cut) in enumerate(planes):
+        ax = axes[0, col]
+        ax.imshow(cut(case.hu), cmap="gray", vmin=-200, vmax=300, origin="lower" if col else "upper")
+        im = ax.imshow(cut(diff), cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6, origin="lower" if col else "upper")
+        ax.contour(cut(case.target), levels=[0.5], colors="k", linewidths=0.8, origin="lower" if col else "upper")
+        ax.set_title(f"{name}: dose sCT - CT", fontsize=9)
+        ax.axis("off")
+        ax = axes[1, col]
+        g = ax.imshow(cut(gamma), cmap="magma_r", vmin=0, vmax=2, origin="lower" if col else "upper")
+        ax.set_title(f"{name}: gamma 2 %/2 mm", fontsize=9)
+        ax.axis("off")
+    fig.colorbar(im, ax=axes[0, :3].tolist(), shrink=0.8, label="Gy")
+    fig.colorbar(g, ax=axes[1, :3].tolist(), shrink=0.8, label="gamma (> 1 fails)")
+    ax = axes[0, 3]
+    top = max(float(ct_dose.max()), float(sct_dose.max()), 1e-3)
+    bins = np.linspace(0.0, top * 1.05, 200)
+    for mask, label, colour in ((case.target, "target", "#c44e52"), (case.body & ~case.target, "body", "#4c72b0")):
+        for dose, style, which in ((ct_dose, "-", "CT"), (sct_dose, "--", "sCT")):
+            values = dose[mask]
+            volume = [100.0 * float(np.mean(values >= b)) for b in bins] if values.size else [0.0] * len(bins)
+            ax.plot(bins, volume, style, color=colour, lw=1.2, label=f"{label}, {which}")
+    ax.set_xlabel("dose (Gy)")
+    ax.set_ylabel("volume (%)")
+    ax.set_title("DVH", fontsize=9)
+    ax.legend(fontsize=7)
+    axes[1, 3].axis("off")
+    axes[1, 3].text(
+        0, 0.5, "\n".join(f"{k}: {v:.2f}" for k, v in case.metrics.items() if "gamma" in k or "d95" in k), fontsize=8
+    )
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+    return path
 
 
 def dose_folder(
@@ -366,7 +456,8 @@ def dose_folder(
     import json
 
     from medtranslate.core.atomic import atomic_write_csv, atomic_write_text
-    from medtranslate.evaluation.evaluate import PRED_ROLES
+    from medtranslate.evaluation.evaluate import PRED_ROLES, summarise
+    from medtranslate.evaluation.report import write_report
     from medtranslate.io.cases import select_cases
     from medtranslate.io.files import read_case, write_nifti
     from medtranslate.runtime.batch import prepare_output_folder, read_manifest, run_cases
@@ -386,7 +477,7 @@ def dose_folder(
     cases = sorted(refs.values(), key=lambda c: c.case_id)[index::count]
 
     def outputs(case: Any) -> list[Path]:
-        names = ("dose_ct.nii.gz", "dose_sct.nii.gz", "metrics.json")
+        names = ("dose_ct.nii.gz", "dose_sct.nii.gz", "metrics.json", "dose.png")
         return [out / case.case_id / f"{m}_{n}" for m in settings.modalities for n in names]
 
     def work(case: Any, paths: list[Path]) -> None:
@@ -400,9 +491,10 @@ def dose_folder(
         mask = read_case(targets[cid]) if cid in targets else None
         for i, modality in enumerate(settings.modalities):
             result = plan_and_recompute(ct, sct, settings, modality, mask)
-            dose_ct, dose_sct, metrics = paths[3 * i : 3 * i + 3]
+            dose_ct, dose_sct, metrics, figure = paths[4 * i : 4 * i + 4]
             write_nifti(dose_ct, result.dose_ct.array, result.dose_ct.affine, np.float32, overwrite=True)
             write_nifti(dose_sct, result.dose_sct.array, result.dose_sct.affine, np.float32, overwrite=True)
+            dose_figure(figure, f"{cid}, {modality}", result, settings.grid_mm)
             atomic_write_text(metrics, json.dumps({"case": cid, "modality": modality, **result.metrics}) + "\n")
 
     key = _settings_key(settings)
@@ -425,22 +517,51 @@ def dose_folder(
         for r in read_manifest(m)
         if r.get("status") in ("done", "skipped") and r.get("settings") == key
     }
-    found = [json.loads(p.read_text()) for p in sorted(out.glob("*/*_metrics.json")) if p.parent.name in made]
-    columns = ["case", "modality", *[k for k in (found[0] if found else {}) if k not in ("case", "modality")]]
-    atomic_write_csv(out / "metrics.csv", found, columns)
-    summary = {
-        "evaluation": "dose",
-        "engine": "pyRadPlan (photon SVD pencil beam, proton Hong pencil beam; generic machines), gamma by pymedphys",
-        "settings": _settings_dict(settings),
-        "n_cases": len({r["case"] for r in found}),
-        "metrics": {
-            m: {k: float(np.mean([r[k] for r in found if r["modality"] == m])) for k in columns[2:]}
-            for m in settings.modalities
-            if any(r["modality"] == m for r in found)
-        },
-    }
+    per_case: dict[str, dict[str, Any]] = {}
+    for path in sorted(out.glob("*/*_metrics.json")):
+        if path.parent.name in made:
+            found = json.loads(path.read_text())
+            row = per_case.setdefault(found["case"], {"case": found["case"], "status": "done", "error": ""})
+            modality = found["modality"]
+            row.update({f"{modality}_{k}": v for k, v in found.items() if k not in ("case", "modality")})
+    failed = [r for r in rows if r["status"] == "failed" and r["case"] not in per_case]
+    table = list(per_case.values()) + [{"case": r["case"], "status": "failed", "error": r["error"]} for r in failed]
+    names = sorted({k for r in table for k in r} - {"case", "status", "error"}, key=_column_order)
+    atomic_write_csv(out / "metrics.csv", table, ["case", *names, "status", "error"])
+    summary = summarise(table, names)
+    summary.update(
+        evaluation="dose",
+        engine="pyRadPlan (photon SVD pencil beam, proton Hong pencil beam; generic machines), gamma by pymedphys",
+        settings=_settings_dict(settings),
+        definitions=DOSE_DEFINITIONS,
+        task="mr2ct",
+        mask_source="the target (given, or the default sphere) and the body of the reference CT (> -500 HU)",
+    )
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    figures = {
+        f"{cid} {m}": out / cid / f"{m}_dose.png"
+        for cid in per_case
+        for m in settings.modalities
+        if (out / cid / f"{m}_dose.png").is_file()
+    }
+    headline = [n for n in names if n.endswith(("gamma_2pct_2mm", "gamma_3pct_3mm", "target_d95_diff"))]
+    write_report(out, table, summary, headline, figures)
     return rows, summary
+
+
+DOSE_DEFINITIONS = {
+    "gamma_2pct_2mm, gamma_3pct_3mm": "percentage of the points of the CT's dose above 10 % of its maximum whose gamma "
+    "(sCT's dose against CT's; global, pymedphys) is at most 1",
+    "target_d98, d95, d50, d2": "the dose (Gy) that at least 98, 95, 50, 2 % of the target receives",
+    "target_dmean, body_dmean, body_dmax": "mean dose of the target; mean and maximum dose of the body outside it",
+    "_ct, _sct, _diff": "on the CT, on the sCT, and sCT - CT (Gy); each prefixed by its modality",
+}
+
+
+def _column_order(name: str) -> tuple[int, str]:
+    """Gamma first, then the target's differences, then the rest, each group alphabetical."""
+    group = 0 if "gamma" in name else 1 if name.endswith("_diff") else 2
+    return group, name
 
 
 def _settings_dict(s: DoseSettings) -> dict[str, Any]:

@@ -314,6 +314,11 @@ EMBEDDED_CASES = 50  # up to this many cases report.html embeds every figure; be
 
 
 def _cases_caption(summary: dict[str, Any]) -> str:
+    if summary.get("evaluation") == "dose":
+        return (
+            "Per case and modality: three planes through the target's centre with the dose difference (sCT - CT) over "
+            "the CT and the target's outline, gamma at 2 %/2 mm, and the DVHs of target and body on both."
+        )
     if summary.get("evaluation") == "without pairs":
         return (
             "No reference of the same subject: each output beside its input, with the input's body outline, and its HU "
@@ -365,7 +370,9 @@ def write_report(
             f"<p>{len(rows)} cases: each case's figures are files in <code>figures/</code> beside this report "
             f"(embedded up to {EMBEDDED_CASES} cases); keep the folder together.</p><ul>{links}</ul>"
         )
-    if summary.get("evaluation") == "without pairs":
+    if summary.get("evaluation") == "dose":
+        edition = "dose on the sCT against dose on the CT (one plan, optimised on the CT, recomputed on the sCT)"
+    elif summary.get("evaluation") == "without pairs":
         edition = "judged without pairs, against a reference CT cohort"
     elif summary.get("edition"):
         edition = f"SynthRAD {summary['edition']}"
