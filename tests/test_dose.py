@@ -123,3 +123,13 @@ def test_dose_arguments_are_checked(tmp_path, head):
     assert bad.returncode == 2 and "unknown dose modality 'carbon'" in bad.stderr
     tiny = cli("dose", "--pred", str(ref), "--ref", str(ref), "--out", str(tmp_path / "o"), "--grid-mm", "0.1")
     assert tiny.returncode == 2 and "grid_mm must be a number from 1.0 to 10.0" in tiny.stderr
+
+
+@pytest.mark.slow
+def test_a_calibration_curve_reaches_the_engine(head):
+    """--hlut's curve is the one the engine converts HU with: a curve that makes tissue 20 % denser changes the dose
+    the same plan settings give (the engine's default curve otherwise)."""
+    default = make_plan(head, DoseSettings(modalities=("proton",), grid_mm=GRID_MM), "proton").dose_ct
+    denser = ((-1024.0, 0.001), (0.0, 1.2), (3000.0, 3.0))
+    settings = DoseSettings(modalities=("proton",), grid_mm=GRID_MM, hlut=denser)
+    assert np.abs(make_plan(head, settings, "proton").dose_ct - default).max() > 5.0  # Gy
