@@ -455,12 +455,11 @@ def dose_folder(
     (this run's or an earlier one's). Returns the manifest rows of this run and the summary."""
     import json
 
-    from medtranslate.core.atomic import atomic_write_csv, atomic_write_text
-    from medtranslate.evaluation.evaluate import PRED_ROLES, summarise
-    from medtranslate.evaluation.report import write_report
+    from medtranslate.core.atomic import atomic_write_text
+    from medtranslate.evaluation.evaluate import PRED_ROLES
     from medtranslate.io.cases import select_cases
     from medtranslate.io.files import read_case, write_nifti
-    from medtranslate.runtime.batch import prepare_output_folder, read_manifest, run_cases
+    from medtranslate.runtime.batch import prepare_output_folder, run_cases
     from medtranslate.runtime.distributed import merge_shards, shard_manifest, shard_of
 
     settings.check()
@@ -509,6 +508,19 @@ def dose_folder(
         desc="dose",
     )
     merge_shards(out, index, count)
+    return rows, _write_tables(out, rows, settings, key)
+
+
+def _write_tables(out: Path, rows: list[dict[str, Any]], settings: DoseSettings, key: str) -> dict[str, Any]:
+    """metrics.csv (a row per case, modality-prefixed columns), summary.json and report.html over the cases made with
+    ``key``'s settings; returns the summary."""
+    import json
+
+    from medtranslate.core.atomic import atomic_write_csv, atomic_write_text
+    from medtranslate.evaluation.evaluate import summarise
+    from medtranslate.evaluation.report import write_report
+    from medtranslate.runtime.batch import read_manifest
+
     # every case made with these settings, by this run or an earlier one or another shard; never one a manifest says
     # was made with other settings (a refused case keeps its files, not its place in the table)
     made = {
@@ -546,7 +558,7 @@ def dose_folder(
     }
     headline = [n for n in names if n.endswith(("gamma_2pct_2mm", "gamma_3pct_3mm", "target_d95_diff"))]
     write_report(out, table, summary, headline, figures)
-    return rows, summary
+    return summary
 
 
 DOSE_DEFINITIONS = {
