@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medtranslate.core.checks import require_choice, require_int, require_number
 from medtranslate.core.errors import ConfigError, InputError
 from medtranslate.imaging.transforms import body_mask, check_same_grid
 from medtranslate.imaging.volume import Volume, affine_to_sitk, sitk_to_volume
@@ -77,19 +77,14 @@ class DoseSettings:
     local_gamma: bool = False
 
     def check(self) -> None:
-        for m in self.modalities:
-            if m not in MODALITIES:
-                raise ConfigError(f"unknown dose modality '{m}'; expected one or more of: {', '.join(MODALITIES)}")
         if not self.modalities:
             raise ConfigError(f"no dose modality given; expected one or more of: {', '.join(MODALITIES)}")
-        for name, value, low, high in (
-            ("fractions", self.fractions, 1, 100),
-            ("prescription_gy", self.prescription_gy, 0.1, 200.0),
-            ("grid_mm", self.grid_mm, 1.0, 10.0),
-            ("target_radius_mm", self.target_radius_mm, 3.0, 100.0),
-        ):
-            if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
-                raise ConfigError(f"dose {name} must be a number from {low} to {high}, got {value!r}")
+        for m in self.modalities:
+            require_choice("dose modality", m, MODALITIES)
+        require_int("dose fractions", self.fractions, 1, 100)
+        require_number("dose prescription_gy", self.prescription_gy, 0.1, 200.0)
+        require_number("dose grid_mm", self.grid_mm, 1.0, 10.0)
+        require_number("dose target_radius_mm", self.target_radius_mm, 3.0, 100.0)
 
 
 @dataclass
@@ -99,11 +94,11 @@ class CaseDose:
     modality: str
     dose_ct: Volume
     dose_sct: Volume
-    target: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # z, y, x on the dose grid
-    body: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    target: np.ndarray  # z, y, x on the dose grid, as the engine reads images
+    body: np.ndarray
+    hu: np.ndarray  # the reference CT on the dose grid
     metrics: dict[str, float] = field(default_factory=dict)
     gamma: dict[str, np.ndarray] = field(default_factory=dict)  # z, y, x on the dose grid, per criterion
-    hu: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # the reference CT on the dose grid
 
 
 @contextlib.contextmanager
@@ -287,8 +282,8 @@ def recompute(plan: Plan, sct: Volume) -> CaseDose:
     s = plan.settings
     e = plan.engine
     with _engine_quiet():
-        hu = sitk.GetArrayFromImage(_resampled(sct, s.grid_mm, plan.grid, False))
-        sct_e = _engine_ct(pyRadPlan, hu, plan.grid)
+        sct_hu = sitk.GetArrayFromImage(_resampled(sct, s.grid_mm, plan.grid, False))
+        sct_e = _engine_ct(pyRadPlan, sct_hu, plan.grid)
         cst = _structures(pyRadPlan, sct_e, plan.target, plan.body, plan.grid, s)
         dose_sct = _dose_array(pyRadPlan.calc_dose_forward(sct_e, cst, e["stf"], e["pln"], e["weights"]))
 
@@ -297,9 +292,15 @@ def recompute(plan: Plan, sct: Volume) -> CaseDose:
         image.CopyInformation(plan.grid)
         return sitk_to_volume(image, Path(name), "nifti")
 
-    case = CaseDose(plan.modality, as_volume(plan.dose_ct, "dose_ct"), as_volume(dose_sct, "dose_sct"))
-    case.target, case.body = plan.target, plan.body
-    case.hu = sitk.GetArrayFromImage(plan.grid)
+    ct_hu = sitk.GetArrayFromImage(plan.grid)
+    case = CaseDose(
+        plan.modality,
+        as_volume(plan.dose_ct, "dose_ct"),
+        as_volume(dose_sct, "dose_sct"),
+        plan.target,
+        plan.body,
+        ct_hu,
+    )
     case.metrics = compare_doses(plan.dose_ct, dose_sct, plan.target, plan.body, s.grid_mm, s.local_gamma, case.gamma)
     return case
 
@@ -385,7 +386,7 @@ def compare_doses(
     return out
 
 
-def dose_figure(path: Path, title: str, case: CaseDose, spacing_mm: float) -> Path:
+def dose_figure(path: Path, title: str, case: CaseDose) -> Path:
     """Three planes through the target's centre: the CT, the dose difference (sCT - CT) over it, and gamma at 2 %/2 mm;
     beside them the DVHs of target and body on both CTs."""
     import matplotlib
@@ -407,14 +408,15 @@ def dose_figure(path: Path, title: str, case: CaseDose, spacing_mm: float) -> Pa
         ("sagittal", lambda a: a[:, :, centre[2]]),
     )
     for col, (name, cut) in enumerate(planes):
+        origin = "lower" if col else "upper"  # coronal and sagittal: the head up
         ax = axes[0, col]
-        ax.imshow(cut(case.hu), cmap="gray", vmin=-200, vmax=300, origin="lower" if col else "upper")
-        im = ax.imshow(cut(diff), cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6, origin="lower" if col else "upper")
-        ax.contour(cut(case.target), levels=[0.5], colors="k", linewidths=0.8, origin="lower" if col else "upper")
+        ax.imshow(cut(case.hu), cmap="gray", vmin=-200, vmax=300, origin=origin)
+        im = ax.imshow(cut(diff), cmap="RdBu_r", vmin=-limit, vmax=limit, alpha=0.6, origin=origin)
+        ax.contour(cut(case.target), levels=[0.5], colors="k", linewidths=0.8, origin=origin)
         ax.set_title(f"{name}: dose sCT - CT", fontsize=9)
         ax.axis("off")
         ax = axes[1, col]
-        g = ax.imshow(cut(gamma), cmap="magma_r", vmin=0, vmax=2, origin="lower" if col else "upper")
+        g = ax.imshow(cut(gamma), cmap="magma_r", vmin=0, vmax=2, origin=origin)
         ax.set_title(f"{name}: gamma 2 %/2 mm", fontsize=9)
         ax.axis("off")
     fig.colorbar(im, ax=axes[0, :3].tolist(), shrink=0.8, label="Gy")
@@ -493,7 +495,7 @@ def dose_folder(
             dose_ct, dose_sct, metrics, figure = paths[4 * i : 4 * i + 4]
             write_nifti(dose_ct, result.dose_ct.array, result.dose_ct.affine, np.float32, overwrite=True)
             write_nifti(dose_sct, result.dose_sct.array, result.dose_sct.affine, np.float32, overwrite=True)
-            dose_figure(figure, f"{cid}, {modality}", result, settings.grid_mm)
+            dose_figure(figure, f"{cid}, {modality}", result)
             atomic_write_text(metrics, json.dumps({"case": cid, "modality": modality, **result.metrics}) + "\n")
 
     key = _settings_key(settings)
