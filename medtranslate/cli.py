@@ -168,7 +168,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
 
     hlut = None
     if args.hlut:
-        hu, value = read_calibration(args.hlut, "RED")
+        hu, value = read_calibration(args.hlut, "RED", flag="--hlut")
         hlut = tuple((float(h), float(v)) for h, v in zip(hu, value, strict=True))
     settings = DoseSettings(
         modalities=tuple(m.strip() for m in args.modality.split(",") if m.strip()),

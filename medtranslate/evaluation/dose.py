@@ -46,6 +46,7 @@ __all__ = [
     "Plan",
     "make_plan",
     "recompute",
+    "forward_dose",
     "plan_and_recompute",
     "gamma_pass_rate",
     "dvh_metrics",
@@ -253,6 +254,22 @@ def _engine_ct(pyRadPlan: Any, hu: np.ndarray, grid: sitk.Image) -> Any:
     return pyRadPlan.CT(cube_hu=image)
 
 
+def _stf_ct(pyRadPlan: Any, hu: np.ndarray, grid: sitk.Image, hlut: tuple[tuple[float, float], ...] | None) -> Any:
+    """The CT the proton spot generator chooses energies on. pyRadPlan 0.5's generator converts HU with its default
+    curve whatever the dose engine was given, so with a calibration curve the HU are first mapped to the values whose
+    default-curve stopping power is the given curve's: the energies then reach the target the dose engine sees."""
+    if hlut is None:
+        return _engine_ct(pyRadPlan, hu, grid)
+    table = np.asarray(hlut, dtype=np.float64)
+    spr = np.interp(hu, table[:, 0], table[:, 1])
+    default = pyRadPlan.ct.default_hlut()[1:]  # its first two points share one value (air)
+    last = (default[-1, 1] - default[-2, 1]) / (default[-1, 0] - default[-2, 0])
+    # beyond the default curve's densest point, along its last segment (np.interp would hold it flat)
+    beyond = default[-1, 0] + (spr - default[-1, 1]) / last
+    mapped = np.where(spr > default[-1, 1], beyond, np.interp(spr, default[:, 1], default[:, 0]))
+    return _engine_ct(pyRadPlan, np.clip(mapped, -1024, 32767), grid)  # int16, as the engine's CT is held
+
+
 def make_plan(ct: Volume, settings: DoseSettings, modality: str, target: Volume | None = None) -> Plan:
     """Optimise a plan on ``ct``: the default or given target, the body as organ at risk (module docstring)."""
     pyRadPlan, _ = require_engine()
@@ -269,23 +286,31 @@ def make_plan(ct: Volume, settings: DoseSettings, modality: str, target: Volume 
         ct_e = _engine_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid)
         cst = _structures(pyRadPlan, ct_e, tmask, body, grid, settings)
         pln = _plan(pyRadPlan, modality, settings)
-        stf = pyRadPlan.generate_stf(ct_e, cst, pln)
+        on_stf = _stf_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid, settings.hlut) if modality == "proton" else ct_e
+        stf = pyRadPlan.generate_stf(on_stf, cst, pln)
         dij = pyRadPlan.calc_dose_influence(ct_e, cst, stf, pln)
         weights = pyRadPlan.fluence_optimization(ct_e, cst, stf, dij, pln)
         dose_ct = _dose_array(dij.compute_result_ct_grid(weights))
     return Plan(modality, settings, grid, tmask, body, {"pln": pln, "stf": stf, "weights": weights}, dose_ct)
 
 
-def recompute(plan: Plan, sct: Volume) -> CaseDose:
-    """The plan's beamlet weights recomputed on ``sct`` (on the reference CT's grid); doses, masks and metrics."""
+def forward_dose(plan: Plan, sct: Volume, weights: np.ndarray | None = None) -> np.ndarray:
+    """The dose (Gy, z, y, x on the plan's grid) of the plan's beams on ``sct`` with the plan's beamlet weights, or
+    with ``weights`` (one per beamlet of ``plan.engine["stf"]``, e.g. a single spot)."""
     pyRadPlan, _ = require_engine()
-    s = plan.settings
-    e = plan.engine
+    s, e = plan.settings, plan.engine
     with _engine_quiet():
         sct_hu = sitk.GetArrayFromImage(_resampled(sct, s.grid_mm, plan.grid, False))
         sct_e = _engine_ct(pyRadPlan, sct_hu, plan.grid)
         cst = _structures(pyRadPlan, sct_e, plan.target, plan.body, plan.grid, s)
-        dose_sct = _dose_array(pyRadPlan.calc_dose_forward(sct_e, cst, e["stf"], e["pln"], e["weights"]))
+        w = e["weights"] if weights is None else np.asarray(weights, dtype=np.float64)
+        return _dose_array(pyRadPlan.calc_dose_forward(sct_e, cst, e["stf"], e["pln"], w))
+
+
+def recompute(plan: Plan, sct: Volume) -> CaseDose:
+    """The plan's beamlet weights recomputed on ``sct`` (on the reference CT's grid); doses, masks and metrics."""
+    s = plan.settings
+    dose_sct = forward_dose(plan, sct)
 
     def as_volume(array: np.ndarray, name: str) -> Volume:
         image = sitk.GetImageFromArray(array.astype(np.float32))
@@ -471,7 +496,7 @@ def dose_folder(
     for path, flag in ((pred, "--pred"), (ref, "--ref")):
         if not path.exists():
             raise InputError(f"{path}: no such file or folder; check {flag}")
-    prepare_output_folder(ref, out)
+    prepare_output_folder([ref, pred] + ([Path(target)] if target is not None else []), out, "--out")
     refs = select_cases(ref, ("ct", None), "reference CT")
     preds = select_cases(pred, PRED_ROLES, "synthetic CT")
     targets = select_cases(target, ("target", None), "target mask") if target is not None else {}

@@ -41,24 +41,25 @@ MAX_CALIBRATION_BYTES = 1 << 20  # a curve has tens of points; /dev/zero or a sc
 MAX_HU, MAX_RATIO = 100_000.0, 20.0
 
 
-def read_calibration(path: str | Path, quantity: str = "RSP") -> tuple[np.ndarray, np.ndarray]:
+def read_calibration(path: str | Path, quantity: str = "RSP", flag: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The (HU, value) points of a calibration CSV (``#`` comments, one header line); errors name file and line.
 
-    ``quantity``: what the second column is (RSP, or RED for electron density), for the messages.
+    ``quantity``: what the second column is (RSP, or RED for electron density), for the messages; ``flag``: the
+    option that named the file (default ``--hu-to-<quantity>``), for the messages.
     """
     path = Path(path)
+    flag = flag or f"--hu-to-{quantity.lower()}"
     try:
         if not path.is_file() or path.stat().st_size > MAX_CALIBRATION_BYTES:
             what = "not a regular file" if not path.is_file() else f"{path.stat().st_size} bytes"
             raise InputError(
                 f"{path}: {what}; a HU-to-{quantity} calibration is a small CSV file (lines HU,{quantity}): check "
-                f"--hu-to-{quantity.lower()}"
+                f"{flag}"
             )
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(
-            f"{path}: cannot read the HU-to-{quantity} calibration ({type(exc).__name__}); check "
-            f"--hu-to-{quantity.lower()}"
+            f"{path}: cannot read the HU-to-{quantity} calibration ({type(exc).__name__}); check {flag}"
         ) from exc
     points, rows = [], 0
     for n, row in enumerate(csv.reader(text.splitlines()), start=1):

@@ -31,27 +31,29 @@ __all__ = ["prepare_output_folder", "run_cases", "read_manifest"]
 logger = logging.getLogger(__name__)
 
 
-def prepare_output_folder(inp: Path, out: Path) -> None:
-    """Refuse the input folder as output, check the output is writable, remove partial files of dead processes."""
-    src = inp.resolve() if inp.is_dir() else inp.resolve().parent
-    if out.resolve() == src:
-        raise OutputError(
-            f"{out}: the output folder is the input folder; choose another --output so inputs are never touched"
-        )
-    if src in out.resolve().parents and inp.is_dir():
-        raise OutputError(
-            f"{out}: the output folder is inside the input folder {inp}, so a later run on {inp} would take these "
-            "outputs for inputs; choose an --output outside it"
-        )
+def prepare_output_folder(inp: Path | list[Path], out: Path, flag: str = "--output") -> None:
+    """Refuse an input folder (or any of several) as output, check the output is writable, remove partial files of
+    dead processes; ``flag`` is the option that names the output, for the messages."""
+    for one in inp if isinstance(inp, list) else [inp]:
+        src = one.resolve() if one.is_dir() else one.resolve().parent
+        if out.resolve() == src:
+            raise OutputError(
+                f"{out}: the output folder is the input folder; choose another {flag} so inputs are never touched"
+            )
+        if src in out.resolve().parents and one.is_dir():
+            raise OutputError(
+                f"{out}: the output folder is inside the input folder {one}, so a later run on {one} would take these "
+                f"outputs for inputs; choose an {flag} outside it"
+            )
     if out.exists() and not out.is_dir():
-        raise OutputError(f"{out}: is a file, not a folder; choose a folder for --output")
+        raise OutputError(f"{out}: is a file, not a folder; choose a folder for {flag}")
     probe = out / f".write-probe-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
     except OSError as exc:
         raise OutputError(
-            f"{out}: output folder is not writable ({exc.strerror or exc}); choose another --output"
+            f"{out}: output folder is not writable ({exc.strerror or exc}); choose another {flag}"
         ) from exc
     finally:
         with contextlib.suppress(OSError):
