@@ -178,6 +178,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
         target_radius_mm=args.target_radius,
         hlut=hlut,
         local_gamma=args.local_gamma,
+        target_name=args.target_name,
     )
     rows, summary = dose_folder(
         args.pred,
@@ -188,6 +189,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         shard=args.shard,
+        structures=args.structures,
     )
     means = {k: v["mean"] for k, v in summary["metrics"].items()}
     for modality in settings.modalities:
@@ -470,7 +472,14 @@ def _add_dose(sub: Any) -> None:
     p.add_argument("--ref", required=True, help="reference CT file or folder, matched to --pred by case id")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--modality", default="photon", help="photon (default), proton, or photon,proton")
-    p.add_argument("--target", help="target masks (<id>/target.nii.gz or <id>_target.nii.gz); default: a sphere")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--target", help="target masks (<id>/target.nii.gz or <id>_target.nii.gz); default: a sphere")
+    where.add_argument(
+        "--structures",
+        help="per case <id>/ with <name>.nii.gz masks and/or an RTSTRUCT .dcm (or <id>.dcm): the target (named "
+        "target or PTV...) and organs at risk",
+    )
+    p.add_argument("--target-name", help="which structure is the target (default: the one named target or PTV...)")
     p.add_argument("--target-radius", type=float, default=15.0, help="default target's radius in mm (default 15)")
     p.add_argument("--fractions", type=int, default=30, help="fractions (default 30)")
     p.add_argument("--prescription", type=float, default=60.0, help="target dose in Gy over all fractions (60)")

@@ -231,3 +231,13 @@ def checkpoints(tiny_data, tmp_path_factory):
         Trainer(cfg, out / kind, progress=False).fit()
         paths[kind] = out / kind / "checkpoints" / "best.pt"
     return paths
+
+
+def dciodvfy_errors(path, iod: str = "Image") -> list[str]:
+    """The errors David Clunie's DICOM validator (dicom3tools' dciodvfy, a test dependency) finds in one file, which
+    it must have recognised as an ``iod`` object (its line names it: CTImage, MRImage, RTDose)."""
+    tool = Path(sys.executable).parent / "dciodvfy"
+    run = subprocess.run([str(tool if tool.exists() else "dciodvfy"), str(path)], capture_output=True, text=True)
+    lines = (run.stdout + run.stderr).splitlines()
+    assert any(line.endswith(iod) for line in lines), lines
+    return [line for line in lines if line.startswith("Error")]

@@ -8,12 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from medtranslate.core.errors import InputError
 from medtranslate.data.phantom import make_subject
 from medtranslate.evaluation.dose import DoseSettings, dvh_metrics, gamma_pass_rate, make_plan, recompute
 from medtranslate.imaging.volume import Volume
 from medtranslate.io.files import read_volume, write_nifti
 
-from .conftest import cli
+from .conftest import cli, dciodvfy_errors
 
 # a small head on a coarse dose grid keeps a plan to seconds; the engine and gamma are the ones users run
 GRID_MM = 5.0
@@ -33,6 +34,75 @@ def shifted(volume: Volume, mm: float) -> Volume:
     return Volume(np.rint(moved).astype(np.int16), volume.affine)
 
 
+def write_rtstruct(path, reference: Volume, masks: dict[str, np.ndarray], context: dict[str, str] | None = None):
+    """An RT Structure Set as a planning system exports one: each mask's outline on every axial slice (k) of
+    ``reference``, traced half-way between inside and outside voxel centres, in patient coordinates (LPS mm)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from skimage.measure import find_contours
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality, ds.PatientID = "RTSTRUCT", "h1"
+    ds.FrameOfReferenceUID = (context or {}).get("0020|0052", generate_uid())
+    ds.StructureSetROISequence, ds.ROIContourSequence = [], []
+    for number, (name, mask) in enumerate(masks.items(), start=1):
+        roi = pydicom.Dataset()
+        roi.ROINumber, roi.ROIName = number, name
+        ds.StructureSetROISequence.append(roi)
+        contours = []
+        for k in range(mask.shape[2]):
+            for line in find_contours(np.pad(mask[:, :, k].astype(float), 1), 0.5):
+                ijk = np.c_[line - 1, np.full(len(line), k), np.ones(len(line))]
+                ras = ijk @ reference.affine.T
+                c = pydicom.Dataset()
+                c.ContourGeometricType = "CLOSED_PLANAR"
+                c.NumberOfContourPoints = len(line)
+                c.ContourData = [f"{v:.4f}" for v in np.c_[-ras[:, 0], -ras[:, 1], ras[:, 2]].ravel()]
+                contours.append(c)
+        item = pydicom.Dataset()
+        item.ReferencedROINumber, item.ContourSequence = number, contours
+        ds.ROIContourSequence.append(item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def sphere(volume: Volume, centre_ijk, radius_mm: float) -> np.ndarray:
+    ijk = np.indices(volume.shape, dtype=np.float64)
+    spacing = np.linalg.norm(volume.affine[:3, :3], axis=0)
+    return sum(((ijk[a] - centre_ijk[a]) * spacing[a]) ** 2 for a in range(3)) <= radius_mm**2
+
+
+def test_rtstruct_contours_fill_the_voxels_they_were_drawn_around(tmp_path, head):
+    """An RTSTRUCT traced from masks gives those masks back (a contour inside another is a hole); the planning target
+    is the PTV, the body outline and nested target volumes are not organs; contours off the CT's planes are refused."""
+    from medtranslate.io.structures import read_structures, split_structures
+
+    ptv = sphere(head, (28, 28, 7), 16.0)
+    ring = sphere(head, (18, 38, 7), 14.0) & ~sphere(head, (18, 38, 7), 7.0)  # traced as two contours per slice
+    body = head.array > -500
+    masks = {"PTV_60": ptv, "Ring organ": ring, "BODY": body, "CTV": sphere(head, (28, 28, 7), 10.0)}
+    write_rtstruct(tmp_path / "s" / "h1" / "plan.dcm", head, masks)
+    found = read_structures(tmp_path / "s", "h1", head)
+    assert sorted(found) == sorted(masks)
+    for name, mask in masks.items():
+        assert np.array_equal(found[name].array > 0, mask), name
+        assert np.array_equal(found[name].affine, head.affine)
+    target, organs = split_structures(found, None, "h1")
+    assert np.array_equal(target.array > 0, ptv) and list(organs) == ["Ring organ"]
+    assert split_structures(found, "ring organ", "h1")[1] == {}  # a PTV is never an organ at risk
+    with pytest.raises(InputError, match="no structure named 'Lens'"):
+        split_structures(found, "Lens", "h1")
+    tilted = Volume(head.array, head.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.3, 0, 1, 0], [0, 0, 0, 1]]))
+    with pytest.raises(InputError, match="does not lie in a plane of the CT's voxel grid"):
+        read_structures(tmp_path / "s", "h1", tilted)
+
+
 def test_gamma_and_dvh_of_known_doses():
     """The metric functions on doses whose answer is known, without a plan: the same dose passes everywhere; a dose
     2.5 % higher fails 2 %/2 mm on its plateau (1.5 Gy of a 1.2 Gy criterion, and no point within 2 mm has the
@@ -47,8 +117,8 @@ def test_gamma_and_dvh_of_known_doses():
     assert gamma_pass_rate(dose, hotter, 1.0, 2.0, 2.0) < 95.0 and gamma_pass_rate(dose, hotter, 1.0, 3.0, 3.0) == 100
     # local gamma judges a difference against the dose where it is: 0.5 Gy more everywhere is within 2 % of the 60 Gy
     # maximum (global) but not of a 12 Gy plateau (local), whose inside has no point within 2 mm with that dose
-    two_levels = np.full(box.shape, 12.0)
-    two_levels[:, :15] = 60.0
+    two_levels = np.full((8, 12, 8), 12.0)
+    two_levels[:, :6] = 60.0
     plus = two_levels + 0.5
     assert gamma_pass_rate(two_levels, plus, 1.0, 2.0, 2.0) == 100.0
     assert 40.0 < gamma_pass_rate(two_levels, plus, 1.0, 2.0, 2.0, local=True) < 55.0  # the 12 Gy half fails
@@ -95,24 +165,46 @@ def test_denser_sct_shortens_the_proton_range(head):
 
 @pytest.mark.slow
 def test_dose_command_writes_doses_and_metrics_and_resumes(tmp_path, head):
-    ref, pred = tmp_path / "ct", tmp_path / "sct"
-    write_nifti(ref / "h1.nii.gz", head.array, head.affine)
-    write_nifti(pred / "h1_sct.nii.gz", shifted(head, 2.0).array, head.affine)
+    """A DICOM reference CT with an RTSTRUCT (a PTV and an organ): doses as NIfTI and as RT Dose in the CT's frame of
+    reference, organ columns, the report; a failed case reported; a second run resumes, other settings are refused."""
+    from medtranslate.io.dicom import source_context, write_series
+
+    ref, pred, structures = tmp_path / "ct", tmp_path / "sct", tmp_path / "structures"
+    write_series(ref / "h1", head, patient_id="h1", derived=False)
+    ct = read_volume(ref / "h1")  # the CT as the command reads it back from DICOM
+    write_nifti(pred / "h1_sct.nii.gz", shifted(ct, 2.0).array, ct.affine)
     write_nifti(ref / "h2.nii.gz", head.array, head.affine)  # no sCT for h2: that case fails, h1 is done
+    context = source_context(ref / "h1")
+    organ = sphere(ct, (18, 30, 7), 10.0)  # beside the target, in the path of the lateral fields
+    write_rtstruct(structures / "h1.dcm", ct, {"PTV": sphere(ct, (32, 28, 7), 14.0), "Parotid L": organ}, context)
     out = tmp_path / "dose"
     args = ["dose", "--pred", str(pred), "--ref", str(ref), "--out", str(out), "--grid-mm", str(GRID_MM)]
-    args += ["--modality", "proton"]  # a proton plan costs a third of a photon one here; both paths are tested above
+    args += ["--modality", "proton", "--structures", str(structures)]  # a proton plan costs a third of a photon one
     result = cli(*args, "--no-progress")
     assert result.returncode == 1, result.stderr  # one case failed
     assert "FAILED h2" in result.stdout and "no synthetic CT" in result.stdout and "1 done" in result.stdout
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [r["case"] for r in rows] == ["h1", "h2"] and rows[1]["status"] == "failed"
     assert 0.0 <= float(rows[0]["proton_gamma_2pct_2mm"]) <= float(rows[0]["proton_gamma_3pct_3mm"]) <= 100.0
+    # the organ is spared (kept below half the prescription where it can be) and reported
+    assert 0.0 < float(rows[0]["proton_organ_parotid_l_dmean_ct"]) < 0.5 * 60.0
     page = (out / "report.html").read_text()
     assert "dose on the sCT against dose on the CT" in page and page.count("<img") >= 2  # h1's figure, the metrics
     assert (out / "h1" / "proton_dose.png").stat().st_size > 10_000
     dose = read_volume(out / "h1" / "proton_dose_ct.nii.gz")
     assert dose.array.max() > 10.0 and np.allclose(np.linalg.norm(dose.affine[:3, :3], axis=0), GRID_MM)
+    # the RT Dose: valid, in the CT's study and frame of reference, the same dose on the same grid (to its 16 bits)
+    import pydicom
+
+    for on in ("ct", "sct"):
+        rt = pydicom.dcmread(out / "h1" / f"proton_dose_{on}.dcm")
+        assert dciodvfy_errors(out / "h1" / f"proton_dose_{on}.dcm", "RTDose") == []
+        assert rt.FrameOfReferenceUID == context["0020|0052"] and rt.StudyInstanceUID == context["0020|000d"]
+        nifti = read_volume(out / "h1" / f"proton_dose_{on}.nii.gz")
+        dicom = read_volume(out / "h1" / f"proton_dose_{on}.dcm")
+        assert np.allclose(dicom.affine, nifti.affine, atol=1e-4)
+        scaling = float(rt.DoseGridScaling)
+        assert np.abs(dicom.array * scaling - nifti.array).max() <= scaling
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_done"] == 1 and summary["n_failed"] == 1 and "proton_target_d95_diff" in summary["metrics"]
     assert "engine default" in summary["settings"]["hlut"]
@@ -134,6 +226,11 @@ def test_dose_arguments_are_checked(tmp_path, head):
     assert tiny.returncode == 2 and "dose grid_mm must be a finite number >= 1 and <= 10, got 0.1" in tiny.stderr
     pred = tmp_path / "sct"
     write_nifti(pred / "h1.nii.gz", head.array, head.affine)
+    base = ["dose", "--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "o")]
+    both = cli(*base, "--target", str(ref), "--structures", str(ref))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    name = cli(*base, "--target-name", "PTV")
+    assert name.returncode == 2 and "--target-name names a structure of --structures" in name.stderr
     into = cli("dose", "--pred", str(pred), "--ref", str(ref), "--out", str(pred / "dose"))
     assert into.returncode != 0 and "inside the input folder" in into.stderr and "--out outside it" in into.stderr
     assert sorted(p.name for p in pred.iterdir()) == ["h1.nii.gz"]  # nothing written into the sCT folder

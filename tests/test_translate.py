@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from medtranslate.inference.translate import translate_volume
 from medtranslate.io.files import read_volume, write_dicom_series, write_nifti
 from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint, save_checkpoint
 
-from .conftest import cli, oblique_affine, torchrun_cli, translate_cli
+from .conftest import cli, dciodvfy_errors, oblique_affine, torchrun_cli, translate_cli
 
 
 def mr_volume(seed: int, shape=(40, 36, 14)) -> Volume:
@@ -335,15 +334,6 @@ def test_torchrun_ranks_split_the_folder_and_write_what_one_process_writes(tmp_p
         env=env,
     )
     assert both.returncode != 0 and "leave out --shard" in both.stderr + both.stdout
-
-
-def dciodvfy_errors(path) -> list[str]:
-    """The errors David Clunie's DICOM validator (dicom3tools' dciodvfy, a test dependency) finds in one file."""
-    tool = Path(sys.executable).parent / "dciodvfy"
-    run = subprocess.run([str(tool if tool.exists() else "dciodvfy"), str(path)], capture_output=True, text=True)
-    lines = (run.stdout + run.stderr).splitlines()
-    assert any(line.endswith("Image") for line in lines), lines  # it recognised the IOD (CTImage, MRImage)
-    return [line for line in lines if line.startswith("Error")]
 
 
 # an MR series as a scanner would send it: a patient (with a name outside ASCII), a study, a frame of reference

@@ -76,6 +76,7 @@ class DoseSettings:
     hlut: tuple[tuple[float, float], ...] | None = None  # (HU, value) points; None: the engine's default
     max_iter: int = 500  # the optimiser's iterations (pyRadPlan's default)
     local_gamma: bool = False
+    target_name: str | None = None  # which of a case's structures is the target (io.structures.split_structures)
 
     def check(self) -> None:
         if not self.modalities:
@@ -98,6 +99,7 @@ class CaseDose:
     target: np.ndarray  # z, y, x on the dose grid, as the engine reads images
     body: np.ndarray
     hu: np.ndarray  # the reference CT on the dose grid
+    organs: dict[str, np.ndarray] = field(default_factory=dict)  # by structure name, on the dose grid
     metrics: dict[str, float] = field(default_factory=dict)
     gamma: dict[str, np.ndarray] = field(default_factory=dict)  # z, y, x on the dose grid, per criterion
 
@@ -182,7 +184,15 @@ def default_target(body: np.ndarray, spacing_mm: float, radius_mm: float) -> np.
     return target
 
 
-def _structures(pyRadPlan: Any, ct: Any, target: np.ndarray, body: np.ndarray, reference: sitk.Image, s: DoseSettings):
+def _structures(
+    pyRadPlan: Any,
+    ct: Any,
+    target: np.ndarray,
+    body: np.ndarray,
+    organs: dict[str, np.ndarray],
+    reference: sitk.Image,
+    s: DoseSettings,
+):
     from pyRadPlan.cst import StructureSet
     from pyRadPlan.optimization.objectives import SquaredDeviation, SquaredOverdosing
 
@@ -207,6 +217,19 @@ def _structures(pyRadPlan: Any, ct: Any, target: np.ndarray, body: np.ndarray, r
             "ct_image": ct,
             "objectives": [SquaredOverdosing(d_max=s.prescription_gy / 2, priority=100)],
         },
+    ]
+    # each organ at risk kept below half the prescription as the body is, with the same weight: a generic plan that
+    # spares what the user delineated without inventing organ-specific constraints
+    vois += [
+        {
+            "name": name,
+            "voi_type": "OAR",
+            "mask": mask(organ & ~target),
+            "ct_image": ct,
+            "objectives": [SquaredOverdosing(d_max=s.prescription_gy / 2, priority=100)],
+        }
+        for name, organ in organs.items()
+        if (organ & ~target).any()
     ]
     return StructureSet(vois=vois, ct_image=ct)
 
@@ -244,6 +267,7 @@ class Plan:
     grid: sitk.Image  # the dose grid (the reference CT resampled to it)
     target: np.ndarray  # z, y, x on the grid, as the engine reads images
     body: np.ndarray
+    organs: dict[str, np.ndarray]  # by structure name, on the grid
     engine: dict[str, Any]  # pln, stf, weights
     dose_ct: np.ndarray
 
@@ -270,28 +294,47 @@ def _stf_ct(pyRadPlan: Any, hu: np.ndarray, grid: sitk.Image, hlut: tuple[tuple[
     return _engine_ct(pyRadPlan, np.clip(mapped, -1024, 32767), grid)  # int16, as the engine's CT is held
 
 
-def make_plan(ct: Volume, settings: DoseSettings, modality: str, target: Volume | None = None) -> Plan:
-    """Optimise a plan on ``ct``: the default or given target, the body as organ at risk (module docstring)."""
+def make_plan(
+    ct: Volume,
+    settings: DoseSettings,
+    modality: str,
+    target: Volume | None = None,
+    organs: dict[str, Volume] | None = None,
+) -> Plan:
+    """Optimise a plan on ``ct``: the default or given target, the body and any given organs at risk (module
+    docstring); masks on any grid (resampled to the dose grid by nearest neighbour)."""
+    from medtranslate.io.structures import structure_key
+
     pyRadPlan, _ = require_engine()
     grid = _resampled(ct, settings.grid_mm, None, nearest=False)
     on_grid = sitk_to_volume(grid, Path(str(ct.source)), "nifti")  # i, j, k with its affine, as masks are made
     body = body_mask(on_grid.array, "ct", on_grid.affine).transpose(2, 1, 0)
+
+    def on_dose_grid(mask: Volume, what: str) -> np.ndarray:
+        out = sitk.GetArrayFromImage(_resampled(mask, settings.grid_mm, grid, nearest=True)) > 0.5
+        if not out.any():
+            raise InputError(f"{mask.source or what}: the {what} is empty on the {settings.grid_mm:g} mm dose grid")
+        return out
+
     if target is not None:
-        tmask = sitk.GetArrayFromImage(_resampled(target, settings.grid_mm, grid, nearest=True)) > 0.5
-        if not tmask.any():
-            raise InputError(f"{target.source}: the target mask is empty on the {settings.grid_mm:g} mm dose grid")
+        tmask = on_dose_grid(target, "target mask")
     else:
         tmask = default_target(body, settings.grid_mm, settings.target_radius_mm)
+    omasks = {name: on_dose_grid(mask, f"organ '{name}'") for name, mask in (organs or {}).items()}
+    keys = [structure_key(n) for n in omasks]
+    if len(set(keys)) < len(keys) or "body" in keys:
+        raise InputError(f"organ names {sorted(omasks)} give the same metric column twice (or 'body'); rename one")
     with _engine_quiet():
         ct_e = _engine_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid)
-        cst = _structures(pyRadPlan, ct_e, tmask, body, grid, settings)
+        cst = _structures(pyRadPlan, ct_e, tmask, body, omasks, grid, settings)
         pln = _plan(pyRadPlan, modality, settings)
         on_stf = _stf_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid, settings.hlut) if modality == "proton" else ct_e
         stf = pyRadPlan.generate_stf(on_stf, cst, pln)
         dij = pyRadPlan.calc_dose_influence(ct_e, cst, stf, pln)
         weights = pyRadPlan.fluence_optimization(ct_e, cst, stf, dij, pln)
         dose_ct = _dose_array(dij.compute_result_ct_grid(weights))
-    return Plan(modality, settings, grid, tmask, body, {"pln": pln, "stf": stf, "weights": weights}, dose_ct)
+    engine = {"pln": pln, "stf": stf, "weights": weights}
+    return Plan(modality, settings, grid, tmask, body, omasks, engine, dose_ct)
 
 
 def forward_dose(plan: Plan, sct: Volume, weights: np.ndarray | None = None) -> np.ndarray:
@@ -302,7 +345,7 @@ def forward_dose(plan: Plan, sct: Volume, weights: np.ndarray | None = None) -> 
     with _engine_quiet():
         sct_hu = sitk.GetArrayFromImage(_resampled(sct, s.grid_mm, plan.grid, False))
         sct_e = _engine_ct(pyRadPlan, sct_hu, plan.grid)
-        cst = _structures(pyRadPlan, sct_e, plan.target, plan.body, plan.grid, s)
+        cst = _structures(pyRadPlan, sct_e, plan.target, plan.body, plan.organs, plan.grid, s)
         w = e["weights"] if weights is None else np.asarray(weights, dtype=np.float64)
         return _dose_array(pyRadPlan.calc_dose_forward(sct_e, cst, e["stf"], e["pln"], w))
 
@@ -325,16 +368,24 @@ def recompute(plan: Plan, sct: Volume) -> CaseDose:
         plan.target,
         plan.body,
         ct_hu,
+        plan.organs,
     )
-    case.metrics = compare_doses(plan.dose_ct, dose_sct, plan.target, plan.body, s.grid_mm, s.local_gamma, case.gamma)
+    case.metrics = compare_doses(
+        plan.dose_ct, dose_sct, plan.target, plan.body, s.grid_mm, s.local_gamma, case.gamma, plan.organs
+    )
     return case
 
 
 def plan_and_recompute(
-    ct: Volume, sct: Volume, settings: DoseSettings, modality: str, target: Volume | None = None
+    ct: Volume,
+    sct: Volume,
+    settings: DoseSettings,
+    modality: str,
+    target: Volume | None = None,
+    organs: dict[str, Volume] | None = None,
 ) -> CaseDose:
     """Optimise a plan on ``ct`` and recompute it on ``sct`` (same grid as ``ct``)."""
-    return recompute(make_plan(ct, settings, modality, target), sct)
+    return recompute(make_plan(ct, settings, modality, target, organs), sct)
 
 
 def gamma_index(
@@ -374,14 +425,22 @@ def gamma_pass_rate(
     return pass_rate(gamma_index(reference, evaluated, spacing_mm, percent, mm, local))
 
 
-def dvh_metrics(dose: np.ndarray, target: np.ndarray, organ: np.ndarray) -> dict[str, float]:
-    """Target D98, D95, D50, D2 (the dose that x % of the target receives at least) and Dmean; organ Dmean, Dmax."""
-    t = np.asarray(dose, dtype=np.float64)[target]
-    o = np.asarray(dose, dtype=np.float64)[organ]
+def dvh_metrics(
+    dose: np.ndarray, target: np.ndarray, organ: np.ndarray, organs: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """Target D98, D95, D50, D2 (the dose that x % of the target receives at least) and Dmean; Dmean and Dmax of the
+    body outside the target (``organ``) and of each of ``organs`` (``organ_<name>_dmean``, whole organ)."""
+    from medtranslate.io.structures import structure_key
+
+    dose = np.asarray(dose, dtype=np.float64)
+    t = dose[target]
     out = {f"target_d{p}": float(np.percentile(t, 100 - p)) for p in (98, 95, 50, 2)}
     out["target_dmean"] = float(t.mean())
-    out["body_dmean"] = float(o.mean()) if o.size else float("nan")
-    out["body_dmax"] = float(o.max()) if o.size else float("nan")
+    named = {"body": organ, **{f"organ_{structure_key(n)}": m for n, m in (organs or {}).items()}}
+    for name, mask in named.items():
+        o = dose[mask]
+        out[f"{name}_dmean"] = float(o.mean()) if o.size else float("nan")
+        out[f"{name}_dmax"] = float(o.max()) if o.size else float("nan")
     return out
 
 
@@ -393,6 +452,7 @@ def compare_doses(
     spacing_mm: float,
     local: bool,
     gamma_maps: dict[str, np.ndarray] | None = None,
+    organs: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Gamma pass rates at each criterion and DVH metrics of both doses with their differences (sCT - CT, Gy); the
     gamma of every point goes into ``gamma_maps`` when given (for the figures)."""
@@ -404,7 +464,7 @@ def compare_doses(
         if gamma_maps is not None:
             gamma_maps[name] = gamma
     organ = body & ~target
-    on_ct, on_sct = dvh_metrics(dose_ct, target, organ), dvh_metrics(dose_sct, target, organ)
+    on_ct, on_sct = dvh_metrics(dose_ct, target, organ, organs), dvh_metrics(dose_sct, target, organ, organs)
     for key in on_ct:
         out[f"{key}_ct"], out[f"{key}_sct"] = on_ct[key], on_sct[key]
         out[f"{key}_diff"] = on_sct[key] - on_ct[key]
@@ -449,7 +509,10 @@ def dose_figure(path: Path, title: str, case: CaseDose) -> Path:
     ax = axes[0, 3]
     top = max(float(ct_dose.max()), float(sct_dose.max()), 1e-3)
     bins = np.linspace(0.0, top * 1.05, 200)
-    for mask, label, colour in ((case.target, "target", "#c44e52"), (case.body & ~case.target, "body", "#4c72b0")):
+    curves = [(case.target, "target", "#c44e52"), (case.body & ~case.target, "body", "#4c72b0")]
+    colours = ("#55a868", "#8172b2", "#ccb974", "#64b5cd", "#8c8c8c", "#937860")
+    curves += [(m, name, colours[i % len(colours)]) for i, (name, m) in enumerate(case.organs.items())]
+    for mask, label, colour in curves:
         for dose, style, which in ((ct_dose, "-", "CT"), (sct_dose, "--", "sCT")):
             values = dose[mask]
             volume = [100.0 * float(np.mean(values >= b)) for b in bins] if values.size else [0.0] * len(bins)
@@ -476,34 +539,47 @@ def dose_folder(
     overwrite: bool = False,
     progress: bool = True,
     shard: str | None = None,
+    structures: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Plan on every reference CT, recompute on its sCT; per case and modality ``<out>/<case>/<modality>_dose_ct``,
     ``_dose_sct`` (NIfTI, Gy) and ``_metrics.json``; then ``metrics.csv`` and ``summary.json`` over every case done
-    (this run's or an earlier one's). Returns the manifest rows of this run and the summary."""
+    (this run's or an earlier one's). Returns the manifest rows of this run and the summary.
+
+    ``target``: a folder of target masks by case id; ``structures``: a folder of each case's structures (target and
+    organs at risk: :mod:`medtranslate.io.structures`); one or neither."""
     import json
 
     from medtranslate.core.atomic import atomic_write_text
     from medtranslate.evaluation.evaluate import PRED_ROLES
     from medtranslate.io.cases import select_cases
+    from medtranslate.io.dicom import new_uid, source_context, write_rtdose
     from medtranslate.io.files import read_case, write_nifti
+    from medtranslate.io.structures import read_structures, split_structures
     from medtranslate.runtime.batch import prepare_output_folder, run_cases
     from medtranslate.runtime.distributed import merge_shards, shard_manifest, shard_of
 
     settings.check()
     require_engine()
     index, count = shard_of(shard)
+    if target is not None and structures is not None:
+        raise ConfigError("give the target as --target masks or among --structures, not both")
+    if settings.target_name is not None and structures is None:
+        raise ConfigError("--target-name names a structure of --structures; give --structures too")
     pred, ref, out = Path(pred), Path(ref), Path(out)
-    for path, flag in ((pred, "--pred"), (ref, "--ref")):
-        if not path.exists():
+    given = [(pred, "--pred"), (ref, "--ref"), (target, "--target"), (structures, "--structures")]
+    for path, flag in given:
+        if path is not None and not Path(path).exists():
             raise InputError(f"{path}: no such file or folder; check {flag}")
-    prepare_output_folder([ref, pred] + ([Path(target)] if target is not None else []), out, "--out")
+    prepare_output_folder([Path(p) for p, _ in given if p is not None], out, "--out")
     refs = select_cases(ref, ("ct", None), "reference CT")
     preds = select_cases(pred, PRED_ROLES, "synthetic CT")
     targets = select_cases(target, ("target", None), "target mask") if target is not None else {}
     cases = sorted(refs.values(), key=lambda c: c.case_id)[index::count]
 
     def outputs(case: Any) -> list[Path]:
-        names = ("dose_ct.nii.gz", "dose_sct.nii.gz", "metrics.json", "dose.png")
+        # a DICOM reference CT gets its doses as RT Dose files too, in its frame of reference
+        names = ["dose_ct.nii.gz", "dose_sct.nii.gz", "metrics.json", "dose.png"]
+        names += ["dose_ct.dcm", "dose_sct.dcm"] if case.series_uid else []
         return [out / case.case_id / f"{m}_{n}" for m in settings.modalities for n in names]
 
     def work(case: Any, paths: list[Path]) -> None:
@@ -514,12 +590,21 @@ def dose_folder(
             raise InputError(f"case '{cid}': no target mask for it in {target}")
         ct, sct = read_case(case), read_case(preds[cid])
         check_same_grid(sct, ct, names=(f"sCT {preds[cid].label}", f"CT {case.label}"), case=cid)
-        mask = read_case(targets[cid]) if cid in targets else None
+        mask, organs = read_case(targets[cid]) if cid in targets else None, {}
+        if structures is not None:
+            found = read_structures(Path(structures), cid, ct)
+            mask, organs = split_structures(found, settings.target_name, f"case '{cid}'")
+        per = len(paths) // len(settings.modalities)
         for i, modality in enumerate(settings.modalities):
-            result = plan_and_recompute(ct, sct, settings, modality, mask)
-            dose_ct, dose_sct, metrics, figure = paths[4 * i : 4 * i + 4]
+            result = plan_and_recompute(ct, sct, settings, modality, mask, organs)
+            dose_ct, dose_sct, metrics, figure, *dicom = paths[per * i : per * (i + 1)]
             write_nifti(dose_ct, result.dose_ct.array, result.dose_ct.affine, np.float32, overwrite=True)
             write_nifti(dose_sct, result.dose_sct.array, result.dose_sct.affine, np.float32, overwrite=True)
+            if dicom:
+                context, plan_uid = source_context(case.path, case.series_uid), new_uid()
+                for path, dose, on in zip(dicom, (result.dose_ct, result.dose_sct), ("CT", "sCT"), strict=True):
+                    what = f"{modality} dose on the {on}"
+                    write_rtdose(path, dose, context, what, plan_uid, modality, f"medtranslate dose: {what}", cid, True)
             dose_figure(figure, f"{cid}, {modality}", result)
             atomic_write_text(metrics, json.dumps({"case": cid, "modality": modality, **result.metrics}) + "\n")
 
@@ -574,7 +659,8 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], settings: DoseSettings,
         settings=_settings_dict(settings),
         definitions=DOSE_DEFINITIONS,
         task="mr2ct",
-        mask_source="the target (given, or the default sphere) and the body of the reference CT (> -500 HU)",
+        mask_source="the target (given, or the default sphere), the organs given, and the body of the reference CT "
+        "(> -500 HU)",
     )
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = {
@@ -593,6 +679,7 @@ DOSE_DEFINITIONS = {
     "(sCT's dose against CT's; global, pymedphys) is at most 1",
     "target_d98, d95, d50, d2": "the dose (Gy) that at least 98, 95, 50, 2 % of the target receives",
     "target_dmean, body_dmean, body_dmax": "mean dose of the target; mean and maximum dose of the body outside it",
+    "organ_<name>_dmean, organ_<name>_dmax": "mean and maximum dose of a given organ at risk (the whole organ)",
     "_ct, _sct, _diff": "on the CT, on the sCT, and sCT - CT (Gy); each prefixed by its modality",
 }
 
