@@ -80,6 +80,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if (args.ref is None) == (args.cohort is None):
         raise InputError("give --ref (references of the same subjects) or --cohort (a CT cohort, no pairs), not both")
+    if args.dose and (args.ref is None or distributed.world()[1] > 1):
+        raise InputError("--dose plans on each reference CT: it needs --ref, in one process (run `dose` under torchrun "
+                         "as separate shards instead)")  # fmt: skip
+    settings = _dose_settings(args.dose) if args.dose else None
+    if settings is not None:  # before the image metrics are computed: a typo or a missing extra stops at once
+        from medtranslate.evaluation.dose import require_engine
+
+        settings.check()
+        require_engine()
     if args.cohort is not None:
         if args.input is None:
             raise InputError("--cohort judges each output against its input's body outline: give --input too")
@@ -108,6 +117,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if distributed.world()[0] == 0:  # under torchrun rank 0 speaks for all: every rank has every case's row
         print(format_summary(result))
         print(f"report: {result.out / 'report.html'}")
+    if settings is not None:
+        from medtranslate.evaluation.dose import dose_folder
+
+        rows, summary = dose_folder(args.pred, args.ref, result.out / "dose", settings, progress=not args.no_progress)
+        _print_dose(summary, settings, result.out / "dose")
+        return max(1 if result.failed else 0, _report_batch(rows, str(result.out / "dose")))
     return 1 if result.failed else 0  # every case failed is 1 too: each is recorded in the tables written (2: none)
 
 
@@ -162,16 +177,32 @@ def _report_batch(rows: list, out: str) -> int:
     return status
 
 
+def _dose_settings(modalities: str, **options: Any):
+    from medtranslate.evaluation.dose import DoseSettings
+
+    return DoseSettings(modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()), **options)
+
+
+def _print_dose(summary: dict, settings: Any, out: Path) -> None:
+    means = {k: v["mean"] for k, v in summary["metrics"].items()}
+    for modality in settings.modalities:
+        if f"{modality}_target_d95_diff" in means:
+            rates = ", ".join(f"{p}/{p} mm {means[f'{modality}_gamma_{p}pct_{p}mm']:.1f} %" for p in (2, 3))
+            d95 = means[f"{modality}_target_d95_diff"]
+            print(f"{modality}: gamma pass rate {rates}; target D95 sCT - CT {d95:+.2f} Gy (means over the cases)")
+    print(f"dose report: {out / 'report.html'}")
+
+
 def cmd_dose(args: argparse.Namespace) -> int:
-    from medtranslate.evaluation.dose import DoseSettings, dose_folder
+    from medtranslate.evaluation.dose import dose_folder
     from medtranslate.evaluation.wepl import read_calibration
 
     hlut = None
     if args.hlut:
         hu, value = read_calibration(args.hlut, "RED", flag="--hlut")
         hlut = tuple((float(h), float(v)) for h, v in zip(hu, value, strict=True))
-    settings = DoseSettings(
-        modalities=tuple(m.strip() for m in args.modality.split(",") if m.strip()),
+    settings = _dose_settings(
+        args.modality,
         fractions=args.fractions,
         prescription_gy=args.prescription,
         grid_mm=args.grid_mm,
@@ -191,13 +222,7 @@ def cmd_dose(args: argparse.Namespace) -> int:
         shard=args.shard,
         structures=args.structures,
     )
-    means = {k: v["mean"] for k, v in summary["metrics"].items()}
-    for modality in settings.modalities:
-        if f"{modality}_target_d95_diff" in means:
-            rates = ", ".join(f"{p}/{p} mm {means[f'{modality}_gamma_{p}pct_{p}mm']:.1f} %" for p in (2, 3))
-            d95 = means[f"{modality}_target_d95_diff"]
-            print(f"{modality}: gamma pass rate {rates}; target D95 sCT - CT {d95:+.2f} Gy (means over the cases)")
-    print(f"report: {Path(args.out) / 'report.html'}")
+    _print_dose(summary, settings, Path(args.out))
     return _report_batch(rows, args.out)
 
 
@@ -622,6 +647,12 @@ def _add_evaluate(sub: Any) -> None:
         "--resample-to-ref",
         action="store_true",
         help="resample predictions on another grid onto the reference instead of failing them",
+    )
+    p.add_argument(
+        "--dose",
+        metavar="MODALITIES",
+        help="also plan on each reference CT and recompute on its prediction (photon, proton or photon,proton; the "
+        "dose command's defaults) into OUT/dose; needs the dose extra",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)

@@ -335,3 +335,19 @@ def test_proton_depth_dose_in_water_and_its_range_in_denser_water():
     shortened = r80(depth, water) - r80(depth, denser)
     assert shortened == pytest.approx(r80(depth, water) * (1 - 1 / ratio), abs=0.25)
     assert 0.025 < shortened / r80(depth, water) < 0.033
+
+
+@pytest.mark.slow
+def test_evaluate_dose_adds_the_dose_tables_beside_the_image_metrics(tmp_path):
+    head = make_subject(7, shape=(40, 40, 10), spacing=(3.0, 3.0, 6.0), axcodes="RAS").ct  # small on the 3 mm grid
+    ref, pred, out = tmp_path / "ct", tmp_path / "sct", tmp_path / "eval"
+    write_nifti(ref / "h1.nii.gz", head.array, head.affine)
+    write_nifti(pred / "h1_sct.nii.gz", shifted(head, 2.0).array, head.affine)
+    typo = cli("evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(out), "--dose", "protons")
+    assert typo.returncode == 2 and "unknown dose modality 'protons'" in typo.stderr and not out.exists()
+    result = cli("evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(out), "--dose", "proton")
+    assert result.returncode == 0, result.stderr
+    assert "proton: gamma pass rate 2/2 mm" in result.stdout and (out / "dose" / "report.html").is_file()
+    image = list(csv.DictReader((out / "metrics.csv").open()))
+    dose = list(csv.DictReader((out / "dose" / "metrics.csv").open()))
+    assert float(image[0]["mae"]) > 0 and 90.0 < float(dose[0]["proton_gamma_3pct_3mm"]) <= 100.0
