@@ -183,6 +183,15 @@ def _dose_settings(modalities: str, **options: Any):
     return DoseSettings(modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()), **options)
 
 
+def _angles(text: str, flag: str) -> tuple[float, ...]:
+    from medtranslate.core.errors import ConfigError
+
+    try:
+        return tuple(float(a) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise ConfigError(f"{flag}: expected gantry angles in degrees separated by commas, got {text!r}") from None
+
+
 def _print_dose(summary: dict, settings: Any, out: Path) -> None:
     means = {k: v["mean"] for k, v in summary["metrics"].items()}
     for modality in settings.modalities:
@@ -210,6 +219,11 @@ def cmd_dose(args: argparse.Namespace) -> int:
         hlut=hlut,
         local_gamma=args.local_gamma,
         target_name=args.target_name,
+        **{
+            f"{m}_angles": _angles(getattr(args, f"{m}_angles"), f"--{m}-angles")
+            for m in ("photon", "proton")
+            if getattr(args, f"{m}_angles") is not None
+        },
     )
     rows, summary = dose_folder(
         args.pred,
@@ -511,6 +525,9 @@ def _add_dose(sub: Any) -> None:
     p.add_argument("--grid-mm", type=float, default=3.0, help="dose grid spacing in mm (default 3)")
     p.add_argument("--hlut", help="HU-to-density CSV (HU,value; calibrations/); default: the engine's own curve")
     p.add_argument("--local-gamma", action="store_true", help="local gamma (default: global)")
+    p.add_argument("--photon-angles", help="photon gantry angles in degrees, e.g. 0,72,144,216,288 (default: 7 "
+                   "equally spaced from 0)")  # fmt: skip
+    p.add_argument("--proton-angles", help="proton gantry angles in degrees (default 90,270)")
     p.add_argument("--shard", metavar="I/N", help="plan only every N-th case, starting at I (0-based)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -180,6 +180,7 @@ def test_dose_command_writes_doses_and_metrics_and_resumes(tmp_path, head):
     out = tmp_path / "dose"
     args = ["dose", "--pred", str(pred), "--ref", str(ref), "--out", str(out), "--grid-mm", str(GRID_MM)]
     args += ["--modality", "proton", "--structures", str(structures)]  # a proton plan costs a third of a photon one
+    args += ["--proton-angles", "80,270"]
     result = cli(*args, "--no-progress")
     assert result.returncode == 1, result.stderr  # one case failed
     assert "FAILED h2" in result.stdout and "no synthetic CT" in result.stdout and "1 done" in result.stdout
@@ -207,7 +208,7 @@ def test_dose_command_writes_doses_and_metrics_and_resumes(tmp_path, head):
         assert np.abs(dicom.array * scaling - nifti.array).max() <= scaling
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_done"] == 1 and summary["n_failed"] == 1 and "proton_target_d95_diff" in summary["metrics"]
-    assert "engine default" in summary["settings"]["hlut"]
+    assert "engine default" in summary["settings"]["hlut"] and summary["settings"]["proton_angles"] == [80.0, 270.0]
     # a second run skips the finished case; other settings are refused, not mixed in
     again = cli(*args, "--no-progress")
     assert "1 skipped" in again.stdout
@@ -227,6 +228,13 @@ def test_dose_arguments_are_checked(tmp_path, head):
     pred = tmp_path / "sct"
     write_nifti(pred / "h1.nii.gz", head.array, head.affine)
     base = ["dose", "--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "o")]
+    for angles, message in (
+        ("90,90", "give 1 to 36 different gantry angles"),
+        ("90,x", "expected gantry angles"),
+        ("400", "proton_angles angle must be a finite number >= 0 and < 360, got 400"),
+    ):
+        bad = cli(*base, "--proton-angles", angles)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
     both = cli(*base, "--target", str(ref), "--structures", str(ref))
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
     name = cli(*base, "--target-name", "PTV")

@@ -87,6 +87,11 @@ class DoseSettings:
         require_number("dose prescription_gy", self.prescription_gy, 0.1, 200.0)
         require_number("dose grid_mm", self.grid_mm, 1.0, 10.0)
         require_number("dose target_radius_mm", self.target_radius_mm, 3.0, 100.0)
+        for name, angles in (("photon_angles", self.photon_angles), ("proton_angles", self.proton_angles)):
+            if not 1 <= len(angles) <= 36 or len(set(angles)) < len(angles):
+                raise ConfigError(f"dose {name}: give 1 to 36 different gantry angles, got {list(angles)}")
+            for a in angles:
+                require_number(f"dose {name} angle", a, 0.0, below=360.0)
 
 
 @dataclass
