@@ -43,29 +43,37 @@ def _cancelled_biases(net: nn.Module, prefix: str) -> set[str]:
     }
 
 
-def _assert_same_run(cfg, a: dict, b: dict) -> None:
-    """Same loss trajectory, validation MAE and weights (cancelled biases aside), to the rounding of another order of
-    summation: each rank sums its share of the batch and DDP averages the shares, where one process sums the batch at
-    once. The losses of the first epoch agree to 1e-8 on the EPYC and to 2e-6 on a Xeon with AMX (whose oneDNN kernels
-    sum in other orders; loss_d 1.6e-6 there), where a wrong split or scaling of the gradients would show at 1e-2 or
-    more; then GAN training amplifies the rounding, as it does any: measured on the EPYC, 2 processes differ from
-    1 exactly as much as 1 thread from 2 threads in one process (after 14 steps: losses 3e-6, validation MAE 4e-4,
-    weights 2e-5; after 15-30 steps validation MAE up to 1e-3, weights 2e-4)."""
-    assert [r["epoch"] for r in a["history"]] == [r["epoch"] for r in b["history"]]
-    for ra, rb in zip(a["history"], b["history"], strict=True):
+def _assert_same_run(cfg, a: dict, b: dict, threads: dict) -> None:
+    """Same loss trajectory, validation MAE and weights (cancelled biases aside) as ``a`` (one process, one thread), to
+    the rounding of another order of summation: each rank sums its share of the batch and DDP averages the shares,
+    where one process sums the batch at once. How far that rounding goes depends on the CPU's kernels, so the run
+    ``threads`` (one process, two threads, which split the batch as two ranks do) measures it in the same test: ``b``
+    may differ from ``a`` by twice as much as ``threads`` does, and at least by the bounds measured on a Xeon with AMX
+    (first-epoch losses 2e-6 relative, 1e-5 allowed; later 1e-3; validation MAE 1e-2; weights 2e-3), where a wrong split
+    or scaling of the gradients shows at 1e-2 or more in the first epoch's losses. Measured on a 2-core AMD EPYC with
+    AVX2 only: two processes differ from one by what two threads do (first-epoch loss_d 1.2e-4 relative, validation
+    MAE 7.6e-3, weights 1.7e-3 for both), so the fixed bounds alone would fail there."""
+    assert (
+        [r["epoch"] for r in a["history"]]
+        == [r["epoch"] for r in b["history"]]
+        == [r["epoch"] for r in threads["history"]]
+    )
+    for ra, rb, rt in zip(a["history"], b["history"], threads["history"], strict=True):
         first = ra["epoch"] == 1
         for key in ("loss_d", "loss_g", "loss_g_l1", "val_mae"):
-            tol = 1e-2 if key == "val_mae" else 1e-5 if first else 1e-3
-            assert rb[key] == pytest.approx(ra[key], rel=tol), (ra["epoch"], key, ra[key], rb[key])
+            fixed = 1e-2 if key == "val_mae" else 1e-5 if first else 1e-3
+            tol = max(fixed * abs(ra[key]), 2 * abs(rt[key] - ra[key]))
+            assert abs(rb[key] - ra[key]) <= tol, (ra["epoch"], key, ra[key], rb[key], rt[key])
     free = _cancelled_biases(build_generator(cfg, 1), "G") | _cancelled_biases(build_discriminator(cfg, 2), "D")
     assert free  # the rule names real layers (a U-Net with instance norm has biased convolutions before its norms)
-    nets_a, nets_b = a["model"]["nets"], b["model"]["nets"]
+    nets_a, nets_b, nets_t = a["model"]["nets"], b["model"]["nets"], threads["model"]["nets"]
     checked = 0
     for net in nets_a:
         for key, wa in nets_a[net].items():
             if f"{net}.{key}" not in free and wa.is_floating_point():
                 diff = float((wa - nets_b[net][key]).abs().max())
-                assert diff < 2e-3, f"{net}.{key} differs by {diff}"
+                tol = max(2e-3, 2 * float((wa - nets_t[net][key]).abs().max()))
+                assert diff <= tol, f"{net}.{key} differs by {diff} (two threads: tolerance {tol})"
                 checked += 1
     assert checked > 2 * len(free)
 
@@ -90,11 +98,15 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     cfg = load_config(config)
     one = run_cli("train", str(config), "--out", str(tmp_path / "one"), "--no-progress", env=ENV)
     assert one.returncode == 0, one.stderr[-2000:]
+    # the rounding yardstick: the same run on two threads
+    threads = run_cli("train", str(config), "--out", str(tmp_path / "threads"), "--no-progress",
+                      env=dict(ENV, OMP_NUM_THREADS="2"))  # fmt: skip
+    assert threads.returncode == 0, threads.stderr[-2000:]
     two = torchrun_cli("train", str(config), "--out", str(tmp_path / "two"), "--no-progress", env=ENV)
     assert two.returncode == 0, two.stderr[-2000:]
-    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("one", "two"))
+    a, b, t = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("one", "two", "threads"))
     assert (a["processes"], b["processes"], a["step"], b["step"]) == (1, 2, 30, 30)
-    _assert_same_run(cfg, a, b)
+    _assert_same_run(cfg, a, b, t)
     # rank 0 alone writes the run folder: one history row per epoch, one TensorBoard file
     assert _history_rows(tmp_path / "two" / "history.csv") == 2
     assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1
@@ -109,7 +121,7 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     c = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert (c["step"], c["processes"]) == (30, 1)
-    _assert_same_run(cfg, a, c)
+    _assert_same_run(cfg, a, c, t)
 
 
 def _data_loader_workers(root: int) -> dict[int, tuple[int, bool]]:
