@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -214,6 +215,10 @@ def test_dose_command_writes_doses_and_metrics_and_resumes(tmp_path, head):
     assert "1 skipped" in again.stdout
     other = cli(*args, "--no-progress", "--prescription", "50")
     assert "refused" in other.stdout
+    # so are doses planned on other structures (the same file in another folder is another set of contours)
+    shutil.copytree(structures, tmp_path / "contours")
+    elsewhere = [a if a != str(structures) else str(tmp_path / "contours") for a in args]
+    assert "refused" in cli(*elsewhere, "--no-progress").stdout
     # h1's doses are of 60 Gy: not in a 50 Gy table
     assert [r["status"] for r in csv.DictReader((out / "metrics.csv").open())] == ["failed"]
 

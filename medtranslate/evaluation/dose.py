@@ -327,8 +327,8 @@ def make_plan(
         tmask = default_target(body, settings.grid_mm, settings.target_radius_mm)
     omasks = {name: on_dose_grid(mask, f"organ '{name}'") for name, mask in (organs or {}).items()}
     keys = [structure_key(n) for n in omasks]
-    if len(set(keys)) < len(keys) or "body" in keys:
-        raise InputError(f"organ names {sorted(omasks)} give the same metric column twice (or 'body'); rename one")
+    if len(set(keys)) < len(keys):
+        raise InputError(f"organ names {sorted(omasks)} give the same metric column twice; rename one")
     with _engine_quiet():
         ct_e = _engine_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid)
         cst = _structures(pyRadPlan, ct_e, tmask, body, omasks, grid, settings)
@@ -613,7 +613,10 @@ def dose_folder(
             dose_figure(figure, f"{cid}, {modality}", result)
             atomic_write_text(metrics, json.dumps({"case": cid, "modality": modality, **result.metrics}) + "\n")
 
-    key = _settings_key(settings)
+    # the masks planned on are part of what makes the doses: other --target or --structures are other settings
+    masks = {"target": str(Path(target).resolve()) if target else None}
+    masks["structures"] = str(Path(structures).resolve()) if structures else None
+    key = _settings_key(settings, masks)
     rows = run_cases(
         cases,
         shard_manifest(out, index, count),
@@ -625,10 +628,12 @@ def dose_folder(
         desc="dose",
     )
     merge_shards(out, index, count)
-    return rows, _write_tables(out, rows, settings, key)
+    return rows, _write_tables(out, rows, settings, key, masks)
 
 
-def _write_tables(out: Path, rows: list[dict[str, Any]], settings: DoseSettings, key: str) -> dict[str, Any]:
+def _write_tables(
+    out: Path, rows: list[dict[str, Any]], settings: DoseSettings, key: str, masks: dict[str, str | None]
+) -> dict[str, Any]:
     """metrics.csv (a row per case, modality-prefixed columns), summary.json and report.html over the cases made with
     ``key``'s settings; returns the summary."""
     import json
@@ -661,7 +666,7 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], settings: DoseSettings,
     summary.update(
         evaluation="dose",
         engine="pyRadPlan (photon SVD pencil beam, proton Hong pencil beam; generic machines), gamma by pymedphys",
-        settings=_settings_dict(settings),
+        settings={**_settings_dict(settings), **masks},
         definitions=DOSE_DEFINITIONS,
         task="mr2ct",
         mask_source="the target (given, or the default sphere), the organs given, and the body of the reference CT "
@@ -703,9 +708,9 @@ def _settings_dict(s: DoseSettings) -> dict[str, Any]:
     return out
 
 
-def _settings_key(s: DoseSettings) -> str:
+def _settings_key(s: DoseSettings, masks: dict[str, str | None]) -> str:
     """What makes the doses differ, for the manifest: a case made with other settings is refused, not mixed in."""
     import hashlib
     import json
 
-    return hashlib.sha256(json.dumps(_settings_dict(s), sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps({**_settings_dict(s), **masks}, sort_keys=True).encode()).hexdigest()[:16]
