@@ -552,30 +552,16 @@ def dose_folder(
 
     ``target``: a folder of target masks by case id; ``structures``: a folder of each case's structures (target and
     organs at risk: :mod:`medtranslate.io.structures`); one or neither."""
-    import json
-
-    from medtranslate.core.atomic import atomic_write_text
     from medtranslate.evaluation.evaluate import PRED_ROLES
     from medtranslate.io.cases import select_cases
-    from medtranslate.io.dicom import new_uid, source_context, write_rtdose
-    from medtranslate.io.files import read_case, write_nifti
+    from medtranslate.io.files import read_case
     from medtranslate.io.structures import read_structures, split_structures
-    from medtranslate.runtime.batch import prepare_output_folder, run_cases
+    from medtranslate.runtime.batch import run_cases
     from medtranslate.runtime.distributed import merge_shards, shard_manifest, shard_of
 
-    settings.check()
-    require_engine()
     index, count = shard_of(shard)
-    if target is not None and structures is not None:
-        raise ConfigError("give the target as --target masks or among --structures, not both")
-    if settings.target_name is not None and structures is None:
-        raise ConfigError("--target-name names a structure of --structures; give --structures too")
     pred, ref, out = Path(pred), Path(ref), Path(out)
-    given = [(pred, "--pred"), (ref, "--ref"), (target, "--target"), (structures, "--structures")]
-    for path, flag in given:
-        if path is not None and not Path(path).exists():
-            raise InputError(f"{path}: no such file or folder; check {flag}")
-    prepare_output_folder([Path(p) for p, _ in given if p is not None], out, "--out")
+    _check_inputs(settings, out, {"--pred": pred, "--ref": ref, "--target": target, "--structures": structures})
     refs = select_cases(ref, ("ct", None), "reference CT")
     preds = select_cases(pred, PRED_ROLES, "synthetic CT")
     targets = select_cases(target, ("target", None), "target mask") if target is not None else {}
@@ -599,19 +585,7 @@ def dose_folder(
         if structures is not None:
             found = read_structures(Path(structures), cid, ct)
             mask, organs = split_structures(found, settings.target_name, f"case '{cid}'")
-        per = len(paths) // len(settings.modalities)
-        for i, modality in enumerate(settings.modalities):
-            result = plan_and_recompute(ct, sct, settings, modality, mask, organs)
-            dose_ct, dose_sct, metrics, figure, *dicom = paths[per * i : per * (i + 1)]
-            write_nifti(dose_ct, result.dose_ct.array, result.dose_ct.affine, np.float32, overwrite=True)
-            write_nifti(dose_sct, result.dose_sct.array, result.dose_sct.affine, np.float32, overwrite=True)
-            if dicom:
-                context, plan_uid = source_context(case.path, case.series_uid), new_uid()
-                for path, dose, on in zip(dicom, (result.dose_ct, result.dose_sct), ("CT", "sCT"), strict=True):
-                    what = f"{modality} dose on the {on}"
-                    write_rtdose(path, dose, context, what, plan_uid, modality, f"medtranslate dose: {what}", cid, True)
-            dose_figure(figure, f"{cid}, {modality}", result)
-            atomic_write_text(metrics, json.dumps({"case": cid, "modality": modality, **result.metrics}) + "\n")
+        _dose_case(case, ct, sct, mask, organs, settings, paths)
 
     # the masks planned on are part of what makes the doses: other --target or --structures are other settings
     masks = {"target": str(Path(target).resolve()) if target else None}
@@ -629,6 +603,54 @@ def dose_folder(
     )
     merge_shards(out, index, count)
     return rows, _write_tables(out, rows, settings, key, masks)
+
+
+def _check_inputs(settings: DoseSettings, out: Path, given: dict[str, str | Path | None]) -> None:
+    """Settings, the engine, the inputs by option (each one given exists; none holds the output), the output folder."""
+    from medtranslate.runtime.batch import prepare_output_folder
+
+    settings.check()
+    require_engine()
+    if given["--target"] is not None and given["--structures"] is not None:
+        raise ConfigError("give the target as --target masks or among --structures, not both")
+    if settings.target_name is not None and given["--structures"] is None:
+        raise ConfigError("--target-name names a structure of --structures; give --structures too")
+    for flag, path in given.items():
+        if path is not None and not Path(path).exists():
+            raise InputError(f"{path}: no such file or folder; check {flag}")
+    prepare_output_folder([Path(p) for p in given.values() if p is not None], out, "--out")
+
+
+def _dose_case(
+    case: Any,
+    ct: Volume,
+    sct: Volume,
+    target: Volume | None,
+    organs: dict[str, Volume],
+    settings: DoseSettings,
+    paths: list[Path],
+) -> None:
+    """Plan and recompute every modality of one case; write its doses (NIfTI, and RT Dose beside them for a DICOM CT:
+    ``paths`` says which), its figure and its metrics."""
+    import json
+
+    from medtranslate.core.atomic import atomic_write_text
+    from medtranslate.io.dicom import new_uid, source_context, write_rtdose
+    from medtranslate.io.files import write_nifti
+
+    cid, per = case.case_id, len(paths) // len(settings.modalities)
+    for i, modality in enumerate(settings.modalities):
+        result = plan_and_recompute(ct, sct, settings, modality, target, organs)
+        dose_ct, dose_sct, metrics, figure, *dicom = paths[per * i : per * (i + 1)]
+        write_nifti(dose_ct, result.dose_ct.array, result.dose_ct.affine, np.float32, overwrite=True)
+        write_nifti(dose_sct, result.dose_sct.array, result.dose_sct.affine, np.float32, overwrite=True)
+        if dicom:
+            context, plan_uid = source_context(case.path, case.series_uid), new_uid()
+            for path, dose, on in zip(dicom, (result.dose_ct, result.dose_sct), ("CT", "sCT"), strict=True):
+                what = f"{modality} dose on the {on}"
+                write_rtdose(path, dose, context, what, plan_uid, modality, f"medtranslate dose: {what}", cid, True)
+        dose_figure(figure, f"{cid}, {modality}", result)
+        atomic_write_text(metrics, json.dumps({"case": cid, "modality": modality, **result.metrics}) + "\n")
 
 
 def _write_tables(

@@ -519,8 +519,6 @@ def write_rtdose(
     60 Gy), a physical dose over the whole course (DoseSummationType PLAN). ``dciodvfy`` finds it a valid RT Dose.
     """
     import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     from medtranslate.imaging.volume import affine_to_sitk
 
@@ -530,9 +528,22 @@ def write_rtdose(
     if not np.allclose(np.cross(direction[:, 0], direction[:, 1]), direction[:, 2], atol=1e-6):
         raise InputError(f"{path}: the dose grid's slice axis is not the normal of its rows and columns (a left-handed "
                          "grid); resample it to a right-handed one first")  # fmt: skip
-    values = np.clip(sitk.GetArrayFromImage(img), 0.0, None)  # frames, rows, columns
-    scaling = float(values.max()) / (2**16 - 1) if values.max() > 0 else 1.0
-    pixels = np.rint(values / scaling).astype(np.uint16)
+    ds = _rtdose_header(context, description, comment, patient_id)
+    _rtdose_grid(ds, img, direction)
+    plan = pydicom.Dataset()
+    plan.ReferencedSOPClassUID, plan.ReferencedSOPInstanceUID = RT_PLAN_SOP_CLASS[modality], plan_uid
+    ds.ReferencedRTPlanSequence = [plan]
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        ds.save_as(str(tmp), enforce_file_format=True)
+    return path
+
+
+def _rtdose_header(context: dict[str, str] | None, description: str, comment: str, patient_id: str):
+    """An RT Dose dataset's file meta, patient, study, frame of reference, series and equipment (write_rtdose)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
     now = datetime.now()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RT_DOSE_SOP_CLASS
@@ -561,6 +572,16 @@ def write_rtdose(
     ds.SoftwareVersions = f"medtranslate {__version__}"
     ds.InstanceNumber = "1"
     ds.ImageComments = fit_vr("0020|4000", comment) if comment else ""
+    return ds
+
+
+def _rtdose_grid(ds, img: sitk.Image, direction: np.ndarray) -> None:
+    """The dose's geometry (Image Plane, Multi-frame) and its values (Image Pixel, DoseGridScaling) into ``ds``."""
+    import pydicom
+
+    values = np.clip(sitk.GetArrayFromImage(img), 0.0, None)  # frames, rows, columns
+    scaling = float(values.max()) / (2**16 - 1) if values.max() > 0 else 1.0
+    pixels = np.rint(values / scaling).astype(np.uint16)
     ds.ImagePositionPatient = [f"{v:.6f}" for v in img.GetOrigin()]
     ds.ImageOrientationPatient = [f"{v:.10f}" for v in (*direction[:, 0], *direction[:, 1])]
     sx, sy, sz = img.GetSpacing()
@@ -574,10 +595,4 @@ def write_rtdose(
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.DoseUnits, ds.DoseType, ds.DoseSummationType = "GY", "PHYSICAL", "PLAN"
     ds.DoseGridScaling = f"{scaling:.8e}"  # DS: at most 16 characters
-    plan = pydicom.Dataset()
-    plan.ReferencedSOPClassUID, plan.ReferencedSOPInstanceUID = RT_PLAN_SOP_CLASS[modality], plan_uid
-    ds.ReferencedRTPlanSequence = [plan]
     ds.add_new(0x7FE00010, "OW", pixels.astype("<u2").tobytes())  # PixelData
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        ds.save_as(str(tmp), enforce_file_format=True)
-    return path
