@@ -98,10 +98,11 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     cfg = load_config(config)
     one = run_cli("train", str(config), "--out", str(tmp_path / "one"), "--no-progress", env=ENV)
     assert one.returncode == 0, one.stderr[-2000:]
-    # the rounding yardstick: the same run on two threads
-    threads = run_cli("train", str(config), "--out", str(tmp_path / "threads"), "--no-progress",
-                      env=dict(ENV, OMP_NUM_THREADS="2"))  # fmt: skip
-    assert threads.returncode == 0, threads.stderr[-2000:]
+    # the rounding yardstick: the same run on two threads (set in the config: a pytest-xdist worker's environment
+    # holds every thread pool at one)
+    two_threads = write_config(tmp_path / "t.yaml", root, **EQUIVALENT, **extra, **{"train.num_threads": 2})
+    threads = run_cli("train", str(two_threads), "--out", str(tmp_path / "threads"), "--no-progress", env=ENV)
+    assert threads.returncode == 0 and ", 2 threads" in threads.stderr, threads.stderr[-2000:]
     two = torchrun_cli("train", str(config), "--out", str(tmp_path / "two"), "--no-progress", env=ENV)
     assert two.returncode == 0, two.stderr[-2000:]
     a, b, t = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("one", "two", "threads"))
