@@ -99,6 +99,16 @@ def test_rtstruct_contours_fill_the_voxels_they_were_drawn_around(tmp_path, head
     assert split_structures(found, "ring organ", "h1")[1] == {}  # a PTV is never an organ at risk
     with pytest.raises(InputError, match="no structure named 'Lens'"):
         split_structures(found, "Lens", "h1")
+    # the CT's own slices beside the RTSTRUCT (an export folder holds both) are not structures; a broken file is named
+    from medtranslate.io.dicom import write_series
+
+    slices = write_series(tmp_path / "series", head, patient_id="h1")
+    shutil.copy(slices[3], tmp_path / "s" / "h1" / "ct_slice.dcm")
+    assert sorted(read_structures(tmp_path / "s", "h1", head)) == sorted(masks)
+    (tmp_path / "s" / "h1" / "broken.dcm").write_bytes(b"not dicom")
+    with pytest.raises(InputError, match="broken.dcm: not a readable DICOM file"):
+        read_structures(tmp_path / "s", "h1", head)
+    (tmp_path / "s" / "h1" / "broken.dcm").unlink()
     tilted = Volume(head.array, head.affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0.3, 0, 1, 0], [0, 0, 0, 1]]))
     with pytest.raises(InputError, match="does not lie in a plane of the CT's voxel grid"):
         read_structures(tmp_path / "s", "h1", tilted)

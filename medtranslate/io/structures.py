@@ -2,7 +2,8 @@
 
 A case's structures are a folder ``<root>/<id>/`` holding masks (``<name>.nii.gz``, nonzero inside; any grid, as
 they are resampled by nearest neighbour wherever they are used) and/or RT Structure Set files (``.dcm``, Modality
-RTSTRUCT), or a single RT Structure Set file ``<root>/<id>.dcm``. An RTSTRUCT's closed planar contours (patient
+RTSTRUCT; other DICOM files there, such as the CT's slices of an export, are skipped), or a single RT Structure Set
+file ``<root>/<id>.dcm``. An RTSTRUCT's closed planar contours (patient
 coordinates, LPS mm) are filled on the planes of the CT they were drawn on: a voxel is inside when its centre is
 inside a contour, and contours on one plane are combined by exclusive or, so a contour inside another is a hole (the
 convention of the RTSTRUCT exports of the usual planning systems).
@@ -58,6 +59,16 @@ def _fill_contour(mask: np.ndarray, ijk: np.ndarray, where: str) -> None:
     view[rr, cc] ^= True
 
 
+def _is_rtstruct(path: Path) -> bool:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"])
+    except Exception:  # not DICOM at all: rasterise_rtstruct names it
+        return True
+    return str(ds.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS or ds.get("Modality") == "RTSTRUCT"
+
+
 def rasterise_rtstruct(path: Path, reference: Volume) -> dict[str, Volume]:
     """Every structure of an RT Structure Set with closed planar contours, as a mask on ``reference``'s grid."""
     import pydicom
@@ -99,8 +110,8 @@ def read_structures(root: Path, case_id: str, reference: Volume) -> dict[str, Vo
         low = path.name.lower()
         if low.endswith((".nii", ".nii.gz")):
             found = {re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I): read_volume(path)}
-        elif low.endswith(".dcm"):
-            found = rasterise_rtstruct(path, reference)
+        elif low.endswith(".dcm") and (path == single or _is_rtstruct(path)):
+            found = rasterise_rtstruct(path, reference)  # in a folder, other DICOM files (the CT's slices) are skipped
         else:
             continue
         for name, mask in found.items():
