@@ -249,3 +249,31 @@ def test_kernel_power_series_matches_libm_on_both_sides_of_its_floor():
     for w in (0.0448, 0.2856, 0.3001, 0.2363, 0.1333):
         _, sb, cnt = kern.masked_ssim_sums(x32, y32, mask.view(np.uint8), 0.0, 0.0, False, c1, c2, c1, c2, w, 2)
         assert cnt == t.size and sb == pytest.approx(float((t**w).sum()), rel=1e-12)
+
+
+def test_the_ssim_kernels_leave_torch_on_its_thread_count():
+    """numba's parallel kernels run on torch's thread count and leave it as it was: with OMP_NUM_THREADS=1 (a loaded
+    machine, a scheduler's limit) training stays on one thread after a validation's SSIM. Measured before: numba's
+    OpenMP layer raised torch to NUMBA_NUM_THREADS (every core by default) for the rest of the process. A fresh process,
+    because the thread counts are the environment's and this worker's are fixed by conftest."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from medtranslate.evaluation.metrics import ssim\n"
+        "a = np.random.default_rng(0).random((40, 40, 20), dtype=np.float32) * 100\n"
+        "ssim(a, a + 1, np.ones(a.shape, bool))\n"
+        "import numba\n"
+        "print(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)\n"
+    )
+    # OMP_NUM_THREADS alone, as a user sets it, and numba's own default (every core): the case that raised torch
+    # (with MKL_NUM_THREADS=1 too, as conftest sets for pytest-xdist workers, torch stayed at one thread)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "MKL_NUM_THREADS")}
+    env.update(OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    torch_threads, numba_threads = (int(v) for v in run.stdout.split())
+    assert numba_threads >= 2  # more cores than torch may use: else there is nothing to hold torch back from
+    assert torch_threads == 1

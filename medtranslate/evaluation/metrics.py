@@ -19,7 +19,9 @@ SSIM maps are computed by fused numba kernels (see ``_ssim_kernels``); CUDA tens
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +133,8 @@ def _prepare(p: Any, r: Any, m: Any, ed: Edition) -> _Prepared:
         )
     from medtranslate.evaluation import _ssim_kernels as kern
 
-    abs_sum, sq_sum, count, p_max, r_max, bad = kern.stats(p, r, m.view(np.uint8), ed.lo, ed.hi)
+    with numba_threads():
+        abs_sum, sq_sum, count, p_max, r_max, bad = kern.stats(p, r, m.view(np.uint8), ed.lo, ed.hi)
     if bad:
         raise InputError(f"the prediction or reference holds {int(bad)} NaN or infinite voxels")
     return _Prepared(p, r, abs_sum, sq_sum, count, p_max, r_max, (float(ed.lo), float(ed.hi)))
@@ -233,10 +236,27 @@ def _masked_sums(
 
     from medtranslate.evaluation import _ssim_kernels as kern
 
-    chunks = 2 * numba.get_num_threads()  # a few slabs per thread balance the load; each slab recomputes 6 slices
     lo, hi = clip if clip is not None else (0.0, 0.0)
     mu = m.view(np.uint8)
-    return kern.masked_ssim_sums(x, y, mu, lo, hi, clip is not None, ca[0], ca[1], cb[0], cb[1], weight, chunks)
+    with numba_threads():
+        chunks = 2 * numba.get_num_threads()  # a few slabs per thread balance the load; each slab recomputes 6 slices
+        return kern.masked_ssim_sums(x, y, mu, lo, hi, clip is not None, ca[0], ca[1], cb[0], cb[1], weight, chunks)
+
+
+@contextlib.contextmanager
+def numba_threads() -> Iterator[None]:
+    """numba's parallel kernels on torch's thread count, and torch's count as it was after them. numba's OpenMP layer
+    launches with its own count (every core unless NUMBA_NUM_THREADS) and leaves it as the calling thread's OpenMP
+    count, which is the one torch reads: one SSIM during validation raised training from OMP_NUM_THREADS=1 or
+    train.num_threads to every core for the rest of the run."""
+    import numba
+
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _constants(data_range: float) -> tuple[float, float]:
@@ -251,7 +271,8 @@ def _down2(a: Any, m: Any, clip: tuple[float, float] | None) -> Any:
         from medtranslate.evaluation import _ssim_kernels as kern
 
         lo, hi = clip if clip is not None else (0.0, 0.0)
-        return kern.down2(np.ascontiguousarray(a, dtype=np.float32), m.view(np.uint8), lo, hi, clip is not None)
+        with numba_threads():
+            return kern.down2(np.ascontiguousarray(a, dtype=np.float32), m.view(np.uint8), lo, hi, clip is not None)
     p = torch.nn.functional.pad(a[None, None], (1, 0, 1, 0, 1, 0))[0, 0]
     for axis in range(3):
         n = p.shape[axis] // 2
