@@ -330,10 +330,11 @@ def make_plan(
     if len(set(keys)) < len(keys):
         raise InputError(f"organ names {sorted(omasks)} give the same metric column twice; rename one")
     with _engine_quiet():
-        ct_e = _engine_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid)
+        hu = sitk.GetArrayFromImage(grid)
+        ct_e = _engine_ct(pyRadPlan, hu, grid)
         cst = _structures(pyRadPlan, ct_e, tmask, body, omasks, grid, settings)
         pln = _plan(pyRadPlan, modality, settings)
-        on_stf = _stf_ct(pyRadPlan, sitk.GetArrayFromImage(grid), grid, settings.hlut) if modality == "proton" else ct_e
+        on_stf = _stf_ct(pyRadPlan, hu, grid, settings.hlut) if modality == "proton" else ct_e
         stf = pyRadPlan.generate_stf(on_stf, cst, pln)
         dij = pyRadPlan.calc_dose_influence(ct_e, cst, stf, pln)
         weights = pyRadPlan.fluence_optimization(ct_e, cst, stf, dij, pln)

@@ -26,6 +26,7 @@ __all__ = [
     "Pair",
     "Scan",
     "case_id_from_name",
+    "strip_suffix",
     "find_cases",
     "pair_cases",
     "cohort_cases",
@@ -125,7 +126,8 @@ class Cohorts:
         return Pair(case_id, src.image, tgt.image, src.mask)
 
 
-def _strip_suffix(name: str) -> str:
+def strip_suffix(name: str) -> str:
+    """A file name without its image suffix (.nii.gz, .nrrd, .dcm, ...; any case)."""
     low = name.lower()
     for suffix in IMAGE_SUFFIXES:
         if low.endswith(suffix):
@@ -143,7 +145,7 @@ def case_id_from_name(name: str, parent: str) -> tuple[str, str | None]:
     ``<id>/mr.nii.gz``, ``mr/<id>.nii.gz`` and ``mr/<id>_mr.nii.gz`` give (``<id>``, ``"mr"``);
     ``<id>_ct.nii.gz`` gives (``<id>``, ``"ct"``); anything else gives (stem, None).
     """
-    stem = _strip_suffix(name)
+    stem = strip_suffix(name)
     if _role_of(stem):
         return parent, _role_of(stem)
     match = re.match(r"^(.+?)[_\-.]([A-Za-z0-9]+)$", stem)

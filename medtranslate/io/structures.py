@@ -19,6 +19,7 @@ import numpy as np
 
 from medtranslate.core.errors import InputError
 from medtranslate.imaging.volume import Volume
+from medtranslate.io.cases import NIFTI_SUFFIXES, strip_suffix
 
 __all__ = ["read_structures", "rasterise_rtstruct", "split_structures", "structure_key"]
 
@@ -108,8 +109,8 @@ def read_structures(root: Path, case_id: str, reference: Volume) -> dict[str, Vo
     out: dict[str, Volume] = {}
     for path in files:
         low = path.name.lower()
-        if low.endswith((".nii", ".nii.gz")):
-            found = {re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I): read_volume(path)}
+        if low.endswith(NIFTI_SUFFIXES):
+            found = {strip_suffix(path.name): read_volume(path)}
         elif low.endswith(".dcm") and (path == single or _is_rtstruct(path)):
             found = rasterise_rtstruct(path, reference)  # in a folder, other DICOM files (the CT's slices) are skipped
         else:
