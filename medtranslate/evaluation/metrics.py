@@ -237,7 +237,8 @@ def _masked_sums(
     from medtranslate.evaluation import _ssim_kernels as kern
 
     lo, hi = clip if clip is not None else (0.0, 0.0)
-    mu = m.view(np.uint8)
+    # contiguous inputs: the crop's views are strided, and every memory layout is a separate compilation (~5 s each)
+    x, y, mu = np.ascontiguousarray(x), np.ascontiguousarray(y), np.ascontiguousarray(m).view(np.uint8)
     with numba_threads():
         chunks = 2 * numba.get_num_threads()  # a few slabs per thread balance the load; each slab recomputes 6 slices
         return kern.masked_ssim_sums(x, y, mu, lo, hi, clip is not None, ca[0], ca[1], cb[0], cb[1], weight, chunks)
@@ -272,7 +273,13 @@ def _down2(a: Any, m: Any, clip: tuple[float, float] | None) -> Any:
 
         lo, hi = clip if clip is not None else (0.0, 0.0)
         with numba_threads():
-            return kern.down2(np.ascontiguousarray(a, dtype=np.float32), m.view(np.uint8), lo, hi, clip is not None)
+            return kern.down2(
+                np.ascontiguousarray(a, dtype=np.float32),
+                np.ascontiguousarray(m).view(np.uint8),
+                lo,
+                hi,
+                clip is not None,
+            )
     p = torch.nn.functional.pad(a[None, None], (1, 0, 1, 0, 1, 0))[0, 0]
     for axis in range(3):
         n = p.shape[axis] // 2
