@@ -8,9 +8,9 @@ import torch
 
 from medtranslate.core.errors import GeometryMismatchError, InputError
 from medtranslate.data.phantom import LABELS, make_subject
+from medtranslate.imaging.preprocessor import Preprocessor
 from medtranslate.imaging.transforms import (
     IntensityParams,
-    Preprocessor,
     body_mask,
     check_same_grid,
     ct_intensity,

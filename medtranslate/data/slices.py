@@ -28,10 +28,10 @@ from medtranslate.core.config import RunConfig
 from medtranslate.core.errors import ConfigError, GeometryMismatchError, InputError
 from medtranslate.core.tasks import get_task
 from medtranslate.data.cache import CachedCase, cache_key, cached_or_rebuilt, scan_key
+from medtranslate.imaging.preprocessor import Preprocessor
 from medtranslate.imaging.transforms import (
     BACKGROUND,
     IntensityParams,
-    Preprocessor,
     body_mask,
     check_same_grid,
     ct_intensity,

@@ -22,11 +22,11 @@ from medtranslate.core.checks import require_choice, require_int
 from medtranslate.core.errors import CheckpointError, InputError
 from medtranslate.core.kinds import get_kind
 from medtranslate.core.tasks import get_task
+from medtranslate.imaging.preprocessor import Preprocessor
 from medtranslate.imaging.transforms import (
     CT_RANGE,
     SLAB,
     IntensityParams,
-    Preprocessor,
     axial_axis,
     body_mask,
     intensity_for,
