@@ -152,6 +152,17 @@ TINY = {
 
 
 @pytest.fixture(scope="session")
+def numba_cache() -> None:
+    """The metrics' compiled kernels in numba's cache beside the package, which the processes a test starts share:
+    such a process loads them instead of compiling and writing them."""
+    from medtranslate.evaluation.metrics import synthrad_metrics
+
+    ct = ct_like((16, 16, 16)).astype(np.float32)
+    for edition in (2023, 2025):
+        synthrad_metrics(ct + 5, ct, ct > -500, edition=edition)
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Four small head phantoms in the per-subject layout, with a split file."""
     root = tmp_path_factory.mktemp("tiny") / "cases"
