@@ -22,7 +22,7 @@ from medtranslate.core.errors import ConfigError
 from medtranslate.models.base import build_discriminator, build_generator, build_model
 from medtranslate.models.checkpoint import load_checkpoint
 
-from .conftest import run_cli, torchrun_cli, write_config
+from .conftest import cli, run_cli, torchrun_cli, write_config
 
 # one thread per process (torchrun's default), so the single-process run does the same arithmetic per image
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -198,14 +198,18 @@ def _stop_in_the_second_epoch(config, out):
     return load_checkpoint(last)
 
 
-def test_what_cannot_be_split_over_processes_is_refused(tmp_path, tiny_data):
+def test_what_cannot_be_split_over_processes_is_refused(tmp_path, tiny_data, monkeypatch):
+    """Refused before the ranks meet, so one process with the environment torchrun gives rank 0 shows it."""
     odd = write_config(tmp_path / "odd.yaml", tiny_data, **{"train.batch_size": 3})
-    run = torchrun_cli("train", str(odd), "--out", str(tmp_path / "odd"), "--no-progress", env=ENV)
-    assert run.returncode != 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    run = cli("train", str(odd), "--out", str(tmp_path / "odd"), "--no-progress")
+    assert run.returncode == 2
     assert "train.batch_size 3 does not split over 2 processes" in run.stderr and "multiple of 2" in run.stderr
-    pipeline = torchrun_cli("run", str(odd), "--out", str(tmp_path / "pipeline"), "--no-progress", env=ENV)
-    assert pipeline.returncode != 0 and "run their stages one by one: train, translate, evaluate" in pipeline.stderr
+    pipeline = cli("run", str(odd), "--out", str(tmp_path / "pipeline"), "--no-progress")
+    assert pipeline.returncode == 2 and "run their stages one by one: train, translate, evaluate" in pipeline.stderr
     assert not (tmp_path / "pipeline").exists()
+    monkeypatch.delenv("WORLD_SIZE")
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data))
     model = build_model(cfg, 1, torch.device("cpu"), torch.Generator())
     with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):

@@ -321,19 +321,16 @@ def test_torchrun_ranks_split_the_folder_and_write_what_one_process_writes(tmp_p
     ]
     merged = list(csv.DictReader((tmp_path / "two" / "manifest.csv").open()))
     assert [r["case"] for r in merged] == ["p00", "p01", "p02", "p03"] and {r["status"] for r in merged} == {"done"}
-    both = torchrun_cli(
-        "translate",
-        "--model",
-        model,
-        "--input",
-        str(inputs),
-        "--output",
-        str(tmp_path / "x"),
-        "--shard",
-        "0/2",
-        env=env,
-    )
-    assert both.returncode != 0 and "leave out --shard" in both.stderr + both.stdout
+
+
+def test_shard_under_torchrun_is_refused(tmp_path, checkpoints, monkeypatch):
+    """Refused before the ranks meet, so one process with the environment torchrun gives rank 0 shows it."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    _batch(tmp_path / "in", 1)
+    both = translate_cli(checkpoints["pix2pix"], tmp_path / "in", tmp_path / "x", "--shard", "0/2")
+    assert both.returncode == 2 and "leave out --shard" in both.stderr
+    assert not (tmp_path / "x").exists()
 
 
 # an MR series as a scanner would send it: a patient (with a name outside ASCII), a study, a frame of reference
