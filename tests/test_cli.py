@@ -1,4 +1,4 @@
-"""The command line, run as a real subprocess: help, info, convert, and one-line errors for bad input."""
+"""The command line through the main() the console script runs: help, info, convert, one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -72,3 +72,27 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
         assert str(path) in lines[0] and text in lines[0], (name, lines[0])
         assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs"]
+
+
+def test_a_missing_path_names_itself_and_the_option_that_gave_it(tmp_path, checkpoints):
+    """Every command that reads a path given on its command line, the same one line, nothing written."""
+    gone = tmp_path / "gone"
+    out = tmp_path / "out"
+    commands = {
+        "--input": [
+            ["translate", "--model", str(checkpoints["pix2pix"]), "--input", str(gone), "--output", str(out)],
+            ["simulate-lowdose", "--dose", "0.25", "--input", str(gone), "--output", str(out)],
+            ["preprocess", "--input", str(gone), "--output", str(out)],
+        ],
+        "the path": [["convert", str(gone), str(out / "x.nii.gz")]],
+    }
+    for flag, runs in commands.items():
+        for args in runs:
+            result = cli(*args)
+            assert result.returncode == 2, (args[0], result.stderr)
+            expected = f"medtranslate {args[0]}: error: {gone}: no such file or folder; check {flag}"
+            assert result.stderr.strip() == expected
+            assert not out.exists()
+    # info describes each path it is given, a missing one as a failed row of its table
+    result = cli("info", str(gone))
+    assert result.returncode == 2 and f"FAILED: {gone}: no such file or folder; check the path" in result.stdout

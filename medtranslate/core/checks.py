@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import reprlib
+from pathlib import Path
 from typing import Any
 
-from medtranslate.core.errors import ConfigError, MedTranslateError
+from medtranslate.core.errors import ConfigError, InputError, MedTranslateError
 
-__all__ = ["show", "require_int", "require_number", "require_choice", "require_bool", "require_text"]
+__all__ = ["show", "require_int", "require_number", "require_choice", "require_bool", "require_text", "require_exists"]
 
 _repr = reprlib.Repr()
 _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict, _repr.maxlevel = 40, 40, 4, 4, 3
@@ -95,6 +96,14 @@ def require_bool(name: str, value: Any, error: type[MedTranslateError] = ConfigE
     if not isinstance(value, bool):
         raise error(f"{name} must be true or false, got {show(value)}")
     return value
+
+
+def require_exists(path: str | Path, flag: str = "the path") -> Path:
+    """The path, which must exist; else an InputError naming it and the option (``flag``) that gave it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder; check {flag}")
+    return path
 
 
 def require_text(name: str, value: Any, allow_none: bool = False) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from medtranslate.core.checks import require_choice, require_int, require_number
+from medtranslate.core.checks import require_choice, require_exists, require_int, require_number
 from medtranslate.core.errors import ConfigError, InputError
 from medtranslate.imaging.transforms import body_mask, check_same_grid
 from medtranslate.imaging.volume import Volume, affine_to_sitk, sitk_to_volume
@@ -617,8 +617,8 @@ def _check_inputs(settings: DoseSettings, out: Path, given: dict[str, str | Path
     if settings.target_name is not None and given["--structures"] is None:
         raise ConfigError("--target-name names a structure of --structures; give --structures too")
     for flag, path in given.items():
-        if path is not None and not Path(path).exists():
-            raise InputError(f"{path}: no such file or folder; check {flag}")
+        if path is not None:
+            require_exists(path, flag)
     prepare_output_folder([Path(p) for p in given.values() if p is not None], out, "--out")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtranslate.core.checks import require_choice, require_int
+from medtranslate.core.checks import require_choice, require_exists, require_int
 from medtranslate.core.errors import CheckpointError, InputError
 from medtranslate.core.kinds import get_kind
 from medtranslate.core.tasks import get_task
@@ -420,8 +420,7 @@ def translate_folder(
     ckpt = load_checkpoint(model)
     spec = TranslatorSpec.from_dict(ckpt["spec"])
     task = get_task(spec.task)
-    if not inp.exists():
-        raise InputError(f"{inp}: no such file or folder; check --input")
+    require_exists(inp, "--input")
     net = build_inference_net(ckpt, dev, source=str(model))
     digest = sha256(model)
     digests = [digest, *(sha256(p) for p in ensemble or [])]

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from medtranslate.core.checks import require_exists
 from medtranslate.core.errors import InputError
 from medtranslate.io.dicom import DICOM_SUFFIXES, is_dicom_file, series_ids
 
@@ -193,9 +194,7 @@ def find_cases(folder: str | os.PathLike, unique: bool = True) -> list[Case]:
     Raises:
         InputError: the path does not exist, holds no images, or two images claim the same id and role.
     """
-    root = Path(folder)
-    if not root.exists():
-        raise InputError(f"{root}: no such file or folder; check the path")
+    root = require_exists(folder)
     if root.is_file():
         # names from the absolute path: "mr.nii.gz" given inside its case folder is that folder's case, not case ""
         cid, role = case_id_from_name(root.name, Path(os.path.abspath(root)).parent.name)

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medtranslate.core.atomic import atomic_output
+from medtranslate.core.checks import require_exists
 from medtranslate.core.errors import InputError, OutputError, native_call
 from medtranslate.imaging.volume import Volume, check_affine, check_array, sitk_to_volume
 from medtranslate.io.cases import NIFTI_SUFFIXES, SITK_SUFFIXES, Case
@@ -121,9 +122,7 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
     Raises:
         InputError: the path is missing, unreadable, not 3D, or holds NaN voxels.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder; check the path")
+    path = require_exists(path)
     if path.is_dir():
         return read_series(path, series_uid)
     name = path.name.lower()

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from medtranslate.core.atomic import OwnFolder
-from medtranslate.core.checks import require_choice, require_int, require_number
+from medtranslate.core.checks import require_choice, require_exists, require_int, require_number
 from medtranslate.core.errors import InputError
 from medtranslate.imaging.volume import Volume
 from medtranslate.io.cases import Case, find_cases, usable_id
@@ -580,8 +580,7 @@ def preprocess_folder(
     from medtranslate.runtime.distributed import merge_shards, shard_manifest, shard_of
 
     inp, out = Path(input), Path(output)
-    if not inp.exists():
-        raise InputError(f"{inp}: no such file or folder; check --input")
+    require_exists(inp, "--input")
     index, count = shard_of(shard)
     prepare_output_folder(inp, out)
     by_id = _gather(inp)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medtranslate.core.checks import require_int, require_number
+from medtranslate.core.checks import require_exists, require_int, require_number
 from medtranslate.core.errors import InputError
 from medtranslate.imaging.transforms import CT_RANGE, axial_axis, axial_slab
 from medtranslate.imaging.volume import Volume, voxel_spacing
@@ -264,8 +264,7 @@ def simulate_lowdose_folder(
     require_choice("--geometry", geometry, GEOMETRIES, error=InputError)
     require_choice("--device", device, ("auto", "cpu", "cuda"), error=InputError)
     resolve_device(device)
-    if not inp.exists():
-        raise InputError(f"{inp}: no such file or folder; check --input")
+    require_exists(inp, "--input")
     prepare_output_folder(inp, out)
     cases = sorted(select_cases(inp, ("ct", "nd", None), "CT").values(), key=lambda c: c.case_id)[index::count]
 
