@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -22,9 +23,9 @@ from medtranslate.core.errors import ConfigError
 from medtranslate.models.base import build_discriminator, build_generator, build_model
 from medtranslate.models.checkpoint import load_checkpoint
 
-from .conftest import cli, run_cli, torchrun_cli, write_config
+from .conftest import cli, torchrun_cli, write_config
 
-# one thread per process (torchrun's default), so the single-process run does the same arithmetic per image
+# one thread per rank (torchrun's default, said explicitly), as the single-process runs of this process have
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 # no batch statistics and no dropout: then each rank's share of the batch is computed exactly as in one process (with
 # batch norm each rank normalises by its own share unless SyncBatchNorm, CUDA only, is on; dropout masks are per rank)
@@ -78,6 +79,17 @@ def _assert_same_run(cfg, a: dict, b: dict, threads: dict) -> None:
     assert checked > 2 * len(free)
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch on n threads inside, on its own count again after (a run with train.num_threads sets it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _history_rows(path) -> int:
     try:
         with open(path, newline="") as f:
@@ -96,13 +108,14 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     extra = {"train.epochs": 2, "train.steps_per_epoch": None, "model.ngf": 16, "data.patch_size": 48}
     config = write_config(tmp_path / "c.yaml", root, **EQUIVALENT, **extra)
     cfg = load_config(config)
-    one = run_cli("train", str(config), "--out", str(tmp_path / "one"), "--no-progress", env=ENV)
-    assert one.returncode == 0, one.stderr[-2000:]
-    # the rounding yardstick: the same run on two threads (set in the config: a pytest-xdist worker's environment
-    # holds every thread pool at one)
-    two_threads = write_config(tmp_path / "t.yaml", root, **EQUIVALENT, **extra, **{"train.num_threads": 2})
-    threads = run_cli("train", str(two_threads), "--out", str(tmp_path / "threads"), "--no-progress", env=ENV)
-    assert threads.returncode == 0 and ", 2 threads" in threads.stderr, threads.stderr[-2000:]
+    with _torch_threads(1):  # the single-process runs in this process, on one thread as each rank is
+        one = cli("train", str(config), "--out", str(tmp_path / "one"), "--no-progress")
+        assert one.returncode == 0, one.stderr[-2000:]
+        # the rounding yardstick: the same run on two threads (set in the config: a pytest-xdist worker's environment
+        # holds every thread pool at one)
+        two_threads = write_config(tmp_path / "t.yaml", root, **EQUIVALENT, **extra, **{"train.num_threads": 2})
+        threads = cli("train", str(two_threads), "--out", str(tmp_path / "threads"), "--no-progress")
+        assert threads.returncode == 0 and ", 2 threads" in threads.stderr, threads.stderr[-2000:]
     two = torchrun_cli("train", str(config), "--out", str(tmp_path / "two"), "--no-progress", env=ENV)
     assert two.returncode == 0, two.stderr[-2000:]
     a, b, t = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("one", "two", "threads"))
@@ -118,7 +131,8 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     stopped = _stop_in_the_second_epoch(config, killed)
     # every rank finished the same step, and rank 0 saved last.pt there: in the middle of the second epoch
     assert stopped["epoch"] == 1 and 0 < stopped["batch_in_epoch"] < 15 and stopped["processes"] == 2
-    resumed = run_cli("train", str(config), "--out", str(killed), "--resume", "--no-progress", env=ENV)
+    with _torch_threads(1):
+        resumed = cli("train", str(config), "--out", str(killed), "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     c = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert (c["step"], c["processes"]) == (30, 1)
