@@ -14,6 +14,7 @@ from medtranslate.imaging.transforms import (
     body_mask,
     check_same_grid,
     ct_intensity,
+    fill_holes,
     mr_intensity,
 )
 from medtranslate.imaging.volume import Volume
@@ -174,3 +175,23 @@ def test_outside_body_in_slabs_is_the_whole_volume_distance_transform(spacing_z)
     affine = np.diag([0.9, 1.1, spacing_z, 1.0])
     whole = ndimage.distance_transform_edt(~mask, sampling=voxel_spacing(affine)) > 5.0
     assert np.array_equal(outside_body(np.zeros(mask.shape), "ct", affine, mask=mask), whole)
+
+
+def test_fill_holes_is_scipys_fill_in_3d_and_slice_by_slice():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 12, 3))
+        mask = rng.random(shape) < rng.random()
+        assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+        for axis in range(3):
+            expected = mask.copy()
+            for k in range(shape[axis]):
+                index = tuple(k if a == axis else slice(None) for a in range(3))
+                expected[index] = ndimage.binary_fill_holes(mask[index])
+            assert np.array_equal(fill_holes(mask, axis), expected), (shape, axis)
+    ring = np.zeros((9, 9, 3), dtype=bool)  # a closed ring in each axial slice, open along the axis
+    ring[2:7, 2:7] = True
+    ring[4, 4] = False
+    assert fill_holes(ring, 2)[4, 4].all() and not fill_holes(ring)[4, 4].any()  # in 3D it opens to the ends

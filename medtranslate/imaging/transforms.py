@@ -28,6 +28,7 @@ __all__ = [
     "BODY_MARGIN_MM",
     "axial_axis",
     "axial_slab",
+    "fill_holes",
     "check_same_grid",
 ]
 
@@ -181,13 +182,32 @@ def body_mask(
         np.pad(mask, pad), structure=ndimage.generate_binary_structure(3, 1), iterations=pad
     )
     mask = closed[pad:-pad, pad:-pad, pad:-pad] | mask
-    mask = ndimage.binary_fill_holes(mask)
-    axis = axial_axis(affine) if affine is not None else 2
-    for k in range(mask.shape[axis]):
+    mask = fill_holes(mask)
+    return fill_holes(mask, axial_axis(affine) if affine is not None else 2)
+
+
+def fill_holes(mask: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes`` of a 3D mask, or of each of its slices along ``axis``, in one labelling.
+
+    A background voxel stays background when its face-connected background component (within the slice, for
+    ``axis``) touches the volume's border (the slice's edges): what scipy's fill reaches by dilating from outside,
+    voxel for voxel. One labelling instead of scipy's iterated dilation once per slice: about twice as fast, and the
+    fills were most of body_mask's time."""
+    if axis is None:
+        structure, faces = ndimage.generate_binary_structure(3, 1), (0, 1, 2)
+    else:
+        structure = np.zeros((3, 3, 3), dtype=bool)
         index = [slice(None)] * 3
-        index[axis] = k
-        mask[tuple(index)] = ndimage.binary_fill_holes(mask[tuple(index)])
-    return mask
+        index[axis] = 1
+        structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+        faces = tuple(a for a in range(3) if a != axis)
+    labels, n = ndimage.label(~mask, structure)
+    outside = np.zeros(n + 1, dtype=bool)
+    for a in faces:
+        for end in (0, -1):
+            outside[np.take(labels, end, axis=a)] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[labels]
 
 
 # slices per slab of the operations done slab by slab so their temporaries are a slab's, not the volume's (the
