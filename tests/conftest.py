@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -156,6 +157,28 @@ TINY = {
     "train.channels_last": False,
     "train.precision": "fp32",  # tests compare runs across machines: auto picks bf16 on some and fp32 on others
 }
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch on n threads inside, on its count from before after (a run with train.num_threads sets the process's)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torchrun_rank0(monkeypatch):
+    """This process with the environment torchrun gives rank 0 of 2 processes: what is refused before the ranks meet
+    shows in one process. Returns ``monkeypatch`` to undo it early."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    return monkeypatch
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -23,7 +22,7 @@ from medtranslate.core.errors import ConfigError
 from medtranslate.models.base import build_discriminator, build_generator, build_model
 from medtranslate.models.checkpoint import load_checkpoint
 
-from .conftest import cli, torchrun_cli, write_config
+from .conftest import cli, torch_threads, torchrun_cli, write_config
 
 # one thread per rank (torchrun's default, said explicitly), as the single-process runs of this process have
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -79,17 +78,6 @@ def _assert_same_run(cfg, a: dict, b: dict, threads: dict) -> None:
     assert checked > 2 * len(free)
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """torch on n threads inside, on its own count again after (a run with train.num_threads sets it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _history_rows(path) -> int:
     try:
         with open(path, newline="") as f:
@@ -108,7 +96,7 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     extra = {"train.epochs": 2, "train.steps_per_epoch": None, "model.ngf": 16, "data.patch_size": 48}
     config = write_config(tmp_path / "c.yaml", root, **EQUIVALENT, **extra)
     cfg = load_config(config)
-    with _torch_threads(1):  # the single-process runs in this process, on one thread as each rank is
+    with torch_threads(1):  # the single-process runs in this process, on one thread as each rank is
         one = cli("train", str(config), "--out", str(tmp_path / "one"), "--no-progress")
         assert one.returncode == 0, one.stderr[-2000:]
         # the rounding yardstick: the same run on two threads (set in the config: a pytest-xdist worker's environment
@@ -131,7 +119,7 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     stopped = _stop_in_the_second_epoch(config, killed)
     # every rank finished the same step, and rank 0 saved last.pt there: in the middle of the second epoch
     assert stopped["epoch"] == 1 and 0 < stopped["batch_in_epoch"] < 15 and stopped["processes"] == 2
-    with _torch_threads(1):
+    with torch_threads(1):
         resumed = cli("train", str(config), "--out", str(killed), "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     c = load_checkpoint(killed / "checkpoints" / "last.pt")
@@ -212,18 +200,15 @@ def _stop_in_the_second_epoch(config, out):
     return load_checkpoint(last)
 
 
-def test_what_cannot_be_split_over_processes_is_refused(tmp_path, tiny_data, monkeypatch):
-    """Refused before the ranks meet, so one process with the environment torchrun gives rank 0 shows it."""
+def test_what_cannot_be_split_over_processes_is_refused(tmp_path, tiny_data, torchrun_rank0):
     odd = write_config(tmp_path / "odd.yaml", tiny_data, **{"train.batch_size": 3})
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
     run = cli("train", str(odd), "--out", str(tmp_path / "odd"), "--no-progress")
     assert run.returncode == 2
     assert "train.batch_size 3 does not split over 2 processes" in run.stderr and "multiple of 2" in run.stderr
     pipeline = cli("run", str(odd), "--out", str(tmp_path / "pipeline"), "--no-progress")
     assert pipeline.returncode == 2 and "run their stages one by one: train, translate, evaluate" in pipeline.stderr
     assert not (tmp_path / "pipeline").exists()
-    monkeypatch.delenv("WORLD_SIZE")
+    torchrun_rank0.delenv("WORLD_SIZE")
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data))
     model = build_model(cfg, 1, torch.device("cpu"), torch.Generator())
     with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):

@@ -14,7 +14,7 @@ from medtranslate.io.describe import looks_like
 from medtranslate.io.files import read_volume, write_nifti
 from medtranslate.simulation.lowdose import simulate_lowdose
 
-from .conftest import SAMPLE, cli, oblique_affine, torchrun_cli
+from .conftest import SAMPLE, cli, oblique_affine, torch_threads, torchrun_cli
 
 
 def water_cylinder(n: int = 96, slices: int = 3) -> Volume:
@@ -78,16 +78,11 @@ def test_same_seed_same_noise_and_pairs_differ_only_in_noise():
 def test_the_simulation_does_not_depend_on_the_thread_count():
     """The same CT and seed on 1 and on 2 threads, to the bit: a 4-core laptop regenerates the committed sample data
     (FINUFFT once chose its oversampling by the thread count, and a few int16 voxels came out 1 HU apart)."""
-    import torch
-
     crop = axial_slab(read_volume(SAMPLE / "ldct" / "sub-01" / "nd.nii.gz"), 0, 4)
-    before, out = torch.get_num_threads(), {}
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
+    out = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
             out[threads] = simulate_lowdose(crop, 0.25, seed=5)
-    finally:
-        torch.set_num_threads(before)
     for a, b in zip(out[1], out[2], strict=True):
         assert np.array_equal(a.array, b.array)
 

@@ -26,7 +26,7 @@ from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, 
 from medtranslate.training.schedule import note_of
 from medtranslate.training.train import Trainer
 
-from .conftest import SAMPLE, cli, write_config
+from .conftest import SAMPLE, cli, torch_threads, write_config
 
 
 def weights(run_dir):
@@ -245,11 +245,8 @@ def test_the_same_config_trains_the_same_model_at_1_and_2_threads_and_on_a_loade
     cfg = write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 3, "train.steps_per_epoch": 4})
 
     def val_maes(name: str, threads: int) -> list[float]:
-        before = torch.get_num_threads()
-        try:  # in this process: train.num_threads sets torch's threads for the process, put back for the next tests
+        with torch_threads(threads):  # in this process: train.num_threads sets the process's, put back after
             result = cli("train", str(cfg), "--out", str(tmp_path / name), "--set", f"train.num_threads={threads}")
-        finally:
-            torch.set_num_threads(before)
         assert result.returncode == 0, result.stderr[-2000:]
         return [float(r["val_mae"]) for r in csv.DictReader((tmp_path / name / "history.csv").open())]
 

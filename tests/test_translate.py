@@ -323,10 +323,7 @@ def test_torchrun_ranks_split_the_folder_and_write_what_one_process_writes(tmp_p
     assert [r["case"] for r in merged] == ["p00", "p01", "p02", "p03"] and {r["status"] for r in merged} == {"done"}
 
 
-def test_shard_under_torchrun_is_refused(tmp_path, checkpoints, monkeypatch):
-    """Refused before the ranks meet, so one process with the environment torchrun gives rank 0 shows it."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
+def test_shard_under_torchrun_is_refused(tmp_path, checkpoints, torchrun_rank0):
     _batch(tmp_path / "in", 1)
     both = translate_cli(checkpoints["pix2pix"], tmp_path / "in", tmp_path / "x", "--shard", "0/2")
     assert both.returncode == 2 and "leave out --shard" in both.stderr
