@@ -127,9 +127,9 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     _assert_same_run(cfg, a, c, t)
 
 
-def _data_loader_workers(root: int) -> dict[int, tuple[int, bool]]:
-    """pid -> (rank, whether it ignores SIGTERM) of every data-loader worker under the torchrun process ``root``: the
-    processes whose parent is a rank (a child of ``root`` with RANK in its environment)."""
+def _data_loader_workers(root: int) -> dict[int, tuple[int, int, bool]]:
+    """pid -> (rank, the rank's pid, whether it ignores SIGTERM) of every data-loader worker under the torchrun process
+    ``root``: the processes whose parent is a rank (a child of ``root`` with RANK in its environment)."""
     parent, ranks = {}, {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -154,7 +154,7 @@ def _data_loader_workers(root: int) -> dict[int, tuple[int, bool]]:
                 ignored = next(int(line.split()[1], 16) for line in fh if line.startswith("SigIgn:"))
         except (OSError, StopIteration):
             continue
-        workers[pid] = (ranks[parent[pid]], bool(ignored & (1 << (signal.SIGTERM - 1))))
+        workers[pid] = (ranks[parent[pid]], parent[pid], bool(ignored & (1 << (signal.SIGTERM - 1))))
     return workers
 
 
@@ -162,14 +162,16 @@ def _stop_in_the_second_epoch(config, out):
     """Start a 2-process run and stop it with SIGTERM inside its second epoch; returns the last.pt it saved.
 
     The stop must come after the first epoch's end, where a request is honoured at once (the epoch boundary), and
-    before the second epoch's last step. The event that says so: every rank has a data-loader worker of the second
-    epoch, ready. ``train.workers: 1`` makes one per rank and epoch, started for the epoch's first batch, after the
-    boundary; a rank's first-epoch worker is shut down before validation, so before rank 0 writes that epoch's
-    last.pt: a worker not seen before last.pt appeared is a second-epoch one. Ready means it ignores SIGTERM (its
-    worker_init_fn has run: a worker still starting would die of the signal, and its rank with it). The moment every
-    rank has one, the run's whole process group is frozen (SIGSTOP acts at once, in the kernel), sent SIGTERM, and let
-    go on: each rank meets the request after its current step. The run is started at a lower priority than this
-    process, so a busy machine delays the run rather than the watching.
+    before the second epoch's last step. The event that says a rank is past the boundary: it has a data-loader worker
+    of the second epoch. ``train.workers: 1`` makes one per rank and epoch, started for the epoch's first batch, after
+    the boundary; a rank's first-epoch worker is shut down before validation, so before rank 0 writes that epoch's
+    last.pt: a worker not seen before last.pt appeared is a second-epoch one. The moment a rank's is seen, the rank is
+    frozen (SIGSTOP acts at once, in the kernel) and its worker left to run: the other rank cannot get more than a step
+    ahead (every step all-reduces), so it is held too, at the latest at its first step, once it has its own worker. The
+    signal waits until both workers are ready, which is when they ignore SIGTERM (their worker_init_fn has run: a
+    worker still starting would die of the signal, and its rank with it). Then torchrun and the ranks get SIGTERM and go
+    on: each rank meets the request after its current step. The run is started at a lower priority
+    than this process, so a busy machine delays the run rather than the watching.
     """
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -182,18 +184,28 @@ def _stop_in_the_second_epoch(config, out):
     )
     last = out / "checkpoints" / "last.pt"
     first_epoch: set[int] = set()
-    ready: set[int] = set()
-    while ready != {0, 1} and proc.poll() is None:
+    held: dict[int, int] = {}  # rank -> its second-epoch worker, the rank itself stopped
+    ready = False
+    while not ready and proc.poll() is None:
         after_first = last.is_file()  # looked at before the workers, so a worker it lists was seen after last.pt
         workers = _data_loader_workers(proc.pid)
         if not after_first:
             first_epoch |= set(workers)
-        else:
-            ready = {rank for pid, (rank, ignores) in workers.items() if pid not in first_epoch and ignores}
+        for pid, (rank, rank_pid, _) in workers.items():
+            if after_first and pid not in first_epoch and rank not in held:
+                os.kill(rank_pid, signal.SIGSTOP)
+                held[rank] = pid
+        ready = len(held) == 2 and all(workers.get(pid, (0, 0, False))[2] for pid in held.values())
         time.sleep(0.002)
-    assert ready == {0, 1}, "the run ended before each rank's second-epoch data-loader worker was seen"
+    assert ready, "the run ended before each rank's second-epoch data-loader worker was seen ready"
+    ranks = [rank_pid for _, rank_pid, _ in _data_loader_workers(proc.pid).values()]
     os.killpg(proc.pid, signal.SIGSTOP)
     os.killpg(proc.pid, signal.SIGTERM)
+    # the ranks too, as a scheduler signals every process of the job: torchrun starts each rank in a session of its
+    # own, so the group's signals reach only torchrun (which passes SIGTERM on, but not SIGCONT)
+    for pid in ranks:
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
     os.killpg(proc.pid, signal.SIGCONT)
     proc.wait(timeout=120)
     assert proc.returncode != 0
