@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from skimage.data import shepp_logan_phantom
 from skimage.transform import radon, resize
 
-from medtranslate.simulation.ctproj import FanBeam, ParallelBeam, Projector, fan_to_parallel, parallel_to_fan
+from medtranslate.simulation.ctproj import FanBeam, ParallelBeam, Projector, _interp, fan_to_parallel, parallel_to_fan
 
 
 def smooth_phantom(n: int) -> np.ndarray:
@@ -90,6 +90,25 @@ def test_fan_rays_are_the_line_integrals_from_the_source_through_each_channel():
     back = fan_to_parallel(torch.from_numpy(rays)[None], fan, fine, pixel_mm)[0].numpy()
     inside = np.abs(fine.positions * pixel_mm) < 0.9 * r * np.sin(fan.gammas[-1])
     assert np.abs(back - sino[0].numpy())[:, inside].max() < 0.05 * sino.max().item()
+
+
+def test_rebinning_interpolation_is_scipys_bilinear_with_wrapped_rows_and_zero_beyond_the_columns():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(3, 20, 30))
+    rows = rng.uniform(-45, 65, size=(40, 7))  # rows wrap round: beyond both ends, over more than one turn
+    cols = rng.uniform(-3, 33, size=(40, 7))  # columns: within, half a pixel outside, and beyond
+    got = _interp(torch.from_numpy(values), torch.from_numpy(rows), torch.from_numpy(cols), periodic_rows=True)
+    assert got.shape == (3, 40, 7) and got.dtype == torch.float64
+    # scipy: the first row repeated after the last closes the turn; 'grid-constant' weighs columns beyond the edge 0
+    closed = np.concatenate([values, values[:, :1]], axis=1)
+    for k in range(3):
+        want = map_coordinates(closed[k], [rows % 20, cols], order=1, mode="grid-constant", cval=0.0)
+        np.testing.assert_allclose(got[k].numpy(), want, rtol=0, atol=1e-12)
+    # without wrapping, rows beyond the ends take the edge row (scipy's 'nearest' along rows)
+    inner = _interp(torch.from_numpy(values), torch.from_numpy(rows), torch.from_numpy(np.clip(cols, 0, 29)), False)
+    for k in range(3):
+        want = map_coordinates(values[k], [np.clip(rows, 0, 19), np.clip(cols, 0, 29)], order=1, mode="nearest")
+        np.testing.assert_allclose(inner[k].numpy(), want, rtol=0, atol=1e-12)
 
 
 def test_geometry_defaults_are_the_mayo_scanners():

@@ -228,23 +228,13 @@ class Projector:
 
 
 def _interp(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, periodic_rows: bool) -> torch.Tensor:
-    """Bilinear interpolation of (B, R, C) at fractional (rows, cols) of any shape; outside the columns: 0."""
-    b, r, c = values.shape
-    r0 = torch.floor(rows)
-    c0 = torch.floor(cols)
-    fr, fc = rows - r0, cols - c0
-    r0, c0 = r0.long(), c0.long()
-    flat = values.reshape(b, -1)
-    out = torch.zeros((b,) + rows.shape, dtype=values.dtype)
-    for dr, wr in ((0, 1 - fr), (1, fr)):
-        ri = r0 + dr
-        ri = ri % r if periodic_rows else ri.clamp(0, r - 1)
-        for dc, wc in ((0, 1 - fc), (1, fc)):
-            ci = c0 + dc
-            inside = (ci >= 0) & (ci < c)
-            idx = (ri * c + ci.clamp(0, c - 1)).reshape(-1)
-            out += flat[:, idx].reshape(out.shape) * (wr * wc * inside)
-    return out
+    """Bilinear interpolation of (B, R, C) float64 at fractional (rows, cols) of any shape; outside the columns: 0."""
+    from medtranslate.simulation._rebin_kernel import bilinear
+
+    as_array = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float64)  # noqa: E731
+    out = np.empty((values.shape[0], rows.numel()))
+    bilinear(as_array(values), as_array(rows).reshape(-1), as_array(cols).reshape(-1), periodic_rows, out)
+    return torch.from_numpy(out).reshape(values.shape[:1] + rows.shape)
 
 
 def parallel_to_fan(sino: torch.Tensor, parallel: ParallelBeam, fan: FanBeam, pixel_mm: float) -> torch.Tensor:
