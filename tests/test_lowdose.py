@@ -12,7 +12,7 @@ from medtranslate.imaging.transforms import axial_slab
 from medtranslate.imaging.volume import Volume
 from medtranslate.io.describe import looks_like
 from medtranslate.io.files import read_volume, write_nifti
-from medtranslate.simulation.lowdose import simulate_lowdose
+from medtranslate.simulation.lowdose import simulate_lowdose, simulate_normal_dose
 
 from .conftest import SAMPLE, cli, oblique_affine, torch_threads, torchrun_cli
 
@@ -69,10 +69,14 @@ def test_same_seed_same_noise_and_pairs_differ_only_in_noise():
     vol = water_cylinder(64, 2)
     a_ld, a_nd = simulate_lowdose(vol, 0.25, seed=1)
     b_ld, b_nd = simulate_lowdose(vol, 0.25, seed=1)
-    c_ld, _ = simulate_lowdose(vol, 0.25, seed=2)
+    c_ld, c_nd = simulate_lowdose(vol, 0.25, seed=2)
     assert np.array_equal(a_ld.array, b_ld.array) and np.array_equal(a_nd.array, b_nd.array)
     assert not np.array_equal(a_ld.array, c_ld.array)
     assert abs(float((a_ld.array - a_nd.array).mean())) < 5  # zero-mean noise
+    # the normal-dose image depends on neither seed nor dose, and comes alone without the noise's cost
+    nd = simulate_normal_dose(vol)
+    assert np.array_equal(nd.array, a_nd.array) and np.array_equal(nd.array, c_nd.array)
+    assert np.array_equal(nd.affine, vol.affine) and nd.array.dtype == np.float32
 
 
 def test_the_simulation_does_not_depend_on_the_thread_count():

@@ -342,7 +342,7 @@ def write_cohorts(
     from medtranslate.core.checks import require_int
     from medtranslate.core.errors import InputError
     from medtranslate.imaging.transforms import axial_slab
-    from medtranslate.simulation.lowdose import simulate_lowdose, write_ct
+    from medtranslate.simulation.lowdose import simulate_lowdose, simulate_normal_dose, write_ct
 
     require_int("--cohorts", n_subjects, 0, 9, error=InputError)
     out = Path(out)
@@ -360,8 +360,10 @@ def write_cohorts(
                 written.append(write_ct(path, Volume(np.rint(vol.array), vol.affine), overwrite=overwrite))
             if ldct:
                 crop = axial_slab(subject.ct, LDCT_SLICES.start, LDCT_SLICES.stop)
-                ld, nd = simulate_lowdose(crop, LDCT_DOSE, seed=seed * 1000 + n, name=f"{sid} CT")
-                image = nd if ldct_role == "nd" else ld
+                if ldct_role == "nd":
+                    image = simulate_normal_dose(crop, name=f"{sid} CT")
+                else:
+                    image = simulate_lowdose(crop, LDCT_DOSE, seed=seed * 1000 + n, name=f"{sid} CT")[0]
                 written.append(write_ct(out / "ldct" / ldct_role / f"{sid}.nii.gz", image, overwrite=overwrite))
             logger.info("wrote cohort subject %s", sid)
     if n_subjects:

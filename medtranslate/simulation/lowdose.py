@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_PHOTONS",
     "DEFAULT_ELECTRONIC_NOISE",
     "simulate_lowdose",
+    "simulate_normal_dose",
     "write_ct",
 ]
 
@@ -162,6 +163,31 @@ def simulate_lowdose(
     Returns:
         (low-dose, normal-dose) volumes on the input's grid, float32 HU.
     """
+    ld, nd = _simulate(volume, dose, photons, electronic_noise, seed, name, views, geometry, device, noise=True)
+    return ld, nd
+
+
+def simulate_normal_dose(
+    volume: Volume, name: str | None = None, views: int | None = None, geometry: str = "fan", device: str = "cpu"
+) -> Volume:
+    """The scanner's noise-free image of a CT volume: the normal-dose volume of :func:`simulate_lowdose`, to the bit,
+    without the cost of simulating the noise."""
+    _, nd = _simulate(volume, 1.0, DEFAULT_PHOTONS, DEFAULT_ELECTRONIC_NOISE, 0, name, views, geometry, device, False)
+    return nd
+
+
+def _simulate(
+    volume: Volume,
+    dose: float,
+    photons: float,
+    electronic_noise: float,
+    seed: int,
+    name: str | None,
+    views: int | None,
+    geometry: str,
+    device: str,
+    noise: bool,
+) -> tuple[Volume | None, Volume]:
     from medtranslate.core.checks import require_choice
     from medtranslate.runtime.device import resolve_device
 
@@ -182,7 +208,7 @@ def simulate_lowdose(
     top, left = (size - h) // 2, (size - w) // 2
     sim = _Simulator(size, pixel_mm, geometry, views, dev)
     seeds = np.random.SeedSequence(seed).spawn(s)
-    ld, nd = np.empty(data.shape, np.float32), np.empty(data.shape, np.float32)
+    ld, nd = (np.empty(data.shape, np.float32) if noise else None), np.empty(data.shape, np.float32)
     to_hu = lambda mu: (mu.numpy() / MU_WATER_PER_MM - 1.0) * 1000.0  # noqa: E731
     for start in range(0, s, SLICE_BATCH):
         stop = min(start + SLICE_BATCH, s)
@@ -190,19 +216,19 @@ def simulate_lowdose(
         padded[:, top : top + h, left : left + w] = data[start:stop]
         mu = torch.from_numpy(np.clip(MU_WATER_PER_MM * (1.0 + padded / 1000.0), 0.0, None))
         clean, acquired = sim.acquire(mu)
-        noise = np.stack(
+        nd[start:stop] = to_hu(clean)[:, top : top + h, left : left + w]
+        if not noise:
+            continue
+        line_noise = np.stack(
             [
                 _log_noise(acquired[i].numpy(), photons * dose, electronic_noise, np.random.default_rng(seeds[k]))
                 for i, k in enumerate(range(start, stop))
             ]
         )
-        noisy = clean + sim.reconstruct_noise(torch.from_numpy(noise))
-        nd[start:stop] = to_hu(clean)[:, top : top + h, left : left + w]
+        noisy = clean + sim.reconstruct_noise(torch.from_numpy(line_noise))
         ld[start:stop] = to_hu(noisy)[:, top : top + h, left : left + w]
-    back = lambda a: np.moveaxis(a, 0, axis)  # noqa: E731
-    return Volume(back(ld), volume.affine.copy(), source=volume.source), Volume(
-        back(nd), volume.affine.copy(), source=volume.source
-    )
+    as_volume = lambda a: Volume(np.moveaxis(a, 0, axis), volume.affine.copy(), source=volume.source)  # noqa: E731
+    return (as_volume(ld) if noise else None), as_volume(nd)
 
 
 def read_invesalius(path: str | Path) -> Volume:
