@@ -160,9 +160,17 @@ def _tiny_pipeline(root, task: str, **sections) -> dict:
 def test_pipeline_simulates_low_dose_pairs_in_prepare(tmp_path, tiny_data):
     import yaml
 
+    from medtranslate.imaging.transforms import axial_slab
+    from medtranslate.io.files import write_nifti
     from medtranslate.pipeline import run_pipeline
 
-    spec = _tiny_pipeline(tiny_data, "ldct", pipeline={"simulate_dose": 0.25, "baseline": "none"})
+    # the tiny CTs' middle 8 slices: one batch of the simulator each (its cost is the scanner's sinogram, per batch)
+    root = tmp_path / "cases"
+    for case in ("s0", "s1", "s2", "s3"):
+        ct = axial_slab(read_volume(tiny_data / case / "ct.nii.gz"), 4, 12)
+        write_nifti(root / case / "ct.nii.gz", ct.array, ct.affine)
+    (root / "split.json").write_text((tiny_data / "split.json").read_text())
+    spec = _tiny_pipeline(root, "ldct", pipeline={"simulate_dose": 0.25, "baseline": "none"})
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(spec))
     summary = run_pipeline(path, tmp_path / "run", progress=False)
