@@ -10,7 +10,7 @@ import pytest
 from medtranslate.data.phantom import COHORT_SPLIT, LABELS, SAMPLE_SPLIT, make_subject, write_sample_data
 from medtranslate.io.files import read_volume
 
-from .conftest import SAMPLE
+from .conftest import SAMPLE, cli
 
 SMALL = dict(shape=(64, 64, 32), spacing=(3.5, 3.5, 5.2))
 
@@ -109,11 +109,9 @@ def test_committed_cohorts_share_no_subject_and_differ_in_grid_and_field_of_view
 
 
 @pytest.mark.slow
-def test_sample_data_command_regenerates_committed_files_exactly(tmp_path, capsys):
-    from medtranslate.cli import main
-
-    # in this process: the command's code is the same, and the worker has its imports already
-    assert main(["sample-data", "--out", str(tmp_path), "--subjects", "1", "--cohorts", "1"]) == 0
+def test_sample_data_command_regenerates_committed_files_exactly(tmp_path):
+    result = cli("sample-data", "--out", str(tmp_path), "--subjects", "1", "--cohorts", "1")
+    assert result.returncode == 0, result.stderr
     files = [
         f"{task}/sub-01/{name}.nii.gz"
         for task, names in (("mr2ct", "mr ct mask"), ("ldct", "ld nd"))
@@ -125,12 +123,11 @@ def test_sample_data_command_regenerates_committed_files_exactly(tmp_path, capsy
         np.testing.assert_array_equal(new.array, old.array)
         np.testing.assert_allclose(new.affine, old.affine, atol=1e-6)
     assert json.loads((tmp_path / "split_cohorts.json").read_text())["train"] == ["sub-11", "sub-21"]
-    capsys.readouterr()
-    assert main(["sample-data", "--out", str(tmp_path), "--subjects", "1"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    again = cli("sample-data", "--out", str(tmp_path), "--subjects", "1")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
-def test_misaligned_sample_data_moves_only_the_mr_and_says_by_how_much(tmp_path, capsys):
+def test_misaligned_sample_data_moves_only_the_mr_and_says_by_how_much(tmp_path):
     # the library call without the low-dose pairs (a CT simulation the misalignment does not touch); the command's
     # --misalign reaches the same checks (below)
     write_sample_data(tmp_path, 1, misalign_deg=4, misalign_mm=3, cohorts=0, ldct=False)
@@ -144,10 +141,8 @@ def test_misaligned_sample_data_moves_only_the_mr_and_says_by_how_much(tmp_path,
     mr, committed = read_volume(folder / "mr.nii.gz"), read_volume(SAMPLE / "mr2ct" / "sub-01" / "mr.nii.gz")
     np.testing.assert_allclose(mr.affine, committed.affine, atol=1e-6)  # same grid, moved content
     assert mr.array.dtype == np.int16 and np.abs(mr.array.astype(float) - committed.array).mean() > 10
-    from medtranslate.cli import main
-
-    assert main(["sample-data", "--out", str(tmp_path / "x"), "--misalign", "90", "3"]) == 2
-    assert "--misalign degrees" in capsys.readouterr().err
+    bad = cli("sample-data", "--out", str(tmp_path / "x"), "--misalign", "90", "3")
+    assert bad.returncode == 2 and "--misalign degrees" in bad.stderr
 
 
 def test_sample_data_never_replaces_a_split_file_without_overwrite(tmp_path):
