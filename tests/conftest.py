@@ -19,9 +19,15 @@ if sys.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE"):
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest -n runs one worker per core: each worker and the processes it starts take one thread, set before torch,
-    # numba or BLAS start their pools, or the workers' pools oversubscribe the cores (the suite then ran slower on 2
-    # workers than on one process)
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    # numba, BLAS or ITK (SimpleITK: registration, N4, resampling) start their pools, or the workers' pools
+    # oversubscribe the cores (the suite then ran slower on 2 workers than on one process)
+    os.environ.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        NUMBA_NUM_THREADS="1",
+        ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1",
+    )
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
