@@ -383,6 +383,8 @@ def baseline_config(cfg: RunConfig, kind: str) -> RunConfig:
     return RunConfig.from_dict(replace(cfg, model=model, train=replace(cfg.train, epochs=1)).to_dict())
 
 
+# length: the stages in the order they run (prepare, baseline, train, translate, evaluate, report), each a call or
+# two, so a run reads top to bottom as it goes
 def run_pipeline(
     path: str | Path,
     out: str | Path,

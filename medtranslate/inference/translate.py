@@ -379,6 +379,8 @@ def _write_dicom(target: Path, hu: Volume, case: Any, task: Any, kind: str, dige
     )
 
 
+# length: the command's steps in order (every option checked before any work, the model and its ensemble, precision,
+# the cases), then the two things run_cases needs: a case's outputs and its work
 def translate_folder(
     model: str | Path,
     input: str | Path,
