@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -127,10 +128,9 @@ def test_two_processes_take_the_steps_of_one_on_the_whole_batch_and_a_killed_run
     _assert_same_run(cfg, a, c, t)
 
 
-def _data_loader_workers(root: int) -> dict[int, tuple[int, int, bool]]:
-    """pid -> (rank, the rank's pid, whether it ignores SIGTERM) of every data-loader worker under the torchrun process
-    ``root``: the processes whose parent is a rank (a child of ``root`` with RANK in its environment)."""
-    parent, ranks = {}, {}
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    parent = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -139,6 +139,20 @@ def _data_loader_workers(root: int) -> dict[int, tuple[int, int, bool]]:
                 parent[int(entry.name)] = int(fh.read().rsplit(")", 1)[1].split()[1])  # after the name: state, ppid
         except OSError:
             continue  # ended while we looked
+    return parent
+
+
+def _descendants(root: int) -> list[int]:
+    parent, found = _parents(), [root]
+    for pid in found:  # grows as it goes: children, then theirs
+        found += [p for p, ppid in parent.items() if ppid == pid]
+    return found[1:]
+
+
+def _data_loader_workers(root: int) -> dict[int, tuple[int, int, bool]]:
+    """pid -> (rank, the rank's pid, whether it ignores SIGTERM) of every data-loader worker under the torchrun process
+    ``root``: the processes whose parent is a rank (a child of ``root`` with RANK in its environment)."""
+    parent, ranks = _parents(), {}
     for pid in (p for p, ppid in parent.items() if ppid == root):
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:
@@ -184,7 +198,7 @@ def _stop_in_the_second_epoch(config, out):
     )
     last = out / "checkpoints" / "last.pt"
     first_epoch: set[int] = set()
-    held: dict[int, int] = {}  # rank -> its second-epoch worker, the rank itself stopped
+    held: dict[int, tuple[int, int]] = {}  # rank -> (its second-epoch worker, the rank's pid); the rank is stopped
     ready = False
     while not ready and proc.poll() is None:
         after_first = last.is_file()  # looked at before the workers, so a worker it lists was seen after last.pt
@@ -194,11 +208,20 @@ def _stop_in_the_second_epoch(config, out):
         for pid, (rank, rank_pid, _) in workers.items():
             if after_first and pid not in first_epoch and rank not in held:
                 os.kill(rank_pid, signal.SIGSTOP)
-                held[rank] = pid
-        ready = len(held) == 2 and all(workers.get(pid, (0, 0, False))[2] for pid in held.values())
+                held[rank] = (pid, rank_pid)
+        if any(pid not in workers for pid, _ in held.values()):
+            break  # a held rank's worker is gone: the run can no longer be stopped where this test needs it
+        ready = len(held) == 2 and all(workers[pid][2] for pid, _ in held.values())
         time.sleep(0.002)
-    assert ready, "the run ended before each rank's second-epoch data-loader worker was seen ready"
-    ranks = [rank_pid for _, rank_pid, _ in _data_loader_workers(proc.pid).values()]
+    ranks = [rank_pid for _, rank_pid in held.values()]
+    if not ready:  # no run left behind: held ranks stay stopped, and a rank without torchrun waits for its peer
+        for pid in _descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):  # ended already
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=120)
+    assert ready, "the run ended, or a held rank's worker did, before both second-epoch workers were seen ready"
     os.killpg(proc.pid, signal.SIGSTOP)
     os.killpg(proc.pid, signal.SIGTERM)
     # the ranks too, as a scheduler signals every process of the job: torchrun starts each rank in a session of its
