@@ -191,6 +191,8 @@ def test_fill_holes_is_scipys_fill_in_3d_and_slice_by_slice():
                 index = tuple(k if a == axis else slice(None) for a in range(3))
                 expected[index] = ndimage.binary_fill_holes(mask[index])
             assert np.array_equal(fill_holes(mask, axis), expected), (shape, axis)
+            # a slice-wise fill fills every 3D hole too (body_mask fills slice by slice only)
+            assert np.array_equal(fill_holes(fill_holes(mask), axis), expected), (shape, axis)
     ring = np.zeros((9, 9, 3), dtype=bool)  # a closed ring in each axial slice, open along the axis
     ring[2:7, 2:7] = True
     ring[4, 4] = False

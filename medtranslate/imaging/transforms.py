@@ -155,7 +155,8 @@ def body_mask(
     """Body (patient outline) mask, built the way the SynthRAD challenge builds its masks.
 
     Threshold (CT: -500 HU; MR: half the Otsu threshold), keep the largest connected component, close small gaps,
-    and fill holes (in 3D, and per axial slice so cavities that touch the top or bottom of the volume are filled too).
+    and fill holes per axial slice: every cavity of the 3D mask too (its part in a slice is enclosed in that slice),
+    and cavities that touch the top or bottom of the volume as well.
 
     Args:
         array: the image (HU for CT).
@@ -182,7 +183,6 @@ def body_mask(
         np.pad(mask, pad), structure=ndimage.generate_binary_structure(3, 1), iterations=pad
     )
     mask = closed[pad:-pad, pad:-pad, pad:-pad] | mask
-    mask = fill_holes(mask)
     return fill_holes(mask, axial_axis(affine) if affine is not None else 2)
 
 
