@@ -177,14 +177,13 @@ def test_outside_body_in_slabs_is_the_whole_volume_distance_transform(spacing_z)
     assert np.array_equal(outside_body(np.zeros(mask.shape), "ct", affine, mask=mask), whole)
 
 
-def test_fill_holes_is_scipys_fill_in_3d_and_slice_by_slice():
+def test_fill_holes_is_scipys_fill_slice_by_slice_and_fills_every_3d_hole():
     from scipy import ndimage
 
     rng = np.random.default_rng(0)
     for _ in range(60):
         shape = tuple(int(n) for n in rng.integers(1, 12, 3))
         mask = rng.random(shape) < rng.random()
-        assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
         for axis in range(3):
             expected = mask.copy()
             for k in range(shape[axis]):
@@ -192,8 +191,8 @@ def test_fill_holes_is_scipys_fill_in_3d_and_slice_by_slice():
                 expected[index] = ndimage.binary_fill_holes(mask[index])
             assert np.array_equal(fill_holes(mask, axis), expected), (shape, axis)
             # a slice-wise fill fills every 3D hole too (body_mask fills slice by slice only)
-            assert np.array_equal(fill_holes(fill_holes(mask), axis), expected), (shape, axis)
+            assert np.array_equal(fill_holes(ndimage.binary_fill_holes(mask), axis), expected), (shape, axis)
     ring = np.zeros((9, 9, 3), dtype=bool)  # a closed ring in each axial slice, open along the axis
     ring[2:7, 2:7] = True
     ring[4, 4] = False
-    assert fill_holes(ring, 2)[4, 4].all() and not fill_holes(ring)[4, 4].any()  # in 3D it opens to the ends
+    assert fill_holes(ring, 2)[4, 4].all() and not ndimage.binary_fill_holes(ring)[4, 4].any()  # 3D: open at the ends
