@@ -89,6 +89,26 @@ def test_paired_augmentation_moves_source_and_target_alike(case, context):
         assert torch.allclose(item["target"][inner], 0.5 * centre[inner], atol=1e-5)
 
 
+def test_body_crops_are_centred_on_the_body_where_uniform_crops_mostly_miss_it(tmp_path):
+    def small_body(cid: str) -> CachedCase:
+        """64 x 64 slices, -1 outside a 6 x 6 body square (+1) away from the edges; the target is the same image."""
+        image = -torch.ones(1, 64, 64, 5)
+        image[0, 30:36, 40:46, :] = 1.0
+        prepared = PreparedCase(cid, image, image.clone(), image > 0, pair=None, source_intensity=None)
+        return write_cached(prepared, tmp_path / cid)
+
+    a, b = small_body("a"), small_body("bb")
+    cfg = config(augment=False, min_body_fraction=0.001, crop="body")
+    paired, unpaired = SliceDataset([a, b], cfg, seed=0), SliceDataset([a, b], cfg, seed=0, targets=[a, b])
+    for ds in (paired, unpaired):
+        for i in range(len(ds)):
+            item = ds[i]
+            assert float(item["source"][0, 8, 8]) == 1.0 and float(item["target"][0, 8, 8]) == 1.0
+    uniform = SliceDataset([a, b], config(augment=False, min_body_fraction=0.001, crop="uniform"), seed=0)
+    hits = sum(float(uniform[i]["source"].max()) == 1.0 for i in range(len(uniform)))
+    assert hits < len(uniform) / 2  # about 6 % of uniform 16-pixel crops of this slice touch the square
+
+
 def test_unpaired_targets_come_from_another_case(case):
     a, b = case("a"), case("bb")
     ds = SliceDataset([a, b], config(augment=False, patch_size=24), seed=1, targets=[a, b])

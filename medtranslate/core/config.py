@@ -56,6 +56,8 @@ class DataConfig:
     val_fraction: float = 0.2  # used only without a split file
     context: int = 0  # 2.5D: k neighbouring slices on each side as extra input channels
     patch_size: int = 128  # training crops (pixels); whole slices at inference
+    # where training crops lie: uniform (anywhere in the slice) | body (centred on a random body pixel)
+    crop: str = "uniform"
     min_body_fraction: float = 0.05  # slices with less body than this are skipped in training
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the input's
     augment: bool = True  # random flips and small affine, identical for both images of a pair
@@ -74,6 +76,7 @@ class DataConfig:
         require_number("data.val_fraction", self.val_fraction, above=0, below=1)
         require_int("data.context", self.context, 0, 16)
         require_int("data.patch_size", self.patch_size, 16, 4096)
+        require_choice("data.crop", self.crop, ("uniform", "body"))
         require_number("data.min_body_fraction", self.min_body_fraction, minimum=0, below=1)
         require_bool("data.augment", self.augment)
         if self.rotate_deg is not None:

@@ -426,29 +426,31 @@ class SliceDataset(torch.utils.data.Dataset):
         case = self.cases[ci]
         source = case.slices("source", context_indices(z, self.cfg.data.context, case.shape[0]))
         if self.paired:
-            target = case.slices("target", [z])
-            return dict(zip(("source", "target"), self._augment([source, target], rng), strict=True))
+            target, mask = case.slices("target", [z]), case.slices("mask", [z])
+            return dict(zip(("source", "target"), self._augment([source, target], rng, mask), strict=True))
         others = bool(self._target_ids - {case.case_id})
         while True:  # a target slice of another subject, when the cohort has one
             n = len(self.target_index)
             tj, tz = self.target_index[int(torch.rand(1, generator=rng).item() * n) % n]
             if not others or self.targets[tj].case_id != case.case_id:
                 break
-        target = self.targets[tj].slices("target", [tz])
+        target = self.targets[tj]
         # the source's body mask rides along on the [-1, 1] scale, so augmentation pads it with background
-        source, mask = self._augment([source, case.slices("mask", [z]) * 2 - 1], rng)
-        return {"source": source, "target": self._augment([target], rng)[0], "mask": (mask + 1) / 2}
+        mask = case.slices("mask", [z])
+        source, mask = self._augment([source, mask * 2 - 1], rng, mask)
+        target = self._augment([target.slices("target", [tz])], rng, target.slices("mask", [tz]))[0]
+        return {"source": source, "target": target, "mask": (mask + 1) / 2}
 
-    def _augment(self, images: list[torch.Tensor], rng: torch.Generator) -> list[torch.Tensor]:
-        """Crop to the patch size and, if enabled, flip/rotate/scale: one draw for all images given."""
+    def _augment(self, images: list[torch.Tensor], rng: torch.Generator, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Crop to the patch size and, if enabled, flip/rotate/scale: one draw for all images given. ``mask`` is the
+        body mask of their slice (1, H, W), for data.crop body."""
         sizes = [im.shape[0] for im in images]
-        x = torch.cat(images, 0)
         d = self.cfg.data
         p = d.patch_size
-        x = _pad_to(x, p)
+        x = _pad_to(torch.cat([*images, mask], 0), p)
+        x, mask = x[:-1], x[-1]
         u = torch.rand(5, generator=rng)
-        top = int(u[0].item() * (x.shape[1] - p + 1))
-        left = int(u[1].item() * (x.shape[2] - p + 1))
+        top, left = _crop_origin(mask, p, d.crop, float(u[0].item()), float(u[1].item()))
         x = x[:, top : top + p, left : left + p]
         if d.augment:
             if u[2].item() < 0.5:
@@ -471,6 +473,19 @@ class SliceDataset(torch.utils.data.Dataset):
                     + BACKGROUND
                 )
         return list(torch.split(x, sizes, 0))
+
+
+def _crop_origin(mask: torch.Tensor, p: int, crop: str, u0: float, u1: float) -> tuple[int, int]:
+    """Top-left corner of a p x p crop of an (H, W) slice: anywhere (uniform), or centred on a body pixel drawn
+    uniformly from the mask (body; a slice without body falls back to uniform), kept inside the slice."""
+    h, w = mask.shape
+    if crop == "body":
+        rows, cols = torch.nonzero(mask > 0.5, as_tuple=True)
+        if len(rows):
+            k = min(int(u0 * len(rows)), len(rows) - 1)
+            top = min(max(int(rows[k]) - p // 2, 0), h - p)
+            return top, min(max(int(cols[k]) - p // 2, 0), w - p)
+    return int(u0 * (h - p + 1)), int(u1 * (w - p + 1))
 
 
 def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
