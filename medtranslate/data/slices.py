@@ -7,8 +7,9 @@ on its own grid with a body mask made from itself (:func:`prepare_scan`). Volume
 (:func:`cached_case`, cache.py), and training items read their slices from there, so memory does not grow with the
 number of cases; slices are cut along the axial axis (spatial dim 2 after RAS orientation). 2.5D input stacks the k
 slices on each side as channels (replicated at the ends) and predicts the centre slice. Slices with less body than
-``min_body_fraction`` are skipped. Training patches are random crops (padded with the background value when a
-slice is smaller); augmentation (flip, small rotation and scaling) draws once per pair and moves both images alike.
+``min_body_fraction`` are skipped. Training patches are random crops, anywhere in the slice or, with ``data.crop``
+body, centred on a body pixel (padded with the background value when a slice is smaller); augmentation (flip, small
+rotation and scaling) draws once per pair and moves both images alike.
 """
 
 from __future__ import annotations
