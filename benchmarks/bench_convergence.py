@@ -5,10 +5,11 @@ of its own, one after another on this machine, and its ``history.csv`` gives, pe
 the epoch's wall time; the process's CPU time (user + system, all threads) is measured around it. The first variant
 is the baseline: the table gives each variant's CPU time as a ratio to it, and the CPU-seconds each took to first
 reach the baseline's final error. Writes ``OUT/convergence.csv`` and ``OUT/convergence.png`` (error against
-cumulative CPU-seconds, per variant). The CPU is named first; run on an idle machine.
+cumulative CPU-seconds, per variant, at the validated epochs). The CPU is named first; run on an idle machine.
 
 Run: python benchmarks/bench_convergence.py PIPELINE --out runs/conv --variant base: --variant lr1e3:train.lr=0.001
       [--set KEY=VALUE ...]  (the --set overrides apply to every variant, e.g. train.epochs=15)
+     python benchmarks/bench_convergence.py --replot runs/conv  (the figure again, from the files of a finished run)
 """
 
 from __future__ import annotations
@@ -42,14 +43,61 @@ def run_variant(pipeline: str, out: Path, sets: list[str]) -> tuple[list[dict[st
         return list(csv.DictReader(fh)), cpu, wall
 
 
+def curve(rows: list[dict[str, str]], cpu: float, wall: float, metric: str) -> tuple[list[float], list[float]]:
+    """Cumulative CPU-seconds at each epoch's end and the metric there (NaN: an epoch not validated)."""
+    # the epochs' share of the process's CPU time, in proportion to their wall time (start-up and caching aside)
+    scale = cpu / wall
+    cumulative, total = [], 0.0
+    for r in rows:
+        total += float(r["seconds"]) * scale
+        cumulative.append(total)
+    return cumulative, [float(r[metric]) if r.get(metric) else float("nan") for r in rows]
+
+
+def plot(results: list[tuple], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, _, cumulative, errors, _, _ in results:
+        validated = [(c, e) for c, e in zip(cumulative, errors, strict=True) if e == e]  # a line through them all
+        ax.plot(*zip(*validated, strict=True), marker="o", ms=3, label=name)
+    ax.set_xlabel("training CPU-seconds (all threads)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def replot(out: Path, metric: str) -> None:
+    """Draw OUT/convergence.png again from OUT/convergence.csv and each variant's history.csv."""
+    results = []
+    with (out / "convergence.csv").open(newline="") as fh:
+        for v in csv.DictReader(fh):
+            with (out / v["variant"] / "history.csv").open(newline="") as hf:
+                rows = list(csv.DictReader(hf))
+            cumulative, errors = curve(rows, float(v["cpu_s"]), float(v["wall_s"]), metric)
+            results.append((v["variant"], None, cumulative, errors, None, None))
+    plot(results, metric, out / "convergence.png")
+    print(f"wrote {out / 'convergence.png'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pipeline")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--variant", action="append", required=True, help="NAME:KEY=VALUE,KEY=VALUE (first: baseline)")
+    parser.add_argument("pipeline", nargs="?")
+    parser.add_argument("--out")
+    parser.add_argument("--variant", action="append", help="NAME:KEY=VALUE,KEY=VALUE (first: baseline)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant")
     parser.add_argument("--metric", default="val_mae", help="history column to follow (lower is better)")
+    parser.add_argument("--replot", metavar="OUT", help="only draw the figure of a finished run in OUT again")
     args = parser.parse_args()
+    if args.replot:
+        return replot(Path(args.replot), args.metric)
+    if not (args.pipeline and args.out and args.variant):
+        parser.error("a pipeline, --out and at least one --variant are needed (or --replot OUT)")
     print(f"{describe_machine(resolve_device('auto'))}; {args.pipeline}; common: {' '.join(args.set) or '-'}")
     out = Path(args.out)
     results = []
@@ -61,14 +109,7 @@ def main() -> None:
         except subprocess.CalledProcessError:
             print(f"variant {name} failed (its error is above); the others go on")
             continue
-        # the epochs' share of the process's CPU time, in proportion to their wall time (start-up and caching aside)
-        epoch_wall = [float(r["seconds"]) for r in rows]
-        scale = cpu / wall
-        cumulative, total = [], 0.0
-        for s in epoch_wall:
-            total += s * scale
-            cumulative.append(total)
-        errors = [float(r[args.metric]) if r.get(args.metric) else float("nan") for r in rows]
+        cumulative, errors = curve(rows, cpu, wall, args.metric)
         results.append((name, sets, cumulative, errors, cpu, wall))
 
     if not results:
@@ -94,21 +135,7 @@ def main() -> None:
         row.append(reach_s)
         lines.append(",".join(map(str, row)))
     (out / "convergence.csv").write_text("\n".join(lines) + "\n")
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, _, cumulative, errors, _, _ in results:
-        ax.plot(cumulative, errors, marker="o", ms=3, label=name)
-    ax.set_xlabel("training CPU-seconds (all threads)")
-    ax.set_ylabel(args.metric)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "convergence.png", dpi=100)
+    plot(results, args.metric, out / "convergence.png")
     print(f"wrote {out / 'convergence.csv'} and {out / 'convergence.png'}")
 
 
