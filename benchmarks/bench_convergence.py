@@ -54,14 +54,15 @@ def curve(rows: list[dict[str, str]], cpu: float, wall: float, metric: str) -> t
     return cumulative, [float(r[metric]) if r.get(metric) else float("nan") for r in rows]
 
 
-def plot(results: list[tuple], metric: str, path: Path) -> None:
+def plot(curves: list[tuple[str, list[float], list[float]]], metric: str, path: Path) -> None:
+    """Each (name, cumulative CPU-seconds, metric) curve through its validated epochs, into ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, _, cumulative, errors, _, _ in results:
+    for name, cumulative, errors in curves:
         validated = [(c, e) for c, e in zip(cumulative, errors, strict=True) if e == e]  # a line through them all
         ax.plot(*zip(*validated, strict=True), marker="o", ms=3, label=name)
     ax.set_xlabel("training CPU-seconds (all threads)")
@@ -74,14 +75,13 @@ def plot(results: list[tuple], metric: str, path: Path) -> None:
 
 def replot(out: Path, metric: str) -> None:
     """Draw OUT/convergence.png again from OUT/convergence.csv and each variant's history.csv."""
-    results = []
+    curves = []
     with (out / "convergence.csv").open(newline="") as fh:
         for v in csv.DictReader(fh):
             with (out / v["variant"] / "history.csv").open(newline="") as hf:
                 rows = list(csv.DictReader(hf))
-            cumulative, errors = curve(rows, float(v["cpu_s"]), float(v["wall_s"]), metric)
-            results.append((v["variant"], None, cumulative, errors, None, None))
-    plot(results, metric, out / "convergence.png")
+            curves.append((v["variant"], *curve(rows, float(v["cpu_s"]), float(v["wall_s"]), metric)))
+    plot(curves, metric, out / "convergence.png")
     print(f"wrote {out / 'convergence.png'}")
 
 
@@ -135,7 +135,8 @@ def main() -> None:
         row.append(reach_s)
         lines.append(",".join(map(str, row)))
     (out / "convergence.csv").write_text("\n".join(lines) + "\n")
-    plot(results, args.metric, out / "convergence.png")
+    curves = [(name, cumulative, errors) for name, _, cumulative, errors, _, _ in results]
+    plot(curves, args.metric, out / "convergence.png")
     print(f"wrote {out / 'convergence.csv'} and {out / 'convergence.png'}")
 
 

@@ -427,31 +427,38 @@ class SliceDataset(torch.utils.data.Dataset):
         case = self.cases[ci]
         source = case.slices("source", context_indices(z, self.cfg.data.context, case.shape[0]))
         if self.paired:
-            target, mask = case.slices("target", [z]), case.slices("mask", [z])
-            return dict(zip(("source", "target"), self._augment([source, target], rng, mask), strict=True))
+            source, target = self._augment([source, case.slices("target", [z])], rng, self._crop_mask(case, z))
+            return {"source": source, "target": target}
         others = bool(self._target_ids - {case.case_id})
         while True:  # a target slice of another subject, when the cohort has one
             n = len(self.target_index)
             tj, tz = self.target_index[int(torch.rand(1, generator=rng).item() * n) % n]
             if not others or self.targets[tj].case_id != case.case_id:
                 break
-        target = self.targets[tj]
+        partner = self.targets[tj]
         # the source's body mask rides along on the [-1, 1] scale, so augmentation pads it with background
         mask = case.slices("mask", [z])
-        source, mask = self._augment([source, mask * 2 - 1], rng, mask)
-        target = self._augment([target.slices("target", [tz])], rng, target.slices("mask", [tz]))[0]
+        source, mask = self._augment([source, mask * 2 - 1], rng, mask if self.cfg.data.crop == "body" else None)
+        target = self._augment([partner.slices("target", [tz])], rng, self._crop_mask(partner, tz))[0]
         return {"source": source, "target": target, "mask": (mask + 1) / 2}
 
-    def _augment(self, images: list[torch.Tensor], rng: torch.Generator, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Crop to the patch size and, if enabled, flip/rotate/scale: one draw for all images given. ``mask`` is the
-        body mask of their slice (1, H, W), for data.crop body."""
+    def _crop_mask(self, case: CachedCase, z: int) -> torch.Tensor | None:
+        """The body mask of slice z, which only data.crop body reads (uniform crops need none)."""
+        return case.slices("mask", [z]) if self.cfg.data.crop == "body" else None
+
+    def _augment(
+        self, images: list[torch.Tensor], rng: torch.Generator, mask: torch.Tensor | None
+    ) -> list[torch.Tensor]:
+        """Crop to the patch size and, if enabled, flip/rotate/scale: one draw for all images given. ``mask``: the
+        body mask of their slice (1, H, W) to centre the crop on (data.crop body); None: a crop anywhere."""
         sizes = [im.shape[0] for im in images]
         d = self.cfg.data
         p = d.patch_size
-        x = _pad_to(torch.cat([*images, mask], 0), p)
-        x, mask = x[:-1], x[-1]
+        x = _pad_to(torch.cat(images if mask is None else [*images, mask], 0), p)
+        if mask is not None:
+            x, mask = x[:-1], x[-1]
         u = torch.rand(5, generator=rng)
-        top, left = _crop_origin(mask, p, d.crop, float(u[0].item()), float(u[1].item()))
+        top, left = _crop_origin(mask, x.shape[1], x.shape[2], p, float(u[0].item()), float(u[1].item()))
         x = x[:, top : top + p, left : left + p]
         if d.augment:
             if u[2].item() < 0.5:
@@ -476,11 +483,10 @@ class SliceDataset(torch.utils.data.Dataset):
         return list(torch.split(x, sizes, 0))
 
 
-def _crop_origin(mask: torch.Tensor, p: int, crop: str, u0: float, u1: float) -> tuple[int, int]:
-    """Top-left corner of a p x p crop of an (H, W) slice: anywhere (uniform), or centred on a body pixel drawn
-    uniformly from the mask (body; a slice without body falls back to uniform), kept inside the slice."""
-    h, w = mask.shape
-    if crop == "body":
+def _crop_origin(mask: torch.Tensor | None, h: int, w: int, p: int, u0: float, u1: float) -> tuple[int, int]:
+    """Top-left corner of a p x p crop of an h x w slice: anywhere (no mask), or centred on a body pixel drawn
+    uniformly from the (h, w) mask (a slice without body falls back to anywhere), kept inside the slice."""
+    if mask is not None:
         rows, cols = torch.nonzero(mask > 0.5, as_tuple=True)
         if len(rows):
             k = min(int(u0 * len(rows)), len(rows) - 1)
