@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medtranslate.core.config import RunConfig
-from medtranslate.core.errors import InputError
+from medtranslate.core.errors import ConfigError, InputError
 from medtranslate.data.cache import CachedCase, open_cached, write_cached
 from medtranslate.data.slices import PreparedCase, PreparedScan, SliceDataset, context_indices
 
@@ -152,6 +152,36 @@ def test_unpaired_partners_come_from_the_target_cohort_of_other_subjects(case, t
                 assert value == pytest.approx(0.3)
             assert item["target"].shape == (1, 24, 24) and torch.equal(item["mask"][0, 2:22], torch.ones(20, 24))
     assert drawn == {0.3, 0.4}  # both target scans serve as partners
+
+
+def test_area_partners_match_each_source_slice_to_target_slices_of_similar_body_area(tmp_path):
+    def scan(cid: str, slot: str, sides: list[int]):
+        """A 24 x 24 scan whose slice z holds a sides[z]-pixel body square, valued sides[z] / 100 on -1."""
+        image, mask = -torch.ones(1, 24, 24, len(sides)), torch.zeros(1, 24, 24, len(sides), dtype=torch.bool)
+        for z, side in enumerate(sides):
+            image[0, :side, :side, z], mask[0, :side, :side, z] = side / 100, True
+        return write_cached(PreparedScan(cid, slot, image, mask), tmp_path / f"{cid}-{slot}")
+
+    sources = [scan("mr", "source", [6, 11, 17, 22])]
+    target_sides = list(range(4, 24))  # 20 target slices, all areas distinct: each source slice has 2 nearest
+    targets = [scan("ct1", "target", target_sides[::2]), scan("ct2", "target", target_sides[1::2])]
+    cfg = dict(augment=False, patch_size=24, min_body_fraction=0.01, spacing=[1.0, 1.0, 1.0])
+    near = SliceDataset(sources, config(partner="area", **cfg), seed=0, targets=targets)
+    anywhere = SliceDataset(sources, config(partner="any", **cfg), seed=0, targets=targets)
+    met_near, met_any = set(), set()
+    for epoch in range(6):
+        near.set_epoch(epoch), anywhere.set_epoch(epoch)
+        for i in range(len(near)):
+            side = round(float(near[i]["source"].max()) * 100)
+            expected = sorted(target_sides, key=lambda t: abs(t * t - side * side))[:2]
+            met = round(float(near[i]["target"].max()) * 100)
+            assert met in expected, (side, met, expected)
+            met_near.add((side, met))
+            met_any.add((side, round(float(anywhere[i]["target"].max()) * 100)))
+    assert len(met_near) == 8  # both nearest partners of every source slice are drawn
+    assert len(met_any) > 16 and any(abs(t - s) > 8 for s, t in met_any)  # any: far partners too
+    with pytest.raises(ConfigError, match="data.spacing"):
+        config(partner="area")
 
 
 def test_denoising_augmentation_does_not_interpolate_the_noise_away(case):

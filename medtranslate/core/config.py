@@ -58,6 +58,9 @@ class DataConfig:
     patch_size: int = 128  # training crops (pixels); whole slices at inference
     # where training crops lie: uniform (anywhere in the slice) | body (centred on a random body pixel)
     crop: str = "uniform"
+    # unpaired only: which target slice meets a source slice: any (drawn from the whole target cohort) | area (from
+    # the tenth of the cohort's slices nearest to it in body area; needs data.spacing)
+    partner: str = "any"
     min_body_fraction: float = 0.05  # slices with less body than this are skipped in training
     spacing: tuple[float, float, float] | None = None  # resample to this spacing (mm); None keeps the input's
     augment: bool = True  # random flips and small affine, identical for both images of a pair
@@ -77,6 +80,7 @@ class DataConfig:
         require_int("data.context", self.context, 0, 16)
         require_int("data.patch_size", self.patch_size, 16, 4096)
         require_choice("data.crop", self.crop, ("uniform", "body"))
+        require_choice("data.partner", self.partner, ("any", "area"))
         require_number("data.min_body_fraction", self.min_body_fraction, minimum=0, below=1)
         require_bool("data.augment", self.augment)
         if self.rotate_deg is not None:
@@ -90,6 +94,11 @@ class DataConfig:
                 )
             spacing = tuple(require_number("data.spacing", s, above=0, maximum=100) for s in self.spacing)
             object.__setattr__(self, "spacing", spacing)
+        elif self.partner == "area":
+            raise ConfigError(
+                "data.partner area compares body areas in pixels, so every scan needs one pixel size: set data.spacing "
+                "(e.g. [1.0, 1.0, 2.5]), or use data.partner any"
+            )
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ number of cases; slices are cut along the axial axis (spatial dim 2 after RAS or
 slices on each side as channels (replicated at the ends) and predicts the centre slice. Slices with less body than
 ``min_body_fraction`` are skipped. Training patches are random crops, anywhere in the slice or, with ``data.crop``
 body, centred on a body pixel (padded with the background value when a slice is smaller); augmentation (flip, small
-rotation and scaling) draws once per pair and moves both images alike.
+rotation and scaling) draws once per pair and moves both images alike. An unpaired source slice meets a target slice
+drawn from the whole target cohort or, with ``data.partner`` area, from the target slices nearest to it in body area.
 """
 
 from __future__ import annotations
@@ -365,9 +366,16 @@ def context_indices(z: int, context: int, depth: int) -> list[int]:
     return [min(max(z + d, 0), depth - 1) for d in range(-context, context + 1)]
 
 
+# data.partner area: a source slice meets one of the tenth of the target cohort's slices nearest to it in body area:
+# dozens of partners each on the sample CT cohort (about 290 slices), and the MR cohort's wide mid-head slices no
+# longer meet the CT cohort's narrow neck (the top of the head and the neck, alike in area, still meet).
+PARTNER_SHARE = 0.1
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """Training slices. Paired: source and target of the same slice. Unpaired (``targets`` given): each source slice
-    meets a target slice drawn from the target cohort, of another subject whenever the cohort has one.
+    meets a target slice drawn from the target cohort (data.partner any) or from its slices nearest in body area
+    (data.partner area), of another subject whenever the cohort has one.
 
     Every random draw of an item (crop, flips, affine, unpaired partner) comes from a generator seeded by
     (seed, epoch, index) alone, so an item is the same whichever process or data-loader worker makes it, in whatever
@@ -403,6 +411,25 @@ class SliceDataset(torch.utils.data.Dataset):
                 "unpaired training needs scans of at least 2 subjects, so source and target slices come from different "
                 "subjects"
             )
+        self._partners = self._nearest_in_area() if cfg.data.partner == "area" else None
+
+    def _nearest_in_area(self) -> list[np.ndarray]:
+        """data.partner area: for each source slice, the target slices (positions in target_index) it may meet: the
+        PARTNER_SHARE of the target cohort's slices nearest to it in body area, of other subjects whenever the
+        cohort holds another. Areas are in pixels, which data.spacing makes one size for all scans."""
+        t_area = np.array(
+            [self.targets[tj].body_fraction[tz] * _pixels(self.targets[tj]) for tj, tz in self.target_index]
+        )
+        t_case = np.array([self.targets[tj].case_id for tj, _ in self.target_index])
+        k = max(1, math.ceil(PARTNER_SHARE * len(self.target_index)))
+        partners = []
+        for ci, z in self.index:
+            case = self.cases[ci]
+            others = np.flatnonzero(t_case != case.case_id)
+            pool = others if len(others) else np.arange(len(t_case))
+            gap = np.abs(t_area[pool] - case.body_fraction[z] * _pixels(case))
+            partners.append(pool[np.argsort(gap, kind="stable")[: min(k, len(pool))]])
+        return partners
 
     def _body_slices(self, cases: list[CachedCase]) -> list[tuple[int, int]]:
         index = []
@@ -429,18 +456,27 @@ class SliceDataset(torch.utils.data.Dataset):
         if self.paired:
             source, target = self._augment([source, case.slices("target", [z])], rng, self._crop_mask(case, z))
             return {"source": source, "target": target}
-        others = bool(self._target_ids - {case.case_id})
-        while True:  # a target slice of another subject, when the cohort has one
-            n = len(self.target_index)
-            tj, tz = self.target_index[int(torch.rand(1, generator=rng).item() * n) % n]
-            if not others or self.targets[tj].case_id != case.case_id:
-                break
+        tj, tz = self._partner(i, rng)
         partner = self.targets[tj]
         # the source's body mask rides along on the [-1, 1] scale, so augmentation pads it with background
         mask = case.slices("mask", [z])
         source, mask = self._augment([source, mask * 2 - 1], rng, mask if self.cfg.data.crop == "body" else None)
         target = self._augment([partner.slices("target", [tz])], rng, self._crop_mask(partner, tz))[0]
         return {"source": source, "target": target, "mask": (mask + 1) / 2}
+
+    def _partner(self, i: int, rng: torch.Generator) -> tuple[int, int]:
+        """The target slice (case, z) that source item i meets: one of its nearest in area (data.partner area), or
+        any of the cohort, of another subject when the cohort has one."""
+        if self._partners is not None:
+            near = self._partners[i]
+            return self.target_index[int(near[int(torch.rand(1, generator=rng).item() * len(near)) % len(near)])]
+        own = self.cases[self.index[i][0]].case_id
+        others = bool(self._target_ids - {own})
+        n = len(self.target_index)
+        while True:
+            tj, tz = self.target_index[int(torch.rand(1, generator=rng).item() * n) % n]
+            if not others or self.targets[tj].case_id != own:
+                return tj, tz
 
     def _crop_mask(self, case: CachedCase, z: int) -> torch.Tensor | None:
         """The body mask of slice z, which only data.crop body reads (uniform crops need none)."""
@@ -493,6 +529,11 @@ def _crop_origin(mask: torch.Tensor | None, h: int, w: int, p: int, u0: float, u
             top = min(max(int(rows[k]) - p // 2, 0), h - p)
             return top, min(max(int(cols[k]) - p // 2, 0), w - p)
     return int(u0 * (h - p + 1)), int(u1 * (w - p + 1))
+
+
+def _pixels(case: CachedCase) -> int:
+    """The number of pixels in one axial slice of a cached case."""
+    return int(case.shape[1] * case.shape[2])
 
 
 def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
