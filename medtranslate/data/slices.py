@@ -411,25 +411,25 @@ class SliceDataset(torch.utils.data.Dataset):
                 "unpaired training needs scans of at least 2 subjects, so source and target slices come from different "
                 "subjects"
             )
-        self._partners = self._nearest_in_area() if cfg.data.partner == "area" else None
+        if cfg.data.partner == "area":  # each target slice's body area (pixels) and subject, for _nearest_in_area
+            self._target_area = np.array(
+                [self.targets[tj].body_fraction[tz] * _pixels(self.targets[tj]) for tj, tz in self.target_index]
+            )
+            self._target_case = np.array([self.targets[tj].case_id for tj, _ in self.target_index])
 
-    def _nearest_in_area(self) -> list[np.ndarray]:
-        """data.partner area: for each source slice, the target slices (positions in target_index) it may meet: the
+    def _nearest_in_area(self, i: int) -> np.ndarray:
+        """data.partner area: the target slices (positions in target_index) source item i may meet: the
         PARTNER_SHARE of the target cohort's slices nearest to it in body area, of other subjects whenever the
-        cohort holds another. Areas are in pixels, which data.spacing makes one size for all scans."""
-        t_area = np.array(
-            [self.targets[tj].body_fraction[tz] * _pixels(self.targets[tj]) for tj, tz in self.target_index]
-        )
-        t_case = np.array([self.targets[tj].case_id for tj, _ in self.target_index])
+        cohort holds another. Areas are in pixels, which data.spacing makes one size for all scans. Made per item
+        (a sort of the target cohort's areas) rather than stored: a table for every source slice would grow with the
+        product of the two cohorts' sizes."""
+        ci, z = self.index[i]
+        case = self.cases[ci]
+        others = np.flatnonzero(self._target_case != case.case_id)
+        pool = others if len(others) else np.arange(len(self._target_case))
+        gap = np.abs(self._target_area[pool] - case.body_fraction[z] * _pixels(case))
         k = max(1, math.ceil(PARTNER_SHARE * len(self.target_index)))
-        partners = []
-        for ci, z in self.index:
-            case = self.cases[ci]
-            others = np.flatnonzero(t_case != case.case_id)
-            pool = others if len(others) else np.arange(len(t_case))
-            gap = np.abs(t_area[pool] - case.body_fraction[z] * _pixels(case))
-            partners.append(pool[np.argsort(gap, kind="stable")[: min(k, len(pool))]])
-        return partners
+        return pool[np.argsort(gap, kind="stable")[: min(k, len(pool))]]
 
     def _body_slices(self, cases: list[CachedCase]) -> list[tuple[int, int]]:
         index = []
@@ -467,8 +467,8 @@ class SliceDataset(torch.utils.data.Dataset):
     def _partner(self, i: int, rng: torch.Generator) -> tuple[int, int]:
         """The target slice (case, z) that source item i meets: one of its nearest in area (data.partner area), or
         any of the cohort, of another subject when the cohort has one."""
-        if self._partners is not None:
-            near = self._partners[i]
+        if self.cfg.data.partner == "area":
+            near = self._nearest_in_area(i)
             return self.target_index[int(near[int(torch.rand(1, generator=rng).item() * len(near)) % len(near)])]
         own = self.cases[self.index[i][0]].case_id
         others = bool(self._target_ids - {own})
