@@ -34,12 +34,12 @@ def volume(c: CachedCase, name: str = "source") -> torch.Tensor:
     return torch.from_numpy(np.array(c.array(name))).permute(1, 2, 0)
 
 
-def config(task: str = "mr2ct", **data) -> RunConfig:
+def config(task: str = "mr2ct", kind: str = "pix2pix", **data) -> RunConfig:
     # a valid model for 16-pixel patches: a 3-level U-Net, a 2-layer PatchGAN (config.py refuses what nets cannot take)
     return RunConfig.from_dict(
         {
             "data": {"root": "x", "patch_size": 16, **data},
-            "model": {"kind": "pix2pix", "task": task, "num_downs": 3, "d_layers": 2},
+            "model": {"kind": kind, "task": task, "num_downs": 3, "d_layers": 2},
         }
     )
 
@@ -165,7 +165,7 @@ def test_area_partners_match_each_source_slice_to_target_slices_of_similar_body_
     sources = [scan("mr", "source", [6, 11, 17, 22])]
     target_sides = list(range(4, 24))  # 20 target slices, all areas distinct: each source slice has 2 nearest
     targets = [scan("ct1", "target", target_sides[::2]), scan("ct2", "target", target_sides[1::2])]
-    cfg = dict(augment=False, patch_size=24, min_body_fraction=0.01, spacing=[1.0, 1.0, 1.0])
+    cfg = dict(kind="cyclegan", augment=False, patch_size=24, min_body_fraction=0.01, spacing=[1.0, 1.0, 1.0])
     near = SliceDataset(sources, config(partner="area", **cfg), seed=0, targets=targets)
     anywhere = SliceDataset(sources, config(partner="any", **cfg), seed=0, targets=targets)
     met_near, met_any = set(), set()
@@ -181,7 +181,9 @@ def test_area_partners_match_each_source_slice_to_target_slices_of_similar_body_
     assert len(met_near) == 8  # both nearest partners of every source slice are drawn
     assert len(met_any) > 16 and any(abs(t - s) > 8 for s, t in met_any)  # any: far partners too
     with pytest.raises(ConfigError, match="data.spacing"):
-        config(partner="area")
+        config(kind="cyclegan", partner="area")
+    with pytest.raises(ConfigError, match="pix2pix learns from pairs"):  # refused, not ignored
+        config(partner="area", spacing=[1.0, 1.0, 1.0])
 
 
 def test_denoising_augmentation_does_not_interpolate_the_noise_away(case):

@@ -301,6 +301,11 @@ class RunConfig:
                 "data.context (2.5D) is supported for pix2pix only: CycleGAN's cycle maps images back to their own "
                 "channels; set data.context: 0"
             )
+        if self.data.partner != "any" and get_kind(m.kind).learns_from == "pairs":
+            raise ConfigError(
+                f"data.partner chooses the target slice an unpaired source slice meets; model.kind {m.kind} learns "
+                "from pairs (each slice meets its own target): remove data.partner"
+            )
         if not get_kind(m.kind).network:
             return
         # sizes the networks accept: the U-Net halves a patch num_downs times, the ResNet twice; the PatchGAN
