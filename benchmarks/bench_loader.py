@@ -34,7 +34,7 @@ def main() -> None:
     split = load_split(cfg, sorted(pairs))
     cache = Path(tempfile.mkdtemp(prefix="bench-loader-"))
     cases = [cached_case(pairs[cid], cfg, cache) for cid in split["train"]]
-    dataset = SliceDataset(cases, cfg, cfg.train.seed, paired=cfg.model.kind == "pix2pix")
+    dataset = SliceDataset(cases, cfg, cfg.train.seed)
     bs = cfg.train.batch_size
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
     order = (order * (1 + args.batches * bs // len(order)))[: args.batches * bs]

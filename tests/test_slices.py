@@ -76,6 +76,21 @@ def test_the_cache_gives_back_what_was_written_and_its_body_index(case):
     assert not [p for p in c.folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
 
 
+def test_slices_are_read_at_their_offset_in_any_order_and_a_short_file_is_reported(case):
+    c = case("a", depth=7, body_slices=(2, 5))
+    for name in ("source", "mask"):  # float32 and uint8 arrays
+        zs = [5, 2, 2, 6]
+        expected = torch.from_numpy(np.array(c.array(name))[zs].astype(np.float32))
+        assert torch.equal(c.slices(name, zs), expected)
+    with pytest.raises(InputError, match="source.npy: this slice cache entry of case 'a' was damaged"):
+        c.slices("source", [7])
+    data = (c.folder / "target.npy").read_bytes()
+    (c.folder / "target.npy").write_bytes(data[: len(data) - 100])  # cut short after the entry was opened
+    assert torch.equal(c.slices("target", [0])[0], 0.5 * volume(c)[:, :, 0])
+    with pytest.raises(InputError, match="target.npy: this slice cache entry of case 'a' was damaged"):
+        c.slices("target", [6])
+
+
 @pytest.mark.parametrize("context", [0, 2])
 def test_paired_augmentation_moves_source_and_target_alike(case, context):
     ds = SliceDataset([case("a")], config(context=context, rotate_deg=20.0, scale=0.2), seed=0)
