@@ -227,9 +227,6 @@ class TrainConfig:
     beta1: float = 0.5  # Adam's beta1 (the papers' 0.5)
     beta2: float = 0.999  # Adam's beta2
     decay_epochs: int | None = None  # epochs of linear decay to 0 at the end; default: half of epochs
-    # linear (the papers': constant, then decay_epochs of linear decay) | onecycle (warm up to lr over the first 30 %
-    # of the epochs, then cosine annealing towards 0; schedule.py)
-    schedule: str = "linear"
     d_steps: int = 1  # discriminator updates per generator update
     seed: int = 0  # every random draw: weights, crops, augmentation, unpaired partners, dropout
     device: str = "auto"  # auto | cpu | cuda
@@ -281,13 +278,8 @@ class TrainConfig:
         if self.num_threads is not None:
             require_int("train.num_threads", self.num_threads, 1, 4096)
         require_int("train.workers", self.workers, 0, 256)
-        require_choice("train.schedule", self.schedule, ("linear", "onecycle"))
         if self.decay_epochs is not None:
             require_int("train.decay_epochs", self.decay_epochs, 0, self.epochs)
-            if self.schedule != "linear":
-                raise ConfigError(
-                    f"train.decay_epochs belongs to the linear schedule, not train.schedule {self.schedule}; remove it"
-                )
         require_number("train.ema", self.ema, minimum=0, below=1)
 
 

@@ -1,11 +1,8 @@
 """The learning-rate schedule of pix2pix and CycleGAN, and how long it runs: a fixed number of epochs.
 
-The default is the papers' schedule (Isola et al. 2017; Zhu et al. 2017): the base rate for the first epochs, then a
-linear decay to zero over the last ``decay`` epochs (half of them unless set). ``onecycle`` (Smith and Topin 2019,
-"Super-convergence") warms up from a 25th of the base rate to the base rate over the first 30 % of the epochs and then
-anneals it along a cosine towards zero (the share and the start are PyTorch's ``OneCycleLR`` defaults). Either way the
-length is ``train.epochs``, so the same config trains the same model on a laptop, a busy server or a GPU; only the time
-differs.
+The schedule is the papers' one (Isola et al. 2017; Zhu et al. 2017): the base rate for the first epochs, then a
+linear decay to zero over the last ``decay`` epochs (half of them unless set). Its length is ``train.epochs``, so the
+same config trains the same model on a laptop, a busy server or a GPU; only the time differs.
 
 ``train.max_minutes`` is a cap, not a plan: no epoch is started that is expected to end past it (the mean of the
 recent epochs says how long one takes; the first carries the warm-up). A run it stops is under-trained, and says so:
@@ -15,15 +12,12 @@ recent epochs says how long one takes; the first carries the warm-up). A run it 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Schedule", "note_of"]
 
 RECENT_EPOCHS = 5  # epochs whose mean duration predicts the next one's
-ONECYCLE_WARMUP = 0.3  # share of the epochs spent warming up (PyTorch OneCycleLR's pct_start)
-ONECYCLE_START = 1 / 25  # the first epoch's rate as a share of the base rate (OneCycleLR's 1 / div_factor)
 
 
 @dataclass
@@ -32,8 +26,7 @@ class Schedule:
 
     Attributes:
         epochs: total epochs (the plan; never changed by time).
-        decay_epochs: length of the linear decay; None: half the epochs.
-        kind: linear | onecycle.
+        decay_epochs: length of the decay; None: half the epochs.
         max_minutes: the cap on one process's training time, or None.
         stopped_after: the epochs done when the cap stopped the run; None while it has not.
     """
@@ -42,7 +35,6 @@ class Schedule:
     decay_epochs: int | None = None
     max_minutes: float | None = None
     stopped_after: int | None = None
-    kind: str = "linear"
     _seconds: list[float] = field(default_factory=list, repr=False)  # durations of the epochs seen by reaches_cap()
 
     @property
@@ -51,13 +43,6 @@ class Schedule:
 
     def factor(self, epoch: int) -> float:
         """Multiplier of the base learning rate in epoch ``epoch`` (0-based)."""
-        if self.kind == "onecycle":
-            warm = max(1, round(ONECYCLE_WARMUP * self.epochs))
-            if epoch < warm:  # cosine from ONECYCLE_START (epoch 0) up to 1 (epoch ``warm``)
-                return ONECYCLE_START + (1 - ONECYCLE_START) * (1 - math.cos(math.pi * epoch / warm)) / 2
-            # cosine from 1 down, the last epoch still training at a small rate, as the linear decay's does
-            t = (epoch - warm + 1) / (self.epochs - warm + 1)
-            return (1 + math.cos(math.pi * t)) / 2
         decay = self.decay
         return 1.0 - max(0, epoch + 1 - (self.epochs - decay)) / float(decay + 1)
 
@@ -86,7 +71,7 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "kind": "linear",
             "epochs": self.epochs,
             "decay": self.decay,
             "decay_epochs": self.decay_epochs,
@@ -96,9 +81,7 @@ class Schedule:
 
     @classmethod
     def from_train_config(cls, train: Any) -> Schedule:
-        return cls(
-            epochs=train.epochs, decay_epochs=train.decay_epochs, max_minutes=train.max_minutes, kind=train.schedule
-        )
+        return cls(epochs=train.epochs, decay_epochs=train.decay_epochs, max_minutes=train.max_minutes)
 
 
 def note_of(saved: dict[str, Any] | None) -> str:
