@@ -122,9 +122,9 @@ class CachedCase:
     def slices(self, name: str, zs: list[int] | np.ndarray) -> torch.Tensor:
         """Axial slices ``zs`` of one array as a (len(zs), X, Y) float32 tensor of their own.
 
-        The span of slices from the lowest to the highest z is read in one call at its offset: a third of the time of
-        mapping the file per read (which parses the .npy header each time), and that was most of a small training
-        crop's cost (``benchmarks/bench_loader.py``).
+        The span of slices from the lowest to the highest z is read in one call at its offset, instead of mapping the
+        file per read (which parses the .npy header each time): that mapping was most of a small training crop's
+        cost (``benchmarks/bench_loader.py``; docs/benchmarks.md).
 
         Raises:
             InputError: the entry was damaged after it was opened (a file deleted or cut short while training ran).
