@@ -92,6 +92,17 @@ def test_unsafe_pickle_is_refused_saying_it_could_run_code(tmp_path, capsys):
     assert "could run code" not in str(info.value)
 
 
+def test_a_checkpoint_with_a_setting_this_version_does_not_know_names_it_whole(tmp_path, checkpoints):
+    ckpt = load_checkpoint(checkpoints["pix2pix"])
+    ckpt["config"]["train"]["a_later_setting"] = 1  # as a newer version's checkpoint carries
+    path = save_checkpoint(ckpt, tmp_path / "newer.pt")
+    (tmp_path / "in").mkdir()
+    result = translate_cli(str(path), str(tmp_path / "in"), str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown key train.a_later_setting" in result.stderr and "needs that version" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "field,value,match", [("task", "ct2mr", "unknown task 'ct2mr'"), ("source_kind", "pet", "source kind 'pet'")]
 )

@@ -234,7 +234,12 @@ def build_inference_net(ckpt: dict[str, Any], device: torch.device, source: str 
         net: nn.Module = model_class(get_kind(kind)).inference_net(ckpt, source)
         average = ckpt["model"].get("average")  # the weight average translates when training kept one
         net.load_state_dict(average["G"] if average else ckpt["model"]["nets"]["G"])
-    except (KeyError, RuntimeError, TypeError, AttributeError, ConfigError) as exc:
+    except ConfigError as exc:  # our own message, whole: it names the setting this version does not know
+        raise CheckpointError(
+            f"{exc}; a checkpoint written by another version of medtranslate needs that version to translate, or "
+            "train the model again with this one"
+        ) from exc
+    except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"{source}: the networks cannot be rebuilt "
             f"({show(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)})"
