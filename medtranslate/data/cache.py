@@ -112,8 +112,12 @@ class CachedCase:
     folder: Path
     shape: tuple[int, int, int]  # (Z, X, Y)
     body_fraction: np.ndarray
-    arrays: tuple[str, ...] = ("source", "target", "mask")
-    layout: tuple[tuple[int, str], ...] = ()  # per array: the data's byte offset in its .npy and its dtype
+    layout: dict[str, tuple[int, str]]  # per array held: its data's byte offset in its .npy and its dtype
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The arrays this entry holds (mask, and source and/or target), as meta.json lists them."""
+        return tuple(self.layout)
 
     def array(self, name: str) -> np.ndarray:
         """The whole ``(Z, X, Y)`` array, memory-mapped (read-only): index it and copy what you need."""
@@ -131,7 +135,7 @@ class CachedCase:
         """
         try:
             zs = np.asarray(zs, dtype=np.int64)
-            offset, dtype = self.layout[self.arrays.index(name)]
+            offset, dtype = self.layout[name]
             if zs.size == 0 or zs.min() < 0 or zs.max() >= self.shape[0]:
                 raise IndexError(f"slices {zs.tolist()} of {self.shape[0]}")
             lo, hi = int(zs.min()), int(zs.max()) + 1
@@ -143,7 +147,7 @@ class CachedCase:
                 raise EOFError(f"{len(data)} of {(hi - lo) * per_slice} bytes")
             span = np.frombuffer(data, dtype=dtype).reshape(hi - lo, self.shape[1], self.shape[2])
             return torch.from_numpy(span[zs - lo].astype(np.float32))
-        except (OSError, ValueError, IndexError, EOFError) as exc:
+        except (OSError, ValueError, IndexError, KeyError, EOFError) as exc:
             raise InputError(
                 f"{self.folder / (name + '.npy')}: this slice cache entry of case '{self.case_id}' was damaged while "
                 f"training ran ({type(exc).__name__}: {str(exc)[:120]}); run again (with --resume): a damaged entry "
@@ -209,7 +213,7 @@ def open_cached(folder: Path) -> CachedCase:
         raise CacheError("meta.json is of another format")
     if "mask" not in arrays or not set(arrays) & set(SLOTS) or set(arrays) - {"mask", *SLOTS}:
         raise CacheError(f"meta.json lists arrays {list(arrays)}")
-    layout = []
+    layout = {}
     for name in arrays:
         try:
             array = np.load(folder / f"{name}.npy", mmap_mode="r")  # reads the header; a short file fails to map
@@ -219,9 +223,9 @@ def open_cached(folder: Path) -> CachedCase:
             raise CacheError(f"{name}.npy holds {array.shape}, meta.json says {shape}")
         if not array.flags.c_contiguous:
             raise CacheError(f"{name}.npy is not stored slice by slice (C order)")
-        layout.append((int(array.offset), array.dtype.str))
+        layout[name] = (int(array.offset), array.dtype.str)
         del array
-    return CachedCase(case_id, folder, shape, fraction, arrays, tuple(layout))
+    return CachedCase(case_id, folder, shape, fraction, layout)
 
 
 def cached_or_rebuilt(folder: Path, prepare: Callable[[], Any]) -> CachedCase:
