@@ -100,6 +100,7 @@ def test_a_checkpoint_with_a_setting_this_version_does_not_know_names_it_whole(t
     result = translate_cli(str(path), str(tmp_path / "in"), str(tmp_path / "out"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "unknown key train.a_later_setting" in result.stderr and "needs that version" in result.stderr
+    assert result.stderr.count("newer.pt") == 1  # the file named, once
     assert not (tmp_path / "out").exists()
 
 

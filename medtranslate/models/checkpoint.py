@@ -235,8 +235,9 @@ def build_inference_net(ckpt: dict[str, Any], device: torch.device, source: str 
         average = ckpt["model"].get("average")  # the weight average translates when training kept one
         net.load_state_dict(average["G"] if average else ckpt["model"]["nets"]["G"])
     except ConfigError as exc:  # our own message, whole: it names the setting this version does not know
+        where = str(exc) if str(exc).startswith(source) else f"{source}: {exc}"  # the config's errors name it already
         raise CheckpointError(
-            f"{exc}; a checkpoint written by another version of medtranslate needs that version to translate, or "
+            f"{where}; a checkpoint written by another version of medtranslate needs that version to translate, or "
             "train the model again with this one"
         ) from exc
     except (KeyError, RuntimeError, TypeError, AttributeError) as exc:
