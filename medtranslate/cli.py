@@ -450,7 +450,13 @@ def _add_translate(sub: Any) -> None:
     p.add_argument(
         "--format", choices=("nifti", "dicom"), default="nifti", help="dicom: also write a DICOM CT series per case"
     )
-    p.add_argument("--tta", action="store_true", help="average over a left-right flip (test-time augmentation)")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over a left-right flip (test-time augmentation); default: as the model was trained to be used "
+        "(its model.tta)",
+    )
     p.add_argument(
         "--uncertainty",
         choices=("tta", "mc", "ensemble"),

@@ -60,6 +60,7 @@ def _write(tmp_path, **values):
         ("model__l1_warmup_epochs", -1, r"model.l1_warmup_epochs must be a whole number from 0 to 100000, got -1"),
         ("train__lr_d", 0, r"train.lr_d must be a finite number > 0 and <= 1, got 0"),
         ("train__ema", 1.0, r"train.ema must be a finite number >= 0 and < 1, got 1.0"),
+        ("model__tta", "yes", r"model.tta must be true or false, got 'yes'"),
     ],
 )
 def test_a_value_of_the_wrong_type_or_range_is_a_one_line_error(tmp_path, key, value, match):
@@ -71,6 +72,11 @@ def test_a_value_of_the_wrong_type_or_range_is_a_one_line_error(tmp_path, key, v
 def test_l1_warm_up_is_refused_for_a_model_without_an_l1_term(tmp_path):
     with pytest.raises(ConfigError, match=r"model.l1_warmup_epochs is a pix2pix schedule .* model.kind cyclegan"):
         load_config(_write(tmp_path, model__kind="cyclegan", model__l1_warmup_epochs=3))
+
+
+def test_test_time_flips_are_refused_for_a_model_without_a_network(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.tta averages a network's views; model.kind intensity_map has none"):
+        load_config(_write(tmp_path, model__kind="intensity_map", model__tta=True))
 
 
 def test_patch_size_must_fit_the_networks(tmp_path):

@@ -510,6 +510,39 @@ def test_outputs_of_another_checkpoint_keep_its_hash(tmp_path, checkpoints):
     assert {r["options"] for r in csv.DictReader((out / "manifest.csv").open())} == {"tta"}
 
 
+def test_a_model_trained_with_tta_is_translated_over_the_flip_unless_told_not_to(tmp_path, tiny_data):
+    """model.tta is stored with the checkpoint: translate averages over the left-right flip by default (as --tta
+    does, to the voxel), --no-tta gives the one view, and the manifest records which."""
+    from medtranslate.core.config import load_config
+    from medtranslate.training.train import Trainer
+
+    from .conftest import write_config
+
+    cfg = load_config(
+        write_config(tmp_path / "tta.yaml", tiny_data, "pix2pix", **{"train.epochs": 1, "model.tta": True})
+    )
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    model = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert TranslatorSpec.from_dict(load_checkpoint(model)["spec"]).tta is True
+    case = tiny_data / "s3" / "mr.nii.gz"
+    runs = {name: translate_cli(model, case, tmp_path / name, *flags) for name, flags in
+            (("default", ()), ("tta", ("--tta",)), ("plain", ("--no-tta",)))}  # fmt: skip
+    for name, run in runs.items():
+        assert run.returncode == 0, run.stderr
+        assert [r["options"] for r in csv.DictReader((tmp_path / name / "manifest.csv").open())] == [
+            "plain" if name == "plain" else "tta"
+        ]
+    voxels = {name: read_volume(tmp_path / name / "s3_sct.nii.gz").array for name in runs}
+    assert np.array_equal(voxels["default"], voxels["tta"])
+    assert not np.array_equal(voxels["default"], voxels["plain"])
+    # --uncertainty tta's views include the flip: the model's setting does not clash with it
+    spread = translate_cli(model, case, tmp_path / "spread", "--uncertainty", "tta", "--samples", "2")
+    assert spread.returncode == 0, spread.stderr
+    assert [r["options"] for r in csv.DictReader((tmp_path / "spread" / "manifest.csv").open())] == [
+        "uncertainty=tta samples=2"
+    ]
+
+
 def test_a_shard_leaves_the_temporary_files_of_a_running_shard_alone(tmp_path, checkpoints):
     from medtranslate.core.atomic import partial_name
 

@@ -138,6 +138,10 @@ class ModelConfig:
     lambda_body: float = 0.0
     # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
     calibration: str = "none"  # none | quantile
+    # translation averages each slice's prediction with that of its left-right mirror (test-time augmentation); the
+    # mirror is a plausible input for near-symmetric anatomy (head, pelvis): measure it elsewhere. translate --tta /
+    # --no-tta overrides it
+    tta: bool = False
     # CycleGAN, task ldct: the normal -> low-dose direction is a network (F, with its discriminator), or noise
     # measured on the two cohorts' training scans (noise.py), which G learns to remove
     inverse: str = "network"  # network | noise
@@ -176,6 +180,9 @@ class ModelConfig:
                 "pairs or has none to learn): set it to none"
             )
         require_choice("model.inverse", self.inverse, ("network", "noise"))
+        require_bool("model.tta", self.tta)
+        if self.tta and not kind.network:
+            raise ConfigError(f"model.tta averages a network's views; model.kind {self.kind} has none: set it to false")
         if self.inverse == "noise" and not (self.kind == "cyclegan" and self.task == "ldct"):
             raise ConfigError(
                 f"model.inverse: noise is for an unpaired low-dose CT CycleGAN (model.kind cyclegan, model.task ldct), "

@@ -306,7 +306,7 @@ def _options_record(tta: bool, uncertainty: str | None, samples: int) -> str:
 
 
 def _check_folder_options(
-    fmt: str, batch_size: int | None, precision: str, tta: bool, uncertainty: str | None, ensemble: list | None
+    fmt: str, batch_size: int | None, precision: str, tta: bool | None, uncertainty: str | None, ensemble: list | None
 ) -> None:
     require_choice("--format", fmt, ("nifti", "dicom"), error=InputError)
     if batch_size is not None:
@@ -389,7 +389,7 @@ def translate_folder(
     device: str = "auto",
     batch_size: int | None = None,
     fmt: str = "nifti",
-    tta: bool = False,
+    tta: bool | None = None,
     shard: str | None = None,
     progress: bool = True,
     precision: str = "auto",
@@ -404,7 +404,8 @@ def translate_folder(
     for tta and mc, and their standard deviation in HU as ``<case>_sct_std.nii.gz``, see
     :func:`translate_with_uncertainty`), and ``manifest.csv`` (``manifest.shardIofN.csv`` when sharded), rewritten
     after every case. Cases whose output exists are skipped unless ``overwrite``; they keep the checkpoint hash of the
-    model that made them. Every option is checked before any work.
+    model that made them. ``tta``: average over a left-right flip; None: as the checkpoint says (``model.tta`` at
+    training; not with ``uncertainty``, whose views include the flip). Every option is checked before any work.
 
     Returns:
         The manifest rows.
@@ -422,6 +423,12 @@ def translate_folder(
     ckpt = load_checkpoint(model)
     spec = TranslatorSpec.from_dict(ckpt["spec"])
     task = get_task(spec.task)
+    if tta is None:
+        tta = spec.tta and uncertainty is None
+        if tta:
+            logger.info(
+                "averaging each slice over a left-right flip, as the model was trained to be used (--no-tta: one view)"
+            )
     require_exists(inp, "--input")
     net = build_inference_net(ckpt, dev, source=str(model))
     digest = sha256(model)

@@ -51,6 +51,8 @@ class TranslatorSpec:
     spacing: tuple[float, float, float] | None = None
     # the output's intensity calibration (calibration.py), fitted after training when model.calibration asks for it
     calibration: dict[str, Any] | None = None
+    # translate averages over a left-right flip unless told otherwise (model.tta; False in older checkpoints)
+    tta: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -67,6 +69,7 @@ class TranslatorSpec:
             divisor=int(d.get("divisor", 1)),
             spacing=tuple(float(s) for s in d["spacing"]) if d.get("spacing") else None,
             calibration=check_calibration(d.get("calibration")),
+            tta=bool(d.get("tta", False)),
         )
 
 

@@ -127,7 +127,13 @@ class Trainer:
 
         divisor = self._build_model(model_cfg, in_channels, fresh=ckpt is None)
         self.spec = TranslatorSpec(
-            task.name, task.source_kind, ct_intensity().to_dict(), cfg.data.context, divisor, cfg.data.spacing
+            task.name,
+            task.source_kind,
+            ct_intensity().to_dict(),
+            cfg.data.context,
+            divisor,
+            cfg.data.spacing,
+            tta=cfg.model.tta,
         )
         self.epoch, self.batch_in_epoch, self.step, self.best_mae = 0, 0, 0, math.inf
         self.schedule = Schedule.from_train_config(cfg.train)
