@@ -66,7 +66,8 @@ def describe_machine(device: torch.device) -> str:
         return f"GPU {torch.cuda.get_device_name(device)} (bf16 {'supported' if bf16 else 'not supported'})"
     name, flags = cpu_info()
     units = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"CPU {name} ({', '.join(units) or 'no AVX-512, no bf16 units'}), {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU {name} ({', '.join(units) or 'no AVX-512, no bf16 units'}), {threads} thread{'s' * (threads != 1)}"
 
 
 def choose_precision(requested: str, device: torch.device, flags: set[str] | None = None) -> PrecisionChoice:
