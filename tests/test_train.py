@@ -18,10 +18,11 @@ import yaml
 
 from medtranslate.core.config import load_config
 from medtranslate.core.errors import ConfigError, GeometryMismatchError, InputError
+from medtranslate.evaluation.evaluate import evaluate_folder
 from medtranslate.imaging.transforms import body_mask
-from medtranslate.inference.translate import translate_volume
+from medtranslate.inference.translate import translate_folder, translate_volume
 from medtranslate.io.files import read_volume, write_nifti
-from medtranslate.models.calibration import apply_calibration
+from medtranslate.models.calibration import apply_calibration, fit_quantile_map
 from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
 from medtranslate.training.schedule import note_of
 from medtranslate.training.train import Trainer
@@ -316,27 +317,55 @@ def test_best_is_the_lowest_validation_epoch_and_stays_when_last_moves_on(tmp_pa
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
-def test_calibration_is_fitted_into_best_and_translate_applies_it(tmp_path, tiny_data):
-    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "cyclegan", **{"model.calibration": "quantile"}))
+@pytest.mark.parametrize("tta", [False, True])
+def test_calibration_is_fitted_into_best_and_translate_applies_it(tmp_path, tiny_data, tta):
+    extra = {"model.calibration": "quantile", "model.tta": tta}
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "cyclegan", **extra))
     Trainer(cfg, tmp_path / "run", progress=False).fit()
     folder = tmp_path / "run" / "checkpoints"
     best, last = load_checkpoint(folder / "best.pt"), load_checkpoint(folder / "last.pt")
     calibration = best["spec"]["calibration"]
     assert calibration["kind"] == "quantile" and last["spec"].get("calibration") is None  # last.pt: to resume
     net, spec = build_inference_net(best, torch.device("cpu")), TranslatorSpec.from_dict(best["spec"])
+    assert spec.tta is tta
     raw_spec = dataclasses.replace(spec, calibration=None)
-    gaps = {"raw": [], "calibrated": []}
+    gaps, produced, reference = {"raw": [], "calibrated": []}, [], []
     for case in ("s0", "s1"):  # the training cases: the calibrated output's HU in the MR's body follow the CTs'
         mr, ct = read_volume(tiny_data / case / "mr.nii.gz"), read_volume(tiny_data / case / "ct.nii.gz")
-        raw, out = translate_volume(net, mr, raw_spec), translate_volume(net, mr, spec)
-        inside = body_mask(mr.array, "mr", mr.affine)
+        raw, out = translate_volume(net, mr, raw_spec, tta=tta), translate_volume(net, mr, spec, tta=tta)
+        inside, ct_inside = body_mask(mr.array, "mr", mr.affine), body_mask(ct.array, "ct", ct.affine)
         # translate is the network's output through the map (air beyond the body's margin set after it)
         assert np.allclose(out.array[inside], apply_calibration(raw.array[inside], calibration), atol=1e-3)
         q = np.linspace(0.05, 0.95, 19)
-        target = np.quantile(ct.array[body_mask(ct.array, "ct", ct.affine)], q)
+        target = np.quantile(ct.array[ct_inside], q)
         for name, volume in (("raw", raw), ("calibrated", out)):
             gaps[name].append(np.abs(np.quantile(volume.array[inside], q) - target).mean())
+        produced.append(raw.array[inside])
+        reference.append(ct.array[ct_inside])
     assert np.mean(gaps["calibrated"]) < 0.5 * np.mean(gaps["raw"]), gaps
+    # the map was fitted on the very output it corrects: one view, or the flip-averaged one of a model.tta model
+    # (whose narrower HU distribution a one-view fit would over-correct)
+    refit = fit_quantile_map(np.concatenate(produced), np.concatenate(reference))
+    assert np.allclose(refit["produced"], calibration["produced"], atol=1e-3)
+    assert np.allclose(refit["reference"], calibration["reference"], atol=1e-3)
+
+
+def test_validation_scores_the_output_translate_gives_over_the_flip_for_a_tta_model(tmp_path, tiny_data):
+    cfg = load_config(
+        write_config(tmp_path / "c.yaml", tiny_data, **{"model.tta": True, "train.lr": 1e-2, "train.epochs": 3})
+    )
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    val_mae = load_checkpoint(best)["history"][-1]["val_mae"]
+    maes = {}
+    for tta in (None, False):  # None: as the checkpoint says (over the flip), as a user's translate runs
+        out = tmp_path / f"sct_{tta}"
+        translate_folder(best, tiny_data / "s2" / "mr.nii.gz", out, tta=tta, progress=False)
+        result = evaluate_folder(out, tiny_data / "s2" / "ct.nii.gz", tmp_path / f"eval_{tta}", figures=False)
+        maes[tta] = result.rows[0]["mae"]
+    # validation (which picks best.pt) measured the output translate gives by default, not the one-view output (6 HU
+    # apart here); 0.05 HU: the files hold whole HU (int16), whose rounding moves the mean error by thousandths
+    assert val_mae == pytest.approx(maes[None], abs=0.05) and abs(maes[False] - maes[None]) > 1.0, (val_mae, maes)
 
 
 def test_intensity_map_baseline_trains_and_validates(tmp_path, tiny_data):

@@ -579,7 +579,9 @@ class Trainer:
     def _calibrate(self) -> None:
         """model.calibration: translate the training sources with best.pt's network, match the quantiles of its HU
         inside their body masks to the training targets' inside theirs (calibration.py), and write the map into
-        best.pt, which translate then applies. Each side is masked by its own image, as unpaired data allows."""
+        best.pt, which translate then applies. Each side is masked by its own image, as unpaired data allows. The
+        sources are translated as translate will (over the flip for a model.tta model): averaging two views narrows
+        the HU distribution, and a map fitted on one view would then correct the wrong one."""
         start = time.perf_counter()
         path = self.ckpt_dir / "best.pt"
         path = path if path.exists() else self.ckpt_dir / "last.pt"
@@ -591,7 +593,7 @@ class Trainer:
         produced, reference = [], []
         for scan in self.train_scans[0]:
             src, _ = load_scan(scan, "source", self.cfg)
-            out = translate_volume(net, src, spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
+            out = translate_volume(net, src, spec, self.device, batch_size=16, amp_dtype=self.amp_dtype, tta=spec.tta)
             produced.append(sample_values(out.array[body_mask(src.array, task.source_kind, src.affine)], rng, cap))
         for scan in self.train_scans[1]:
             tgt, _ = load_scan(scan, "target", self.cfg)
@@ -614,9 +616,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
-        """Translate each validation volume whole, back in HU on its own grid, and score it: a pair inside its body
-        mask against its target (HU metrics); in a cohort run also without its target (:meth:`_pair_free_scores`),
-        and a validation case holding only a source that way alone."""
+        """Translate each validation volume whole as translate does (over the flip for a model.tta model), back in HU
+        on its own grid, and score it: a pair inside its body mask against its target (HU metrics); in a cohort run
+        also without its target (:meth:`_pair_free_scores`), and a validation case holding only a source that way
+        alone."""
         task = get_task(self.cfg.model.task)
         scores: list[dict[str, float]] = []
         free: list[dict[str, float]] = []
@@ -630,7 +633,10 @@ class Trainer:
                 src, tgt, mask = load_pair(paired[cid], self.cfg)
             else:
                 (src, _), tgt, mask = load_scan(scan, "source", self.cfg), None, None
-            pred = translate_volume(self.net, src, self.spec, self.device, batch_size=16, amp_dtype=self.amp_dtype)
+            # as translate will (over the flip for a model.tta model): best.pt is chosen on the output users get
+            pred = translate_volume(
+                self.net, src, self.spec, self.device, batch_size=16, amp_dtype=self.amp_dtype, tta=self.spec.tta
+            )
             if tgt is not None:  # scored as evaluate scores it (its default edition; head window for ldct)
                 scores.append(similarity_scores(pred.array, tgt.array, mask, task.name, axial_axis(tgt.affine)))
             if self.cohorts is not None:
