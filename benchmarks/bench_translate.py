@@ -4,7 +4,9 @@ Where the time goes: the stages around the network (read, intensity normalisatio
 invert, write), timed by calling the functions ``translate_volume`` calls; the network alone in four variants measured
 in this run on this machine (float32 eager, float32 + channels-last, bf16 autocast, bf16 + channels-last; inference
 mode in all); and end to end, ``translate_volume`` itself (which feeds channels-last batches) plus the read and the
-write, in float32 and bf16. The machine (CPU, its bf16 / AMX units, threads) is named first.
+write, in float32 and bf16; and the batch size. The bf16 rows are timed only on a CPU with bf16 units (where
+``precision: auto`` takes bf16); elsewhere bf16 is emulated and translate does not use it. The machine (CPU, its bf16
+/ AMX units, threads) is named first.
 
 Run: python benchmarks/bench_translate.py CHECKPOINT [--repeats 3] [--compile] [--onnx]
 (e.g. the demo's ``demo_run/mr2ct_pix2pix/train/checkpoints/best.pt``).
@@ -22,11 +24,12 @@ import torch
 from timing import median_time
 
 from medtranslate.data.phantom import make_subject
-from medtranslate.imaging.transforms import IntensityParams, Preprocessor, intensity_for
+from medtranslate.imaging.preprocessor import Preprocessor
+from medtranslate.imaging.transforms import IntensityParams, intensity_for
 from medtranslate.inference.translate import translate_volume
 from medtranslate.io.files import read_volume, write_nifti
 from medtranslate.models.checkpoint import TranslatorSpec, build_inference_net, load_checkpoint
-from medtranslate.runtime.precision import describe_machine
+from medtranslate.runtime.precision import choose_precision, describe_machine
 
 VARIANTS = {
     "float32 eager": dict(amp_dtype=None, channels_last=False),
@@ -97,6 +100,11 @@ def main() -> None:
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (pip install -e '.[bench]')")
     args = parser.parse_args()
     print(describe_machine(torch.device("cpu")))
+    # translate's precision here (auto: bf16 only where the CPU has bf16 units); where it is fp32, bf16 would only be
+    # emulated (2.5x slower or worse) and its rows say nothing about translate, so they are left out
+    auto = choose_precision("auto", torch.device("cpu"))
+    amps = {"float32": None, "bf16": torch.bfloat16} if auto.precision == "bf16" else {"float32": None}
+    print(f"precision {auto.precision} ({auto.reason}){'' if 'bf16' in amps else ': bf16 rows left out'}")
     ckpt = load_checkpoint(args.checkpoint)
     spec = TranslatorSpec.from_dict(ckpt["spec"])
     subject = make_subject(3, shape=(256, 256, 100), spacing=(0.9, 0.9, 1.7))
@@ -122,6 +130,8 @@ def main() -> None:
         )
         base = None
         for name, v in VARIANTS.items():
+            if v["amp_dtype"] is not None and "bf16" not in amps:
+                continue
             net = build_inference_net(ckpt, torch.device("cpu"))
             if v["channels_last"]:
                 net = net.to(memory_format=torch.channels_last)
@@ -133,16 +143,16 @@ def main() -> None:
         best = build_inference_net(ckpt, torch.device("cpu")).to(memory_format=torch.channels_last)
         for batch_size in (4, 8, 16):
             t_b, _ = median_time(
-                lambda: network_only(best, image, spec, torch.bfloat16, batch_size, True), args.repeats
+                lambda: network_only(best, image, spec, auto.amp_dtype, batch_size, True), args.repeats
             )
-            print(f"network alone, bf16 + channels-last, batch {batch_size:2d}: {t_b:6.3f} s")
+            print(f"network alone, {auto.precision} (auto) + channels-last, batch {batch_size:2d}: {t_b:6.3f} s")
         t_ng, _ = median_time(
-            lambda: network_only(best, image, spec, torch.bfloat16, args.batch_size, True, False), args.repeats
+            lambda: network_only(best, image, spec, auto.amp_dtype, args.batch_size, True, False), args.repeats
         )
-        print(f"network alone, bf16 + channels-last, no_grad instead of inference_mode: {t_ng:6.3f} s")
+        print(f"network alone, {auto.precision} + channels-last, no_grad instead of inference_mode: {t_ng:6.3f} s")
         # TorchScript, as an exported model could ship it (the "if it measures faster"): traced on a batch of
         # this shape, frozen and optimised for inference (which folds batch norm into the convolutions)
-        for name, amp in (("float32", None), ("bf16", torch.bfloat16)):
+        for name, amp in amps.items():
             eager = build_inference_net(ckpt, torch.device("cpu")).to(memory_format=torch.channels_last)
             example = network_only_example(image, spec, args.batch_size)
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp is not None):
@@ -167,14 +177,17 @@ def main() -> None:
         if args.compile:
             t0 = time.perf_counter()
             compiled = torch.compile(best)
-            network_only(compiled, image[..., :8], spec, torch.bfloat16, args.batch_size, True)
+            network_only(compiled, image[..., :8], spec, auto.amp_dtype, args.batch_size, True)
             t_c0 = time.perf_counter() - t0
             t_c, _ = median_time(
-                lambda: network_only(compiled, image, spec, torch.bfloat16, args.batch_size, True), args.repeats
+                lambda: network_only(compiled, image, spec, auto.amp_dtype, args.batch_size, True), args.repeats
             )
-            print(f"network alone, bf16 + channels-last + torch.compile: {t_c:6.3f} s (compiling took {t_c0:.1f} s)")
+            print(
+                f"network alone, {auto.precision} + channels-last + torch.compile: {t_c:6.3f} s "
+                f"(compiling took {t_c0:.1f} s)"
+            )
         net = build_inference_net(ckpt, torch.device("cpu"))
-        for name, amp in (("float32", None), ("bf16", torch.bfloat16)):
+        for name, amp in amps.items():
 
             def end_to_end():
                 vol = read_volume(src)
