@@ -138,9 +138,9 @@ class ModelConfig:
     lambda_body: float = 0.0
     # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
     calibration: str = "none"  # none | quantile
-    # translation averages each slice's prediction with that of its left-right mirror (test-time augmentation); the
-    # mirror is a plausible input for near-symmetric anatomy (head, pelvis): measure it elsewhere. translate --tta /
-    # --no-tta overrides it
+    # translation averages each slice's prediction with that of its left-right mirror (test-time augmentation), and so
+    # do validation and the calibration; the mirror is a plausible input for near-symmetric anatomy (head, pelvis):
+    # measure it elsewhere. translate --tta / --no-tta overrides it
     tta: bool = False
     # CycleGAN, task ldct: the normal -> low-dose direction is a network (F, with its discriminator), or noise
     # measured on the two cohorts' training scans (noise.py), which G learns to remove
