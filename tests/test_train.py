@@ -344,7 +344,7 @@ def test_calibration_is_fitted_into_best_and_translate_applies_it(tmp_path, tiny
         reference.append(ct.array[ct_inside])
     assert np.mean(gaps["calibrated"]) < 0.5 * np.mean(gaps["raw"]), gaps
     # the map was fitted on the very output it corrects: one view, or the flip-averaged one of a model.tta model
-    # (whose narrower HU distribution a one-view fit would over-correct)
+    # (whose narrower HU distribution a map fitted on one view would leave too narrow)
     refit = fit_quantile_map(np.concatenate(produced), np.concatenate(reference))
     assert np.allclose(refit["produced"], calibration["produced"], atol=1e-3)
     assert np.allclose(refit["reference"], calibration["reference"], atol=1e-3)
