@@ -711,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         " ".join(str(hook.exc_value).split())[:200],
     )
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except MedTranslateError as exc:
         print(f"medtranslate {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -728,6 +728,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medtranslate {args.command}: interrupted", file=sys.stderr)
         return 130
+    if "torch.distributed" in sys.modules:  # a command under torchrun joined the ranks' process group: leave it
+        from medtranslate.runtime.distributed import teardown
+
+        teardown()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -235,6 +235,22 @@ def _stop_in_the_second_epoch(config, out):
     return load_checkpoint(last)
 
 
+def test_a_command_that_finishes_leaves_the_process_group(tmp_path, tiny_data):
+    # without it a rank can abort at exit (SIGABRT from gloo's threads; runtime/distributed.py, teardown): a real gloo
+    # group of one process, as a rank's command has it joined, must be gone when the command returns
+    import torch.distributed as dist
+
+    from medtranslate.cli import main
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        assert main(["info", str(tiny_data / "s0" / "mr.nii.gz")]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_what_cannot_be_split_over_processes_is_refused(tmp_path, tiny_data, torchrun_rank0):
     odd = write_config(tmp_path / "odd.yaml", tiny_data, **{"train.batch_size": 3})
     run = cli("train", str(odd), "--out", str(tmp_path / "odd"), "--no-progress")
