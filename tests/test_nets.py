@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medtranslate.models.nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, init_weights
+from medtranslate.models.nets import PatchDiscriminator, Rescaled, ResnetGenerator, UNetGenerator, _up, init_weights
 
 
-@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+@pytest.mark.parametrize("upsample", ["transpose", "resize", "narrow"])
 @pytest.mark.parametrize("hw", [(32, 48), (40, 24), (16, 16)])
 def test_unet_output_matches_input_size(hw, upsample):
     net = UNetGenerator(3, 1, num_downs=3, ngf=4, upsample=upsample)
@@ -17,11 +17,31 @@ def test_unet_output_matches_input_size(hw, upsample):
     assert out.abs().max() <= 1.0  # tanh output
 
 
-@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+@pytest.mark.parametrize("upsample", ["transpose", "resize", "narrow"])
 @pytest.mark.parametrize("hw", [(20, 36), (44, 28)])
 def test_resnet_output_matches_input_size(hw, upsample):
     net = ResnetGenerator(1, 1, ngf=4, n_blocks=2, upsample=upsample)
     assert net(torch.rand(1, 1, *hw)).shape == (1, 1, *hw)
+
+
+def test_resize_upsamplings_turn_a_flat_map_into_a_flat_map_and_narrow_costs_half():
+    # the checkerboard of a transposed convolution (Odena et al. 2016) shows on a constant input: its kernel's taps
+    # overlap unevenly, so the output repeats every 2 pixels; a resize (nearest, then a convolution) cannot do that
+    flat = torch.ones(1, 16, 8, 8)
+    for mode in ("resize", "narrow", "transpose"):
+        up = _up(16, 8, mode, bias=False)
+        init_weights(up)
+        centre = up(flat)[..., 2:-2, 2:-2]  # away from the borders' padding
+        if mode == "transpose":
+            assert (centre[..., 0::2, :] - centre[..., 1::2, :]).abs().max() > 1e-3
+        else:
+            assert torch.allclose(centre, centre[..., :1, :1].expand_as(centre), atol=1e-6), mode
+    # the 3x3 convolution at the doubled size reads half the channels: half the multiply-adds there, plus a 1x1 at a
+    # quarter of the pixels
+    weights = {m: sum(p.numel() for p in _up(64, 32, m, bias=False).parameters()) for m in ("resize", "narrow")}
+    assert weights == {"resize": 64 * 32 * 9, "narrow": 64 * 32 + 32 * 32 * 9}
+    unet = {m: UNetGenerator(1, 1, num_downs=3, ngf=8, upsample=m) for m in ("resize", "narrow")}
+    assert unet["narrow"].ups[0][1][0].out_channels == 8  # the output layer keeps ngf features, not 1
 
 
 @pytest.mark.parametrize(

@@ -113,7 +113,8 @@ class ModelConfig:
     num_downs: int | None = None  # U-Net depth; default log2(patch_size)
     n_blocks: int = 9  # ResNet generator blocks (6 or 9)
     norm: str | None = None  # batch | instance
-    # resize (nearest 2x + 3x3 convolution; no checkerboard, Odena et al. 2016) | transpose (the papers')
+    # resize (nearest 2x + 3x3 convolution; no checkerboard, Odena et al. 2016) | narrow (the same after a 1x1
+    # convolution to half the width: the 3x3 costs half; docs/convergence.md, round 23) | transpose (the papers')
     upsample: str = "resize"
     dropout: float = 0.5  # U-Net: dropout in the up-blocks next to the innermost (pix2pix's noise)
     # U-Net only: 3x3 convolutions at full resolution before and after the U; default per task
@@ -169,7 +170,7 @@ class ModelConfig:
         if kind.network:
             require_choice("model.generator", self.generator, ("unet", "resnet"))
         require_choice("model.norm", self.norm, ("batch", "instance"))
-        require_choice("model.upsample", self.upsample, ("transpose", "resize"))
+        require_choice("model.upsample", self.upsample, ("transpose", "resize", "narrow"))
         require_choice("model.gan_loss", self.gan_loss, ("vanilla", "lsgan", "hinge", "wgangp"))
         require_choice("model.structure_loss", self.structure_loss, ("none", "mind", "gc"))
         require_choice("model.cycle_loss", self.cycle_loss, ("l1", "l1_ssim", "lowpass"))

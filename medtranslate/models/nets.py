@@ -12,7 +12,9 @@ halves the resolution), as the original U-Net of Ronneberger et al. 2015 has; de
 TASK_DEFAULTS). :class:`Rescaled` runs a network in other units and can make it residual (output = input + correction).
 
 Both generators can upsample by resize-convolution (nearest x2, then a 3x3 convolution) instead of transposed
-convolution, which avoids checkerboard artefacts (Odena et al. 2016). Weights are initialised N(0, 0.02).
+convolution, which avoids checkerboard artefacts (Odena et al. 2016); ``narrow`` halves the width by a 1x1
+convolution before the resize, so the 3x3 convolution at the doubled size costs half. Weights are initialised
+N(0, 0.02).
 Networks know nothing of files: sizes in, sizes out.
 """
 
@@ -44,7 +46,18 @@ def _up(in_ch: int, out_ch: int, mode: str, kernel: int = 4, bias: bool = True) 
         return nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(in_ch, out_ch, 3, bias=bias)
         )
-    raise ConfigError(f"unknown upsample '{mode}'; expected one of: resize, transpose")
+    if mode == "narrow":
+        # resize-convolution with the width halved first, at the low resolution, by a 1x1 convolution: the 3x3 one at
+        # four times the pixels then reads half the channels (an up-block's input is a skip concatenation or a
+        # halving's, twice its output), and never fewer than that half, so the output layer keeps its features
+        width = max(out_ch, in_ch // 2)
+        return nn.Sequential(
+            nn.Conv2d(in_ch, width, 1, bias=False),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(width, out_ch, 3, bias=bias),
+        )
+    raise ConfigError(f"unknown upsample '{mode}'; expected one of: resize, narrow, transpose")
 
 
 def _in_fp32(layers: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +77,7 @@ class UNetGenerator(nn.Module):
         ngf: filters of the outermost layer (doubling per level up to 8 * ngf).
         norm: batch | instance.
         dropout: dropout probability in the (num_downs - 5) up-blocks next to the innermost.
-        upsample: transpose | resize.
+        upsample: transpose | resize | narrow.
         full_res: two 3x3 convolutions (ngf filters) at full resolution before the U, and two after it on the
             full-resolution features concatenated with the U's output; the output layer is then a 3x3 convolution.
         tanh: bound the output to [-1, 1] (off for a residual correction, which has no such bound).
