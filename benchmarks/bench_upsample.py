@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from dataclasses import replace
 
 import torch
+from timing import run_times
 
 from medtranslate.models.base import build_model
 from medtranslate.pipeline import load_pipeline, shipped_pipelines
@@ -42,7 +42,13 @@ def make_step(pipeline: str, mode: str, device: torch.device):
         "target": torch.rand((batch, 1, size, size), generator=gen) * 2 - 1,
         "mask": torch.ones((batch, 1, size, size)),
     }
-    return lambda: model.train_step(data)
+
+    def step() -> None:
+        model.train_step(data)
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels finished, not only queued
+
+    return step
 
 
 def main() -> None:
@@ -58,15 +64,9 @@ def main() -> None:
             step()
             step()
         times: dict[str, list[float]] = {mode: [] for mode in MODES}
-        for _ in range(args.steps):
+        for _ in range(args.steps):  # alternating, so a change in the machine's speed reaches every variant alike
             for mode, step in steps.items():
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times[mode].append(time.perf_counter() - t0)
+                times[mode] += run_times(step, 1)[0]
         base = statistics.median(times["resize"])
         cells = [f"{m} {statistics.median(t):.3f} s ({statistics.median(t) / base:.2f}x)" for m, t in times.items()]
         print(f"{pipeline:20s} " + "   ".join(cells), flush=True)
