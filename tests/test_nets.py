@@ -40,8 +40,8 @@ def test_resize_upsamplings_turn_a_flat_map_into_a_flat_map_and_narrow_costs_hal
     # quarter of the pixels
     weights = {m: sum(p.numel() for p in _up(64, 32, m, bias=False).parameters()) for m in ("resize", "narrow")}
     assert weights == {"resize": 64 * 32 * 9, "narrow": 64 * 32 + 32 * 32 * 9}
-    unet = {m: UNetGenerator(1, 1, num_downs=3, ngf=8, upsample=m) for m in ("resize", "narrow")}
-    assert unet["narrow"].ups[0][1][0].out_channels == 8  # the output layer keeps ngf features, not 1
+    narrow_unet = UNetGenerator(1, 1, num_downs=3, ngf=8, upsample="narrow")
+    assert narrow_unet.ups[0][1][0].out_channels == 8  # the output layer keeps ngf features, not 1
 
 
 @pytest.mark.parametrize(
