@@ -54,6 +54,7 @@ def _write(tmp_path, **values):
         ("model__lambda_structure", -1, r"model.lambda_structure must be a finite number >= 0, got -1"),
         ("model__lambda_body", -1, r"model.lambda_body must be a finite number >= 0, got -1"),
         ("model__lambda_body", 5, r"model.lambda_body is a CycleGAN loss; model.kind pix2pix has none: set it to 0"),
+        ("model__lambda_histogram", 1, r"model.lambda_histogram is a CycleGAN loss; model.kind pix2pix has none"),
         ("model__lambda_structure", 2, r"model.lambda_structure is a CycleGAN loss; model.kind pix2pix has none"),
         ("model__structure_decay", True, r"model.structure_decay needs a CycleGAN with model.lambda_structure > 0"),
         ("model__structure_decay", "yes", r"model.structure_decay must be true or false, got 'yes'"),

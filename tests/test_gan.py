@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from medtranslate.core.config import RunConfig
 from medtranslate.models.base import GANLoss, ImagePool, build_model, gradient_penalty
 from medtranslate.models.baselines import IntensityMap
-from medtranslate.models.losses import body_loss
+from medtranslate.models.losses import body_loss, histogram_loss
 
 
 def tiny_config(kind: str, **model) -> RunConfig:
@@ -229,27 +229,40 @@ def test_cyclegan_structure_loss_and_discriminator_learning_rate():
     assert losses["loss_g"] == pytest.approx(total, rel=1e-5)
 
 
-def test_cyclegan_body_loss_is_reported_and_trains_the_outline():
+@pytest.mark.parametrize(
+    "weight_key, term, measure",
+    [
+        # the body-outline loss: the CT output's outline follows the input's body mask
+        ("lambda_body", "loss_g_body", lambda fake, batch: body_loss(fake, batch["mask"])),
+        # the histogram loss: the output's HU distribution inside the body follows its partner's
+        ("lambda_histogram", "loss_g_hist", lambda fake, batch: histogram_loss(fake, batch["mask"], batch["target"])),
+    ],
+)
+def test_cyclegan_extra_terms_are_reported_and_train_what_they_measure(weight_key, term, measure):
     g = torch.Generator().manual_seed(1)
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    mask = (((yy - 16) ** 2 + (xx - 16) ** 2) < 100).float().expand(2, 1, 32, 32)
+    r = ((yy - 16) ** 2 + (xx - 16) ** 2).sqrt()
+    mask = (r < 12).float().expand(2, 1, 32, 32)
+    # sources: a disc of noise; partners: a bright ring (bone) around soft tissue, air outside
+    hu = torch.where(r < 9, 40.0, torch.where(r < 12, 1000.0, -1000.0))
     batch = {
         "source": mask * 2 - 1 + 0.05 * torch.randn(2, 1, 32, 32, generator=g),
-        "target": torch.rand(2, 1, 32, 32, generator=g) * 2 - 1,
+        "target": ((hu + 1024.0) / 4095.0 * 2.0 - 1.0).expand(2, 1, 32, 32),
         "mask": mask,
     }
-    outline = {}
+    measured = {}
     for weight in (0.0, 10.0):  # the same seeds and batches, with and without the term
-        cfg = tiny_config("cyclegan", task="mr2ct", lambda_body=weight, lambda_identity=0.0)
+        cfg = tiny_config("cyclegan", task="mr2ct", lambda_identity=0.0, **{weight_key: weight})
+        torch.manual_seed(0)  # the networks' initial weights (the trainer seeds them so too)
         model = build_model(cfg, 1, torch.device("cpu"), torch.Generator().manual_seed(0))
         for _ in range(10):
             losses = model.train_step(batch)
         with torch.no_grad():
-            outline[weight] = float(body_loss(model.nets["G"](batch["source"]), mask))
+            measured[weight] = float(measure(model.nets["G"](batch["source"]), batch))
         if weight:
-            total = losses["loss_g_adv"] + losses["loss_g_cycle"] + losses["loss_g_idt"] + losses["loss_g_body"]
+            total = losses["loss_g_adv"] + losses["loss_g_cycle"] + losses["loss_g_idt"] + losses[term]
             assert losses["loss_g"] == pytest.approx(total, rel=1e-5)
-            assert losses["loss_g_body"] == pytest.approx(weight * outline[weight], rel=0.5)
+            assert losses[term] == pytest.approx(weight * measured[weight], rel=0.5)
         else:
-            assert "loss_g_body" not in losses
-    assert outline[10.0] < 0.5 * outline[0.0]
+            assert term not in losses
+    assert measured[10.0] < 0.7 * measured[0.0]  # 0.35 (body) and 0.45 (histogram) here

@@ -1,4 +1,4 @@
-"""Structure losses across modalities (MIND, gradient correlation), the body-outline loss and the cycle losses."""
+"""Structure losses across modalities (MIND, gradient correlation), the body-outline, histogram and cycle losses."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtranslate.models.losses import body_loss, cycle_loss, gradient_correlation_loss, mind, mind_loss, structure_loss
+from medtranslate.models.losses import (
+    body_loss,
+    cycle_loss,
+    gradient_correlation_loss,
+    histogram_loss,
+    mind,
+    mind_loss,
+    structure_loss,
+)
 
 
 def _phantom(shift: int = 0) -> torch.Tensor:
@@ -83,3 +91,38 @@ def test_body_loss_sees_the_outline_not_the_cavities():
     body_loss(x, mask).backward()
     ring = (r >= 20) & (r < 23)
     assert bool((x.grad[0, 0][ring] > 0).all()) and bool((x.grad[0, 0][r < 20] == 0).all())
+
+
+def test_histogram_loss_compares_distributions_inside_the_bodies_not_places():
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    r = ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt()
+    mask = (r < 20).float()[None, None]
+    # a partner CT: a skull ring (1000 HU) around soft tissue (40 HU), air outside
+    partner = _hu(torch.where(r < 16, 40.0, torch.where(r < 20, 1000.0, -1000.0)))[None, None]
+    assert float(histogram_loss(partner, mask, partner)) == 0.0
+    # the same values in other places (the bone in a band at the bottom of the body, not a ring) cost nothing
+    moved = partner.clone()
+    moved[mask > 0] = partner[mask > 0].sort().values
+    assert not torch.equal(moved, partner)
+    assert float(histogram_loss(moved, mask, partner)) == pytest.approx(0.0, abs=1e-6)
+    # values outside the input's body do not count; the partner's air is not its body
+    assert float(histogram_loss(torch.where(mask > 0, partner, _hu(torch.tensor(3000.0))), mask, partner)) == 0.0
+    # a uniform shift costs the shift, and the output without its bone costs the bone's share of the distance
+    shift = float(_hu(torch.tensor(100.0)) - _hu(torch.tensor(0.0)))
+    assert float(histogram_loss(partner + shift, mask, partner)) == pytest.approx(shift, rel=1e-4)
+    no_bone = _hu(torch.where(r < 20, 40.0, -1000.0))[None, None]
+    share = float(((r >= 16) & (r < 20)).sum() / (r < 20).sum())
+    gap = float(_hu(torch.tensor(1000.0)) - _hu(torch.tensor(40.0)))
+    assert float(histogram_loss(no_bone, mask, partner)) == pytest.approx(share * gap, rel=0.02)
+    # its gradient raises the output inside the body only, the brightest voxels (those holding the bone's quantiles)
+    jitter = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = (no_bone - 0.001 * jitter).requires_grad_(True)
+    histogram_loss(x, mask, partner).backward()
+    assert bool((x.grad[mask > 0] <= 0).all()) and bool((x.grad[mask == 0] == 0).all())
+    inside = x.detach()[mask > 0]
+    assert float(x.grad[mask > 0][inside.argmax()]) < 0
+    # an empty body adds nothing, in a batch of two: the mean is over the batch
+    both = histogram_loss(
+        torch.cat([partner + shift] * 2), torch.cat([mask, torch.zeros_like(mask)]), torch.cat([partner] * 2)
+    )
+    assert float(both) == pytest.approx(shift / 2, rel=1e-4)

@@ -101,6 +101,10 @@ class DataConfig:
             )
 
 
+# the weights of the generator terms only a CycleGAN has
+_CYCLEGAN_TERMS = ("lambda_structure", "lambda_body", "lambda_histogram")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which model, its networks and losses. None means: the kind's paper default."""
@@ -137,6 +141,9 @@ class ModelConfig:
     structure_decay: bool = False  # the structure weight follows the learning rate's linear decay (to 0 at the end)
     # CycleGAN: the CT output's body outline (-500 HU) must match the input's body mask (losses.body_loss)
     lambda_body: float = 0.0
+    # CycleGAN, CT output: the output's HU distribution inside the input's body must match its partner CT slice's
+    # (1-Wasserstein, losses.histogram_loss)
+    lambda_histogram: float = 0.0
     # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
     calibration: str = "none"  # none | quantile
     # translation averages each slice's prediction with that of its left-right mirror (test-time augmentation), and so
@@ -207,9 +214,9 @@ class ModelConfig:
                 f"model.kind {self.kind} has no L1 term to warm up with: set it to 0"
             )
         require_number("model.dropout", self.dropout, minimum=0, below=1)
-        for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight", "lambda_structure", "lambda_body"):
+        for key in ("lambda_l1", "lambda_cycle", "lambda_identity", "gp_weight", *_CYCLEGAN_TERMS):
             require_number(f"model.{key}", getattr(self, key), minimum=0)
-        for key in ("lambda_structure", "lambda_body"):  # CycleGAN-only terms: refused elsewhere, not ignored
+        for key in _CYCLEGAN_TERMS:  # refused elsewhere, not ignored
             if getattr(self, key) > 0 and self.kind != "cyclegan":
                 raise ConfigError(f"model.{key} is a CycleGAN loss; model.kind {self.kind} has none: set it to 0")
         require_bool("model.structure_decay", self.structure_decay)

@@ -17,7 +17,7 @@ from medtranslate.models.base import (
     build_generator,
     floats,
 )
-from medtranslate.models.losses import body_loss, cycle_loss, structure_loss
+from medtranslate.models.losses import body_loss, cycle_loss, histogram_loss, structure_loss
 from medtranslate.models.noise import NoiseModel
 
 __all__ = ["CycleGAN"]
@@ -104,8 +104,8 @@ class CycleGAN(TranslationModel):
     def _extra_terms(
         self, batch: dict[str, torch.Tensor], *input_output: tuple[torch.Tensor, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """The configured structure and body terms of the generator loss; ``input_output``: (input, output) of each
-        generator, the source -> target one first."""
+        """The configured structure, body and histogram terms of the generator loss; ``input_output``: (input,
+        output) of each generator, the source -> target one first."""
         m, terms = self.cfg.model, {}
         if m.structure_loss != "none" and m.lambda_structure > 0:
             # the output keeps the input's edges whatever their contrast: anatomy is neither moved nor invented
@@ -113,6 +113,9 @@ class CycleGAN(TranslationModel):
             terms["loss_g_struct"] = total * (m.lambda_structure * self.structure_scale)
         if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
             terms["loss_g_body"] = body_loss(input_output[0][1], batch["mask"].to(self.device)) * m.lambda_body
+        if m.lambda_histogram > 0:  # the output's HU distribution, against that of the CT slices it meets
+            fake, partners = input_output[0][1], self._prep(batch["target"])
+            terms["loss_g_hist"] = histogram_loss(fake, batch["mask"].to(self.device), partners) * m.lambda_histogram
         return terms
 
     def _update(
