@@ -12,10 +12,10 @@ Run: python benchmarks/bench_train.py [--steps 5] [--device auto]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
+from timing import alternating_medians, best_time, training_step
 
 from medtranslate.core.config import RunConfig
 from medtranslate.models.base import build_model
@@ -38,7 +38,8 @@ SETUPS = {
 }
 
 
-def step_time(name: str, precision: str, channels_last: bool, steps: int, device: torch.device) -> float:
+def make_step(name: str, precision: str, channels_last: bool, device: torch.device) -> Callable[[], None]:
+    """One training step of setup ``name`` on a fixed random batch, finished on the device when it returns."""
     setup = SETUPS[name]
     cfg = RunConfig.from_dict(
         {
@@ -51,18 +52,7 @@ def step_time(name: str, precision: str, channels_last: bool, steps: int, device
     model = build_model(cfg, 1, device, gen)
     shape = (setup["batch"], 1, setup["size"], setup["size"])
     batch = {"source": torch.rand(shape, generator=gen) * 2 - 1, "target": torch.rand(shape, generator=gen) * 2 - 1}
-    for _ in range(2):  # warm-up: allocator, kernels
-        model.train_step(batch)
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model.train_step(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return training_step(model, batch, device)
 
 
 def main() -> None:
@@ -73,8 +63,9 @@ def main() -> None:
     device = resolve_device(args.device)
     print(describe_machine(device))
     for name in SETUPS:
-        base = step_time(name, "fp32", False, args.steps, device)
-        fast = step_time(name, "bf16", True, args.steps, device)
+        steps = {"fp32": make_step(name, "fp32", False, device), "bf16": make_step(name, "bf16", True, device)}
+        times = alternating_medians(steps, args.steps)
+        base, fast = times["fp32"], times["bf16"]
         print(
             f"{name:9s} float32 eager {base:6.3f} s/step   bf16 + channels_last {fast:6.3f} s/step   {base / fast:.2f}x"
         )
@@ -92,12 +83,7 @@ def adam_step(device: torch.device) -> None:
     for name, fused in (("default", None), ("fused", True)):
         opt = torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=fused)
         opt.step()  # warm-up: state allocation
-        runs = []
-        for _ in range(10):
-            t0 = time.perf_counter()
-            opt.step()
-            runs.append(time.perf_counter() - t0)
-        times[name] = min(runs)
+        times[name] = best_time(opt.step, 10)[0]
     n = sum(p.numel() for p in params) / 1e6
     print(
         f"Adam step, pix2pix's {n:.0f} M parameters: default {times['default']:.4f} s, fused {times['fused']:.4f} s, "

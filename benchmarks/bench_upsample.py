@@ -11,11 +11,10 @@ Run: python benchmarks/bench_upsample.py [--steps 8] [--device auto]
 from __future__ import annotations
 
 import argparse
-import statistics
 from dataclasses import replace
 
 import torch
-from timing import run_times
+from timing import alternating_medians, training_step
 
 from medtranslate.models.base import build_model
 from medtranslate.pipeline import load_pipeline, shipped_pipelines
@@ -42,13 +41,7 @@ def make_step(pipeline: str, mode: str, device: torch.device):
         "target": torch.rand((batch, 1, size, size), generator=gen) * 2 - 1,
         "mask": torch.ones((batch, 1, size, size)),
     }
-
-    def step() -> None:
-        model.train_step(data)
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # the step's kernels finished, not only queued
-
-    return step
+    return training_step(model, data, device)
 
 
 def main() -> None:
@@ -59,16 +52,8 @@ def main() -> None:
     device = resolve_device(args.device)
     print(describe_machine(device), "| precision auto:", choose_precision("auto", device).precision)
     for pipeline in PIPELINES:
-        steps = {mode: make_step(pipeline, mode, device) for mode in MODES}
-        for step in steps.values():  # warm-up: allocator, kernels
-            step()
-            step()
-        times: dict[str, list[float]] = {mode: [] for mode in MODES}
-        for _ in range(args.steps):  # alternating, so a change in the machine's speed reaches every variant alike
-            for mode, step in steps.items():
-                times[mode] += run_times(step, 1)[0]
-        base = statistics.median(times["resize"])
-        cells = [f"{m} {statistics.median(t):.3f} s ({statistics.median(t) / base:.2f}x)" for m, t in times.items()]
+        times = alternating_medians({mode: make_step(pipeline, mode, device) for mode in MODES}, args.steps)
+        cells = [f"{m} {t:.3f} s ({t / times['resize']:.2f}x)" for m, t in times.items()]
         print(f"{pipeline:20s} " + "   ".join(cells), flush=True)
 
 

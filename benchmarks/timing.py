@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 
 def run_times(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
     """Seconds of each of ``repeats`` calls of ``fn``, and the last call's result."""
@@ -27,3 +29,27 @@ def best_time(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, Any]:
     """The fastest of ``repeats`` calls: other load on a shared machine only ever adds time."""
     times, out = run_times(fn, repeats)
     return min(times), out
+
+
+def training_step(model: Any, batch: dict[str, torch.Tensor], device: torch.device) -> Callable[[], None]:
+    """One ``model.train_step`` on ``batch``, finished on the device when it returns (not only queued)."""
+
+    def step() -> None:
+        model.train_step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def alternating_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """The median seconds of each of ``fns``, called in turn ``repeats`` times after ``warmup`` calls each (allocator,
+    kernels): a change in the machine's speed during the run reaches every one alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name] += run_times(fn, 1)[0]
+    return {name: statistics.median(t) for name, t in times.items()}
