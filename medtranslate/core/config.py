@@ -143,7 +143,7 @@ class ModelConfig:
     lambda_body: float = 0.0
     # CycleGAN, CT output: the output's HU distribution inside the input's body must match its partner CT slice's
     # (1-Wasserstein, losses.histogram_loss); it rescued a bad draw of a few epochs but cost the full MR -> CT
-    # pipeline 21 % (docs/unpaired.md, "A histogram term for the first epochs")
+    # pipeline 18 % (docs/unpaired.md, "A histogram term for the first epochs")
     lambda_histogram: float = 0.0
     # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
     calibration: str = "none"  # none | quantile
