@@ -72,7 +72,7 @@ class CycleGAN(TranslationModel):
             cycle_loss(m.cycle_loss, rec_a, real_a) + cycle_loss(m.cycle_loss, rec_b, real_b)
         ) * m.lambda_cycle
         losses = dict(loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
-        losses.update(self._extra_terms(batch, (real_a, fake_b), (real_b, fake_a)))
+        losses.update(self._extra_terms(batch, real_b, (real_a, fake_b), (real_b, fake_a)))
         return self._update(losses, [("D", real_b, "target", fake_b), ("D_src", real_a, "source", fake_a)])
 
     def _noise_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -98,14 +98,15 @@ class CycleGAN(TranslationModel):
                 loss_idt = F.l1_loss(G(real_b).float(), real_b.float()) * m.lambda_cycle * m.lambda_identity
         loss_cycle = cycle_loss(m.cycle_loss, rec_b, real_b) * m.lambda_cycle
         losses = dict(loss_g_adv=loss_adv, loss_g_cycle=loss_cycle, loss_g_idt=loss_idt)
-        losses.update(self._extra_terms(batch, (real_a, fake_b)))
+        losses.update(self._extra_terms(batch, real_b, (real_a, fake_b)))
         return self._update(losses, [("D", real_b, "target", fake_b)])
 
     def _extra_terms(
-        self, batch: dict[str, torch.Tensor], *input_output: tuple[torch.Tensor, torch.Tensor]
+        self, batch: dict[str, torch.Tensor], real_b: torch.Tensor, *input_output: tuple[torch.Tensor, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """The configured structure, body and histogram terms of the generator loss; ``input_output``: (input,
-        output) of each generator, the source -> target one first."""
+        """The configured structure, body and histogram terms of the generator loss; ``real_b``: the target slices
+        of the step (on the device), ``input_output``: (input, output) of each generator, the source -> target one
+        first."""
         m, terms = self.cfg.model, {}
         if m.structure_loss != "none" and m.lambda_structure > 0:
             # the output keeps the input's edges whatever their contrast: anatomy is neither moved nor invented
@@ -114,8 +115,8 @@ class CycleGAN(TranslationModel):
         if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
             terms["loss_g_body"] = body_loss(input_output[0][1], batch["mask"].to(self.device)) * m.lambda_body
         if m.lambda_histogram > 0:  # the output's HU distribution, against that of the CT slices it meets
-            fake, partners = input_output[0][1], self._prep(batch["target"])
-            terms["loss_g_hist"] = histogram_loss(fake, batch["mask"].to(self.device), partners) * m.lambda_histogram
+            fake = input_output[0][1]
+            terms["loss_g_hist"] = histogram_loss(fake, batch["mask"].to(self.device), real_b) * m.lambda_histogram
         return terms
 
     def _update(

@@ -51,12 +51,7 @@ def _up(in_ch: int, out_ch: int, mode: str, kernel: int = 4, bias: bool = True) 
         # four times the pixels then reads half the channels (an up-block's input is a skip concatenation or a
         # halving's, twice its output), and never fewer than that half, so the output layer keeps its features
         width = max(out_ch, in_ch // 2)
-        return nn.Sequential(
-            nn.Conv2d(in_ch, width, 1, bias=False),
-            nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(width, out_ch, 3, bias=bias),
-        )
+        return nn.Sequential(nn.Conv2d(in_ch, width, 1, bias=False), *_up(width, out_ch, "resize", bias=bias))
     raise ConfigError(f"unknown upsample '{mode}'; expected one of: resize, narrow, transpose")
 
 
