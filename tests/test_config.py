@@ -55,8 +55,6 @@ def _write(tmp_path, **values):
         ("model__lambda_body", -1, r"model.lambda_body must be a finite number >= 0, got -1"),
         ("model__lambda_body", 5, r"model.lambda_body is a CycleGAN loss; model.kind pix2pix has none: set it to 0"),
         ("model__lambda_histogram", 1, r"model.lambda_histogram is a CycleGAN loss; model.kind pix2pix has none"),
-        ("model__histogram_epochs", 5, r"model.histogram_epochs limits the histogram term: set model.lambda_hist"),
-        ("model__histogram_epochs", 0, r"model.histogram_epochs must be a whole number from 1 to 100000, got 0"),
         ("model__lambda_structure", 2, r"model.lambda_structure is a CycleGAN loss; model.kind pix2pix has none"),
         ("model__structure_decay", True, r"model.structure_decay needs a CycleGAN with model.lambda_structure > 0"),
         ("model__structure_decay", "yes", r"model.structure_decay must be true or false, got 'yes'"),

@@ -304,17 +304,6 @@ def test_the_structure_weight_follows_the_learning_rate_decay(tmp_path, tiny_dat
     assert weights[True] == pytest.approx([trainer.schedule.factor(e) for e in range(4)]) == [1.0, 1.0, 2 / 3, 1 / 3]
 
 
-def test_the_histogram_term_stops_after_its_epochs(tmp_path, tiny_data):
-    extra = {"model.lambda_histogram": 2.0, "model.histogram_epochs": 2, "model.lambda_identity": 0.0}
-    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, "cyclegan", **extra, **{"train.epochs": 3}))
-    Trainer(cfg, tmp_path / "run", progress=False).fit()
-    rows = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["history"]
-    assert [row["loss_g_hist"] > 0 for row in rows[:2]] == [True, True]
-    assert "loss_g_hist" not in rows[2]  # the third epoch trained without it
-    terms = ("loss_g_adv", "loss_g_cycle", "loss_g_idt")
-    assert rows[2]["loss_g"] == pytest.approx(sum(rows[2][k] for k in terms), rel=1e-4)
-
-
 def test_best_is_the_lowest_validation_epoch_and_stays_when_last_moves_on(tmp_path, tiny_data):
     cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 4, "train.lr": 2e-2}))
     Trainer(cfg, tmp_path / "run", progress=False).fit()

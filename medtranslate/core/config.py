@@ -145,7 +145,6 @@ class ModelConfig:
     # (1-Wasserstein, losses.histogram_loss); it rescued a bad draw of a few epochs but cost the full MR -> CT
     # pipeline 18 % (docs/unpaired.md, "A histogram term for the first epochs")
     lambda_histogram: float = 0.0
-    histogram_epochs: int | None = None  # the histogram term acts in the first N epochs only; default: in every epoch
     # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
     calibration: str = "none"  # none | quantile
     # translation averages each slice's prediction with that of its left-right mirror (test-time augmentation), and so
@@ -221,10 +220,6 @@ class ModelConfig:
         for key in _CYCLEGAN_TERMS:  # refused elsewhere, not ignored
             if getattr(self, key) > 0 and self.kind != "cyclegan":
                 raise ConfigError(f"model.{key} is a CycleGAN loss; model.kind {self.kind} has none: set it to 0")
-        if self.histogram_epochs is not None:
-            require_int("model.histogram_epochs", self.histogram_epochs, 1, 100000)
-            if not self.lambda_histogram > 0:
-                raise ConfigError("model.histogram_epochs limits the histogram term: set model.lambda_histogram > 0")
         require_bool("model.structure_decay", self.structure_decay)
         if self.structure_decay and not (self.kind == "cyclegan" and self.lambda_structure > 0):
             raise ConfigError("model.structure_decay needs a CycleGAN with model.lambda_structure > 0; remove it")

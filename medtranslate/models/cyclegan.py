@@ -44,12 +44,7 @@ class CycleGAN(TranslationModel):
             self.nets["G_inv"] = build_generator(cfg, 1, in_channels)
             self.nets["D_src"] = build_discriminator(cfg, in_channels)
             self.pools["source"] = ImagePool(m.pool_size, generator)
-        self.histogram_on = m.lambda_histogram > 0  # off after model.histogram_epochs (begin_epoch)
         self._finish()
-
-    def begin_epoch(self, epoch: int) -> None:
-        m = self.cfg.model
-        self.histogram_on = m.lambda_histogram > 0 and (m.histogram_epochs is None or epoch < m.histogram_epochs)
 
     def set_noise(self, noise: NoiseModel) -> None:
         """The noise the target -> source direction adds (model.inverse: noise; see noise.py)."""
@@ -119,7 +114,7 @@ class CycleGAN(TranslationModel):
             terms["loss_g_struct"] = total * (m.lambda_structure * self.structure_scale)
         if m.lambda_body > 0:  # the CT output keeps the input's outline (every task's target is a CT)
             terms["loss_g_body"] = body_loss(input_output[0][1], batch["mask"].to(self.device)) * m.lambda_body
-        if self.histogram_on:  # the output's HU distribution, against that of the CT slices it meets
+        if m.lambda_histogram > 0:  # the output's HU distribution, against that of the CT slices it meets
             fake = input_output[0][1]
             terms["loss_g_hist"] = histogram_loss(fake, batch["mask"].to(self.device), real_b) * m.lambda_histogram
         return terms
