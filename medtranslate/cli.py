@@ -313,6 +313,8 @@ def _summary_table(results: list) -> str:
         worse = worse_than_baseline(summary)
         w = max([len("metric"), *map(len, summary["metrics"])]) + 2
         lines.append(f"{name}: {summary['n_done']}/{summary['n_cases']} test cases ({summary['task']})")
+        if summary.get("trained_on"):  # another CPU, precision or thread count rounds otherwise
+            lines.append(f"  trained in {summary['trained_on']}")
         lines.append(
             f"  {'metric':<{w}}{summary.get('model', 'model'):>14}{(base.get('kind') or '-') + ' (baseline)':>26}"
         )

@@ -281,6 +281,14 @@ def _training_note(run: Path) -> str:
     return (rows[-1].get("note") or "") if rows else ""
 
 
+def _trained_on(ckpt: Path) -> str:
+    """In what precision, on what device and how many threads the checkpoint was trained (each machine of a resumed
+    run in turn; "" for a checkpoint from before this was recorded)."""
+    from medtranslate.models.checkpoint import load_checkpoint
+
+    return "; then ".join(load_checkpoint(ckpt).get("trained_on", []))
+
+
 def _translate_stage(ckpt: Path, inputs: dict[str, Case], out: Path, progress: bool) -> None:
     from medtranslate.inference.translate import translate_folder
 
@@ -456,6 +464,7 @@ def run_pipeline(
             "model": cfg.model.kind,
             "baseline": baseline_summary,
             "training": _training_note(out / "train"),
+            "trained_on": _trained_on(ckpt),
         },
     )
     # report: the evaluation report, with the baseline beside the model, at the top of RUN_DIR

@@ -58,6 +58,10 @@ def test_run_pipeline_makes_every_output_and_skips_finished_stages(tmp_path):
     assert summary["baseline"]["kind"] == "intensity_map" and "mae" in summary["baseline"]["metrics"]
     page = (out / "report.html").read_text()
     assert "Model and baseline" in page and "intensity_map (baseline)" in page
+    # where the numbers came from (another CPU, precision or thread count rounds otherwise): the table, summary, report
+    (trained_on,) = load_checkpoint(out / "train" / "checkpoints" / "best.pt")["trained_on"]
+    assert summary["trained_on"] == trained_on and f"\n  trained in {trained_on}\n" in result.stdout
+    assert f"<p>Model trained in {trained_on}.</p>" in page
     # a second run finds every stage complete and retrains nothing
     stamp = (out / "train" / "checkpoints" / "best.pt").stat().st_mtime_ns
     again = cli(

@@ -249,6 +249,11 @@ def test_the_same_config_trains_the_same_model_at_1_and_2_threads_and_on_a_loade
         with torch_threads(threads):  # in this process: train.num_threads sets the process's, put back after
             result = cli("train", str(cfg), "--out", str(tmp_path / name), "--set", f"train.num_threads={threads}")
         assert result.returncode == 0, result.stderr[-2000:]
+        # the checkpoint records what the numbers hold for, as the log named it: precision, CPU, thread count
+        (trained_on,) = load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["trained_on"]
+        precision, machine = trained_on.split(" on ", 1)
+        assert f"precision {precision} (" in result.stderr and f"; {machine}" in result.stderr
+        assert machine.endswith(f", {threads} thread" + "s" * (threads > 1))
         return [float(r["val_mae"]) for r in csv.DictReader((tmp_path / name / "history.csv").open())]
 
     one, two = val_maes("one", 1), val_maes("two", 2)
@@ -302,6 +307,20 @@ def test_the_structure_weight_follows_the_learning_rate_decay(tmp_path, tiny_dat
         weights[decay] = scales
     assert weights[False] == [1.0] * 4  # 4 epochs: the rate is constant for 2, then 2/3, 1/3 of the base
     assert weights[True] == pytest.approx([trainer.schedule.factor(e) for e in range(4)]) == [1.0, 1.0, 2 / 3, 1 / 3]
+
+
+def test_a_run_resumed_on_another_thread_count_records_both(tmp_path, tiny_data):
+    # the time cap (60 us) stops each session after one epoch: epoch 1 on 1 thread, epochs 2 and 3 on 2
+    capped = write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 3, "train.max_minutes": 1e-6})
+    epochs = []
+    with torch_threads(2):  # train.num_threads sets this process's count; put back after
+        for session, threads in enumerate((1, 2, 2)):
+            cfg = load_config(capped, [f"train.num_threads={threads}"])
+            Trainer(cfg, tmp_path / "run", resume=session > 0, progress=False).fit()
+            epochs.append(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"])
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert epochs == [1, 2, 3] and len(ckpt["trained_on"]) == 2  # the same machine again adds nothing
+    assert ckpt["trained_on"][0].endswith(", 1 thread") and ckpt["trained_on"][1].endswith(", 2 threads")
 
 
 def test_best_is_the_lowest_validation_epoch_and_stays_when_last_moves_on(tmp_path, tiny_data):

@@ -387,6 +387,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <p>Task <b>{html.escape(str(summary.get("task")))}</b>, {html.escape(edition)};
 {summary["n_done"]} of {summary["n_cases"]} cases scored,
 {summary["n_failed"]} failed. Mask: {html.escape(str(summary.get("mask_source")))}.</p>
+{f"<p>Model trained in {html.escape(summary['trained_on'])}.</p>" if summary.get("trained_on") else ""}
 {_warnings_html(summary)}
 {_baseline_html(summary)}
 <h2>Summary</h2><table><tr>{head}</tr>{srows}</table>

@@ -143,6 +143,12 @@ class Trainer:
         self._stop_requested = False
         if ckpt is not None:
             self._load(ckpt, last)
+        # what the numbers depend on besides the config: a GAN's few epochs amplify the rounding of another CPU,
+        # precision or thread count (docs/results.md, "The demo in bf16"); a resumed run adds its own
+        here = f"{self.precision.precision} on {describe_machine(self.device)}"
+        here += f", {self.world} processes" if self.world > 1 else ""
+        earlier = [str(s) for s in ckpt.get("trained_on", [])] if ckpt is not None else []
+        self.trained_on = earlier if earlier[-1:] == [here] else [*earlier, here]
         if self.rank == 0:
             replace(cfg, train=replace(t, precision_used=self.precision.precision)).save(self.run_dir / "config.yaml")
             atomic_write_text(self.run_dir / "split.json", json.dumps(self.split, indent=2) + "\n")
@@ -716,6 +722,7 @@ class Trainer:
             "precision": self.precision.precision,
             "precision_reason": self.precision.reason,
             "processes": self.world,
+            "trained_on": self.trained_on,
         }
 
     def _choose_precision(self, ckpt: dict[str, Any] | None) -> PrecisionChoice:
