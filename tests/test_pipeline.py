@@ -62,6 +62,7 @@ def test_run_pipeline_makes_every_output_and_skips_finished_stages(tmp_path):
     (trained_on,) = load_checkpoint(out / "train" / "checkpoints" / "best.pt")["trained_on"]
     assert summary["trained_on"] == trained_on and f"\n  trained in {trained_on}\n" in result.stdout
     assert f"<p>Model trained in {trained_on}.</p>" in page
+    assert load_checkpoint(out / "baseline" / "checkpoints" / "best.pt")["trained_on"] == []  # a fit, no network
     # a second run finds every stage complete and retrains nothing
     stamp = (out / "train" / "checkpoints" / "best.pt").stat().st_mtime_ns
     again = cli(

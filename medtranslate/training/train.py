@@ -143,12 +143,13 @@ class Trainer:
         self._stop_requested = False
         if ckpt is not None:
             self._load(ckpt, last)
-        # what the numbers depend on besides the config: a GAN's few epochs amplify the rounding of another CPU,
-        # precision or thread count (docs/results.md, "The demo in bf16"); a resumed run adds its own
+        # what a network's numbers depend on besides the config: a GAN's few epochs amplify the rounding of another
+        # CPU, precision or thread count (docs/results.md, "The demo in bf16"); a resumed run adds its own
+        self.trained_on = [str(s) for s in ckpt.get("trained_on", [])] if ckpt is not None else []
         here = f"{self.precision.precision} on {describe_machine(self.device)}"
         here += f", {self.world} processes" if self.world > 1 else ""
-        earlier = [str(s) for s in ckpt.get("trained_on", [])] if ckpt is not None else []
-        self.trained_on = earlier if earlier[-1:] == [here] else [*earlier, here]
+        if self.kind.network and self.trained_on[-1:] != [here]:
+            self.trained_on.append(here)
         if self.rank == 0:
             replace(cfg, train=replace(t, precision_used=self.precision.precision)).save(self.run_dir / "config.yaml")
             atomic_write_text(self.run_dir / "split.json", json.dumps(self.split, indent=2) + "\n")
