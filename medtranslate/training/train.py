@@ -146,8 +146,8 @@ class Trainer:
         # what a network's numbers depend on besides the config: a GAN's few epochs amplify the rounding of another
         # CPU, precision or thread count (docs/results.md, "The demo in bf16"); a resumed run adds its own
         self.trained_on = [str(s) for s in ckpt.get("trained_on", [])] if ckpt is not None else []
-        here = f"{self.precision.precision} on {describe_machine(self.device)}"
-        here += f", {self.world} processes" if self.world > 1 else ""
+        machine = describe_machine(self.device)  # reads /proc/cpuinfo: once, for the record and the log
+        here = f"{self.precision.precision} on {machine}" + (f", {self.world} processes" if self.world > 1 else "")
         if self.kind.network and self.trained_on[-1:] != [here]:
             self.trained_on.append(here)
         if self.rank == 0:
@@ -158,7 +158,7 @@ class Trainer:
                 "precision %s (%s); %s%s",
                 self.precision.precision,
                 self.precision.reason,
-                describe_machine(self.device),
+                machine,
                 f"; {self.world} processes" if self.world > 1 else "",
             )
 
