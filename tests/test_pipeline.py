@@ -148,6 +148,10 @@ def test_quick_demo_writes_reports_with_baselines(tmp_path):
             f"sub-07_{suffix}.nii.gz",
             f"sub-08_{suffix}.nii.gz",
         ]
+    # the demo's 5-epoch CycleGAN trains without the histogram term its pipeline file sets (demo.yaml turns it off)
+    cyclegan_columns = (tmp_path / "demo" / "mr2ct_cyclegan" / "train" / "history.csv").read_text().splitlines()[0]
+    assert "loss_g_struct" in cyclegan_columns and "loss_g_hist" not in cyclegan_columns
+    assert load_pipeline(shipped_pipelines()["mr2ct_cyclegan.yaml"])[0].model.lambda_histogram > 0
     print(f"quick demo took {seconds:.0f} s")
 
 
