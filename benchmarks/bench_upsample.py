@@ -11,13 +11,10 @@ Run: python benchmarks/bench_upsample.py [--steps 8] [--device auto]
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import torch
-from timing import alternating_medians, training_step
+from timing import alternating_medians, pipeline_model, training_step
 
-from medtranslate.models.base import build_model
-from medtranslate.pipeline import load_pipeline, shipped_pipelines
 from medtranslate.runtime.device import resolve_device
 from medtranslate.runtime.precision import choose_precision, describe_machine
 
@@ -27,20 +24,7 @@ MODES = ("resize", "narrow", "transpose")
 
 def make_step(pipeline: str, mode: str, device: torch.device):
     """A function running one training step of ``pipeline`` with ``model.upsample: mode`` on fixed random slices."""
-    cfg, _ = load_pipeline(shipped_pipelines()[pipeline], [f"model.upsample={mode}", "data.root=."])
-    precision = choose_precision(cfg.train.precision, device).precision  # as train resolves auto
-    cfg = replace(cfg, train=replace(cfg.train, precision=precision))
-    channels, size, batch = 2 * cfg.data.context + 1, cfg.data.patch_size, cfg.train.batch_size
-    gen = torch.Generator().manual_seed(0)
-    model = build_model(cfg, channels, device, gen)
-    if hasattr(model, "begin_epoch"):
-        model.begin_epoch(0)  # the first epoch: pix2pix's L1 warm-up where the pipeline has one
-    shape = (batch, channels, size, size)
-    data = {
-        "source": torch.rand(shape, generator=gen) * 2 - 1,
-        "target": torch.rand((batch, 1, size, size), generator=gen) * 2 - 1,
-        "mask": torch.ones((batch, 1, size, size)),
-    }
+    model, data = pipeline_model(pipeline, [f"model.upsample={mode}"], device)
     return training_step(model, data, device)
 
 

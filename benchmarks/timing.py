@@ -42,6 +42,31 @@ def training_step(model: Any, batch: dict[str, torch.Tensor], device: torch.devi
     return step
 
 
+def pipeline_model(pipeline: str, overrides: list[str], device: torch.device) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A shipped pipeline's model (its networks, optimisers, batch and crop size, ``precision: auto`` resolved as
+    ``train`` resolves it) with ``overrides``, freshly initialised, and a fixed random batch for it; pix2pix in its
+    first epoch, which is the L1 warm-up where the pipeline has one (the discriminator untouched)."""
+    from dataclasses import replace
+
+    from medtranslate.models.base import build_model
+    from medtranslate.pipeline import load_pipeline, shipped_pipelines
+    from medtranslate.runtime.precision import choose_precision
+
+    cfg, _ = load_pipeline(shipped_pipelines()[pipeline], [*overrides, "data.root=."])
+    precision = choose_precision(cfg.train.precision, device).precision
+    cfg = replace(cfg, train=replace(cfg.train, precision=precision))
+    channels, size, batch = 2 * cfg.data.context + 1, cfg.data.patch_size, cfg.train.batch_size
+    gen = torch.Generator().manual_seed(0)
+    model = build_model(cfg, channels, device, gen)
+    model.begin_epoch(0)
+    data = {
+        "source": torch.rand((batch, channels, size, size), generator=gen) * 2 - 1,
+        "target": torch.rand((batch, 1, size, size), generator=gen) * 2 - 1,
+        "mask": torch.ones((batch, 1, size, size)),
+    }
+    return model, data
+
+
 def alternating_medians(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 2) -> dict[str, float]:
     """The median seconds of each of ``fns``, called in turn ``repeats`` times after ``warmup`` calls each (allocator,
     kernels): a change in the machine's speed during the run reaches every one alike."""
