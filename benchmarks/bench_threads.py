@@ -1,11 +1,11 @@
 """Do training steps give the same weights on 1 and on 2 threads, and what would it cost to make them?
 
-A run on another number of threads rounds some sums otherwise, and training amplifies that (docs/results.md, "The
-demo in bf16 on one thread"). For each shipped pipeline's networks, batch and crop (as bench_upsample builds them) in
-fp32 and, where ``precision: auto`` picks it, bf16: a few training steps from the same weights and draws on 1 thread and
-on 2, and how many parameter tensors come out bit-identical. In fp32 again with oneDNN off (PyTorch's own
-convolutions, whose weight gradients do not split their sums by thread), with the step time against oneDNN's, the two
-alternating on the machine's threads. The machine's CPU is named first.
+A run on another number of threads rounds some sums otherwise, and training amplifies that (docs/results.md, "The demo
+in bf16 on one thread"). For each shipped pipeline's networks, batch and crop (as bench_upsample builds them) in fp32
+and, where ``precision: auto`` picks it, bf16: a few training steps from the same weights and draws on 1 thread and on
+2, and how many parameter tensors come out bit-identical (and whether 2 threads twice agree). In fp32 again with
+oneDNN off (PyTorch's own convolutions, whose weight gradients do not split their sums by thread), with the step time
+against oneDNN's, the two alternating on the machine's threads. The machine's CPU is named first.
 Run: python benchmarks/bench_threads.py [--steps 3] [--repeats 8]
 """
 
@@ -43,10 +43,14 @@ def weights_after(model, data: dict[str, torch.Tensor], steps: int, threads: int
 
 
 def thread_check(model, data: dict[str, torch.Tensor], steps: int, onednn: bool) -> str:
-    one, two = (weights_after(model, data, steps, t, onednn) for t in (1, 2))
+    one, two, again = (weights_after(model, data, steps, t, onednn) for t in (1, 2, 2))
+    repeated = all(torch.equal(a, b) for a, b in zip(two, again, strict=True))
     same = sum(torch.equal(a, b) for a, b in zip(one, two, strict=True))
     apart = torch.cat([(a - b).flatten() for a, b in zip(one, two, strict=True)]).norm()
-    return f"{same}/{len(one)} identical, {float(apart / torch.cat([a.flatten() for a in one]).norm()):.0e} apart"
+    return (
+        f"{same}/{len(one)} identical, {float(apart / torch.cat([a.flatten() for a in one]).norm()):.0e} apart "
+        f"(2 threads twice: {'identical' if repeated else 'DIFFERENT'})"
+    )
 
 
 def without_onednn(step: Callable[[], None]) -> Callable[[], None]:
