@@ -142,8 +142,8 @@ class ModelConfig:
     # CycleGAN: the CT output's body outline (-500 HU) must match the input's body mask (losses.body_loss)
     lambda_body: float = 0.0
     # CycleGAN, CT output: the output's HU distribution inside the input's body must match its partner CT slice's
-    # (1-Wasserstein, losses.histogram_loss). It rescues bad draws: over three seeds of the full MR -> CT pipeline
-    # the mean test MAE 199.5 -> 180.2 HU and the worst 254.5 -> 207.4, though seed 0 lost 18 % (docs/unpaired.md,
+    # (1-Wasserstein, losses.histogram_loss). It rescues bad draws: over four seeds of the full MR -> CT pipeline
+    # the mean test MAE 194.0 -> 176.0 HU and the worst 254.5 -> 207.4, though seed 0 lost 18 % (docs/unpaired.md,
     # "The full pipeline is a draw too"); mr2ct_cyclegan.yaml uses 2
     lambda_histogram: float = 0.0
     # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
