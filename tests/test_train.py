@@ -309,18 +309,25 @@ def test_the_structure_weight_follows_the_learning_rate_decay(tmp_path, tiny_dat
     assert weights[True] == pytest.approx([trainer.schedule.factor(e) for e in range(4)]) == [1.0, 1.0, 2 / 3, 1 / 3]
 
 
-def test_a_run_resumed_on_another_thread_count_records_both(tmp_path, tiny_data):
+def test_a_run_resumed_on_another_thread_count_records_both_and_says_so(tmp_path, tiny_data, caplog):
     # the time cap (60 us) stops each session after one epoch: epoch 1 on 1 thread, epochs 2 and 3 on 2
     capped = write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 3, "train.max_minutes": 1e-6})
-    epochs = []
+    epochs, warned = [], []
     with torch_threads(2):  # train.num_threads sets this process's count; put back after
         for session, threads in enumerate((1, 2, 2)):
             cfg = load_config(capped, [f"train.num_threads={threads}"])
-            Trainer(cfg, tmp_path / "run", resume=session > 0, progress=False).fit()
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="medtranslate.training.train"):
+                Trainer(cfg, tmp_path / "run", resume=session > 0, progress=False).fit()
+            warned.append([m for m in caplog.messages if "resumed in" in m])
             epochs.append(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"])
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert epochs == [1, 2, 3] and len(ckpt["trained_on"]) == 2  # the same machine again adds nothing
     assert ckpt["trained_on"][0].endswith(", 1 thread") and ckpt["trained_on"][1].endswith(", 2 threads")
+    # the resume on another count is told, naming both; the one on the same count is not
+    (first, second), third = ckpt["trained_on"], warned[2]
+    assert warned[0] == [] and len(warned[1]) == 1 and third == []
+    assert f"resumed in {second}, after training in {first}" in warned[1][0] and str(tmp_path / "run") in warned[1][0]
 
 
 def test_best_is_the_lowest_validation_epoch_and_stays_when_last_moves_on(tmp_path, tiny_data):

@@ -149,6 +149,15 @@ class Trainer:
         machine = describe_machine(self.device)  # reads /proc/cpuinfo: once, for the record and the log
         here = f"{self.precision.precision} on {machine}" + (f", {self.world} processes" if self.world > 1 else "")
         if self.kind.network and self.trained_on[-1:] != [here]:
+            if self.trained_on and self.rank == 0:
+                logger.warning(
+                    "%s: resumed in %s, after training in %s, which rounds otherwise: the model can end a few per "
+                    "cent from an uninterrupted run's (docs/benchmarks.md); the earlier thread count (OMP_NUM_THREADS) "
+                    "and precision on the same kind of CPU give the same arithmetic",
+                    self.run_dir,
+                    here,
+                    self.trained_on[-1],
+                )
             self.trained_on.append(here)
         if self.rank == 0:
             replace(cfg, train=replace(t, precision_used=self.precision.precision)).save(self.run_dir / "config.yaml")
