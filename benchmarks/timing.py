@@ -5,9 +5,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
+
+from medtranslate.models.base import build_model
+from medtranslate.pipeline import load_pipeline, shipped_pipelines
+from medtranslate.runtime.precision import choose_precision
 
 
 def run_times(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
@@ -46,12 +51,6 @@ def pipeline_model(pipeline: str, overrides: list[str], device: torch.device) ->
     """A shipped pipeline's model (its networks, optimisers, batch and crop size, ``precision: auto`` resolved as
     ``train`` resolves it) with ``overrides``, freshly initialised, and a fixed random batch for it; pix2pix in its
     first epoch, which is the L1 warm-up where the pipeline has one (the discriminator untouched)."""
-    from dataclasses import replace
-
-    from medtranslate.models.base import build_model
-    from medtranslate.pipeline import load_pipeline, shipped_pipelines
-    from medtranslate.runtime.precision import choose_precision
-
     cfg, _ = load_pipeline(shipped_pipelines()[pipeline], [*overrides, "data.root=."])
     precision = choose_precision(cfg.train.precision, device).precision
     cfg = replace(cfg, train=replace(cfg.train, precision=precision))
