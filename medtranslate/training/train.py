@@ -147,7 +147,8 @@ class Trainer:
         # CPU, precision or thread count (docs/results.md, "The demo in bf16"); a resumed run adds its own
         self.trained_on = [str(s) for s in ckpt.get("trained_on", [])] if ckpt is not None else []
         machine = describe_machine(self.device)  # reads /proc/cpuinfo: once, for the record and the log
-        here = f"{self.precision.precision} on {machine}" + (f", {self.world} processes" if self.world > 1 else "")
+        machine += f", {self.world} processes" if self.world > 1 else ""
+        here = f"{self.precision.precision} on {machine}"
         if self.kind.network and self.trained_on[-1:] != [here]:
             if self.trained_on and self.rank == 0:
                 logger.warning(
@@ -164,11 +165,10 @@ class Trainer:
             atomic_write_text(self.run_dir / "split.json", json.dumps(self.split, indent=2) + "\n")
             logger.log(
                 logging.INFO if self.model is not None else logging.DEBUG,
-                "precision %s (%s); %s%s",
+                "precision %s (%s); %s",
                 self.precision.precision,
                 self.precision.reason,
                 machine,
-                f"; {self.world} processes" if self.world > 1 else "",
             )
 
     def _run_to_resume(self, last: Path, resume: bool) -> dict[str, Any] | None:
