@@ -5,14 +5,19 @@ in bf16 on one thread"). For each shipped pipeline's networks, batch and crop (a
 and, where ``precision: auto`` picks it, bf16: a few training steps from the same weights and draws on 1 thread and on
 2, and how many parameter tensors come out bit-identical (and whether 2 threads twice agree). In fp32 again with
 oneDNN off (PyTorch's own convolutions, whose weight gradients do not split their sums by thread), with the step time
-against oneDNN's, the two alternating on the machine's threads. The machine's CPU is named first.
-Run: python benchmarks/bench_threads.py [--steps 3] [--repeats 8]
+against oneDNN's, the two alternating on the machine's threads. Last, in a process bound to one core (as a 1-core
+machine or container is), the step time on 2 threads against 1, alternating: what training on more threads than
+cores costs (the demo fixes its thread count). The machine's CPU is named first.
+Run: python benchmarks/bench_threads.py [--steps 3] [--repeats 8] [--one-core-repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -61,11 +66,33 @@ def without_onednn(step: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+def on_threads(threads: int, step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        torch.set_num_threads(threads)
+        step()
+
+    return run
+
+
+def one_core(repeats: int) -> None:
+    """This process is bound to one core: each pipeline's step (precision auto) on 2 threads against 1."""
+    for pipeline in PIPELINES:
+        model, data = pipeline_model(pipeline, [], CPU)
+        step = training_step(model, data, CPU)
+        t = alternating_medians({"1": on_threads(1, step), "2": on_threads(2, step)}, repeats, warmup=1)
+        print(f"{pipeline:20s} one core: step {t['1']:.3f} s on 1 thread, {t['2']:.3f} s on 2 ({t['2'] / t['1']:.1f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=3, help="training steps compared on 1 and 2 threads")
     parser.add_argument("--repeats", type=int, default=8, help="timed steps of each of oneDNN on and off")
+    parser.add_argument("--one-core-repeats", type=int, default=3, help="timed steps of 1 and 2 threads on one core")
+    parser.add_argument("--one-core", action="store_true", help=argparse.SUPPRESS)  # the child bound to one core
     args = parser.parse_args()
+    if args.one_core:
+        one_core(args.one_core_repeats)
+        return
     warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")  # torch's, on toggling oneDNN
     print(describe_machine(CPU))
     precisions = ["fp32"] + (["bf16"] if choose_precision("auto", CPU).precision == "bf16" else [])
@@ -79,6 +106,14 @@ def main() -> None:
                 t = alternating_medians({"on": step, "off": without_onednn(step)}, args.repeats)
                 cells.append(f"step {t['on']:.3f} s on, {t['off']:.3f} s off ({t['off'] / t['on']:.2f}x)")
             print(f"{pipeline:20s} {precision}  " + "   ".join(cells), flush=True)
+    # the child binds itself to one core before it imports torch, whose thread pool then starts there
+    bind = (
+        f"import os, runpy, sys; os.sched_setaffinity(0, {{{min(os.sched_getaffinity(0))}}}); "
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+        f"sys.argv = [{__file__!r}, '--one-core', '--one-core-repeats', '{args.one_core_repeats}']; "
+        f"runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    subprocess.run([sys.executable, "-c", bind], check=True)
 
 
 if __name__ == "__main__":
