@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from medtranslate.core.atomic import atomic_write_text
@@ -484,25 +486,56 @@ def run_demo(
             "medtranslate repository"
         )
     spec = read_yaml(spec_path, "demo definition")
-    entries = spec["pipelines"]
+    entries, common = spec["pipelines"], dict(spec.get("set", {}))
+    if common.get("train.num_threads"):
+        common["train.num_threads"] = demo_threads(common["train.num_threads"])
     expected = [float(e["quick_minutes" if quick else "minutes"]) for e in entries]
     results, taken = [], []
-    for i, entry in enumerate(entries):
-        sets = {**entry.get("set", {}), **(spec.get("quick", {}).get("set", {}) if quick else {})}
-        sets["data.root"] = str(REPO / "sample_data" / entry["data"])
-        if entry.get("split"):
-            sets["data.split"] = str(REPO / "sample_data" / entry["split"])
-        overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
-        name = Path(entry["file"]).stem
-        logger.info("demo %d/%d: %s; %s", i + 1, len(entries), name, minutes_left(expected, taken))
-        start = time.perf_counter()
-        summary = run_pipeline(
-            shipped[entry["file"]], Path(out) / name, overrides, progress=progress, overwrite=overwrite
-        )
-        taken.append((time.perf_counter() - start) / 60)
-        logger.info("demo %d/%d: %s done in %.1f min", i + 1, len(entries), name, taken[-1])
-        results.append((name, summary))
+    threads_before = torch.get_num_threads()  # the trainer sets train.num_threads for its process: put back after
+    try:
+        for i, entry in enumerate(entries):
+            sets = {**common, **entry.get("set", {}), **(spec.get("quick", {}).get("set", {}) if quick else {})}
+            sets["data.root"] = str(REPO / "sample_data" / entry["data"])
+            if entry.get("split"):
+                sets["data.split"] = str(REPO / "sample_data" / entry["split"])
+            overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
+            name = Path(entry["file"]).stem
+            logger.info("demo %d/%d: %s; %s", i + 1, len(entries), name, minutes_left(expected, taken))
+            start = time.perf_counter()
+            summary = run_pipeline(
+                shipped[entry["file"]], Path(out) / name, overrides, progress=progress, overwrite=overwrite
+            )
+            taken.append((time.perf_counter() - start) / 60)
+            logger.info("demo %d/%d: %s done in %.1f min", i + 1, len(entries), name, taken[-1])
+            results.append((name, summary))
+    finally:
+        torch.set_num_threads(threads_before)
     return results
+
+
+def demo_threads(wanted: int) -> int:
+    """The threads the demo trains on: demo.yaml's count (``wanted``, the README table's), whatever OMP_NUM_THREADS
+    says, unless this process may use fewer cores: threads beyond the cores wait on each other (on one core, 2
+    threads took 1.8-21x the step of 1: benchmarks/bench_threads.py), so then one per core, and the numbers differ."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cores < wanted:
+        logger.warning(
+            "demo: trains on %d thread%s, the cores this process may use, not demo.yaml's %d (more threads than "
+            "cores wait on each other): its models round otherwise than the README's table, by up to 3 %% for "
+            'pix2pix and the denoiser, more for the CycleGAN (docs/results.md, "The demo in bf16 on one thread")',
+            cores,
+            "s" * (cores != 1),
+            wanted,
+        )
+        return cores
+    if os.environ.get("OMP_NUM_THREADS", str(wanted)) != str(wanted):
+        logger.info(
+            "demo: trains on %d threads (demo.yaml), not OMP_NUM_THREADS=%s, as the README's table was: the same "
+            "numbers, only slower on a busy machine",
+            wanted,
+            os.environ["OMP_NUM_THREADS"],
+        )
+    return wanted
 
 
 def minutes_left(expected: list[float], taken: list[float]) -> str:

@@ -14,7 +14,14 @@ from medtranslate.core.errors import ConfigError
 from medtranslate.evaluation.report import warnings_of, worse_than_baseline
 from medtranslate.io.files import read_volume
 from medtranslate.models.checkpoint import load_checkpoint
-from medtranslate.pipeline import baseline_config, find_pipeline, load_pipeline, minutes_left, shipped_pipelines
+from medtranslate.pipeline import (
+    baseline_config,
+    demo_threads,
+    find_pipeline,
+    load_pipeline,
+    minutes_left,
+    shipped_pipelines,
+)
 
 from .conftest import REPO, SAMPLE, cli
 
@@ -112,6 +119,24 @@ def test_minutes_left_scales_the_reference_times_by_the_pace_of_the_stages_run()
     assert minutes_left([3, 4, 2], [0.01]) == "about 6 min left on the reference CPU (2 cores)"
 
 
+def test_the_demo_trains_on_its_thread_count_unless_the_process_has_fewer_cores(caplog, monkeypatch):
+    import os
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    caplog.set_level("INFO", logger="medtranslate.pipeline")
+    cores = os.sched_getaffinity(0)
+    assert demo_threads(2) == min(2, len(cores))
+    if len(cores) >= 2:
+        assert "demo: trains on 2 threads (demo.yaml), not OMP_NUM_THREADS=1" in caplog.text
+    # bound to one core (as a 1-core container is): two threads would wait on each other, so one, and a warning
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        assert demo_threads(2) == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert "demo: trains on 1 thread, the cores this process may use, not demo.yaml's 2" in caplog.text
+
+
 def test_every_shipped_pipeline_has_a_valid_baseline_config():
     # the baseline shares the experiment's data and task, never its model settings (GAN-only ones would make it invalid)
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
@@ -129,10 +154,15 @@ def test_every_shipped_pipeline_has_a_valid_baseline_config():
 
 
 @pytest.mark.slow
-def test_quick_demo_writes_reports_with_baselines(tmp_path):
+def test_quick_demo_writes_reports_with_baselines(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a user's limit or a loaded machine's: the demo trains on 2 anyway
+    threads = torch.get_num_threads()
     t0 = time.perf_counter()
     result = cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
     seconds = time.perf_counter() - t0
+    assert torch.get_num_threads() == threads  # the demo leaves the process's thread count as it found it
     assert result.returncode == 0, result.stderr
     runs = (("mr2ct_pix2pix", "intensity_map"), ("mr2ct_cyclegan", "intensity_map"), ("ldct_pix2pix", "classical"))
     assert "report:" in result.stdout and all(name in result.stdout for name, _ in runs)
@@ -148,6 +178,11 @@ def test_quick_demo_writes_reports_with_baselines(tmp_path):
             f"sub-07_{suffix}.nii.gz",
             f"sub-08_{suffix}.nii.gz",
         ]
+    # every stage trains on the README table's two threads, whatever OMP_NUM_THREADS says, and says so
+    assert "demo: trains on 2 threads (demo.yaml), not OMP_NUM_THREADS=1" in result.stderr
+    for name, _ in runs:
+        summary = json.loads((tmp_path / "demo" / name / "eval" / "summary.json").read_text())
+        assert summary["trained_on"].endswith(", 2 threads"), (name, summary["trained_on"])
     # the demo's 5-epoch CycleGAN trains without the histogram term its pipeline file sets (demo.yaml turns it off)
     cyclegan_columns = (tmp_path / "demo" / "mr2ct_cyclegan" / "train" / "history.csv").read_text().splitlines()[0]
     assert "loss_g_struct" in cyclegan_columns and "loss_g_hist" not in cyclegan_columns
