@@ -142,9 +142,9 @@ class ModelConfig:
     # CycleGAN: the CT output's body outline (-500 HU) must match the input's body mask (losses.body_loss)
     lambda_body: float = 0.0
     # CycleGAN, CT output: the output's HU distribution inside the input's body must match its partner CT slice's
-    # (1-Wasserstein, losses.histogram_loss). It rescues bad draws: over four seeds of the full MR -> CT pipeline
-    # the mean test MAE 194.0 -> 176.0 HU and the worst 254.5 -> 207.4, though seed 0 lost 18 % (docs/unpaired.md,
-    # "The full pipeline is a draw too"); mr2ct_cyclegan.yaml uses 2
+    # (1-Wasserstein, losses.histogram_loss). It put back a bad draw's skull; over five seeds of the full MR -> CT
+    # pipeline the mean test MAE 190.4 -> 186.5 HU and the worst 254.5 -> 228.4, winning three seeds of five, within
+    # the draw's spread (docs/unpaired.md, "The full pipeline is a draw too"); mr2ct_cyclegan.yaml uses 2
     lambda_histogram: float = 0.0
     # CycleGAN: after training, match the output's HU distribution to the training CTs' (quantile; calibration.py)
     calibration: str = "none"  # none | quantile
