@@ -612,8 +612,8 @@ def _add_demo(sub: Any) -> None:
         help="the demo: MR -> CT and low-dose denoising on sample_data/ with baselines, ending in report.html",
         description="Train MR -> CT pix2pix and CycleGAN and a low-dose denoiser on the bundled sample data, "
         "translate the test cases, evaluate them beside their baselines and write the reports (about 7 minutes on 2 "
-        "CPU cores with bf16 units, more without them or on a busy machine, with the same numbers at the same thread "
-        "count; --quick under 1).",
+        "CPU cores with bf16 units, more without them or on a busy machine, with the same numbers on the same kind of "
+        "CPU and precision: every stage trains on 2 threads; --quick under 1).",
     )
     p.add_argument("--out", default="demo_run", help="output folder (default: demo_run)")
     p.add_argument("--quick", action="store_true", help="a short run (numbers not meant to be good)")

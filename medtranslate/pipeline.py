@@ -516,7 +516,7 @@ def run_demo(
 def demo_threads(wanted: int) -> int:
     """The threads the demo trains on: demo.yaml's count (``wanted``, the README table's), whatever OMP_NUM_THREADS
     says, unless this process may use fewer cores: threads beyond the cores wait on each other (on one core, 2
-    threads took 1.8-21x the step of 1: benchmarks/bench_threads.py), so then one per core, and the numbers differ."""
+    threads took 1.6-21x the step of 1: benchmarks/bench_threads.py), so then one per core, and the numbers differ."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cores < wanted:
         logger.warning(
