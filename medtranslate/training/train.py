@@ -140,7 +140,9 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.epoch_losses: dict[str, list[float]] = {}
         self._writer = None
-        self._stop_requested = False
+        # a stop: the signal handler raises _stop_signalled (and only it writes it); the loop sets _stop_requested
+        # from it and the other ranks' (an assignment from a value read before the handler ran would lose the signal)
+        self._stop_signalled = self._stop_requested = False
         if ckpt is not None:
             self._load(ckpt, last)
         # what a network's numbers depend on besides the config: a GAN's few epochs amplify the rounding of another
@@ -375,7 +377,7 @@ class Trainer:
                         self._told_under_trained()
                         break
                     # a request that came after the epoch's last step: all ranks stop, or none
-                    self._stop_requested = distributed.mean_and_any({}, self._stop_requested)[1]
+                    self._stop_requested = distributed.mean_and_any({}, self._stop_signalled)[1]
                     self._stop_if_requested()
             ended = self.epoch >= self.schedule.epochs or self.schedule.stopped_after is not None
             if ended and self.rank == 0 and self.cfg.model.calibration != "none":
@@ -431,8 +433,8 @@ class Trainer:
         previous_term = signal.getsignal(signal.SIGTERM)
 
         def request_stop(signum: int, frame: Any) -> None:
-            first = not self._stop_requested
-            self._stop_requested = True
+            first = not self._stop_signalled
+            self._stop_signalled = True
             if signum == signal.SIGINT and self.world == 1:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 again = "Ctrl-C again to stop now, without saving"
@@ -520,7 +522,7 @@ class Trainer:
         for b in bar:
             losses = self.model.train_step(next(batches))
             # the losses of the whole batch (the mean of the ranks' shares), and a stop request of any rank
-            losses, self._stop_requested = distributed.mean_and_any(losses, self._stop_requested)
+            losses, self._stop_requested = distributed.mean_and_any(losses, self._stop_signalled)
             self.batch_in_epoch, self.step = b + 1, self.step + 1
             for k, v in losses.items():
                 self.epoch_losses.setdefault(k, []).append(v)
