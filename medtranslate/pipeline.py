@@ -40,6 +40,7 @@ from medtranslate.data.slices import (
 )
 from medtranslate.evaluation.evaluate import evaluate_folder, evaluate_without_pairs
 from medtranslate.io.cases import Case, Cohorts, Pair
+from medtranslate.runtime.device import usable_cores
 
 __all__ = ["run_pipeline", "load_pipeline", "run_demo", "find_pipeline", "shipped_pipelines"]
 
@@ -517,7 +518,7 @@ def demo_threads(wanted: int) -> int:
     """The threads the demo trains on: demo.yaml's count (``wanted``, the README table's), whatever OMP_NUM_THREADS
     says, unless this process may use fewer cores: threads beyond the cores wait on each other (on one core, 2
     threads took 1.6-21x the step of 1: benchmarks/bench_threads.py), so then one per core, and the numbers differ."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if cores < wanted:
         logger.warning(
             "demo: trains on %d thread%s, the cores this process may use, not demo.yaml's %d (more threads than "

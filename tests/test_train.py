@@ -338,6 +338,28 @@ def test_the_structure_weight_follows_the_learning_rate_decay(tmp_path, tiny_dat
     assert weights[True] == pytest.approx([trainer.schedule.factor(e) for e in range(4)]) == [1.0, 1.0, 2 / 3, 1 / 3]
 
 
+def test_more_threads_than_the_process_may_use_cores_is_warned(tmp_path, tiny_data, caplog):
+    """Threads beyond the cores wait on each other (2 on one core: up to 21x the step); the run says so, and trains."""
+    import os
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_data), ["train.num_threads=2"])
+    cores = os.sched_getaffinity(0)
+    with torch_threads(1), caplog.at_level(logging.WARNING, logger="medtranslate.training.train"):
+        Trainer(cfg, tmp_path / "fits", progress=False)  # on the cores this process has (2 here, or more)
+        fits = [m for m in caplog.messages if "train.num_threads 2" in m]
+        os.sched_setaffinity(0, {min(cores)})  # one core, as a 1-core container has
+        try:
+            Trainer(cfg, tmp_path / "one_core", progress=False)
+        finally:
+            os.sched_setaffinity(0, cores)
+    told = [m for m in caplog.messages if "train.num_threads 2" in m]
+    assert fits == ([] if len(cores) >= 2 else told[:1])
+    assert (
+        told[-1].startswith("train.num_threads 2: more than the 1 core this process may use")
+        and "set it to 1" in told[-1]
+    )
+
+
 def test_a_run_resumed_on_another_thread_count_records_both_and_says_so(tmp_path, tiny_data, caplog):
     # the time cap (60 us) stops each session after one epoch: epoch 1 on 1 thread, epochs 2 and 3 on 2
     capped = write_config(tmp_path / "c.yaml", tiny_data, **{"train.epochs": 3, "train.max_minutes": 1e-6})

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from medtranslate.core.checks import require_choice
 from medtranslate.core.errors import InputError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "usable_cores"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -20,3 +22,8 @@ def resolve_device(name: str) -> torch.device:
             "device cuda: no CUDA device is available here; use --device cpu or auto (train.device for training)"
         )
     return torch.device(name)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's or ``taskset``'s limit), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -65,7 +65,7 @@ from medtranslate.models.checkpoint import (
 )
 from medtranslate.models.noise import NoiseModel, measure_noise
 from medtranslate.runtime import distributed
-from medtranslate.runtime.device import resolve_device
+from medtranslate.runtime.device import resolve_device, usable_cores
 from medtranslate.runtime.precision import NO_NETWORK, PrecisionChoice, choose_precision, describe_machine
 from medtranslate.training.schedule import Schedule
 
@@ -197,6 +197,17 @@ class Trainer:
             self._check_distributable()
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
+            if t.num_threads > (cores := usable_cores()) and self.rank == 0:
+                logger.warning(
+                    "train.num_threads %d: more than the %d core%s this process may use, so its threads wait on each "
+                    "other (2 threads on one core took 1.6-21x the step of 1: benchmarks/bench_threads.py); set it "
+                    "to %d unless you need the numbers of %d threads",
+                    t.num_threads,
+                    cores,
+                    "s" * (cores != 1),
+                    cores,
+                    t.num_threads,
+                )
         self.device = resolve_device(t.device)
         if self.world > 1 and self.device.type == "cuda":  # one GPU per process, as torchrun numbers them
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
