@@ -140,9 +140,9 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.epoch_losses: dict[str, list[float]] = {}
         self._writer = None
-        # a stop: the signal handler raises _stop_signalled (and only it writes it); the loop sets _stop_requested
-        # from it and the other ranks' (an assignment from a value read before the handler ran would lose the signal)
-        self._stop_signalled = self._stop_requested = False
+        # a stop: only the signal handler writes this flag; each step reads it for the ranks' agreement (storing the
+        # agreed answer back into it would lose a signal handled while the answer was computed)
+        self._stop_signalled = False
         if ckpt is not None:
             self._load(ckpt, last)
         # what a network's numbers depend on besides the config: a GAN's few epochs amplify the rounding of another
@@ -388,8 +388,7 @@ class Trainer:
                         self._told_under_trained()
                         break
                     # a request that came after the epoch's last step: all ranks stop, or none
-                    self._stop_requested = distributed.mean_and_any({}, self._stop_signalled)[1]
-                    self._stop_if_requested()
+                    self._stop_if(distributed.mean_and_any({}, self._stop_signalled)[1])
             ended = self.epoch >= self.schedule.epochs or self.schedule.stopped_after is not None
             if ended and self.rank == 0 and self.cfg.model.calibration != "none":
                 self._calibrate()
@@ -464,8 +463,9 @@ class Trainer:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous_term)
 
-    def _stop_if_requested(self) -> None:
-        if self._stop_requested:
+    def _stop_if(self, requested: bool) -> None:
+        """Save last.pt and stop (KeyboardInterrupt) when ``requested``: a stop signal on any rank, as they agreed."""
+        if requested:
             self._save("last.pt")
             if self.rank:
                 raise KeyboardInterrupt
@@ -533,7 +533,7 @@ class Trainer:
         for b in bar:
             losses = self.model.train_step(next(batches))
             # the losses of the whole batch (the mean of the ranks' shares), and a stop request of any rank
-            losses, self._stop_requested = distributed.mean_and_any(losses, self._stop_signalled)
+            losses, stop = distributed.mean_and_any(losses, self._stop_signalled)
             self.batch_in_epoch, self.step = b + 1, self.step + 1
             for k, v in losses.items():
                 self.epoch_losses.setdefault(k, []).append(v)
@@ -543,7 +543,7 @@ class Trainer:
             if self.step % 10 == 0 and self.rank == 0:
                 for k, v in losses.items():
                     self.writer.add_scalar(f"train/{k}", v, self.step)
-            self._stop_if_requested()
+            self._stop_if(stop)
         return {k: float(np.mean(v)) for k, v in self.epoch_losses.items()}
 
     def _end_epoch(self, losses: dict[str, float], val: dict[str, float], seconds: float) -> None:
