@@ -44,9 +44,8 @@ def run_children(policy: str, count: int) -> dict[str, float]:
     env.pop("OMP_WAIT_POLICY", None)
     if policy != "default":
         env["OMP_WAIT_POLICY"] = policy
-    here = os.path.dirname(os.path.abspath(__file__))
     procs = [
-        subprocess.Popen([sys.executable, os.path.join(here, "bench_wait_policy.py"), "--child"], env=env, stdout=-1)
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child"], env=env, stdout=subprocess.PIPE)
         for _ in range(count)
     ]
     results = []
