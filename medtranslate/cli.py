@@ -293,13 +293,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from medtranslate.pipeline import run_demo
+    from medtranslate.demo import run_demo
 
-    results = run_demo(args.out, quick=args.quick, progress=not args.no_progress, overwrite=args.overwrite)
-    print(_summary_table(results))
+    results, failed = run_demo(args.out, quick=args.quick, overwrite=args.overwrite)
+    if results:
+        print(_summary_table(results))
     for name, _ in results:
         print(f"report: {Path(args.out) / name / 'report.html'}")
-    return 1 if any(s["n_failed"] for _, s in results) else 0
+    for name, code in failed:
+        print(f"{name}: FAILED (exit {code}): its error is in the log lines marked [{name}]")
+    return 2 if failed else 1 if any(s["n_failed"] for _, s in results) else 0
 
 
 def _summary_table(results: list) -> str:
@@ -611,14 +614,14 @@ def _add_demo(sub: Any) -> None:
         "demo",
         help="the demo: MR -> CT and low-dose denoising on sample_data/ with baselines, ending in report.html",
         description="Train MR -> CT pix2pix and CycleGAN and a low-dose denoiser on the bundled sample data, "
-        "translate the test cases, evaluate them beside their baselines and write the reports (about 7 minutes on 2 "
-        "CPU cores with bf16 units, more without them or on a busy machine, with the same numbers on the same kind of "
-        "CPU and precision: every stage trains on 2 threads; --quick under 1).",
+        "translate the test cases, evaluate them beside their baselines and write the reports (about 6 minutes on 2 "
+        "CPU cores with bf16 units, more without them, on fewer cores or on a busy machine, with the same numbers on "
+        "the same kind of CPU and precision: each pipeline is a process on one thread, as many at once as there are "
+        "cores, its log lines marked with its name; --quick under 1).",
     )
     p.add_argument("--out", default="demo_run", help="output folder (default: demo_run)")
     p.add_argument("--quick", action="store_true", help="a short run (numbers not meant to be good)")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier demo in --out and run it again")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
 

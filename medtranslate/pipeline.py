@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from medtranslate.core.atomic import atomic_write_text
@@ -40,9 +38,8 @@ from medtranslate.data.slices import (
 )
 from medtranslate.evaluation.evaluate import evaluate_folder, evaluate_without_pairs
 from medtranslate.io.cases import Case, Cohorts, Pair
-from medtranslate.runtime.device import usable_cores
 
-__all__ = ["run_pipeline", "load_pipeline", "run_demo", "find_pipeline", "shipped_pipelines"]
+__all__ = ["run_pipeline", "load_pipeline", "find_pipeline", "shipped_pipelines"]
 
 logger = logging.getLogger(__name__)
 
@@ -473,79 +470,3 @@ def run_pipeline(
     # report: the evaluation report, with the baseline beside the model, at the top of RUN_DIR
     atomic_write_text(out / "report.html", (out / "eval" / "report.html").read_text(encoding="utf-8"))
     return result.summary
-
-
-def run_demo(
-    out: str | Path, quick: bool = False, progress: bool = True, overwrite: bool = False
-) -> list[tuple[str, dict[str, Any]]]:
-    """The demo of ``pipelines/demo.yaml``: MR -> CT and low-dose denoising on the sample data, with their baselines."""
-    shipped = shipped_pipelines()
-    spec_path = shipped.get("demo.yaml")
-    if spec_path is None or not (REPO / "sample_data").is_dir():
-        raise ConfigError(
-            f"{REPO / 'sample_data'}: the demo's sample data is not here; run the demo from a clone of the "
-            "medtranslate repository"
-        )
-    spec = read_yaml(spec_path, "demo definition")
-    entries, common = spec["pipelines"], dict(spec.get("set", {}))
-    if common.get("train.num_threads"):
-        common["train.num_threads"] = demo_threads(common["train.num_threads"])
-    expected = [float(e["quick_minutes" if quick else "minutes"]) for e in entries]
-    results, taken = [], []
-    threads_before = torch.get_num_threads()  # the trainer sets train.num_threads for its process: put back after
-    try:
-        for i, entry in enumerate(entries):
-            sets = {**common, **entry.get("set", {}), **(spec.get("quick", {}).get("set", {}) if quick else {})}
-            sets["data.root"] = str(REPO / "sample_data" / entry["data"])
-            if entry.get("split"):
-                sets["data.split"] = str(REPO / "sample_data" / entry["split"])
-            overrides = [f"{k}={json.dumps(v)}" for k, v in sets.items()]
-            name = Path(entry["file"]).stem
-            logger.info("demo %d/%d: %s; %s", i + 1, len(entries), name, minutes_left(expected, taken))
-            start = time.perf_counter()
-            summary = run_pipeline(
-                shipped[entry["file"]], Path(out) / name, overrides, progress=progress, overwrite=overwrite
-            )
-            taken.append((time.perf_counter() - start) / 60)
-            logger.info("demo %d/%d: %s done in %.1f min", i + 1, len(entries), name, taken[-1])
-            results.append((name, summary))
-    finally:
-        torch.set_num_threads(threads_before)
-    return results
-
-
-def demo_threads(wanted: int) -> int:
-    """The threads the demo trains on: demo.yaml's count (``wanted``, the README table's), whatever OMP_NUM_THREADS
-    says, unless this process may use fewer cores: threads beyond the cores wait on each other (on one core, 2
-    threads took 1.6-21x the step of 1: benchmarks/bench_threads.py), so then one per core, and the numbers differ."""
-    cores = usable_cores()
-    if cores < wanted:
-        logger.warning(
-            "demo: trains on %d thread%s, the cores this process may use, not demo.yaml's %d (more threads than "
-            "cores wait on each other): its models round otherwise than the README's table, by up to 3 %% for "
-            'pix2pix and the denoiser, more for the CycleGAN (docs/results.md, "The demo in bf16 on one thread")',
-            cores,
-            "s" * (cores != 1),
-            wanted,
-        )
-        return cores
-    if os.environ.get("OMP_NUM_THREADS", str(wanted)) != str(wanted):
-        logger.info(
-            "demo: trains on %d threads (demo.yaml), not OMP_NUM_THREADS=%s, as the README's table was: the same "
-            "numbers, only slower on a busy machine",
-            wanted,
-            os.environ["OMP_NUM_THREADS"],
-        )
-    return wanted
-
-
-def minutes_left(expected: list[float], taken: list[float]) -> str:
-    """How long the stages still to run will take: their minutes on the reference CPU (``expected``, one per stage),
-    scaled by this machine's pace so far (the minutes the finished stages took, ``taken``, against their expected).
-    A stage that was complete and skipped (under a minute's tenth) says nothing about the pace and is left out."""
-    measured = [(t, e) for t, e in zip(taken, expected, strict=False) if t > 0.1]
-    rest = sum(expected[len(taken) :])
-    if not measured:
-        return f"about {rest:.0f} min left on the reference CPU (2 cores)"
-    pace = sum(t for t, _ in measured) / sum(e for _, e in measured)
-    return f"about {rest * pace:.1f} min left at this machine's pace ({pace:.2f}x the reference CPU's time)"

@@ -11,17 +11,11 @@ import pytest
 
 from medtranslate.core.config import ModelConfig
 from medtranslate.core.errors import ConfigError
+from medtranslate.demo import demo_workers, minutes_left
 from medtranslate.evaluation.report import warnings_of, worse_than_baseline
 from medtranslate.io.files import read_volume
 from medtranslate.models.checkpoint import load_checkpoint
-from medtranslate.pipeline import (
-    baseline_config,
-    demo_threads,
-    find_pipeline,
-    load_pipeline,
-    minutes_left,
-    shipped_pipelines,
-)
+from medtranslate.pipeline import baseline_config, find_pipeline, load_pipeline, shipped_pipelines
 
 from .conftest import REPO, SAMPLE, cli
 
@@ -111,30 +105,31 @@ def test_every_shipped_pipeline_and_the_demo_fix_their_length_in_epochs_not_time
 
 
 def test_minutes_left_scales_the_reference_times_by_the_pace_of_the_stages_run():
-    assert minutes_left([3, 4, 2], []) == "about 9 min left on the reference CPU (2 cores)"
-    # the first stage took twice its reference time: the two left take twice theirs
-    assert minutes_left([3, 4, 2], [6.0]).startswith("about 12.0 min left at this machine's pace (2.00x")
+    # one at a time, the stages' times add up; two at a time, each next stage starts on the worker free first
+    assert minutes_left([3, 4, 2], {}, {}, 1) == "about 9 min left on the reference CPU (2 cores)"
+    assert minutes_left([3, 4, 2], {}, {}, 2) == "about 5 min left on the reference CPU (2 cores)"
+    assert minutes_left([3, 4, 2], {}, {}, 3) == "about 4 min left on the reference CPU (2 cores)"
+    # the first stage took twice its reference time: the second, running for a minute, needs 8 - 1 more; the third 4
+    assert minutes_left([3, 4, 2], {0: 6.0}, {1: 1.0}, 2).startswith("about 7.0 min left at this machine's pace (2.00x")
+    assert minutes_left([3, 4, 2], {0: 6.0}, {1: 1.0}, 1).startswith("about 11.0 min left")
     # a stage found complete and skipped took no time and says nothing of the pace
-    assert minutes_left([3, 4, 2], [0.01, 2.0]) == minutes_left([4, 2], [2.0])
-    assert minutes_left([3, 4, 2], [0.01]) == "about 6 min left on the reference CPU (2 cores)"
+    assert minutes_left([3, 4, 2], {0: 0.01}, {}, 1) == "about 6 min left on the reference CPU (2 cores)"
+    assert minutes_left([3, 4, 2], {0: 0.01, 1: 8.0}, {}, 1).startswith("about 4.0 min left at this machine's pace")
+    assert minutes_left([3, 4, 2], {0: 3, 1: 4, 2: 2}, {}, 2).startswith("about 0.0 min left")
 
 
-def test_the_demo_trains_on_its_thread_count_unless_the_process_has_fewer_cores(caplog, monkeypatch):
+def test_the_demo_runs_as_many_stages_at_once_as_the_process_may_use_cores_for_their_threads():
     import os
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    caplog.set_level("INFO", logger="medtranslate.pipeline")
     cores = os.sched_getaffinity(0)
-    assert demo_threads(2) == min(2, len(cores))
-    if len(cores) >= 2:
-        assert "demo: trains on 2 threads (demo.yaml), not OMP_NUM_THREADS=1" in caplog.text
-    # bound to one core (as a 1-core container is): two threads would wait on each other, so one, and a warning
+    assert demo_workers(3, 1) == min(3, len(cores))
+    assert demo_workers(3, 2) == max(1, min(3, len(cores) // 2))
+    # bound to one core (as a 1-core container is): one stage at a time, however many threads it has
     os.sched_setaffinity(0, {min(cores)})
     try:
-        assert demo_threads(2) == 1
+        assert demo_workers(3, 1) == demo_workers(3, 2) == 1
     finally:
         os.sched_setaffinity(0, cores)
-    assert "demo: trains on 1 thread, the cores this process may use, not demo.yaml's 2" in caplog.text
 
 
 def test_every_shipped_pipeline_has_a_valid_baseline_config():
@@ -155,39 +150,77 @@ def test_every_shipped_pipeline_has_a_valid_baseline_config():
 
 @pytest.mark.slow
 def test_quick_demo_writes_reports_with_baselines(tmp_path, monkeypatch):
-    import torch
+    import os
+    import re
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a user's limit or a loaded machine's: the demo trains on 2 anyway
-    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a user's setting: each of the demo's stages trains on 1 thread anyway
     t0 = time.perf_counter()
-    result = cli("demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress")
+    result = cli("demo", "--quick", "--out", str(tmp_path / "demo"))
     seconds = time.perf_counter() - t0
-    assert torch.get_num_threads() == threads  # the demo leaves the process's thread count as it found it
     assert result.returncode == 0, result.stderr
     runs = (("mr2ct_pix2pix", "intensity_map"), ("mr2ct_cyclegan", "intensity_map"), ("ldct_pix2pix", "classical"))
     assert "report:" in result.stdout and all(name in result.stdout for name, _ in runs)
-    # the time left of the whole demo, at each stage's start: the reference CPU's first, then this machine's pace
-    assert "demo 1/3: mr2ct_pix2pix; about" in result.stderr and "min left on the reference CPU" in result.stderr
-    assert "demo 3/3: ldct_pix2pix; about" in result.stderr and "at this machine's pace" in result.stderr
+    # every stage is a process of its own, its lines marked with its name; as many run at once as there are cores
+    workers = min(3, len(os.sched_getaffinity(0)))
+    assert f"demo: 3 pipelines, {workers} at a time, each on 1 thread" in result.stderr
+    log = result.stderr.splitlines()
+    for name, _ in runs:
+        assert any(line.startswith(f"[{name}] INFO medtranslate.training.train: epoch 2/2") for line in log), name
+    started = [i for i, line in enumerate(log) if re.search(r"demo \d/3: \w+ started \(process \d+\)", line)]
+    first_done = next(i for i, line in enumerate(log) if re.search(r"demo \d/3: \w+ done in", line))
+    assert len(started) == 3 and sum(i < first_done for i in started) == workers
+    # the time left of the whole demo: the reference CPU's at the start, this machine's pace once a stage has ended
+    assert "each on 1 thread" in log[0] and "min left on the reference CPU" in log[0]
+    assert "at this machine's pace" in log[first_done]
     for name, baseline in runs:
         run = tmp_path / "demo" / name
         assert (run / "report.html").exists() and (run / "eval" / "metrics.csv").exists()
-        assert json.loads((run / "eval" / "summary.json").read_text())["baseline"]["kind"] == baseline
+        summary = json.loads((run / "eval" / "summary.json").read_text())
+        assert summary["baseline"]["kind"] == baseline
+        assert summary["trained_on"].endswith(", 1 thread"), (name, summary["trained_on"])
         suffix = "sct" if name.startswith("mr2ct") else "denoised"
         assert sorted(p.name for p in (run / "translated").glob(f"*_{suffix}.nii.gz")) == [
             f"sub-07_{suffix}.nii.gz",
             f"sub-08_{suffix}.nii.gz",
         ]
-    # every stage trains on the README table's two threads, whatever OMP_NUM_THREADS says, and says so
-    assert "demo: trains on 2 threads (demo.yaml), not OMP_NUM_THREADS=1" in result.stderr
-    for name, _ in runs:
-        summary = json.loads((tmp_path / "demo" / name / "eval" / "summary.json").read_text())
-        assert summary["trained_on"].endswith(", 2 threads"), (name, summary["trained_on"])
     # the demo's 5-epoch CycleGAN trains without the histogram term its pipeline file sets (demo.yaml turns it off)
     cyclegan_columns = (tmp_path / "demo" / "mr2ct_cyclegan" / "train" / "history.csv").read_text().splitlines()[0]
     assert "loss_g_struct" in cyclegan_columns and "loss_g_hist" not in cyclegan_columns
     assert load_pipeline(shipped_pipelines()["mr2ct_cyclegan.yaml"])[0].model.lambda_histogram > 0
     print(f"quick demo took {seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_a_stopped_demo_stops_its_running_pipelines_and_leaves_none_behind(tmp_path):
+    """SIGTERM to the demo alone (a scheduler, ``kill``): it passes the stop on to the pipelines it runs, waits for
+    them to end (a training saves its last.pt first) and exits 130; no process of it trains on."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medtranslate", "demo", "--quick", "--out", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+    logged, pids = [], []
+    for line in proc.stderr:  # wait for the event: the CycleGAN's training has started
+        logged.append(line)
+        pids += [int(p) for p in re.findall(r"started \(process (\d+)\)", line)]
+        if line.startswith("[mr2ct_cyclegan]") and "stage train cyclegan: running" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    logged += proc.stderr.readlines()
+    assert proc.wait(timeout=600) == 130, "".join(logged)
+    assert "demo: stopping the running pipelines" in "".join(logged)
+    assert pids and "medtranslate demo: interrupted" in "".join(logged)
+    for pid in pids:  # the demo waited for each: none is left running (or unreaped)
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def _tiny_pipeline(root, task: str, **sections) -> dict:
