@@ -191,6 +191,22 @@ def test_quick_demo_writes_reports_with_baselines(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_demo_pipeline_that_fails_is_reported_and_the_others_finish(tmp_path):
+    # --out/mr2ct_cyclegan is a user's file: that pipeline refuses it, unchanged; the other two run to their reports
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "mr2ct_cyclegan").write_text("a user's notes\n")
+    result = cli("demo", "--quick", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 2, result.stderr
+    assert "[mr2ct_cyclegan] medtranslate run: error:" in result.stderr and "is a file" in result.stderr
+    assert "demo 2/3: mr2ct_cyclegan FAILED (exit 2" in result.stderr
+    assert "mr2ct_cyclegan: FAILED (exit 2): its error is in the log lines marked [mr2ct_cyclegan]" in result.stdout
+    assert (tmp_path / "demo" / "mr2ct_cyclegan").read_text() == "a user's notes\n"
+    for name in ("mr2ct_pix2pix", "ldct_pix2pix"):
+        assert f"report: {tmp_path / 'demo' / name / 'report.html'}" in result.stdout
+        assert (tmp_path / "demo" / name / "report.html").exists()
+
+
+@pytest.mark.slow
 def test_a_stopped_demo_stops_its_running_pipelines_and_leaves_none_behind(tmp_path):
     """SIGTERM to the demo alone (a scheduler, ``kill``): it passes the stop on to the pipelines it runs, waits for
     them to end (a training saves its last.pt first) and exits 130; no process of it trains on."""
