@@ -164,10 +164,15 @@ def _run_stages(stages: list[Stage], workers: int, env: dict[str, str]) -> dict[
 def _pass_on(proc: subprocess.Popen[str], index: int, name: str, ended: queue.Queue[tuple[int, int]]) -> None:
     """Write the stage's log lines to this process's stderr, each marked with its name; then report its exit."""
     stream: IO[str] = proc.stderr  # type: ignore[assignment]
-    for line in stream:
-        sys.stderr.write(f"[{name}] {line}")
-        sys.stderr.flush()
-    ended.put((index, proc.wait()))
+    try:
+        for line in stream:
+            try:
+                sys.stderr.write(f"[{name}] {line}")
+                sys.stderr.flush()
+            except (OSError, ValueError):  # the console has gone (a closed pipe): read on, or the stage blocks on it
+                pass
+    finally:  # the demo waits for this: it must come however the lines went
+        ended.put((index, proc.wait()))
 
 
 def minutes_left(expected: list[float], finished: dict[int, float], running: dict[int, float], workers: int) -> str:

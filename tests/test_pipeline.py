@@ -207,6 +207,27 @@ def test_a_demo_pipeline_that_fails_is_reported_and_the_others_finish(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_demo_whose_console_has_gone_still_finishes(tmp_path):
+    """``medtranslate demo 2>&1 | head``: once the reader has gone every write to stderr fails; passing a stage's lines
+    on must not stop reading them (the stage would block on its full pipe) nor lose its end (the demo waits for it)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medtranslate", "demo", "--quick", "--out", str(tmp_path / "demo")],
+        stdout=subprocess.PIPE,
+        stderr=write_end,
+        text=True,
+    )
+    os.close(write_end)
+    out, _ = proc.communicate(timeout=600)  # a cap for a hang, not a time the test expects
+    assert proc.returncode == 0 and out.count("report:") == 3, out
+
+
+@pytest.mark.slow
 def test_a_stopped_demo_stops_its_running_pipelines_and_leaves_none_behind(tmp_path):
     """SIGTERM to the demo alone (a scheduler, ``kill``): it passes the stop on to the pipelines it runs, waits for
     them to end (a training saves its last.pt first) and exits 130; no process of it trains on."""
