@@ -1,7 +1,7 @@
 """The demo of ``pipelines/demo.yaml``: its pipelines run at once, each a ``medtranslate run`` process on one thread.
 
 Two processes on one thread each, side by side on 2 cores, train as fast as either alone; one process on 2 threads
-beside another such process trains 10x slower than alone, since oneDNN's and OpenMP's threads spin at every barrier
+beside another such process trains 5-11x slower than alone, since oneDNN's and OpenMP's threads spin at every barrier
 for a partner the other process holds off its core (docs/benchmarks.md, "Demos side by side"). And a model's numbers
 depend on its thread count (oneDNN splits its sums by thread), so one thread per stage gives the README's table on any
 machine of the same CPU kind and precision, with any number of cores and however busy it is; only the time differs.
