@@ -22,11 +22,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import torch
-from timing import pipeline_model, training_step
+from timing import median_time, pipeline_model, training_step
 
 from medtranslate.runtime.precision import describe_machine
 
@@ -49,12 +48,7 @@ def child() -> None:
             step()
         print("ready", flush=True)
         assert sys.stdin.readline().strip() == "go"
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        print(json.dumps(sorted(times)[len(times) // 2]), flush=True)
+        print(json.dumps(median_time(step, steps)[0]), flush=True)
         done = threading.Event()
         threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
         while not done.is_set():  # keep the other child company until it has timed its steps too
